@@ -1,0 +1,47 @@
+"""``modelseal scan``: open one artifact (structural validation) and run single checks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scanner.artifact import Artifact
+from scanner.checks.structure import (
+    check_external_data,
+    check_metadata_size,
+    check_non_finite,
+    check_onnx_domains,
+)
+from scanner.findings import Finding
+from scanner.formats import open_artifact
+
+SingleCheck = Callable[[Artifact], Iterable[Finding]]
+
+SINGLE_CHECKS: list[SingleCheck] = [
+    check_non_finite,
+    check_onnx_domains,
+    check_external_data,
+    check_metadata_size,
+]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    artifact: Artifact
+    findings: tuple[Finding, ...]
+    seconds: float
+
+
+def scan_open(artifact: Artifact, checks: Iterable[SingleCheck] | None = None) -> ScanResult:
+    started = time.perf_counter()
+    findings: list[Finding] = []
+    for check in checks if checks is not None else SINGLE_CHECKS:
+        findings.extend(check(artifact))
+    return ScanResult(artifact, tuple(findings), time.perf_counter() - started)
+
+
+def scan_artifact(path: str | Path, checks: Iterable[SingleCheck] | None = None) -> ScanResult:
+    with open_artifact(path) as artifact:
+        return scan_open(artifact, checks)

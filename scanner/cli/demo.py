@@ -1,0 +1,76 @@
+"""``modelseal demo``: the main job on a built-in real model, offline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from scanner.cli.common import add_output_options
+from scanner.demo import make_demo_files
+from scanner.diff import diff_artifacts
+from scanner.report import OutputFormat, render
+from scanner.report.build import report_from_diff
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a diff on a built-in real model: one tampered copy, one benign fp16 cast",
+        description=(
+            "Take the bundled Silero VAD model (real weights), make a tampered copy with a "
+            "replaced one-channel path through three conv layers and a benign fp16 cast, and "
+            "diff both against the original. The tampered copy must fail and the cast must "
+            "pass; exit 0 when both do."
+        ),
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="write the three demo models into DIR and keep them",
+    )
+    add_output_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="modelseal-demo-") as tmp:
+        folder = args.keep or Path(tmp)
+        files = make_demo_files(folder)
+        chain = ", ".join(f"{t}[{c}]" for t, c in files.chain)
+        outputs = []
+        verdicts = {}
+        for label, deployed in (("tampered", files.tampered), ("benign fp16 cast", files.benign)):
+            report = report_from_diff(diff_artifacts(files.trusted, deployed), args.fail_on)
+            verdicts[label] = report.verdict
+            if args.format is OutputFormat.TEXT:
+                outputs.append(f"\n=== {label} copy ===\n")
+            outputs.append(render(report, args.format, color=_color(args)))
+        text = "".join(outputs)
+        if args.format is OutputFormat.TEXT:
+            text = (
+                "modelseal demo: Silero VAD "
+                f"(real weights, {files.trusted.stat().st_size:,} bytes)\n"
+                f"  tampered copy: replaced channel path {chain}\n"
+                f"  benign copy:   every tensor cast to float16\n" + text
+            )
+        if args.output:
+            args.output.write_text(text, encoding="utf-8")
+        elif not args.quiet:
+            sys.stdout.write(text)
+    ok = verdicts == {"tampered": "fail", "benign fp16 cast": "pass"}
+    if args.format is OutputFormat.TEXT and not args.quiet:
+        sys.stdout.write(
+            "\ndemo result: tampered copy FAILS, benign cast PASSES\n"
+            if ok
+            else f"\ndemo result: unexpected verdicts {verdicts}\n"
+        )
+    return 0 if ok else 1
+
+
+def _color(args: argparse.Namespace) -> bool:
+    return args.color == "always" or (
+        args.color == "auto" and sys.stdout.isatty() and not args.output
+    )

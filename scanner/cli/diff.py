@@ -1,0 +1,56 @@
+"""``modelseal diff TRUSTED DEPLOYED``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scanner.cli.common import add_output_options, emit
+from scanner.cli.progress import progress_for
+from scanner.diff import diff_open
+from scanner.formats import open_artifact
+from scanner.report.build import report_from_diff
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "diff",
+        help="compare a deployed artifact with the trusted one",
+        description=(
+            "Compare DEPLOYED with TRUSTED tensor by tensor: which tensors are identical, "
+            "cast, changed (how much, and which rows / columns / blocks), added, removed or "
+            "renamed; plus changes to graph, metadata and other files. Any unexplained "
+            "change fails."
+        ),
+        epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete.\n"
+        "Example: modelseal diff trusted/ deployed/ --format sarif -o diff.sarif",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("trusted", type=Path, help="the trusted artifact (file or model folder)")
+    parser.add_argument("deployed", type=Path, help="the artifact to check (file or model folder)")
+    parser.add_argument(
+        "--claim",
+        metavar="KIND[:PARAMS]",
+        action="append",
+        default=[],
+        help="the transformation DEPLOYED claims to be (e.g. cast:fp16, quantize:int8, "
+        "prune:2:4); it is re-derived from TRUSTED and checked tensor by tensor",
+    )
+    parser.add_argument(
+        "--allow",
+        metavar="CLASS",
+        action="append",
+        default=[],
+        help="accept a class of change (e.g. finetune, low-rank, pruning); repeatable",
+    )
+    add_output_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = progress_for(args.quiet)
+    with open_artifact(args.trusted) as trusted, open_artifact(args.deployed) as deployed:
+        options = {"claims": list(args.claim), "allow": list(args.allow)}
+        result = diff_open(trusted, deployed, options=options, progress=progress)
+        report = report_from_diff(result, args.fail_on)
+    return emit(report, args)

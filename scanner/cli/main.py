@@ -1,0 +1,73 @@
+"""Entry point: parse arguments, dispatch to a subcommand, map errors to exit codes.
+
+Exit codes: 0 pass, 1 policy failure, 2 could not complete (bad usage, unreadable or
+malformed input). This is the only place that catches the project's errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from scanner import __version__
+from scanner.cli.common import emit_error_report
+from signing.errors import ModelsealError
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+EXIT_ERROR = 2
+
+# Each module defines ``register(subparsers)``, which adds its parser and sets
+# ``handler`` to a function ``(args) -> int``.
+SUBCOMMAND_MODULES = (
+    "scanner.cli.demo",
+    "scanner.cli.scan",
+    "scanner.cli.diff",
+    "scanner.cli.manifest",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"modelseal: error: {message}\n")
+        raise SystemExit(EXIT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="modelseal",
+        description=(
+            "Check that a deployed model artifact is exactly what was trusted, transformed "
+            "only in allowed ways, and say what changed and where."
+        ),
+        epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelseal {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return int(args.handler(args))
+    except ModelsealError as exc:
+        sys.stderr.write(f"modelseal: error: {exc}\n")
+        emit_error_report(args, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("modelseal: interrupted\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Trusted-vs-deployed diff: pairing, comparison, localization, pluggable analyses."""
+
+from scanner.diff.engine import (
+    Analysis,
+    Analyzer,
+    DiffResult,
+    FileChange,
+    PairAnalyzer,
+    PairContext,
+    diff_artifacts,
+    diff_open,
+)
+from scanner.diff.model import CHANGE_CLASSES, Localization, TensorDiff, TensorStatus, ValueDelta
+
+__all__ = [
+    "CHANGE_CLASSES",
+    "Analysis",
+    "Analyzer",
+    "DiffResult",
+    "FileChange",
+    "Localization",
+    "PairAnalyzer",
+    "PairContext",
+    "TensorDiff",
+    "TensorStatus",
+    "ValueDelta",
+    "diff_artifacts",
+    "diff_open",
+]

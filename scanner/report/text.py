@@ -1,0 +1,123 @@
+"""Terminal report: verdict, a table of changed tensors, and the findings."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from scanner.diff.model import TensorDiff, TensorStatus
+from scanner.findings import Severity
+from scanner.report.model import Report, changed_tensors
+
+_SEVERITY_STYLE = {
+    Severity.CRITICAL: "bold white on red",
+    Severity.HIGH: "bold red",
+    Severity.MEDIUM: "yellow",
+    Severity.LOW: "cyan",
+    Severity.INFO: "dim",
+}
+_VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
+MAX_TABLE_ROWS = 40
+
+
+def render_text(report: Report, *, color: bool = False, width: int = 120) -> str:
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        soft_wrap=False,
+    )
+    _header(console, report)
+    if report.error is not None:
+        console.print(Text(f"error: {report.error}", style="bold magenta"))
+        return buffer.getvalue()
+    changed = changed_tensors(report)
+    if report.tensors:
+        _tensor_table(console, report, changed)
+    _findings(console, report)
+    return buffer.getvalue()
+
+
+def _header(console: Console, report: Report) -> None:
+    line = Text("modelseal ", style="bold")
+    line.append(report.command)
+    line.append("  verdict: ")
+    line.append(report.verdict.upper(), style=_VERDICT_STYLE[report.verdict])
+    if report.classification:
+        line.append(f"  change: {report.classification}")
+    console.print(line)
+    for a in report.artifacts:
+        console.print(
+            Text(
+                f"  {a.role:9} {a.path}  ({a.format}, {a.tensors} tensors, "
+                f"{a.tensor_bytes / 1e6:,.1f} MB)"
+            )
+        )
+
+
+def _tensor_table(console: Console, report: Report, changed: list[TensorDiff]) -> None:
+    counts = report.summary()["tensors"]
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    console.print(Text(f"  {len(report.tensors)} tensors compared: {parts}"))
+    if not changed:
+        return
+    table = Table(title=None, show_lines=False, pad_edge=False, expand=False)
+    for col, kw in (
+        ("tensor", {"overflow": "fold", "max_width": 44}),
+        ("status", {}),
+        ("dtype", {}),
+        ("changed", {"justify": "right"}),
+        ("max |d|", {"justify": "right"}),
+        ("rel L2", {"justify": "right"}),
+        ("where", {"overflow": "fold", "max_width": 40}),
+    ):
+        table.add_column(col, **kw)
+    for t in changed[:MAX_TABLE_ROWS]:
+        dtype = t.trusted_dtype or ""
+        if t.deployed_dtype and t.deployed_dtype != t.trusted_dtype:
+            dtype = f"{t.trusted_dtype or '-'}->{t.deployed_dtype}"
+        d = t.delta if t.status is not TensorStatus.CAST else None
+        label = t.labels.get("class") if t.labels else None
+        status = t.status.value + (f" ({label})" if label else "")
+        table.add_row(
+            t.name if not t.deployed_name else f"{t.name} -> {t.deployed_name}",
+            status,
+            dtype,
+            f"{d.n_changed:,} ({d.fraction_changed:.2%})" if d else "",
+            f"{d.max_abs:.3g}" if d else "",
+            f"{d.rel_l2:.3g}" if d else "",
+            _where(t),
+        )
+    console.print(table)
+    if len(changed) > MAX_TABLE_ROWS:
+        more = len(changed) - MAX_TABLE_ROWS
+        console.print(f"  ... and {more} more changed tensors (see --format json)")
+
+
+def _where(t: TensorDiff) -> str:
+    if t.status is TensorStatus.CAST and t.cast is not None:
+        if t.cast.exact:
+            return "exact round-to-nearest-even"
+        return f"{t.cast.n_mismatched:,} elements not RNE, all within rounding"
+    return t.where.describe() if t.where else ""
+
+
+def _findings(console: Console, report: Report) -> None:
+    if not report.findings:
+        console.print("  no findings")
+        return
+    console.print(f"  findings (fail on {report.fail_on} and above):")
+    ordered = sorted(report.findings, key=lambda f: -f.severity)
+    for f in ordered:
+        line = Text("  ")
+        line.append(f"{str(f.severity).upper():8}", style=_SEVERITY_STYLE[f.severity])
+        line.append(f" {f.rule_id} {f.title}: ", style="bold")
+        line.append(f.message)
+        console.print(line)
