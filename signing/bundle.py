@@ -25,6 +25,10 @@ _ACCEPTED_MEDIA_TYPES = (
 )
 
 
+class UnsignedError(VerificationError):
+    """The file holds a statement or envelope without any signature."""
+
+
 class MaterialKind(str, Enum):
     """How a bundle says who signed it."""
 
@@ -81,7 +85,7 @@ def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
     media_type = str(data.get("mediaType", ""))
     if media_type not in _ACCEPTED_MEDIA_TYPES:
         if "_type" in data and "predicateType" in data:
-            raise VerificationError(
+            raise UnsignedError(
                 f"{source} is a bare in-toto statement with no signature (unsigned)"
             )
         raise VerificationError(
@@ -92,7 +96,7 @@ def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
                                 "are not used for models)")
     envelope = Envelope.from_dict(data["dsseEnvelope"])
     if not envelope.signatures:
-        raise VerificationError(f"{source} has a DSSE envelope with no signature (unsigned)")
+        raise UnsignedError(f"{source} has a DSSE envelope with no signature (unsigned)")
     if len(envelope.signatures) != 1:
         raise VerificationError(f"{source} has {len(envelope.signatures)} signatures; "
                                 "exactly one is expected")

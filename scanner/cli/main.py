@@ -26,6 +26,10 @@ SUBCOMMAND_MODULES = (
     "scanner.cli.scan",
     "scanner.cli.diff",
     "scanner.cli.manifest",
+    "scanner.cli.sign",
+    "scanner.cli.verify",
+    "scanner.cli.attest",
+    "scanner.cli.verify_chain",
 )
 
 

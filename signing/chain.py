@@ -1,0 +1,337 @@
+"""Verify a chain of step attestations from trusted roots to a deployed artifact.
+
+Pure core: attestation texts, the deployed manifest and a policy in, a
+:class:`ChainReport` out. Every problem carries a permanent rule id (docs/policy.md).
+Fails closed: a step that cannot be verified is a problem, never skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from signing.attest import (
+    CheckResult,
+    CheckStatus,
+    ClaimChecker,
+    StepStatement,
+    VerifiedStep,
+    parse_verified,
+)
+from signing.bundle import MaterialKind, ParsedBundle, UnsignedError, parse_bundle
+from signing.errors import VerificationError
+from signing.manifest import Manifest
+from signing.oms import Discrepancy
+from signing.policy import ChainPolicy, PolicySigner
+from signing.verifiers import (
+    PublicKeyVerifier,
+    VerifiedPayload,
+    WrongSignerError,
+)
+
+RULES: Mapping[str, str] = {
+    "MSC001": "attestation is not signed",
+    "MSC002": "attestation signature does not verify (statement altered or forged)",
+    "MSC003": "attestation signed by a signer the policy does not list",
+    "MSC004": "signer not allowed to sign this step kind",
+    "MSC005": "step kind not allowed by the policy",
+    "MSC006": "deployed artifact is not the output of any attested step",
+    "MSC007": "missing link: input is neither a trusted root nor a verified step's output",
+    "MSC008": "attestations form a cycle",
+    "MSC009": "attestation belongs to another chain (replayed)",
+    "MSC010": "claim re-check failed",
+    "MSC011": "claim could not be re-checked",
+    "MSC012": "policy not valid at verification time",
+    "MSC013": "attestation made outside the policy validity window",
+    "MSC014": "parent attestation not found",
+    "MSC015": "attestation is malformed",
+}
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """One reason the chain fails; ``rule`` is a permanent id from :data:`RULES`."""
+
+    rule: str
+    message: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """A verified step on the chain and how its claim stood up."""
+
+    source: str
+    step: VerifiedStep
+    signer_name: str
+    recheck: CheckResult
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """Outcome of :func:`verify_chain`."""
+
+    deployed_digest: str
+    deployed_name: str
+    chain_id: str
+    steps: tuple[ChainStep, ...]
+    """Steps on the path from the roots to the deployed artifact, roots first."""
+    roots: tuple[str, ...]
+    problems: tuple[ChainProblem, ...]
+    notes: tuple[str, ...] = ()
+    completed: bool = True
+    checked_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    @property
+    def passed(self) -> bool:
+        """True only if verification completed and found no problem."""
+        return self.completed and not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 fail, 2 could not complete."""
+        if not self.completed:
+            return 2
+        return 0 if self.passed else 1
+
+    def producer(self, digest: str) -> ChainStep | None:
+        """The step on the chain whose output is ``digest``."""
+        return next((s for s in self.steps if s.step.statement.output.digest == digest), None)
+
+
+def _verify_with_policy(
+    bundle: ParsedBundle, policy: ChainPolicy, trusted_root: object | None
+) -> tuple[VerifiedPayload, PolicySigner]:
+    """Find the policy signer that made ``bundle`` and verify with it."""
+    candidates: list[tuple[PolicySigner, Callable[[ParsedBundle], VerifiedPayload]]] = []
+    if bundle.material is MaterialKind.PUBLIC_KEY:
+        for s in policy.signers:
+            if s.public_key is not None and (not bundle.key_hint or bundle.key_hint == s.key_id):
+                candidates.append((s, PublicKeyVerifier(s.public_key).verify))
+        if not candidates:
+            raise WrongSignerError(
+                f"signed by key {bundle.key_hint[:16] or '(no hint)'}, which the policy "
+                "does not list"
+            )
+    elif bundle.material is MaterialKind.X509_CHAIN:
+        candidates = [(s, s.certificate_verifier().verify) for s in policy.signers if s.anchors]
+    else:
+        from signing.sigstore_keyless import IdentityPolicy, SigstoreVerifier
+
+        sigstore_signers = [s for s in policy.signers if s.identity]
+        if sigstore_signers and trusted_root is None:
+            raise VerificationError(
+                "a Sigstore-signed attestation needs a trust root: set trust_config in the "
+                "policy or pass --trust-config/--trusted-root"
+            )
+        candidates = [
+            (s, SigstoreVerifier(trusted_root, (IdentityPolicy(s.identity, s.issuer),)).verify)  # type: ignore[arg-type]
+            for s in sigstore_signers
+        ]
+    last: WrongSignerError | None = None
+    for signer, verify in candidates:
+        try:
+            return verify(bundle), signer
+        except WrongSignerError as exc:
+            last = exc
+    if last is not None:
+        raise last
+    raise WrongSignerError(f"signed with a {bundle.material.value} signer the policy does not list")
+
+
+def verify_chain(
+    deployed: Manifest,
+    attestations: Mapping[str, str],
+    policy: ChainPolicy,
+    *,
+    checker: ClaimChecker | None = None,
+    artifacts: Mapping[str, Path] | None = None,
+    deployed_path: Path | None = None,
+    deployed_name: str = "",
+    trusted_root: object | None = None,
+    now: dt.datetime | None = None,
+) -> ChainReport:
+    """Verify ``attestations`` (source name -> bundle JSON) as a chain ending at
+    ``deployed`` under ``policy``.
+
+    ``artifacts`` maps manifest digests of intermediate artifacts to their paths; with
+    them, ``checker`` re-derives every re-derivable claim. ``trusted_root`` is a
+    sigstore ``TrustedRoot`` for keyless attestations.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    problems: list[ChainProblem] = []
+    notes: list[str] = []
+    paths = dict(artifacts or {})
+    if deployed_path is not None:
+        paths[deployed.root_digest] = deployed_path
+    if why := policy.time_problem(now):
+        problems.append(ChainProblem("MSC012", why))
+
+    verified: dict[str, tuple[VerifiedStep, PolicySigner]] = {}
+    for source in sorted(attestations):
+        try:
+            bundle = parse_bundle(attestations[source], source)
+        except UnsignedError as exc:
+            problems.append(ChainProblem("MSC001", str(exc), source))
+            continue
+        except VerificationError as exc:
+            problems.append(ChainProblem("MSC015", str(exc), source))
+            continue
+        try:
+            payload, signer = _verify_with_policy(bundle, policy, trusted_root)
+        except WrongSignerError as exc:
+            problems.append(ChainProblem("MSC003", f"{source}: {exc}", source))
+            continue
+        except VerificationError as exc:
+            problems.append(ChainProblem("MSC002", f"{source}: {exc}", source))
+            continue
+        try:
+            step = parse_verified(payload.payload_type, payload.payload, payload.signer, source)
+        except VerificationError as exc:
+            problems.append(ChainProblem("MSC015", str(exc), source))
+            continue
+        verified[source] = (step, signer)
+
+    by_output: dict[str, list[str]] = {}
+    for source, (step, _) in verified.items():
+        by_output.setdefault(step.statement.output.digest, []).append(source)
+
+    target = deployed.root_digest
+    finals = sorted(by_output.get(target, []),
+                    key=lambda s: verified[s][0].statement.finished_at, reverse=True)
+    if not finals:
+        problems.append(ChainProblem("MSC006", _edited_message(deployed, verified)))
+        return ChainReport(target, deployed_name, policy.chain_id, (), (), tuple(problems),
+                           tuple(notes), True, now)
+
+    final_step = verified[finals[0]][0].statement
+    chain_id = policy.chain_id or final_step.chain_id
+    if policy.chain_id and final_step.chain_id != policy.chain_id:
+        problems.append(ChainProblem(
+            "MSC009", f"{finals[0]}: last step belongs to chain {final_step.chain_id}, the "
+            f"policy pins {policy.chain_id}", finals[0]))
+    for source, (step, _) in list(verified.items()):
+        if step.statement.chain_id != chain_id:
+            problems.append(ChainProblem(
+                "MSC009",
+                f"{source}: '{step.statement.kind}' attestation belongs to chain "
+                f"{step.statement.chain_id}, not {chain_id} (replayed from another chain)",
+                source))
+            del verified[source]
+            by_output[step.statement.output.digest].remove(source)
+    payloads = {step.payload_digest for step, _ in verified.values()}
+
+    # Walk back from the deployed artifact; colours detect cycles.
+    order: list[str] = []
+    roots: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(source: str) -> None:
+        if state.get(source) == "done":
+            return
+        if state.get(source) == "active":
+            problems.append(ChainProblem("MSC008", f"{source}: attestations form a cycle "
+                                         "through this step", source))
+            return
+        state[source] = "active"
+        step, signer = verified[source]
+        st = step.statement
+        if not st.inputs:
+            if signer.name in policy.root_signers:
+                roots.append(st.output.digest)
+            else:
+                problems.append(ChainProblem(
+                    "MSC007", f"{source}: '{st.kind}' step has no inputs and its signer "
+                    f"'{signer.name}' is not a trusted root signer", source))
+        for ref in st.inputs:
+            producers = [s for s in by_output.get(ref.digest, []) if s != source]
+            if ref.digest in policy.root_digests:
+                roots.append(ref.digest)
+            elif producers:
+                visit(producers[0])
+            else:
+                problems.append(ChainProblem(
+                    "MSC007", f"{source}: input {ref.name or ''} {ref.digest} of the "
+                    f"'{st.kind}' step is neither a trusted root nor the output of a verified "
+                    "step (missing link)", source))
+        for parent in st.parents:
+            if parent not in payloads:
+                problems.append(ChainProblem(
+                    "MSC014", f"{source}: parent attestation {parent} is not among the "
+                    "verified attestations", source))
+        state[source] = "done"
+        order.append(source)
+
+    visit(finals[0])
+    for source in sorted(set(verified) - set(order)):
+        notes.append(f"{source}: not on the path to the deployed artifact; ignored")
+
+    steps: list[ChainStep] = []
+    for source in order:
+        step, signer = verified[source]
+        st = step.statement
+        if st.kind not in policy.allowed_kinds:
+            problems.append(ChainProblem(
+                "MSC005", f"{source}: step kind '{st.kind}' is not allowed by the policy",
+                source))
+        if not signer.may_sign(st.kind):
+            problems.append(ChainProblem(
+                "MSC004", f"{source}: signer '{signer.name}' ({step.signer.describe()}) is "
+                f"not allowed to sign '{st.kind}' steps (allowed: {sorted(signer.kinds)})",
+                source))
+        if why := policy.time_problem(st.finished_at):
+            problems.append(ChainProblem("MSC013", f"{source}: attestation time: {why}", source))
+        result = _recheck(st, paths, checker)
+        if result.status is CheckStatus.FAIL:
+            problems.append(ChainProblem(
+                "MSC010", f"{source}: '{st.kind}' claim does not hold: {result.detail}", source))
+        elif result.status is CheckStatus.UNCHECKABLE or (
+            result.status is CheckStatus.NO_ARTIFACTS and policy.require_recheck
+        ):
+            problems.append(ChainProblem(
+                "MSC011", f"{source}: '{st.kind}' claim could not be re-checked: "
+                f"{result.detail}", source))
+        steps.append(ChainStep(source, step, signer.name, result))
+    return ChainReport(target, deployed_name, chain_id, tuple(steps), tuple(dict.fromkeys(roots)),
+                       tuple(problems), tuple(notes), True, now)
+
+
+def _recheck(
+    st: StepStatement, paths: Mapping[str, Path], checker: ClaimChecker | None
+) -> CheckResult:
+    if not st.rederivable:
+        return CheckResult(CheckStatus.DECLARED_ONLY, f"'{st.kind}' cannot be re-derived")
+    if st.kind == "identical":
+        # Needs no artifact: the claim is that the digests are equal.
+        same = all(i.digest == st.output.digest for i in st.inputs)
+        return CheckResult(CheckStatus.PASS if same else CheckStatus.FAIL,
+                           "input and output digests are equal" if same else
+                           "output digest differs from the input digest")
+    if checker is None:
+        return CheckResult(CheckStatus.NO_ARTIFACTS, "no claim checker supplied")
+    in_path = paths.get(st.inputs[0].digest) if st.inputs else None
+    return checker(st, in_path, paths.get(st.output.digest))
+
+
+def _edited_message(deployed: Manifest, verified: Mapping[str, tuple[VerifiedStep, object]]) -> str:
+    base = f"deployed artifact {deployed.root_digest} is not the output of any verified attestation"
+    consumed = {i.digest for s, _ in verified.values() for i in s.statement.inputs}
+    finals = [s for s, _ in verified.values() if s.statement.output.digest not in consumed]
+    if not finals:
+        return base
+    last = max(finals, key=lambda s: s.statement.finished_at)
+    want = dict(last.statement.output.files)
+    have = {f.path: f.sha256 for f in deployed.files}
+    diffs = []
+    for name in sorted(set(want) | set(have)):
+        if name not in have:
+            diffs.append(Discrepancy("missing", name, want[name]))
+        elif name not in want:
+            diffs.append(Discrepancy("added", name, actual=have[name]))
+        elif want[name] != have[name]:
+            diffs.append(Discrepancy("modified", name, want[name], have[name]))
+    detail = "; ".join(d.describe() for d in diffs) or "tensor digests differ"
+    return (f"{base}: it was changed after the last attestation ('{last.statement.kind}'): "
+            f"{detail}")
