@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "scanner.cli.scan",
     "scanner.cli.diff",
     "scanner.cli.manifest",
+    "scanner.cli.rules",
     "scanner.cli.sign",
     "scanner.cli.verify",
     "scanner.cli.attest",
