@@ -12,29 +12,47 @@ Public API:
 * chains: :func:`load_policy`, :func:`verify_chain`, :func:`render_chain`.
 """
 
-from signing.attest import (
-    STEP_PREDICATE_TYPE,
-    Attestation,
-    CheckResult,
-    CheckStatus,
-    ClaimChecker,
-    ClaimRefusedError,
-    StepStatement,
-    attest_step,
-    read_attestation,
-)
-from signing.chain import ChainReport, verify_chain
-from signing.chain_output import ChainOutputFormat
-from signing.chain_output import render as render_chain
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from signing.errors import ManifestError, ModelsealError, SigningError, VerificationError
-from signing.keys import KeyType
 from signing.manifest import MANIFEST_SCHEMA, FileDigest, Manifest, TensorDigest
-from signing.model_signature import ModelMismatchError, sign_model, verify_model
-from signing.oms import OMS_PREDICATE_TYPE, OmsManifest, hash_model
-from signing.policy import ChainPolicy, PolicyError, load_policy
-from signing.signers import KeySigner
-from signing.sigstore_keyless import IdentityPolicy, KeylessSigner, SigstoreVerifier
-from signing.verifiers import CertificateVerifier, PublicKeyVerifier, WrongSignerError
+
+# The rest is imported on first use: sigstore and cryptography cost ~0.3 s to import,
+# and every scanner command imports signing.errors (hence this package).
+_LAZY = {
+    "STEP_PREDICATE_TYPE": "signing.attest", "Attestation": "signing.attest",
+    "CheckResult": "signing.attest", "CheckStatus": "signing.attest",
+    "ClaimChecker": "signing.attest", "ClaimRefusedError": "signing.attest",
+    "StepStatement": "signing.attest", "attest_step": "signing.attest",
+    "read_attestation": "signing.attest",
+    "ChainReport": "signing.chain", "verify_chain": "signing.chain",
+    "ChainOutputFormat": "signing.chain_output",
+    "KeyType": "signing.keys",
+    "ModelMismatchError": "signing.model_signature", "sign_model": "signing.model_signature",
+    "verify_model": "signing.model_signature",
+    "OMS_PREDICATE_TYPE": "signing.oms", "OmsManifest": "signing.oms",
+    "hash_model": "signing.oms",
+    "ChainPolicy": "signing.policy", "PolicyError": "signing.policy",
+    "load_policy": "signing.policy",
+    "KeySigner": "signing.signers",
+    "IdentityPolicy": "signing.sigstore_keyless", "KeylessSigner": "signing.sigstore_keyless",
+    "SigstoreVerifier": "signing.sigstore_keyless",
+    "CertificateVerifier": "signing.verifiers", "PublicKeyVerifier": "signing.verifiers",
+    "WrongSignerError": "signing.verifiers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "render_chain":
+        return importlib.import_module("signing.chain_output").render
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'signing' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "MANIFEST_SCHEMA",

@@ -11,7 +11,6 @@ from signing.errors import ModelsealError, SigningError
 from signing.model_signature import sign_model
 from signing.oms import resolve_cli_ignore_paths
 from signing.signers import KeySigner, Signer
-from signing.sigstore_keyless import KeylessSigner
 
 
 def add_signer_options(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +40,8 @@ def build_signer(args: argparse.Namespace) -> Signer:
     if bool(args.key) == bool(args.sigstore):
         raise SigningError("choose exactly one signer: --key KEY.pem or --sigstore")
     if args.sigstore:
+        from signing.sigstore_keyless import KeylessSigner  # sigstore is slow to import
+
         return KeylessSigner.create(trust_config=args.trust_config, staging=args.staging,
                                     identity_token=args.identity_token)
     password = None

@@ -13,7 +13,6 @@ from signing.keys import load_public_key
 from signing.manifest import Manifest
 from signing.model_signature import verify_model
 from signing.oms import resolve_cli_ignore_paths
-from signing.sigstore_keyless import SigstoreVerifier, identity_policies, load_trusted_root
 from signing.verifiers import CertificateVerifier, PublicKeyVerifier, Verifier
 
 
@@ -47,6 +46,8 @@ def build_verifier(args: argparse.Namespace) -> Verifier:
         return CertificateVerifier.from_files(args.certificate_chain)
     if not args.issuer:
         raise VerificationError("--identity needs --identity-provider (the OIDC issuer)")
+    from signing.sigstore_keyless import SigstoreVerifier, identity_policies, load_trusted_root
+
     root = load_trusted_root(trust_config=args.trust_config, trusted_root=args.trusted_root)
     return SigstoreVerifier(root, identity_policies([(args.identity, args.issuer)]))
 
