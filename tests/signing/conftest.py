@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from signing.keys import KeyType, generate_private_key, write_key_pair
-from signing.manifest import FileDigest, Manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,24 +54,6 @@ def model_dir(tmp_path: Path) -> Path:
     (root / "weights.bin").write_bytes(rng.bytes(300_000))
     (root / ".gitattributes").write_text("*.bin filter=lfs\n")
     return root
-
-
-def file_manifest(path: Path) -> Manifest:
-    """A file-only modelseal manifest (the scanner adds tensors; tests do not need them)."""
-    import hashlib
-
-    path = Path(path)
-    files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
-    base = path if path.is_dir() else path.parent
-    return Manifest(format="files", files=tuple(
-        FileDigest(p.relative_to(base).as_posix(), p.stat().st_size,
-                   hashlib.sha256(p.read_bytes()).hexdigest()) for p in files))
-
-
-@pytest.fixture(scope="session")
-def manifest_of() -> Callable[[Path], Manifest]:
-    """The file-only manifest builder, as a fixture (tests/ is not a package)."""
-    return file_manifest
 
 
 def _name(cn: str) -> x509.Name:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,11 +22,20 @@ from signing.attest import (
 from signing.chain import RULES, verify_chain
 from signing.chain_output import FORMATTERS, ChainOutputFormat, render
 from signing.keys import KeyType, load_private_key, load_public_key
+from signing.manifest import FileDigest, Manifest
 from signing.policy import PolicyError, parse_policy
 from signing.signers import KeySigner
 from signing.verifiers import PublicKeyVerifier
 
-file_manifest = None  # set from the manifest_of fixture
+
+def file_manifest(path: Path) -> Manifest:
+    """File-only manifest of a folder (the scanner would add tensors; not needed here)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return Manifest("files", files=tuple(
+        FileDigest(p.relative_to(path).as_posix(), p.stat().st_size,
+                   hashlib.sha256(p.read_bytes()).hexdigest()) for p in files))
+
+
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
@@ -36,9 +46,7 @@ def passing(_st: StepStatement, _i: Path | None, _o: Path | None) -> CheckResult
 class Setup:
     """root --cast--> mid --quantize--> deployed, signed by 'ci'; 'trainer' may fine-tune."""
 
-    def __init__(self, tmp: Path, key_files, manifest_of) -> None:
-        global file_manifest
-        file_manifest = manifest_of
+    def __init__(self, tmp: Path, key_files) -> None:
         self.tmp = tmp
         ci_priv, ci_pub = key_files(KeyType.ECDSA_P256)
         tr_priv, tr_pub = key_files(KeyType.ED25519)
@@ -87,8 +95,8 @@ class Setup:
 
 
 @pytest.fixture
-def chain(tmp_path, key_files, manifest_of) -> Setup:
-    return Setup(tmp_path, key_files, manifest_of)
+def chain(tmp_path, key_files) -> Setup:
+    return Setup(tmp_path, key_files)
 
 
 def _rules(report) -> set[str]:
