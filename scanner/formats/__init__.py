@@ -18,11 +18,12 @@ from scanner.errors import (
 from scanner.formats.base import DEFAULT_LIMITS, Limits, Reader, read_head
 from scanner.formats.gguf_reader import GgufReader
 from scanner.formats.onnx_reader import OnnxReader
+from scanner.formats.pytorch_reader import PytorchReader
 from scanner.formats.safetensors_reader import SafetensorsReader
 
 # Order matters twice: sniffing tries readers in this order (most specific magic first),
 # and in a folder holding several formats, tensors come from the first format present.
-READERS: list[Reader] = [SafetensorsReader(), GgufReader(), OnnxReader()]
+READERS: list[Reader] = [SafetensorsReader(), GgufReader(), OnnxReader(), PytorchReader()]
 
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__"}
 
