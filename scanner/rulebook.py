@@ -23,6 +23,7 @@ RULE_MODULES: tuple[str, ...] = (
     "scanner.checks.weights",
     "scanner.checks.claims",
     "scanner.checks.graph",
+    "scanner.checks.serialization",
 )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.artifact import Artifact
+from scanner.checks.serialization import check_serialization
 from scanner.checks.structure import (
     check_external_data,
     check_metadata_size,
@@ -24,6 +25,7 @@ SINGLE_CHECKS: list[SingleCheck] = [
     check_onnx_domains,
     check_external_data,
     check_metadata_size,
+    check_serialization,
 ]
 
 
