@@ -26,6 +26,15 @@ from scanner.formats.safetensors_reader import SafetensorsReader
 READERS: list[Reader] = [SafetensorsReader(), GgufReader(), OnnxReader(), PytorchReader()]
 
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__"}
+SUFFIX_FORMATS = {
+    ".safetensors": "safetensors",
+    ".gguf": "gguf",
+    ".onnx": "onnx",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+    ".bin": "pytorch",
+    ".ckpt": "pytorch",
+}
 
 
 def register_reader(reader: Reader, *, first: bool = False) -> None:
@@ -56,12 +65,19 @@ def open_artifact(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> Artifact
         return _open_folder(path, limits)
     if not stat.S_ISREG(st.st_mode):
         raise ArtifactError(path, "not a regular file or folder")
-    reader = sniff(path)
+    reader = sniff(path) or _by_suffix(path)
     if reader is None:
         raise UnsupportedFormatError(
             path, "content is not a supported model format (safetensors, ONNX, GGUF, PyTorch)"
         )
     return _open_with(reader, path, path.parent, limits)
+
+
+def _by_suffix(path: Path) -> Reader | None:
+    """When content is too damaged to recognize, let the reader the name points to
+    explain precisely what is wrong (it still parses by content, and will refuse)."""
+    wanted = SUFFIX_FORMATS.get(path.suffix.lower())
+    return next((r for r in READERS if r.format == wanted), None)
 
 
 def _open_with(reader: Reader, path: Path, root: Path, limits: Limits) -> Artifact:
