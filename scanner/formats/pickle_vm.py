@@ -22,6 +22,7 @@ import _compat_pickle
 import codecs
 import mmap
 import os
+import re
 import struct
 import time
 from collections.abc import Callable, Mapping
@@ -52,7 +53,7 @@ class PickleLimits:
     """Longest ``LONG`` / ``LONG4`` integer; torch never writes more than 8 bytes."""
     max_depth: int = 512
     """Deepest container nesting followed when collecting tensors."""
-    max_walk: int = 5_000_000
+    max_walk: int = 1_000_000
     """Most container visits when collecting tensors (shared sub-objects count again)."""
     max_inline_bytes: int = 1 << 30
     """Most bytes materialized in memory for strided / compressed / big-endian tensors."""
@@ -288,6 +289,8 @@ def classify_global(module: str, name: str, torchscript: bool = False) -> str:
         return "allowed"
     if module == "torch" and (name in TORCH_DTYPES or name in STORAGE_TYPES):
         return "allowed"
+    if module == "torch.storage" and name == "UntypedStorage":
+        return "allowed"
     if torchscript and (module == "__torch__" or module.startswith("__torch__.")) and (
         "__" not in name.strip("_") and not name.startswith("_")
     ):
@@ -515,7 +518,7 @@ class PickleVM:
         if status == "allowed":
             if module == "torch" and name in TORCH_DTYPES:
                 return TorchDtype(name, TORCH_DTYPES[name])
-            if module == "torch" and name in STORAGE_TYPES:
+            if module in ("torch", "torch.storage") and name in STORAGE_TYPES:
                 return StorageType(name, STORAGE_TYPES[name])
             return Global(module, name)
         if status == "torchscript":
@@ -1269,11 +1272,12 @@ def _part(key: Any) -> str:
     return _short(key)
 
 
+_TEXT_GLOBAL = re.compile(rb"(?:^|[\n(])[ci][A-Za-z_][\w.]{0,60}\n[A-Za-z_][\w.]{0,60}\n")
+
+
 def looks_like_pickle(head: bytes) -> bool:
-    """Whether bytes start like a pickle stream (a nested payload hidden in tensor data)."""
+    """Whether bytes start like a pickle stream: a protocol 2+ header, or a protocol 0/1
+    stream that names a global (``cos\nsystem\n``) within its first bytes."""
     if len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] in OPCODE_BYTES:
         return True
-    if head[:1] in (b"c", b"i") and b"\n" in head[1:64]:
-        line = head[1 : head.index(b"\n", 1)]
-        return bool(line) and all(ch in b"_." or chr(ch).isalnum() for ch in line)
-    return False
+    return head[:1] in (b"(", b"c", b"i", b"]", b"}") and _TEXT_GLOBAL.search(head) is not None

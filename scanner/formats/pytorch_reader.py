@@ -534,11 +534,21 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
 
 def _read_bare(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
     if ctx.size > ctx.limits.max_pickle_bytes:
-        raise ResourceLimitError(ctx.path, f"pickle of {ctx.size} bytes exceeds the {ctx.limits.max_pickle_bytes}-byte cap")
+        raise ResourceLimitError(
+            ctx.path, f"pickle of {ctx.size} bytes exceeds the {ctx.limits.max_pickle_bytes}-byte cap"
+        )
+    fh.seek(0)
     data = fh.read()
-    vm = ctx.vm(data, ctx.relpath, base=0)
-    vm.run()
-    return {}, {"container": "pickle", "trailing_bytes": len(data) - vm.pos}
+    # Loaders may call pickle.load repeatedly (torch's legacy format does), so every
+    # stream up to the end of the file is audited; bytes that are not a pickle are an error.
+    pos, count = 0, 0
+    while pos < len(data):
+        count += 1
+        vm = ctx.vm(data, "pickle" if count == 1 else f"pickle stream {count}",
+                    base=pos, start=pos)
+        vm.run()
+        pos = vm.pos
+    return {}, {"container": "pickle", "streams": count}
 
 
 # -- helpers ------------------------------------------------------------------------------
