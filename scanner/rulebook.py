@@ -28,6 +28,15 @@ RULE_MODULES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A tunable number a rule reads from the active rules pack (docs/rules-packs.md)."""
+
+    key: str
+    default: float | int | str | bool
+    doc: str
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     name: str
@@ -43,6 +52,11 @@ class Rule:
     references: tuple[str, ...] = ()
     since: str = "0.1.0"
     tags: tuple[str, ...] = field(default_factory=tuple)
+    thresholds: tuple[Threshold, ...] = ()
+    """What a rules pack may tune for this rule, with the defaults used without a pack."""
+
+    def threshold(self, key: str) -> Threshold | None:
+        return next((t for t in self.thresholds if t.key == key), None)
 
 
 RULES: dict[str, Rule] = {}
@@ -60,10 +74,14 @@ def define_rule(
     fix: str,
     references: Sequence[str] = (),
     since: str = "0.1.0",
+    thresholds: Sequence[Threshold] = (),
 ) -> Rule:
     if id in RULES and RULES[id].name != name:
         raise ValueError(f"rule id {id} is already used by {RULES[id].name}")
-    rule = Rule(id, name, severity, title, checks, why, example, fix, tuple(references), since)
+    rule = Rule(
+        id, name, severity, title, checks, why, example, fix, tuple(references), since,
+        thresholds=tuple(thresholds),
+    )
     RULES[id] = rule
     return rule
 
@@ -93,32 +111,82 @@ def finding(
     )
 
 
-def rule_markdown(rule: Rule) -> str:
+def _severity_in(rule: Rule, pack: Any) -> Severity:
+    if pack is None:
+        return rule.severity
+    settings = pack.rules.get(rule.id)
+    return settings.severity if settings is not None and settings.severity is not None \
+        else rule.severity
+
+
+def _thresholds_markdown(rule: Rule, pack: Any) -> str:
+    if not rule.thresholds:
+        return ""
+    settings = pack.rules.get(rule.id) if pack is not None else None
+    values = dict(settings.thresholds) if settings is not None else {}
+    head = "| threshold | default | in this pack | meaning |\n|---|---|---|---|\n" if pack \
+        else "| threshold | default | meaning |\n|---|---|---|\n"
+    rows = "".join(
+        f"| `{t.key}` | `{t.default}` | `{values.get(t.key, t.default)}` | {t.doc} |\n" if pack
+        else f"| `{t.key}` | `{t.default}` | {t.doc} |\n"
+        for t in rule.thresholds
+    )
+    return f"**Thresholds** (set in a rules pack, `[rules.{rule.id}] thresholds`).\n\n" \
+        f"{head}{rows}\n"
+
+
+def rule_markdown(rule: Rule, pack: Any = None) -> str:
+    """One rule's documentation; with ``pack`` (a :class:`scanner.policy.Pack`), also its
+    severity, enablement and thresholds in that pack."""
     refs = "".join(f"- {r}\n" for r in rule.references)
+    in_pack = ""
+    if pack is not None:
+        settings = pack.rules.get(rule.id)
+        enabled = settings is None or settings.enabled is not False
+        in_pack = (f" In pack `{pack.name}`: `{_severity_in(rule, pack)}`"
+                   f"{'' if enabled else ' (disabled)'}.")
     return (
         f"## {rule.id}\n\n"
-        f"**{rule.name}**: {rule.title}. Default severity: `{rule.severity}`. "
+        f"**{rule.name}**: {rule.title}. Default severity: `{rule.severity}`.{in_pack} "
         f"Since {rule.since}.\n\n"
         f"**What it checks.** {rule.checks}\n\n"
         f"**Why it matters.** {rule.why}\n\n"
         f"**Example.** {rule.example}\n\n"
         f"**Fix or allow.** {rule.fix}\n\n"
+        + _thresholds_markdown(rule, pack)
         + (f"**References.**\n\n{refs}\n" if refs else "")
     )
 
 
-def rules_markdown() -> str:
-    """The text of docs/rules.md (generated; do not edit that file by hand)."""
+def rules_markdown(pack: Any = None) -> str:
+    """The text of docs/rules.md (generated; do not edit that file by hand); with
+    ``pack``, the reference as that rules pack configures it."""
     rules = all_rules()
-    index = "".join(
-        f"| [{r.id}](#{r.id.lower()}) | {r.name} | {r.severity} | {r.title} |\n" for r in rules
-    )
-    body = "".join(rule_markdown(r) for r in rules)
+    if pack is None:
+        index = "".join(
+            f"| [{r.id}](#{r.id.lower()}) | {r.name} | {r.severity} | {r.title} |\n"
+            for r in rules
+        )
+        head = "| id | name | default severity | title |\n|---|---|---|---|\n"
+        title, intro, cmd = "# Rules", "", "modelseal rules docs -o docs/rules.md"
+    else:
+        index = "".join(
+            f"| [{r.id}](#{r.id.lower()}) | {r.name} | {r.severity} | "
+            f"{_severity_in(r, pack)} | {r.title} |\n" for r in rules
+        )
+        head = (f"| id | name | default severity | in `{pack.name}` | title |\n"
+                "|---|---|---|---|---|\n")
+        title = f"# Rules in pack `{pack.name}`"
+        intro = (f"{pack.description}\n\nFails on: `{pack.fail_on or 'never'}`. Allowed "
+                 f"change classes: {', '.join(pack.allow) or 'none'}; with a verified claim "
+                 f"or attested chain also: {', '.join(pack.allow_claimed) or 'none'}.\n\n")
+        cmd = f"modelseal rules docs --rules {pack.name}"
+    body = "".join(rule_markdown(r, pack) for r in rules)
     return (
-        "# Rules\n\n"
-        "<!-- Generated by `modelseal rules docs -o docs/rules.md`; do not edit. -->\n\n"
+        f"{title}\n\n"
+        f"<!-- Generated by `{cmd}`; do not edit. -->\n\n"
+        f"{intro}"
         "Every finding modelseal reports names one of these rules. Ids are permanent and "
         "never reused.\n\n"
-        "| id | name | default severity | title |\n|---|---|---|---|\n"
-        f"{index}\n{body}"
+        f"{head}{index}\n{body}"
     )

@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES = (
     "scanner.cli.verify",
     "scanner.cli.attest",
     "scanner.cli.verify_chain",
+    "scanner.cli.gate",
 )
 
 

@@ -1,0 +1,119 @@
+"""``modelseal gate``: one command for pipelines, one verdict with all findings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from scanner.cli.common import add_output_options, emit, rules_option
+from scanner.cli.progress import progress_for
+from scanner.cli.verify import add_verifier_options, build_verifier
+from scanner.errors import UsageError
+from scanner.findings import Severity
+from scanner.report import OutputFormat
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gate",
+        help="deployment gate: signature, attestation chain, diff and scan, one verdict",
+        description=(
+            "Check DEPLOYED with every piece of evidence given: verify its signature "
+            "(--signature and a trusted signer), verify its attestation chain "
+            "(--attestations with --chain-policy), diff it against the trusted artifact "
+            "(--trusted, with --claim) and scan it on its own; then judge all findings by "
+            "one rules pack (--rules, default 'default'). Settings may come from "
+            "modelseal.toml or [tool.modelseal] in pyproject.toml (docs/ci.md); options "
+            "given here win."
+        ),
+        epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete.\n"
+        "Example: modelseal gate deployed/ --trusted trusted/ --signature model.sig "
+        "--public-key release.pub --rules strict -f sarif -o gate.sarif",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("deployed", type=Path, nargs="?",
+                        help="the artifact to gate (default: `deployed` in the configuration)")
+    parser.add_argument("--trusted", type=Path, metavar="PATH",
+                        help="the trusted artifact to diff against")
+    parser.add_argument("--signature", type=Path, metavar="model.sig",
+                        help="signature bundle of DEPLOYED (needs a trusted signer below)")
+    parser.add_argument("--attestations", type=Path, metavar="DIR",
+                        help="folder of step attestations (*.json) ending at DEPLOYED")
+    parser.add_argument("--chain-policy", type=Path, metavar="policy.toml",
+                        help="chain policy the attestations are verified against")
+    parser.add_argument("--artifact", type=Path, action="append", default=None,
+                        metavar="PATH", help="intermediate artifact, so chain claims can be "
+                        "re-derived (repeat)")
+    parser.add_argument("--claim", action="append", default=None, metavar="KIND[:PARAMS]",
+                        help="transformation DEPLOYED claims to be of TRUSTED (repeat)")
+    parser.add_argument("--allow", action="append", default=None, metavar="CLASS",
+                        help="accept a class of change in the diff analyzers (repeat)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="gate configuration (default: modelseal.toml, else "
+                        "[tool.modelseal] in pyproject.toml, searched upwards from here)")
+    parser.add_argument("--no-config", action="store_true",
+                        help="ignore configuration files")
+    add_verifier_options(parser)
+    add_output_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def _pick(args: argparse.Namespace, config: Any, key: str, attr: str | None = None) -> Any:
+    value = getattr(args, attr or key)
+    return value if value not in (None, []) else config.get(key)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scanner.gate import GateRequest, run_gate
+    from scanner.policy import with_suppressions
+    from scanner.policy.config import GateConfig, find_config, load_config
+
+    config = GateConfig()
+    if not args.no_config:
+        path = args.config or find_config(Path.cwd())
+        if path is not None:
+            config = load_config(path)
+    elif args.config:
+        raise UsageError("--config and --no-config contradict each other")
+
+    # Fill what the command line left out from the configuration.
+    if config.get("format") and args.format is OutputFormat.TEXT:
+        args.format = OutputFormat(config.get("format"))
+    if args.output is None and config.get("output"):
+        args.output = config.get("output")
+    explicit = args.fail_on if getattr(args, "fail_on_explicit", False) else None
+    if explicit is None and config.get("fail_on"):
+        explicit = Severity.parse(config.get("fail_on"))
+    for key in ("public_key", "certificate_chain", "identity", "issuer", "trust_config",
+                "trusted_root"):
+        if getattr(args, key, None) in (None, []) and config.get(key):
+            setattr(args, key, config.get(key))
+
+    deployed = _pick(args, config, "deployed")
+    if deployed is None:
+        raise UsageError("no deployed artifact: give DEPLOYED or set `deployed` in "
+                         "modelseal.toml")
+    pack = args.rules or rules_option(config.get("rules") or "default")
+    assert pack is not None
+    pack = with_suppressions(pack, config.suppressions)
+    signature = _pick(args, config, "signature")
+    verifier = build_verifier(args) if signature is not None else None
+    request = GateRequest(
+        deployed=Path(deployed),
+        pack=pack,
+        trusted=_pick(args, config, "trusted"),
+        signature=signature,
+        verifier=verifier,
+        attestations=_pick(args, config, "attestations"),
+        chain_policy=_pick(args, config, "chain_policy"),
+        artifacts=tuple(_pick(args, config, "artifacts", "artifact") or ()),
+        claims=tuple(_pick(args, config, "claims", "claim") or ()),
+        allow=tuple(_pick(args, config, "allow") or ()),
+        fail_on=explicit,
+    )
+    if not args.quiet and args.format is OutputFormat.TEXT and config.source:
+        sys.stderr.write(f"modelseal gate: configuration {config.source}\n")
+    report = run_gate(request, progress=progress_for(args.quiet))
+    return emit(report, args)

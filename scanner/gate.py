@@ -1,0 +1,237 @@
+"""The deployment gate: every check that applies to a deployed artifact, one verdict.
+
+Given the deployed artifact and whatever evidence is available (the trusted artifact,
+a signature, step attestations with a chain policy), :func:`run_gate` verifies the
+signature, verifies the attestation chain, diffs against the trusted artifact (with the
+claimed transformations), scans the deployed artifact on its own, and judges all
+findings by one rules pack. Signature and chain verification are the ``signing``
+package's; this module only turns their outcomes into findings (MS801-MS803).
+
+Fail closed: evidence that was supplied but cannot be read is an error (exit 2), never
+a skipped step, and evidence the pack requires but that is missing is a finding (MS806).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from scanner.checks.single import scan_open
+from scanner.diff import diff_open
+from scanner.findings import Finding, Location
+from scanner.formats import open_artifact
+from scanner.policy import Pack, PolicyReport, apply_pack, using
+from scanner.policy.rules import CHAIN_FAILED, INPUT_MISSING, MODEL_NOT_AS_SIGNED, SIGNATURE_INVALID
+from scanner.progress import NoProgress, Progress
+from scanner.report.build import report_from_diff
+from scanner.report.model import ArtifactSummary, Report, with_files
+from scanner.rulebook import finding
+from signing.errors import ModelsealError, VerificationError
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """What the gate is asked to check; every field but ``deployed`` and ``pack`` is
+    optional evidence."""
+
+    deployed: Path
+    pack: Pack
+    trusted: Path | None = None
+    signature: Path | None = None
+    verifier: Any = None
+    """A ``signing.verifiers.Verifier`` for ``signature`` (whom to trust)."""
+    attestations: Path | None = None
+    """Folder of step attestation bundles (``*.json``)."""
+    chain_policy: Path | None = None
+    """The chain policy (docs/policy.md) the attestations are verified against."""
+    artifacts: tuple[Path, ...] = ()
+    """Intermediate artifacts, so chain steps' claims can be re-derived."""
+    claims: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    fail_on: Any = None
+    """An explicit severity that wins over the pack's ``fail_on``."""
+    trusted_root: object | None = None
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    findings: tuple[Finding, ...] = ()
+    record: Mapping[str, Any] | None = None
+
+
+def run_gate(request: GateRequest, *, progress: Progress | None = None,
+             analyzers: Sequence[Any] | None = None, today: dt.date | None = None,
+             now: dt.datetime | None = None) -> PolicyReport:
+    """Run every check that applies and judge the findings by ``request.pack``."""
+    progress = progress or NoProgress()
+    findings: list[Finding] = []
+    gate: dict[str, Any] = {"steps": []}
+    with using(request.pack):
+        missing = [
+            name for name, given in (("signature", request.signature),
+                                     ("trusted", request.trusted),
+                                     ("attestations", request.attestations))
+            if name in request.pack.require and given is None
+        ]
+        findings.extend(
+            finding(INPUT_MISSING,
+                    f"rules pack '{request.pack.name}' requires {name}, and none was given",
+                    evidence={"input": name})
+            for name in missing
+        )
+        if request.signature is not None:
+            sig = _signature(request)
+            findings.extend(sig.findings)
+            gate["signature"] = sig.record
+            gate["steps"].append("signature")
+        attested = False
+        if request.attestations is not None:
+            chain, attested = _chain(request, now)
+            findings.extend(chain.findings)
+            gate["chain"] = chain.record
+            gate["steps"].append("attestation chain")
+        report = _analyse(request, progress, analyzers)
+        gate["steps"].extend(["diff", "scan"] if request.trusted is not None else ["scan"])
+        gate["attested"] = attested
+        fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
+        fields.update(
+            command="gate",
+            findings=(*findings, *report.findings),
+            evidence={**report.evidence, "gate": gate},
+        )
+        return apply_pack(Report(**fields), request.pack, attested=attested, today=today,
+                          fail_on=request.fail_on)
+
+
+def _signature(request: GateRequest) -> _Evidence:
+    from scanner.manifest import build_manifest
+    from signing.model_signature import ModelMismatchError, verify_model
+    from signing.oms import resolve_cli_ignore_paths
+
+    assert request.signature is not None
+    if request.verifier is None:
+        raise ModelsealError(
+            "a signature was given but no trusted signer: pass --public-key, "
+            "--certificate-chain or --identity (or set them in modelseal.toml)")
+    try:
+        bundle = request.signature.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelsealError(f"cannot read signature {request.signature}: {exc.strerror}") \
+            from None
+    ignore = resolve_cli_ignore_paths(request.deployed, [request.signature])
+    where = [Location(artifact="deployed")]
+    record: dict[str, Any] = {"path": str(request.signature), "verified": False}
+    try:
+        verified = verify_model(request.deployed, bundle, request.verifier, ignore_paths=ignore,
+                                tensor_builder=build_manifest, source=str(request.signature))
+    except ModelMismatchError as exc:
+        record["error"] = str(exc)
+        locations = [
+            Location(artifact="deployed", tensor=d.name) if d.kind.startswith("tensor-")
+            else Location(artifact="deployed", file=d.name)
+            for d in exc.discrepancies[:50]
+        ]
+        return _Evidence((finding(
+            MODEL_NOT_AS_SIGNED, str(exc), locations or where,
+            evidence={"discrepancies": [d.describe() for d in exc.discrepancies[:200]]},
+        ),), record)
+    except VerificationError as exc:
+        record["error"] = str(exc)
+        return _Evidence((finding(SIGNATURE_INVALID, f"{request.signature}: {exc}", where,
+                                  evidence={"signature": str(request.signature)}),), record)
+    record.update(verified=True, signer=verified.signer.describe(),
+                  model=verified.manifest.model_name)
+    return _Evidence((), record)
+
+
+def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bool]:
+    from scanner.claims_bridge import check_step
+    from scanner.manifest import build_manifest
+    from signing.attest import CheckStatus
+    from signing.chain import verify_chain
+    from signing.chain_output import to_dict
+    from signing.policy import load_policy
+
+    assert request.attestations is not None
+    if request.chain_policy is None:
+        raise ModelsealError("attestations were given without a chain policy: pass "
+                             "--chain-policy policy.toml (docs/policy.md)")
+    policy = load_policy(request.chain_policy)
+    if not request.attestations.is_dir():
+        raise ModelsealError(f"attestation folder {request.attestations} does not exist")
+    texts = {}
+    for path in sorted(request.attestations.glob("*.json")):
+        try:
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelsealError(f"cannot read attestation {path}: {exc}") from None
+    if not texts:
+        raise ModelsealError(f"no attestation (*.json) in {request.attestations}")
+    trusted_root = request.trusted_root
+    if trusted_root is None and (policy.trust_config or policy.trusted_root):
+        from signing.sigstore_keyless import load_trusted_root
+
+        trusted_root = load_trusted_root(
+            trust_config=policy.trust_config,
+            trusted_root=None if policy.trust_config else policy.trusted_root)
+    deployed = build_manifest(request.deployed)
+    known = [*request.artifacts, *([request.trusted] if request.trusted else [])]
+    artifacts = {build_manifest(p).root_digest: p for p in known}
+    trusted_digest = next((d for d, p in artifacts.items() if p == request.trusted), None)
+    report = verify_chain(deployed, texts, policy, checker=check_step, artifacts=artifacts,
+                          deployed_path=request.deployed, deployed_name=request.deployed.name,
+                          trusted_root=trusted_root, now=now)
+    if not report.completed:
+        raise VerificationError("the attestation chain could not be verified to the end")
+    findings = tuple(
+        finding(CHAIN_FAILED, f"{p.rule}: {p.message}", [Location(artifact="deployed")],
+                evidence={"chain_rule": p.rule, "attestation": p.source})
+        for p in report.problems
+    )
+    # Attested means: the chain verified, every step on it was re-derived (not just
+    # declared), and it starts at the trusted artifact the diff compares against.
+    attested = (
+        report.passed
+        and bool(report.steps)
+        and all(s.recheck.status is CheckStatus.PASS for s in report.steps)
+        and (request.trusted is None or trusted_digest in report.roots)
+    )
+    return _Evidence(findings, to_dict(report)), attested
+
+
+def _analyse(request: GateRequest, progress: Progress,
+             analyzers: Sequence[Any] | None) -> Report:
+    """Diff against the trusted artifact when there is one, and scan the deployed one."""
+    options = {"claims": list(request.claims), "allow": list(request.allow),
+               "policy": request.pack}
+    with open_artifact(request.deployed) as deployed:
+        single = scan_open(deployed)
+        scan_findings = tuple(
+            with_files(_on_deployed(f), {"deployed": deployed}) for f in single.findings
+        )
+        if request.trusted is None:
+            return Report(
+                command="gate",
+                artifacts=(ArtifactSummary.of("deployed", deployed),),
+                findings=scan_findings,
+                seconds=single.seconds,
+            )
+        with open_artifact(request.trusted) as trusted:
+            result = diff_open(trusted, deployed, options=options, progress=progress,
+                               analyzers=analyzers)
+            report = report_from_diff(result)
+    return replace(report, findings=(*report.findings, *scan_findings),
+                   seconds=report.seconds + single.seconds)
+
+
+def _on_deployed(f: Finding) -> Finding:
+    """Single-artifact findings name no side; in the gate they are about the deployed."""
+    locations = tuple(
+        replace(loc, artifact="deployed") if loc.artifact is None else loc
+        for loc in f.locations
+    )
+    return replace(f, locations=locations or (Location(artifact="deployed"),))
