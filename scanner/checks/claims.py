@@ -1,7 +1,270 @@
-"""Claimed transformations: re-derive what DEPLOYED should be from TRUSTED and compare."""
+"""Claimed transformations: re-derive what DEPLOYED should be from TRUSTED and compare.
+
+``--claim KIND[:PARAMS]`` (grammar in ``docs/claims.md``) names a transformation; the
+checkers in :mod:`scanner.claims` re-derive it tensor by tensor. Tensors a claim accounts
+for are explained (so the unexplained-change analyzer does not report them again);
+violations become findings that name the tensor, the rows and the elements. Without a
+claim, the most likely transformation is inferred from the pair's footprint and reported;
+when it verifies, its tensors count as explained.
+"""
 
 from __future__ import annotations
 
-from scanner.diff.engine import Analyzer
+from collections.abc import Iterable
+from typing import Any
 
-ANALYZERS: list[Analyzer] = []
+from scanner.claims.base import ClaimOutcome, TensorVerdict
+from scanner.claims.grammar import parse_claim
+from scanner.claims.run import infer, run_claim
+from scanner.diff.engine import Analysis, Analyzer, PairContext
+from scanner.findings import Finding, Location, Region, Severity
+from scanner.rulebook import define_rule, finding
+
+CLAIM_VERIFIED = define_rule(
+    "MS401",
+    "claim-verified",
+    Severity.INFO,
+    "Claimed transformation re-derived",
+    checks="Every tensor the claimed transformation (cast, quantize, gguf, requantize, prune, "
+    "convert) touches was re-derived from the trusted artifact and matches.",
+    why="A signature says who made a claim; re-deriving it shows the claim is true.",
+    example="quantize:int8:per-channel:symmetric verified on 36 tensors (codes re-derived "
+    "exactly).",
+    fix="Nothing; informational.",
+    references=("docs/claims.md", "THREATS.md section 3"),
+)
+CODES_MISMATCH = define_rule(
+    "MS402",
+    "quantized-codes-mismatch",
+    Severity.HIGH,
+    "Quantized codes contradict the claimed quantization",
+    checks="Integer or ggml-block codes of the deployed artifact differ from the codes the "
+    "claimed algorithm gives for the trusted weights: for round-to-nearest any code that is "
+    "not the nearest one (rounding ties excepted), for search algorithms (GPTQ, AWQ, "
+    "k-quant scale search) any code more than one step from nearest or beyond the scheme's "
+    "error bound.",
+    why="An unfaithful quantization flips a few codes on important weights of an otherwise "
+    "faithful artifact; the float model is benign, the deployed one is not. Only "
+    "re-deriving the codes catches it.",
+    example="`encoder.layer.3.output.dense.weight`: 354 of 1,179,648 codes differ from "
+    "round-to-nearest, rows [12, 97, ...]; element (12, 301) expected 127, found -127.",
+    fix="Re-quantize from the trusted weights with the claimed tool, or claim the algorithm "
+    "actually used (e.g. quantize:int8:gptq).",
+    references=("docs/claims.md", "THREATS.md section 3 (unfaithful transformation)"),
+)
+PARAMS_MISMATCH = define_rule(
+    "MS403",
+    "quantization-params-mismatch",
+    Severity.HIGH,
+    "Quantization scales, zero points or layout contradict the claim",
+    checks="Stored scales or zero points do not follow from the trusted tensor's range for "
+    "the claimed scheme (absmax / 127..128 symmetric, range / 254..256 asymmetric), or the "
+    "stored dtype, granularity or scheme is not the claimed one.",
+    why="Rescaling one channel's scale changes every weight in it while leaving the codes "
+    "plausible.",
+    example="`fc.weight_scale`: 1 of 512 channel scales does not follow from the weights "
+    "(channel 17).",
+    fix="Re-quantize from the trusted weights, or claim the actual scheme.",
+    references=("docs/claims.md",),
+)
+CAST_NOT_RNE = define_rule(
+    "MS404",
+    "cast-not-exact",
+    Severity.HIGH,
+    "Claimed cast is not the exact round-to-nearest-even conversion",
+    checks="Under a cast claim, elements whose value is not the trusted value rounded "
+    "to nearest-even in the target dtype, or tensors changed without the claimed cast.",
+    why="A within-rounding change can still move every weight by one ulp in a chosen "
+    "direction; an exact cast has exactly one correct answer.",
+    example="`encoder.layer.0.attention.self.query.weight`: 147,456 of 147,456 elements are "
+    "not the round-to-nearest-even F16 value.",
+    fix="Re-run the cast with a correctly rounding converter (numpy, torch `.to`).",
+    references=("docs/claims.md",),
+)
+PRUNE_VIOLATION = define_rule(
+    "MS405",
+    "prune-criterion-violated",
+    Severity.HIGH,
+    "Pruned weights contradict the claimed criterion",
+    checks="Under a prune claim: zeros placed on weights the criterion keeps (larger |w| than "
+    "kept weights, per tensor, row, N:M group or channel), kept weights changed (except "
+    "SparseGPT updates in rows that lost weights), or a sparsity other than claimed.",
+    why="Compression-activated backdoors hide their repair in the weights pruning removes; "
+    "zeros on large weights are how a pruned model is made to misbehave.",
+    example="`fc.weight`: 40 zeroed weights are larger than weights the magnitude criterion "
+    "keeps; largest (3, 17) |w| = 0.41.",
+    fix="Re-prune from the trusted weights, or claim the method actually used.",
+    references=("docs/claims.md", "THREATS.md section 3 (pruning)"),
+)
+CONVERT_MISMATCH = define_rule(
+    "MS406",
+    "conversion-mismatch",
+    Severity.HIGH,
+    "Claimed conversion does not preserve the tensors",
+    checks="Under a convert claim, a trusted tensor has no deployed tensor with identical "
+    "values (by name, digest, or transposed), or a tensor's values or shape changed.",
+    why="A conversion moves tensors between containers; it never changes a value.",
+    example="`classifier.weight`: missing after conversion.",
+    fix="Re-convert from the trusted artifact; claim cast:... as well if the dtype changed.",
+    references=("docs/claims.md",),
+)
+CLAIM_NOT_APPLICABLE = define_rule(
+    "MS407",
+    "claim-not-applicable",
+    Severity.HIGH,
+    "Claimed transformation does not describe the pair",
+    checks="The claim finds nothing to re-derive (e.g. quantize on two float artifacts, "
+    "gguf:q4_0 when no tensor is Q4_0), so it cannot be true.",
+    why="A claim that cannot be checked must not pass as verified.",
+    example="claim gguf:q4_0: deployed holds no Q4_0 tensors.",
+    fix="Claim the transformation actually applied (see the inferred transformation).",
+    references=("docs/claims.md",),
+)
+INFERRED = define_rule(
+    "MS408",
+    "transformation-inferred",
+    Severity.INFO,
+    "Transformation inferred without a claim",
+    checks="No --claim was given; the pair's footprint (integer tensors with scales, ggml "
+    "block types, new exact zeros, container change) suggested a transformation, which was "
+    "re-derived; the finding says whether it verified.",
+    why="Naming the most likely transformation turns a wall of changed tensors into one "
+    "checkable statement.",
+    example="inferred quantize:int8:per-channel:symmetric (rtn): verified on 36 tensors.",
+    fix="Pass the inferred claim explicitly to make the check part of policy.",
+    references=("docs/claims.md",),
+)
+
+_CLASS_RULE = {"cast": CAST_NOT_RNE, "pruning": PRUNE_VIOLATION, "conversion": CONVERT_MISMATCH}
+
+
+def _rule_for(v: TensorVerdict) -> Any:
+    if v.change_class == "quantization":
+        return CODES_MISMATCH if v.problem == "codes" else PARAMS_MISMATCH
+    return _CLASS_RULE.get(v.change_class, CODES_MISMATCH)
+
+
+def verdict_finding(v: TensorVerdict, claim: str) -> Finding:
+    """A localized finding for one violated tensor."""
+    name = v.deployed[0] if v.deployed else v.tensor
+    region = Region(axis=v.axis, indices=v.rows[:256]) if v.rows else None
+    evidence: dict[str, Any] = {
+        "claim": claim,
+        "class": v.change_class,
+        "problem": v.problem,
+        "trusted_tensor": v.tensor,
+        "stats": dict(v.stats),
+        "rows_total": len(v.rows),
+        "elements": [x.to_dict() for x in v.violations],
+    }
+    first = v.violations[0] if v.violations else None
+    detail = (f"; first at {list(first.index)}: expected {first.expected:g}, found "
+              f"{first.found:g}" if first is not None else "")
+    return finding(_rule_for(v), v.message + detail,
+                   [Location(artifact="deployed", tensor=name, region=region),
+                    Location(artifact="trusted", tensor=v.tensor)],
+                   evidence=evidence)
+
+
+def _summary(outcome: ClaimOutcome) -> dict[str, Any]:
+    fracs = [v.stats.get("non_nearest_fraction") for v in outcome.verdicts
+             if v.stats.get("non_nearest_fraction") is not None]
+    out: dict[str, Any] = {
+        "claim": outcome.claim,
+        "holds": outcome.holds,
+        "tensors": len(outcome.verdicts),
+        "violated": [v.tensor for v in outcome.verdicts if not v.ok][:100],
+        "notes": list(outcome.notes[:50]),
+        **{k: v for k, v in outcome.evidence.items()},
+        "per_tensor": {v.tensor: {"ok": v.ok, **_jsonable(v.stats)} for v in
+                       outcome.verdicts[:500]},
+    }
+    if fracs:
+        out["max_non_nearest_fraction"] = max(fracs)
+    return out
+
+
+def _jsonable(stats: Any) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
+            for k, v in dict(stats).items()}
+
+
+def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False) -> Analysis:
+    """Findings, explanations and labels for re-derived claims."""
+    findings: list[Finding] = []
+    explained: dict[str, str] = {}
+    labels: dict[str, dict[str, Any]] = {}
+    classes: list[str] = []
+    evidence: dict[str, Any] = {}
+    for o in outcomes:
+        evidence[o.claim] = _summary(o)
+        if inferred:
+            findings.append(finding(
+                INFERRED,
+                f"inferred {o.claim}: verified on {len(o.verdicts)} tensors",
+                evidence={**_summary(o), "class": _class_of(o)}))
+        elif not o.applicable:
+            findings.append(finding(
+                CLAIM_NOT_APPLICABLE,
+                f"claim {o.claim}: nothing in the pair matches it"
+                + (f" ({'; '.join(o.notes[:3])})" if o.notes else ""),
+                evidence=_summary(o)))
+            continue
+        for v in o.verdicts:
+            for name in (v.tensor, *v.deployed):
+                explained[name] = v.change_class
+                labels[name] = {"class": v.change_class, "claim": o.claim, "verified": v.ok,
+                                "trusted_tensor": v.tensor}
+            if not v.ok:
+                findings.append(verdict_finding(v, o.claim))
+        if o.verdicts:
+            classes.append(_class_of(o))
+        if o.holds and not inferred:
+            n_ok = len(o.verdicts)
+            fr = _summary(o).get("max_non_nearest_fraction")
+            extra = f"; max non-nearest fraction {fr:.2%}" if fr else ""
+            findings.append(finding(
+                CLAIM_VERIFIED, f"claim {o.claim} verified on {n_ok} tensors{extra}",
+                evidence={**_summary(o), "class": _class_of(o)}))
+    failed = any(not v.ok for o in outcomes for v in o.verdicts) or any(
+        not o.applicable for o in outcomes)
+    from scanner.diff.model import class_rank
+
+    classification = "unexplained change" if failed and not inferred else (
+        max(classes, key=class_rank) if classes else None)
+    return Analysis(findings=tuple(findings), labels=labels, explained=explained,
+                    classification=classification, evidence=evidence)
+
+
+def _class_of(o: ClaimOutcome) -> str:
+    kind = o.claim.split(":", 1)[0]
+    return {"cast": "cast", "quantize": "quantization", "gguf": "quantization",
+            "requantize": "quantization", "prune": "pruning",
+            "convert": "conversion"}.get(kind, "unexplained change")
+
+
+def analyze_claims(ctx: PairContext) -> Analysis:
+    """Re-derive every ``--claim``; without one, infer and verify the likely transformation."""
+    texts = list(ctx.options.get("claims") or [])
+    claims = [parse_claim(t) for t in texts]
+    if claims:
+        return outcome_analysis(run_claim(c, ctx.trusted, ctx.deployed, ctx.tensors)
+                                for c in claims)
+    if not ctx.changed():
+        return Analysis()
+    _, held = infer(ctx.trusted, ctx.deployed, ctx.tensors)
+    return outcome_analysis(held, inferred=True)
+
+
+def analyze_gap_pair(ctx: PairContext) -> Analysis:
+    """The quantization-gap check on the trusted side of a pair: a full-precision model
+    that claims to be benign can be built to turn malicious only once quantized."""
+    from scanner.claims.gap import gap_findings
+
+    if not ctx.options.get("claims") and not ctx.changed():
+        return Analysis()
+    found = tuple(gap_findings(ctx.deployed, artifact_label="deployed"))
+    return Analysis(findings=found)
+
+
+ANALYZERS: list[Analyzer] = [Analyzer("claims", analyze_claims)]

@@ -1,0 +1,153 @@
+"""Find integer-quantized weights in a deployed artifact and the float tensor each replaces.
+
+Recognized layouts (``docs/claims.md`` has the table):
+
+* suffix families, as written by onnxruntime (``W_quantized`` + ``W_scale`` +
+  ``W_zero_point``), by compressed-tensors / llm-compressor and most safetensors int8
+  exporters (``x.weight`` I8 + ``x.weight_scale`` [+ ``x.weight_zero_point``]), and the
+  ``x.weight`` + ``x.scales`` / ``x.scale`` / ``x.zeros`` / ``x.zp`` variants;
+* ONNX graph references: ``DequantizeLinear``, ``QLinearConv``, ``QLinearMatMul``,
+  ``MatMulInteger``, ``ConvInteger`` and ``DynamicQuantizeLSTM`` name their weight, scale
+  and zero-point inputs explicitly, and the node type fixes the channel axis.
+
+The per-channel axis is the axis whose length equals the number of scales; a graph node
+that states it (``axis`` attribute, or QLinearMatMul's output columns) decides when
+several axes fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scanner.artifact import Artifact
+
+CODE_DTYPES = {"I8": (-128, 127), "U8": (0, 255), "I32": (-(2**31), 2**31 - 1),
+               "I4": (-8, 7), "U4": (0, 15), "I16": (-(2**15), 2**15 - 1),
+               "U16": (0, 2**16 - 1)}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+_CODE_SUFFIXES = ("_quantized", ".qweight", "_qweight", ".weight_quantized")
+_SCALE_SUFFIXES = ("_scale", ".scale", "_scales", ".scales", ".weight_scale", "_weight_scale")
+_ZP_SUFFIXES = ("_zero_point", ".zero_point", "_zp", ".zp", ".zeros", ".weight_zero_point",
+                "_weight_zero_point")
+
+
+@dataclass(frozen=True)
+class QuantGroup:
+    """One quantized weight: codes, scale, optional zero point, and its float origin."""
+
+    codes: str
+    scale: str
+    zero_point: str | None
+    base: str
+    """The name the float weight most likely had (may be absent from the trusted side)."""
+    axis_hint: int | None = None
+    """Channel axis stated by the graph (None: infer from shapes)."""
+    op: str = ""
+    """The graph operator that consumes the codes, if known."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.codes, self.scale, self.zero_point) if n)
+
+
+def _stems(name: str) -> list[str]:
+    """Candidate float names for a codes tensor (most specific first)."""
+    out = []
+    for suf in _CODE_SUFFIXES:
+        if name.endswith(suf):
+            stem = name[: -len(suf)]
+            out.append(stem + ".weight" if suf.startswith(".") and "weight" not in stem[-7:]
+                       and suf != ".weight_quantized" else stem)
+            out.append(stem)
+    out.append(name)
+    return out
+
+
+def _sibling(tensors: Mapping[str, object], name: str, suffixes: tuple[str, ...]) -> str | None:
+    bases = [name]
+    for suf in _CODE_SUFFIXES:
+        if name.endswith(suf):
+            bases.append(name[: -len(suf)])
+    if name.endswith(".weight"):
+        bases.append(name[: -len(".weight")])
+    for base in bases:
+        for suf in suffixes:
+            if base + suf in tensors and base + suf != name:
+                return base + suf
+    return None
+
+
+# Which inputs of which op are (codes, scale, zero point), and the channel axis of codes.
+_GRAPH_WEIGHT_INPUTS: dict[str, list[tuple[int, int, int | None, int | None]]] = {
+    "DequantizeLinear": [(0, 1, 2, None)],
+    "QLinearConv": [(3, 4, 5, 0)],
+    "QLinearMatMul": [(3, 4, 5, 1)],
+    "DynamicQuantizeLSTM": [(1, 8, 9, 0), (2, 10, 11, 0)],
+}
+
+
+def find_groups(deployed: Artifact) -> list[QuantGroup]:
+    """Every quantized weight of ``deployed`` that has a stored scale."""
+    tensors = deployed.tensors
+    groups: dict[str, QuantGroup] = {}
+    if deployed.graph is not None:
+        for node in deployed.graph.nodes:
+            for ci, si, zi, axis in _GRAPH_WEIGHT_INPUTS.get(node.op_type, []):
+                ins = node.inputs
+                if len(ins) <= si or ins[ci] not in tensors or ins[si] not in tensors:
+                    continue
+                if tensors[ins[ci]].dtype.name not in CODE_DTYPES:
+                    continue
+                zp = ins[zi] if zi is not None and len(ins) > zi and ins[zi] in tensors else None
+                if node.op_type == "DequantizeLinear":
+                    axis = _attr_axis(deployed, node.name, default=1)
+                groups[ins[ci]] = QuantGroup(ins[ci], ins[si], zp, _stems(ins[ci])[0],
+                                             axis, node.op_type)
+            if node.op_type in ("MatMulInteger", "ConvInteger") and len(node.inputs) > 1:
+                code = node.inputs[1]
+                if code in tensors and code not in groups:
+                    scale = _sibling(tensors, code, _SCALE_SUFFIXES)
+                    zp = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] in tensors \
+                        else _sibling(tensors, code, _ZP_SUFFIXES)
+                    if scale:
+                        axis = 0 if node.op_type == "ConvInteger" else 1
+                        groups[code] = QuantGroup(code, scale, zp, _stems(code)[0], axis,
+                                                  node.op_type)
+    for name, info in tensors.items():
+        if name in groups or info.dtype.name not in CODE_DTYPES or not info.shape:
+            continue
+        scale = _sibling(tensors, name, _SCALE_SUFFIXES)
+        if scale is None or tensors[scale].dtype.name not in FLOAT_DTYPES:
+            continue
+        zp = _sibling(tensors, name, _ZP_SUFFIXES)
+        groups[name] = QuantGroup(name, scale, zp, _stems(name)[0])
+    # A zero point or scale is never itself a weight.
+    side = {n for g in groups.values() for n in (g.scale, g.zero_point) if n}
+    return [g for n, g in sorted(groups.items()) if n not in side]
+
+
+def _attr_axis(art: Artifact, node_name: str, default: int) -> int:
+    model = art.graph.model if art.graph is not None else None
+    if model is None:
+        return default
+    from scanner.formats.onnx_reader import iter_all_graphs
+
+    for _, graph in iter_all_graphs(model):
+        for index, node in enumerate(graph.node):
+            if (node.name or f"{node.op_type}_{index}") == node_name:
+                for a in node.attribute:
+                    if a.name == "axis":
+                        return int(a.i)
+                return default
+    return default
+
+
+def trusted_origin(group: QuantGroup, trusted: Artifact, used: set[str]) -> str | None:
+    """The trusted float tensor a group replaces: by name first, then by a unique shape."""
+    for cand in _stems(group.codes):
+        info = trusted.tensors.get(cand)
+        if info is not None and info.dtype.name in FLOAT_DTYPES and cand not in used:
+            return cand
+    return None

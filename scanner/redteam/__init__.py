@@ -1,0 +1,1 @@
+"""Attack planting for red-team tests and the ``modelseal redteam`` command."""
