@@ -59,24 +59,96 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_output_options(parser)
     parser.set_defaults(handler=run)
 
+    hook = subparsers.add_parser(
+        "hook",
+        help="pre-commit hook: scan model files and verify the signatures next to them",
+        description=(
+            "Gate every FILE on its own (no trusted reference): scan it and, when a "
+            "signature `FILE.sig` or `model.sig` sits next to it and a trusted signer is "
+            "configured, verify it. Settings come from modelseal.toml / [tool.modelseal]. "
+            "Used by the hooks in .pre-commit-hooks.yaml."
+        ),
+        epilog="Exit codes: 0 all pass, 1 a file fails, 2 a file could not be checked.",
+    )
+    hook.add_argument("files", type=Path, nargs="*", metavar="FILE")
+    hook.add_argument("--config", type=Path, metavar="FILE",
+                      help="gate configuration (default: searched upwards from here)")
+    hook.add_argument("--no-config", action="store_true", help="ignore configuration files")
+    add_verifier_options(hook)
+    add_output_options(hook)
+    hook.set_defaults(handler=run_hook)
+
 
 def _pick(args: argparse.Namespace, config: Any, key: str, attr: str | None = None) -> Any:
     value = getattr(args, attr or key)
     return value if value not in (None, []) else config.get(key)
 
 
+def _config(args: argparse.Namespace) -> Any:
+    from scanner.policy.config import GateConfig, find_config, load_config
+
+    if args.no_config:
+        if args.config:
+            raise UsageError("--config and --no-config contradict each other")
+        return GateConfig()
+    path = args.config or find_config(Path.cwd())
+    return load_config(path) if path is not None else GateConfig()
+
+
+def _fill_verifier(args: argparse.Namespace, config: Any) -> None:
+    for key in ("public_key", "certificate_chain", "identity", "issuer", "trust_config",
+                "trusted_root"):
+        if getattr(args, key, None) in (None, []) and config.get(key):
+            setattr(args, key, config.get(key))
+
+
+def run_hook(args: argparse.Namespace) -> int:
+    """Gate each file; print one line per file (the full report for failures)."""
+    from scanner.gate import GateRequest, run_gate
+    from scanner.policy import with_suppressions
+    from signing.errors import ModelsealError
+
+    config = _config(args)
+    _fill_verifier(args, config)
+    pack = args.rules or rules_option(config.get("rules") or "default")
+    assert pack is not None
+    pack = with_suppressions(pack, config.suppressions)
+    has_signer = any(getattr(args, k, None) for k in ("public_key", "certificate_chain",
+                                                       "identity"))
+    worst = 0
+    for path in args.files:
+        signature = next((s for s in (path.with_name(path.name + ".sig"),
+                                      path.with_name("model.sig")) if s.is_file()), None)
+        if signature is not None and not has_signer:
+            sys.stderr.write(f"{path}: signature {signature} found but no trusted signer "
+                             "configured; not verified\n")
+            signature = None
+        try:
+            request = GateRequest(
+                deployed=path, pack=pack, signature=signature,
+                verifier=build_verifier(args) if signature is not None else None,
+            )
+            report = run_gate(request, progress=progress_for(True))
+        except ModelsealError as exc:
+            sys.stdout.write(f"{path}: ERROR {exc}\n")
+            worst = 2
+            continue
+        checked = "signature verified, scanned" if signature is not None else "scanned"
+        sys.stdout.write(f"{path}: {report.verdict.upper()} ({checked}, "
+                         f"{len(report.findings)} findings)\n")
+        if report.verdict != "pass" and not args.quiet:
+            from scanner.report import render
+
+            sys.stdout.write(render(report, OutputFormat.TEXT))
+        worst = max(worst, {"pass": 0, "fail": 1}.get(report.verdict, 2))
+    return worst
+
+
 def run(args: argparse.Namespace) -> int:
     from scanner.gate import GateRequest, run_gate
     from scanner.policy import with_suppressions
-    from scanner.policy.config import GateConfig, find_config, load_config
 
-    config = GateConfig()
-    if not args.no_config:
-        path = args.config or find_config(Path.cwd())
-        if path is not None:
-            config = load_config(path)
-    elif args.config:
-        raise UsageError("--config and --no-config contradict each other")
+    config = _config(args)
 
     # Fill what the command line left out from the configuration.
     if config.get("format") and args.format is OutputFormat.TEXT:
@@ -86,10 +158,7 @@ def run(args: argparse.Namespace) -> int:
     explicit = args.fail_on if getattr(args, "fail_on_explicit", False) else None
     if explicit is None and config.get("fail_on"):
         explicit = Severity.parse(config.get("fail_on"))
-    for key in ("public_key", "certificate_chain", "identity", "issuer", "trust_config",
-                "trusted_root"):
-        if getattr(args, key, None) in (None, []) and config.get(key):
-            setattr(args, key, config.get(key))
+    _fill_verifier(args, config)
 
     deployed = _pick(args, config, "deployed")
     if deployed is None:

@@ -133,7 +133,7 @@ def apply_pack(report: Report, pack: Pack, *, attested: bool = False,
         command=report.command,
         artifacts=report.artifacts,
         findings=tuple(kept),
-        fail_on=fail_on or pack.fail_on or report.fail_on,
+        fail_on=next(s for s in (fail_on, pack.fail_on, report.fail_on) if s is not None),
         tensors=report.tensors,
         classification=report.classification,
         evidence=evidence,
@@ -226,7 +226,8 @@ def _unallowed_classes(tensors: tuple[TensorDiff, ...], judged: list[Finding],
         settings = ctx.pack.settings(CLASS_NOT_ALLOWED.id, [t.name])
         if settings.enabled is False:
             continue
-        severity = settings.severity or CLASS_NOT_ALLOWED.severity
+        severity = (settings.severity if settings.severity is not None
+                    else CLASS_NOT_ALLOWED.severity)
         for override in ctx.pack.overrides_for([t.name]):
             if override.severity is not None:
                 severity = override.severity

@@ -225,7 +225,10 @@ def _build(data: Mapping[str, Any], source: str, base_dir: Path | None,
     if extends is not None:
         ref = v.string(meta, "extends", "pack.extends")
         assert ref is not None
-        parent = _load(_resolve(ref, base_dir), chain)
+        try:
+            parent = _load(_resolve(ref, base_dir), chain)
+        except PackError as exc:
+            raise PackError(f"{source}: pack.extends: {exc}") from None
     pack = parent or Pack(name=name)
 
     fail_on: Severity | None = pack.fail_on
