@@ -1,8 +1,332 @@
-"""Graph analysis: structural diff of two ONNX graphs."""
+"""Graph analysis: structural diff of two ONNX graphs and graph-backdoor footprints.
+
+The pair analyzer canonicalizes both graphs, matches nodes by what they compute, and
+explains each difference: injected branch, pre/post-processing wrapper, equivalent
+rewrite (fusion, folding, renaming, quantization plumbing) or unexplained structure.
+With ``options["probe"]`` it also runs both models on probe inputs (onnxruntime).
+"""
 
 from __future__ import annotations
 
-from scanner.checks.pair import analyze_graph_shape
-from scanner.diff.engine import Analyzer
+from collections.abc import Iterable
+from typing import Any
 
-ANALYZERS: list[Analyzer] = [Analyzer("graph", analyze_graph_shape)]
+import numpy as np
+
+from scanner.artifact import Artifact
+from scanner.checks.pair import GRAPH_CHANGED
+from scanner.diff.engine import Analysis, Analyzer, PairContext
+from scanner.findings import Finding, Location, Severity
+from scanner.graph.canonical import CanonicalGraph, canonicalize
+from scanner.graph.diff import GraphDiff, Region, diff_graphs
+from scanner.graph.single import find_footprints
+from scanner.graph.tree import render_region
+from scanner.rulebook import define_rule, finding
+
+INJECTED_BRANCH = define_rule(
+    "MS501",
+    "graph-injected-branch",
+    Severity.CRITICAL,
+    "Branch from a graph input injected into the computation",
+    checks="Nodes present only in the deployed graph that read a graph input and merge into "
+    "an original tensor (through Add / Mul / Where / Max / Concat ...), matched by operator, "
+    "attributes and connectivity, not by name.",
+    why="ShadowLogic, TrojanNet, DeepPayload and architectural backdoors are exactly this: a "
+    "trigger detector on the input whose output overrides or shifts the logits. They live "
+    "outside the weights and survive fine-tuning.",
+    example="`x` -> Slice -> ReduceMean -> Greater(0.9) -> Where overrides "
+    "`softmax_0.tmp_0` (6 added nodes).",
+    fix="Reject the artifact; rebuild it from the trusted export.",
+    references=("THREATS.md section 2", "docs/graph.md"),
+)
+EQUIVALENT_REWRITE = define_rule(
+    "MS502",
+    "graph-equivalent-rewrite",
+    Severity.INFO,
+    "Graph rewritten equivalently",
+    checks="Structural differences that canonicalization explains: constant folding, "
+    "Conv+BatchNormalization / Add / Mul fusion (fused weights recomputed and compared), "
+    "Gemm / FusedConv / FusedMatMul / LayerNorm / GELU fusion, Identity / Dropout removal, "
+    "quantize-dequantize pairs, dynamic quantization, renamed and reordered nodes, opset forms.",
+    why="Optimizers and quantizers rewrite graphs all the time; reporting them as changes "
+    "would bury real ones. The evidence says which rewrites were found and how weights "
+    "were verified.",
+    example="folded BatchNormalization into Conv: 35; split FusedConv: 24; "
+    "171 fused weights equal the recomputed ones (max rel. error 3e-7).",
+    fix="Nothing; informational. Regions matched only by boundary (fusions) are not "
+    "numerically proven: run with --probe to check behaviour.",
+    references=("docs/graph.md",),
+)
+REWRITE_WEIGHTS = define_rule(
+    "MS503",
+    "graph-rewrite-weight-mismatch",
+    Severity.HIGH,
+    "Rewritten weights disagree with the trusted ones",
+    checks="A node matched structurally whose weight, stored under a new name or fused, is "
+    "not the value recomputed from the trusted graph.",
+    why="A fusion is a convenient cover for editing the fused weight.",
+    example="`Conv@5` weight: max relative error 0.31 against the Conv+BN fold.",
+    fix="Re-run the optimizer on the trusted model, or reject.",
+)
+BEHAVIOUR_DIVERGES = define_rule(
+    "MS504",
+    "graph-behaviour-divergence",
+    Severity.HIGH,
+    "Deployed model behaves differently on probe inputs",
+    checks="With --probe: both models run on random and structured probes (patches, "
+    "checkerboards, extreme values, token sweeps, constants the graph compares with). "
+    "Divergence only on structured probes is reported as trigger logic (critical); "
+    "divergence everywhere as drift.",
+    why="Structure cannot prove every rewrite; behaviour on inputs a trigger would "
+    "respond to can expose one.",
+    example="output `logits`: random probes max rel. diff 0, `x:patch 6px @(0,0) = 1` 5.2.",
+    fix="Inspect the divergent output and the structural diff; reject if unexplained.",
+)
+WRAPPER_ADDED = define_rule(
+    "MS505",
+    "graph-wrapper-added",
+    Severity.LOW,
+    "Pre- or post-processing wrapper added",
+    checks="Added nodes that only re-route graph inputs into the original stem "
+    "(normalization, Resize) or only read the original outputs (ArgMax, TopK, Softmax).",
+    why="Wrappers are usually export conveniences; they still change what the model returns.",
+    example="post-processing: ArgMax over `logits` as a new output.",
+    fix="Review the wrapper; allow it in the rules pack.",
+)
+TRIGGER_COMPARISON = define_rule(
+    "MS506",
+    "graph-trigger-comparison",
+    Severity.HIGH,
+    "Input values compared with constants steer an output",
+    checks="A graph input (directly or after Slice / Gather / Reshape / reductions) compared "
+    "(Equal / Less / Greater) with a constant, the result feeding a Where / Mul / Add a few "
+    "nodes before an output. Searched in subgraphs and functions too.",
+    why="This is ShadowLogic's trigger: a pattern check on the input overriding the result.",
+    example="`input_ids` Equal 7592 -> Where -> Add into `logits`.",
+    fix="Explain the comparison (a documented post-processing rule) or reject.",
+    references=("THREATS.md section 2",),
+)
+SIDE_BRANCH = define_rule(
+    "MS507",
+    "graph-input-side-branch",
+    Severity.HIGH,
+    "Small branch beside the stem reads the raw input",
+    checks="A graph input read a second time (often through a constant-window Slice) by a "
+    "small branch that merges near an output.",
+    why="TrojanNet and DeepPayload attach a small trigger detector to a window of the input "
+    "and add or blend its output into the logits.",
+    example="`x` -> Slice[0:4, 0:4] -> MatMul -> Relu -> MatMul -> Add into `logits`.",
+    fix="Explain the branch or reject.",
+    references=("THREATS.md section 2",),
+)
+PARAMETER_FREE_PATH = define_rule(
+    "MS508",
+    "graph-parameter-free-path",
+    Severity.HIGH,
+    "Parameter-free path from the input to a late layer",
+    checks="A path from a graph input to a merge a few nodes before an output that passes "
+    "no weight (e.g. AveragePool -> Exp -> Add).",
+    why="Architectural backdoors (Bober-Irizar et al.) use such paths: they fire on a "
+    "pattern and survive retraining because they hold no parameters.",
+    example="`x` -> AveragePool -> ReduceMean -> Exp -> Add into `logits`.",
+    fix="Explain the path or reject.",
+    references=("THREATS.md section 2",),
+)
+
+_FOOTPRINT_RULES = {
+    "trigger-comparison": TRIGGER_COMPARISON,
+    "side-branch": SIDE_BRANCH,
+    "parameter-free-path": PARAMETER_FREE_PATH,
+}
+
+
+def _loader(artifact: Artifact) -> Any:
+    def load(key: str) -> np.ndarray | None:
+        if key not in artifact.tensors:
+            return None
+        try:
+            return np.array(artifact.array(key))
+        except Exception:  # an unreadable tensor only costs the numeric verification
+            return None
+
+    return load
+
+
+def canonical_of(artifact: Artifact) -> CanonicalGraph | None:
+    if artifact.graph is None or artifact.graph.model is None:
+        return None
+    return canonicalize(artifact.graph.model, _loader(artifact))
+
+
+def _locs(region: Region, side: str) -> list[Location]:
+    return [Location(artifact=side, node=n.name) for n in region.nodes[:50]]
+
+
+def analyze_graph(ctx: PairContext) -> Analysis:
+    t, d = canonical_of(ctx.trusted), canonical_of(ctx.deployed)
+    if t is None and d is None:
+        return Analysis()
+    if t is None or d is None:
+        side = "deployed" if t is None else "trusted"
+        return Analysis(
+            findings=(finding(GRAPH_CHANGED, f"only the {side} artifact has a graph"),),
+            classification="graph change",
+        )
+    gd = diff_graphs(t, d)
+    findings = list(_diff_findings(gd, t, d))
+    evidence: dict[str, Any] = {
+        "nodes": {"trusted": gd.n_trusted, "deployed": gd.n_deployed, "matched": gd.n_matched},
+        "regions": [r.to_dict() for r in gd.regions],
+        "rewrites": {"trusted": list(gd.trusted_notes), "deployed": list(gd.deployed_notes)},
+    }
+    if ctx.options.get("probe"):
+        f, probe_ev = _probe(ctx, t, d)
+        findings.extend(f)
+        evidence["probe"] = probe_ev
+    serious = [f for f in findings if f.severity >= Severity.MEDIUM]
+    explained = {k: v for k, v in gd.explained.items() if k not in ctx.explained}
+    if serious:
+        explained = {}  # a graph that is not equivalent explains none of its tensors
+        classification: str | None = "graph change"
+    elif gd.identical and not any(c for c in gd.weight_checks if c.trusted != c.deployed):
+        classification = None
+    else:
+        classification = "equivalent rewrite"
+    return Analysis(findings=tuple(findings), explained=explained,
+                    classification=classification, evidence=evidence)
+
+
+def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Iterable[Finding]:
+    for r in gd.regions:
+        if r.side == "deployed" and r.kind == "injected":
+            tree = render_region(d, r)
+            yield finding(
+                INJECTED_BRANCH,
+                f"{len(r.nodes)} added nodes ({', '.join(r.ops)}): {r.reason}; merge via "
+                f"{', '.join(r.merge_ops)} at {', '.join(r.merge_nodes)}",
+                _locs(r, "deployed"),
+                evidence={**r.to_dict(), "tree": tree},
+            )
+        elif r.side == "deployed" and r.kind in ("pre-processing", "post-processing"):
+            yield finding(WRAPPER_ADDED, f"{r.kind} wrapper: {', '.join(r.ops)} ({r.reason})",
+                          _locs(r, "deployed"), evidence={**r.to_dict(),
+                                                          "tree": render_region(d, r)})
+        elif r.kind == "unexplained":
+            side = r.side
+            what = "added" if side == "deployed" else "removed"
+            ev = r.to_dict()
+            if side == "deployed":
+                ev["tree"] = render_region(d, r)
+            yield finding(
+                GRAPH_CHANGED,
+                f"{len(r.nodes)} {what} nodes ({', '.join(r.ops)}) not explained by any "
+                f"known rewrite" + (f"; merge at {', '.join(r.merge_nodes)}"
+                                    if r.merge_nodes else ""),
+                _locs(r, side), evidence=ev,
+            )
+    for c in gd.changed:
+        yield finding(GRAPH_CHANGED, f"node {c.deployed.name!r} ({c.deployed.op}): {c.reason}",
+                      [Location(artifact="deployed", node=c.deployed.name)],
+                      evidence={"trusted_node": c.trusted.name, "reason": c.reason})
+    for io in gd.io_changes:
+        yield finding(GRAPH_CHANGED, io)
+    bad = [c for c in gd.weight_checks if not c.ok and c.max_rel_err is not None]
+    for c in bad[:20]:
+        yield finding(
+            REWRITE_WEIGHTS,
+            f"{', '.join(c.deployed)} ({c.derivation}) differs from the value recomputed "
+            f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}",
+            [Location(artifact="deployed", tensor=k) for k in c.deployed[:4]],
+            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed)},
+        )
+    rewrites = [r for r in gd.regions if r.kind in ("fusion", "folding")]
+    verified = [c for c in gd.weight_checks if c.ok]
+    notes = sorted(set(gd.trusted_notes) | set(gd.deployed_notes))
+    if rewrites or verified or notes != sorted(set(gd.trusted_notes)) or (
+        gd.n_trusted != gd.n_deployed
+    ):
+        unverified = [c for c in gd.weight_checks if c.max_rel_err is None]
+        errs = [c.max_rel_err for c in verified if c.max_rel_err is not None]
+        parts = [
+            f"{gd.n_matched} of {gd.n_deployed} deployed nodes match trusted ones",
+            f"{len(verified)} renamed/fused weights equal the recomputed ones"
+            + (f" (max rel. error {max(errs):.2g})" if errs else ""),
+        ]
+        if rewrites:
+            parts.append(
+                f"{len([r for r in rewrites if r.side == 'trusted'])} regions folded or fused "
+                "(boundary-matched, not numerically proven; use --probe)"
+            )
+        if unverified:
+            parts.append(f"{len(unverified)} weights could not be read for verification")
+        yield finding(
+            EQUIVALENT_REWRITE, "; ".join(parts),
+            evidence={"trusted_rewrites": list(gd.trusted_notes),
+                      "deployed_rewrites": list(gd.deployed_notes),
+                      "regions": [r.to_dict() for r in rewrites]},
+        )
+
+
+def _hints(*graphs: CanonicalGraph) -> list[float]:
+    """Small constants the graphs compare values with: probe values worth trying."""
+    values: list[float] = []
+    for g in graphs:
+        for n in g.nodes.values():
+            if n.op in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"):
+                for i in n.inputs:
+                    c = g.consts.get(i)
+                    v = c.value() if c is not None and c.numel <= 16 else None
+                    if v is not None:
+                        values.extend(float(x) for x in np.asarray(v, dtype=np.float64).ravel())
+    return list(dict.fromkeys(values))[:32]
+
+
+def _vocab(g: CanonicalGraph) -> dict[str, int]:
+    out = {}
+    for i in g.inputs:
+        for cid, slot in g.consumers.get(i, ()):
+            n = g.nodes[cid]
+            if n.op == "Gather" and slot == 1 and n.inputs[0] in g.consts:
+                out[i] = g.consts[n.inputs[0]].shape[0]
+    return out
+
+
+def _probe(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph
+           ) -> tuple[list[Finding], dict[str, Any]]:
+    from scanner.graph.probe import DEFAULT_BUDGET_S, probe_models
+
+    budget = float(ctx.options.get("probe_budget") or DEFAULT_BUDGET_S)
+    res = probe_models(ctx.trusted.path, ctx.deployed.path, budget_s=budget,
+                       hints=_hints(t, d), vocab=_vocab(t))
+    ev = res.to_dict()
+    findings: list[Finding] = []
+    if res.verdict in ("trigger", "deployed-fails", "drift"):
+        worst = max(res.outputs, key=lambda o: max(o.structured_max, o.random_max))
+        sev = Severity.CRITICAL if res.verdict == "trigger" else Severity.HIGH
+        findings.append(finding(
+            BEHAVIOUR_DIVERGES,
+            f"{res.verdict}: output {worst.name!r} random probes max rel. diff "
+            f"{worst.random_max:.3g}, structured max {worst.structured_max:.3g} "
+            f"({worst.n_structured_diverged} of {res.n_structured} structured probes diverge; "
+            f"worst {worst.worst_probe!r}); {res.n_random + res.n_structured} probes in "
+            f"{res.seconds:.1f}s of a {res.budget_s:g}s budget",
+            evidence=ev, severity=sev,
+        ))
+    return findings, ev
+
+
+ANALYZERS: list[Analyzer] = [Analyzer("graph", analyze_graph)]
+
+
+def check_graph_backdoors(artifact: Artifact) -> Iterable[Finding]:
+    """Single-artifact check: trigger comparisons, side branches, parameter-free paths."""
+    g = canonical_of(artifact)
+    if g is None:
+        return
+    for fp in find_footprints(g):
+        yield finding(
+            _FOOTPRINT_RULES[fp.kind], fp.detail,
+            [Location(node=n) for n in fp.nodes[:20]],
+            evidence={"nodes": list(fp.nodes[:100]), "inputs": list(fp.inputs),
+                      "merge_node": fp.merge_node},
+        )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.artifact import Artifact
+from scanner.checks.graph import check_graph_backdoors
 from scanner.checks.serialization import check_serialization
 from scanner.checks.structure import (
     check_external_data,
@@ -26,6 +27,7 @@ SINGLE_CHECKS: list[SingleCheck] = [
     check_external_data,
     check_metadata_size,
     check_serialization,
+    check_graph_backdoors,
 ]
 
 

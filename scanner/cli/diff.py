@@ -43,6 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="accept a class of change (e.g. finetune, low-rank, pruning); repeatable",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="ONNX: also run both models on random and structured probe inputs and compare "
+        "outputs (needs onnxruntime: pip install 'modelseal[runtime]')",
+    )
+    parser.add_argument(
+        "--probe-budget",
+        metavar="SECONDS",
+        type=float,
+        default=20.0,
+        help="time budget of the behavioural check per model pair (default 20)",
+    )
     add_output_options(parser)
     parser.set_defaults(handler=run)
 
@@ -50,7 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = progress_for(args.quiet)
     with open_artifact(args.trusted) as trusted, open_artifact(args.deployed) as deployed:
-        options = {"claims": list(args.claim), "allow": list(args.allow)}
+        options = {
+            "claims": list(args.claim),
+            "allow": list(args.allow),
+            "probe": args.probe,
+            "probe_budget": args.probe_budget,
+        }
         result = diff_open(trusted, deployed, options=options, progress=progress)
         report = report_from_diff(result, args.fail_on)
     return emit(report, args)

@@ -182,6 +182,7 @@ CHANGE_CLASSES: tuple[str, ...] = (
     "identical",
     "renamed",
     "cast",
+    "equivalent rewrite",
     "conversion",
     "quantization",
     "pruning",

@@ -121,3 +121,7 @@ def _findings(console: Console, report: Report) -> None:
         line.append(f" {f.rule_id} {f.title}: ", style="bold")
         line.append(f.message)
         console.print(line)
+        tree = f.evidence.get("tree") if isinstance(f.evidence, dict) else None
+        if isinstance(tree, str) and tree:
+            for tree_line in tree.splitlines():
+                console.print(Text(f"      {tree_line}"))

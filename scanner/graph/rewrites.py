@@ -1,0 +1,503 @@
+"""Canonicalizing rewrites: undo what exporters, optimizers and quantizers change benignly.
+
+Each rewrite maps a graph to an equivalent one, so applying it to both sides of a diff
+never hides a difference in what the graphs compute. Rewrites that need values (folding
+BatchNormalization into a convolution, evaluating constant sub-expressions,
+dequantizing weights) compute them here, and the derived constant keeps the stored
+tensors it came from: after matching, :mod:`scanner.graph.diff` compares the derived
+values with the deployed ones numerically before it explains any tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from scanner.graph.canonical import (
+    COMMUTATIVE,  # noqa: F401  (re-exported)
+    FOLD_LIMIT,
+    CanonicalGraph,
+    Const,
+    Node,
+    const_from_array,
+)
+
+NON_FOLDABLE = {
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "If", "Loop", "Scan", "Shape", "Size", "DynamicQuantizeLinear",
+}
+_AXES_TO_INPUT = {
+    "Squeeze", "Unsqueeze", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+}
+_ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip", "Elu", "Softplus"}
+
+
+class _Editor:
+    def __init__(self, g: CanonicalGraph) -> None:
+        self.g = g
+        self.counts: Counter[str] = Counter()
+        self.next_id = max(g.nodes, default=-1) + 1
+        self.next_tensor = 0
+
+    def fresh(self, scope: str, hint: str) -> str:
+        self.next_tensor += 1
+        base = f"~{hint}:{self.next_tensor}"
+        return f"{scope}::{base}" if scope else base
+
+    def const(self, scope: str, value: np.ndarray, sources: tuple[str, ...] = (),
+              derivation: str = "canonical") -> str:
+        tid = self.fresh(scope, "const")
+        self.g.consts[tid] = const_from_array(np.asarray(value), sources, derivation)
+        return tid
+
+    def node(self, like: Node, op: str, inputs: list[str], outputs: list[str] | None = None,
+             attrs: dict[str, Any] | None = None, suffix: str = "") -> Node:
+        outs = outputs if outputs is not None else [self.fresh(like.scope, op)]
+        n = Node(self.next_id, like.name + suffix, op, dict(attrs or {}), list(inputs), outs,
+                 like.scope, like.origin)
+        self.next_id += 1
+        self.g.nodes[n.id] = n
+        return n
+
+    def remove(self, n: Node) -> None:
+        self.g.nodes.pop(n.id, None)
+
+    def alias(self, old: str, new: str) -> None:
+        """Every reader of ``old`` reads ``new`` instead."""
+        g = self.g
+        for n in g.nodes.values():
+            if old in n.inputs:
+                n.inputs = [new if i == old else i for i in n.inputs]
+            if old in n.free:
+                n.free = tuple(new if i == old else i for i in n.free)
+        g.outputs = [new if o == old else o for o in g.outputs]
+        for body in g.bodies.values():
+            body.outputs = [new if o == old else o for o in body.outputs]
+
+    def users(self, tensor: str) -> list[tuple[int, int]]:
+        return self.g.consumers.get(tensor, [])
+
+    def sole_user(self, tensor: str) -> Node | None:
+        users = self.users(tensor)
+        if len(users) != 1 or tensor in self.g.outputs or users[0][1] < 0:
+            return None
+        return self.g.nodes.get(users[0][0])
+
+    def cval(self, tensor: str) -> np.ndarray | None:
+        c = self.g.consts.get(tensor)
+        return None if c is None else c.value()
+
+    def csrc(self, *tensors: str) -> tuple[str, ...]:
+        out: list[str] = []
+        for t in tensors:
+            c = self.g.consts.get(t)
+            if c is not None:
+                out.extend(s for s in c.sources if s not in out)
+        return tuple(out)
+
+
+def normalize(g: CanonicalGraph) -> None:
+    """Apply every canonicalizing rewrite to ``g`` in place; notes say what changed."""
+    ed = _Editor(g)
+    g.index()
+    _opset_forms(ed)
+    _aliases(ed)
+    for _ in range(6):
+        before = sum(ed.counts.values())
+        g.index()
+        _unfuse(ed)
+        g.index()
+        _fold_constants(ed)
+        g.index()
+        _collapse_quantization(ed)
+        g.index()
+        _fold_into_conv(ed)
+        g.index()
+        _aliases(ed)
+        if sum(ed.counts.values()) == before:
+            break
+    g.index()
+    g.notes = [f"{what}: {n}" for what, n in sorted(ed.counts.items())]
+
+
+# ------------------------------------------------------------------------- passes
+
+
+def _opset_forms(ed: _Editor) -> None:
+    """Attributes that later opsets take as inputs become inputs (opset bumps match)."""
+    for n in list(ed.g.nodes.values()):
+        if n.op in _AXES_TO_INPUT and "axes" in n.attrs:
+            axes = np.asarray(n.attrs.pop("axes"), dtype=np.int64)
+            n.inputs = [n.inputs[0], ed.const(n.scope, axes)]
+        elif n.op == "Split" and "split" in n.attrs:
+            split = np.asarray(n.attrs.pop("split"), dtype=np.int64)
+            n.inputs = [n.inputs[0], ed.const(n.scope, split)]
+        elif n.op == "Clip" and ("min" in n.attrs or "max" in n.attrs):
+            lo = n.attrs.pop("min", None)
+            hi = n.attrs.pop("max", None)
+            n.inputs = [
+                n.inputs[0],
+                "" if lo is None else ed.const(n.scope, np.float32(lo)),
+                "" if hi is None else ed.const(n.scope, np.float32(hi)),
+            ]
+        elif n.op == "Pad" and "pads" in n.attrs:
+            pads = np.asarray(n.attrs.pop("pads"), dtype=np.int64)
+            value = n.attrs.pop("value", None)
+            n.inputs = [n.inputs[0], ed.const(n.scope, pads)] + (
+                [ed.const(n.scope, np.float32(value))] if value else []
+            )
+        while n.inputs and n.inputs[-1] == "":
+            n.inputs.pop()
+
+
+def _aliases(ed: _Editor) -> None:
+    g = ed.g
+    for n in list(g.nodes.values()):
+        redundant_cast = (
+            n.op == "Cast" and not n.scope
+            and g.elem_types.get(n.inputs[0]) is not None
+            and g.elem_types.get(n.inputs[0]) == n.attrs.get("to")
+        )
+        if n.op == "Identity" or redundant_cast or (
+            n.op == "Dropout" and (len(n.outputs) < 2 or not n.outputs[1]
+                                   or not g.consumers.get(n.outputs[1]))
+        ):
+            src = n.inputs[0]
+            out = n.outputs[0]
+            if out in g.outputs and (src in g.inputs or src in g.consts):
+                continue  # a graph output must stay a distinct value
+            ed.remove(n)
+            ed.alias(out, src)
+            ed.counts[f"removed {n.op}"] += 1
+            g.index()
+
+
+def _act_node(ed: _Editor, like: Node, act: str, params: list[float], x: str,
+              outputs: list[str]) -> Node:
+    attrs: dict[str, Any] = {}
+    inputs = [x]
+    if act == "LeakyRelu" and params:
+        attrs["alpha"] = params[0]
+    elif act == "HardSigmoid" and params:
+        attrs["alpha"], attrs["beta"] = params[0], params[1]
+    elif act == "Clip" and len(params) >= 2:
+        inputs += [ed.const(like.scope, np.float32(params[0])),
+                   ed.const(like.scope, np.float32(params[1]))]
+    elif act in ("Elu",) and params:
+        attrs["alpha"] = params[0]
+    return ed.node(like, act, inputs, outputs, attrs, "/act")
+
+
+def _unfuse(ed: _Editor) -> None:
+    g = ed.g
+    for n in list(g.nodes.values()):
+        op = n.op
+        if op in ("com.microsoft::FusedConv", "com.microsoft::FusedGemm"):
+            act = n.attrs.pop("activation", b"")
+            act = act.decode() if isinstance(act, bytes) else str(act)
+            params = list(n.attrs.pop("activation_params", []) or [])
+            for k in ("activation_alpha", "activation_beta", "activation_gamma"):
+                n.attrs.pop(k, None)
+            if act and act not in _ACTIVATIONS:
+                continue
+            base = "Conv" if op.endswith("FusedConv") else "Gemm"
+            inputs = list(n.inputs)
+            z = inputs[3] if base == "Conv" and len(inputs) > 3 else ""
+            core = ed.node(n, base, inputs[:3], None, n.attrs)
+            y = core.outputs[0]
+            if z:
+                y = ed.node(n, "Add", [y, z], None, {}, "/sum").outputs[0]
+            if act:
+                _act_node(ed, n, act, params, y, n.outputs[:1])
+            else:
+                ed.alias(n.outputs[0], y)
+            ed.remove(n)
+            ed.counts[f"split {op.rpartition('::')[2]}"] += 1
+        elif op == "Gemm":
+            _unfuse_gemm(ed, n)
+        elif op == "com.microsoft::FusedMatMul":
+            a, b = n.inputs[0], n.inputs[1]
+            ta, tb = int(n.attrs.get("transA", 0)), int(n.attrs.get("transB", 0))
+            alpha = float(n.attrs.get("alpha", 1.0))
+            if ta or int(n.attrs.get("transBatchA", 0)) or int(n.attrs.get("transBatchB", 0)):
+                continue
+            if tb:
+                bv = ed.cval(b)
+                if bv is None:
+                    continue
+                b = ed.const(n.scope, np.swapaxes(bv, -1, -2), ed.csrc(b), "transpose")
+            out = n.outputs[0]
+            if alpha != 1.0:
+                mm = ed.node(n, "MatMul", [a, b])
+                ed.node(n, "Mul", [mm.outputs[0], ed.const(n.scope, np.float32(alpha))], [out])
+            else:
+                ed.node(n, "MatMul", [a, b], [out])
+            ed.remove(n)
+            ed.counts["split FusedMatMul"] += 1
+        elif op == "HardSwish":
+            hs = ed.node(n, "HardSigmoid", [n.inputs[0]], None, {"alpha": 1.0 / 6, "beta": 0.5})
+            ed.node(n, "Mul", [n.inputs[0], hs.outputs[0]], n.outputs[:1])
+            ed.remove(n)
+            ed.counts["split HardSwish"] += 1
+        elif op in ("com.microsoft::Gelu", "com.microsoft::BiasGelu"):
+            x = n.inputs[0]
+            if op.endswith("BiasGelu"):
+                x = ed.node(n, "Add", [x, n.inputs[1]]).outputs[0]
+            _gelu(ed, n, x, n.outputs[0])
+            ed.remove(n)
+            ed.counts[f"split {op.rpartition('::')[2]}"] += 1
+        elif op == "LayerNormalization" and len([o for o in n.outputs if o]) == 1:
+            _layer_norm(ed, n, n.inputs[0], n.outputs[0])
+            ed.remove(n)
+            ed.counts["split LayerNormalization"] += 1
+        elif op == "com.microsoft::SkipLayerNormalization":
+            if any(o and g.consumers.get(o) for o in n.outputs[1:3]):
+                continue
+            x = ed.node(n, "Add", [n.inputs[0], n.inputs[1]]).outputs[0]
+            if len(n.inputs) > 4 and n.inputs[4]:
+                x = ed.node(n, "Add", [x, n.inputs[4]]).outputs[0]
+            if len(n.outputs) > 3 and n.outputs[3]:
+                ed.alias(n.outputs[3], x)
+            ln = Node(-1, n.name, "LayerNormalization", {"epsilon": n.attrs.get("epsilon", 1e-5)},
+                      [x, n.inputs[2], n.inputs[3] if len(n.inputs) > 3 else ""],
+                      n.outputs[:1], n.scope, n.origin)
+            _layer_norm(ed, ln, x, n.outputs[0])
+            ed.remove(n)
+            ed.counts["split SkipLayerNormalization"] += 1
+
+
+def _unfuse_gemm(ed: _Editor, n: Node) -> None:
+    a, b = n.inputs[0], n.inputs[1]
+    c = n.inputs[2] if len(n.inputs) > 2 else ""
+    alpha, beta = float(n.attrs.get("alpha", 1.0)), float(n.attrs.get("beta", 1.0))
+    if int(n.attrs.get("transA", 0)):
+        a = ed.node(n, "Transpose", [a], None, {"perm": [1, 0]}).outputs[0]
+    if int(n.attrs.get("transB", 0)):
+        bv = ed.cval(b)
+        if bv is not None:
+            b = ed.const(n.scope, np.ascontiguousarray(bv.T), ed.csrc(b), "transpose")
+        else:
+            b = ed.node(n, "Transpose", [b], None, {"perm": [1, 0]}).outputs[0]
+    out = n.outputs[0]
+    y = ed.node(n, "MatMul", [a, b], None if (c or alpha != 1.0) else [out]).outputs[0]
+    if alpha != 1.0:
+        y = ed.node(n, "Mul", [y, ed.const(n.scope, np.float32(alpha))],
+                    None if c else [out]).outputs[0]
+    if c:
+        if beta != 1.0:
+            cv = ed.cval(c)
+            c = (ed.const(n.scope, (cv * beta).astype(cv.dtype), ed.csrc(c), "scale")
+                 if cv is not None else
+                 ed.node(n, "Mul", [c, ed.const(n.scope, np.float32(beta))]).outputs[0])
+        ed.node(n, "Add", [y, c], [out])
+    ed.remove(n)
+    ed.counts["split Gemm into MatMul+Add"] += 1
+
+
+def _gelu(ed: _Editor, like: Node, x: str, out: str) -> None:
+    # torch.onnx's exact GELU: x * (erf(x / sqrt(2)) + 1) * 0.5
+    d = ed.node(like, "Div", [x, ed.const(like.scope, np.float32(math.sqrt(2.0)))])
+    e = ed.node(like, "Erf", d.outputs)
+    a = ed.node(like, "Add", [e.outputs[0], ed.const(like.scope, np.float32(1.0))])
+    m = ed.node(like, "Mul", [x, a.outputs[0]])
+    ed.node(like, "Mul", [m.outputs[0], ed.const(like.scope, np.float32(0.5))], [out])
+
+
+def _layer_norm(ed: _Editor, n: Node, x: str, out: str) -> None:
+    # torch.onnx's LayerNorm before opset 17 (the form ONNX Runtime fuses).
+    axis = int(n.attrs.get("axis", -1))
+    eps = float(n.attrs.get("epsilon", 1e-5))
+    axes = ed.const(n.scope, np.asarray([axis], dtype=np.int64))
+    mean = ed.node(n, "ReduceMean", [x, axes])
+    d = ed.node(n, "Sub", [x, mean.outputs[0]])
+    p = ed.node(n, "Pow", [d.outputs[0], ed.const(n.scope, np.float32(2.0))])
+    var = ed.node(n, "ReduceMean", [p.outputs[0], ed.const(n.scope, np.asarray([axis]))])
+    a = ed.node(n, "Add", [var.outputs[0], ed.const(n.scope, np.float32(eps))])
+    s = ed.node(n, "Sqrt", a.outputs)
+    y = ed.node(n, "Div", [d.outputs[0], s.outputs[0]])
+    scale = n.inputs[1] if len(n.inputs) > 1 else ""
+    bias = n.inputs[2] if len(n.inputs) > 2 else ""
+    last = y.outputs[0]
+    if scale:
+        last = ed.node(n, "Mul", [last, scale], None if bias else [out]).outputs[0]
+    if bias:
+        ed.node(n, "Add", [last, bias], [out])
+    elif not scale:
+        ed.alias(out, last)
+
+
+def _to_proto_attr(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    return value
+
+
+def _fold_constants(ed: _Editor) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.op in NON_FOLDABLE or "::" in n.op or n.bodies or not n.inputs:
+            continue
+        ins = [i for i in n.inputs if i]
+        if not ins or not all(i in g.consts for i in ins):
+            continue
+        if sum(g.consts[i].numel for i in ins) > FOLD_LIMIT:
+            continue
+        values = [g.consts[i].value() for i in ins]
+        if any(v is None for v in values):
+            continue
+        names = [f"i{k}" if i else "" for k, i in enumerate(n.inputs)]
+        outs = [f"o{k}" for k in range(len(n.outputs))]
+        try:
+            proto = onnx.helper.make_node(
+                n.op, names, outs, **{k: _to_proto_attr(v) for k, v in n.attrs.items()}
+            )
+            feeds = {f"i{k}": g.consts[i].value() for k, i in enumerate(n.inputs) if i}
+            results = ReferenceEvaluator(proto).run(None, feeds)
+        except Exception:  # an op the reference runtime cannot evaluate stays a node
+            continue
+        if any(np.asarray(r).size > FOLD_LIMIT for r in results):
+            continue
+        src = ed.csrc(*ins)
+        for o, r in zip(n.outputs, results, strict=False):
+            if o:
+                g.consts[o] = const_from_array(np.asarray(r), src, "folded")
+        ed.remove(n)
+        ed.counts["folded constant expressions"] += 1
+
+
+def _collapse_quantization(ed: _Editor) -> None:
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.id not in g.nodes:
+            continue
+        if n.op == "QuantizeLinear" and n.inputs[0] not in g.consts:
+            dq_users = ed.users(n.outputs[0])
+            dqs = [g.nodes[u] for u, _ in dq_users if g.nodes[u].op == "DequantizeLinear"]
+            if not dqs or len(dqs) != len(dq_users) or n.outputs[0] in g.outputs:
+                continue
+            for dq in dqs:
+                ed.remove(dq)
+                ed.alias(dq.outputs[0], n.inputs[0])
+            ed.remove(n)
+            ed.counts["collapsed QuantizeLinear/DequantizeLinear pairs"] += 1
+        elif n.op in ("MatMulInteger", "ConvInteger"):
+            _collapse_dynamic(ed, n)
+
+
+def _collapse_dynamic(ed: _Editor, n: Node) -> None:
+    """DynamicQuantizeLinear(x) -> MatMulInteger/ConvInteger(.., Wq) -> Cast -> Mul(scale)
+    is the float op on x with the dequantized weight (ONNX Runtime's quantize_dynamic)."""
+    g = ed.g
+    dql_id = g.producer.get(n.inputs[0])
+    dql = g.nodes.get(dql_id) if dql_id is not None else None
+    wq = ed.cval(n.inputs[1])
+    if dql is None or dql.op != "DynamicQuantizeLinear" or wq is None:
+        return
+    wzp = ed.cval(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else np.zeros(1)
+    cast = ed.sole_user(n.outputs[0])
+    if cast is None or cast.op != "Cast":
+        return
+    mul = ed.sole_user(cast.outputs[0])
+    if mul is None or mul.op != "Mul":
+        return
+    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
+    sm_id = g.producer.get(other)
+    sm = g.nodes.get(sm_id) if sm_id is not None else None
+    if sm is None or sm.op != "Mul" or dql.outputs[1] not in sm.inputs:
+        return
+    w_scale_t = sm.inputs[1] if sm.inputs[0] == dql.outputs[1] else sm.inputs[0]
+    w_scale = ed.cval(w_scale_t)
+    if w_scale is None or wzp is None:
+        return
+    if n.op == "MatMulInteger":
+        w = (wq.astype(np.float32) - wzp.astype(np.float32)) * w_scale.astype(np.float32)
+        op, attrs = "MatMul", {}
+    else:
+        shape = (-1,) + (1,) * (wq.ndim - 1)
+        w = (wq.astype(np.float32) - wzp.astype(np.float32).reshape(shape if wzp.size > 1
+             else (1,))) * w_scale.astype(np.float32).reshape(shape if w_scale.size > 1 else (1,))
+        op, attrs = "Conv", dict(n.attrs)
+    wt = ed.const(n.scope, w.astype(np.float32), ed.csrc(n.inputs[1], w_scale_t,
+                                                          *(n.inputs[3:4] or [])), "dequantized")
+    ed.node(n, op, [dql.inputs[0], wt], mul.outputs[:1], attrs)
+    for x in (n, cast, mul, sm):
+        ed.remove(x)
+    g.index()
+    if not any(g.consumers.get(o) for o in dql.outputs if o):
+        ed.remove(dql)
+    ed.counts["collapsed dynamic quantization"] += 1
+
+
+def _per_channel(v: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """A constant broadcast against a rank-``rank`` [N, C, ...] tensor that varies only
+    along C (axis 1), as a [C] vector; ``None`` when it is anything else."""
+    if v.size == 1 and v.ndim <= rank:
+        return np.full(channels, float(v.ravel()[0]), dtype=np.float32)
+    ci = v.ndim - rank + 1  # the constant's axis that lines up with C under broadcasting
+    if v.ndim > rank or ci < 0 or v.shape[ci] != channels or v.size != channels:
+        return None
+    return v.reshape(channels).astype(np.float32)
+
+
+def _fold_into_conv(ed: _Editor) -> None:
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.op != "Conv" or n.id not in g.nodes or len(n.inputs) < 2:
+            continue
+        w = ed.cval(n.inputs[1])
+        if w is None or w.dtype.kind != "f":
+            continue
+        nxt = ed.sole_user(n.outputs[0])
+        if nxt is None:
+            continue
+        cout = w.shape[0]
+        b_t = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else ""
+        b = ed.cval(b_t) if b_t else np.zeros(cout, dtype=np.float32)
+        if b is None:
+            continue
+        if nxt.op == "BatchNormalization" and len([o for o in nxt.outputs if o]) == 1:
+            params = [ed.cval(t) for t in nxt.inputs[1:5]]
+            if any(p is None for p in params):
+                continue
+            scale, beta, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
+            s = scale / np.sqrt(var + float(nxt.attrs.get("epsilon", 1e-5)))
+            new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1)))
+            new_b = (b.astype(np.float64) - mean) * s + beta
+            what = "folded BatchNormalization into Conv"
+            srcs = ed.csrc(n.inputs[1], b_t, *nxt.inputs[1:5])
+        elif nxt.op in ("Add", "Mul"):
+            other = nxt.inputs[1] if nxt.inputs[0] == n.outputs[0] else nxt.inputs[0]
+            c = ed.cval(other)
+            vec = _per_channel(c, cout, w.ndim) if c is not None else None
+            if vec is None:
+                continue
+            if nxt.op == "Add":
+                new_w, new_b = w.astype(np.float64), b.astype(np.float64) + vec
+            else:
+                new_w = w.astype(np.float64) * vec.reshape((-1,) + (1,) * (w.ndim - 1))
+                new_b = b.astype(np.float64) * vec
+            what = f"folded per-channel {nxt.op} into Conv"
+            srcs = ed.csrc(n.inputs[1], b_t, other)
+        else:
+            continue
+        wt = ed.const(n.scope, new_w.astype(w.dtype), srcs, "conv-fold")
+        bt = ed.const(n.scope, new_b.astype(w.dtype), srcs, "conv-fold")
+        n.inputs = [n.inputs[0], wt, bt]
+        n.outputs = list(nxt.outputs[:1])
+        n.origin = (*n.origin, *nxt.origin)
+        ed.remove(nxt)
+        g.index()
+        ed.counts[what] += 1
+
+
+def const_sources(g: CanonicalGraph, tensor: str) -> tuple[str, ...]:
+    c: Const | None = g.consts.get(tensor)
+    return c.sources if c is not None else ()

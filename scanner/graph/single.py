@@ -1,0 +1,173 @@
+"""Backdoor footprints in one ONNX graph (no trusted reference).
+
+Three footprints, each checked on the canonical graph (constants folded, aliases gone),
+subgraphs and model-local functions included:
+
+- *trigger comparison*: a graph input's values (directly, or after data-movement ops
+  such as Slice / Gather / Reshape / reductions) compared with a constant, and the result
+  steering a Where / Mul / Add close to an output;
+- *side branch*: a second consumer of a raw graph input beside the stem, often a
+  constant-window Slice, feeding a small branch that merges close to an output;
+- *parameter-free path*: a path from a graph input to a merge close to an output that
+  passes no weight at all (AvgPool / Exp style architectural backdoors).
+
+Benign twins stay quiet by construction: pad and causal masks merge far from the
+outputs (in attention) or derive from shapes; scalar control inputs (sample rate) pick
+branches through If; pre/post-processing wrappers sit on the only path from the input
+or after the outputs, and carry no comparison of input values.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from scanner.graph.canonical import SMALL_CONST, CanonicalGraph, Node
+
+COMPARE_OPS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+STEER_OPS = {"Where", "Mul", "Add", "Max", "Sub", "Sum"}
+MERGE_OPS = {"Add", "Mul", "Where", "Max", "Min", "Sum", "Concat", "Sub"}
+DATA_MOVEMENT = {
+    "Slice", "Gather", "GatherElements", "GatherND", "Reshape", "Flatten", "Squeeze",
+    "Unsqueeze", "Transpose", "Cast", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum",
+    "Abs", "Identity", "Split", "Sub", "Div", "Mul", "Add", "Neg",
+}
+SHAPE_SOURCES = {"Shape", "Size"}
+NEAR_OUTPUT_HOPS = 4
+"""Merges this many nodes or fewer away from a graph output count as "near an output"."""
+SMALL_BRANCH = 0.1
+"""A side branch holds at most this fraction of the graph's nodes."""
+
+
+@dataclass(frozen=True)
+class GraphFootprint:
+    kind: str
+    """trigger-comparison, side-branch or parameter-free-path."""
+    nodes: tuple[str, ...]
+    inputs: tuple[str, ...]
+    merge_node: str
+    detail: str
+
+
+def _hops_to_output(g: CanonicalGraph) -> dict[int, int]:
+    """Nodes' distance (in nodes) to the nearest graph output, main graph only."""
+    dist: dict[int, int] = {}
+    queue: deque[tuple[int, int]] = deque()
+    for o in g.outputs:
+        p = g.producer.get(o)
+        if p is not None:
+            queue.append((p, 0))
+    while queue:
+        nid, d = queue.popleft()
+        if nid in dist:
+            continue
+        dist[nid] = d
+        for i in g.nodes[nid].inputs:
+            p = g.producer.get(i)
+            if p is not None and p not in dist:
+                queue.append((p, d + 1))
+    return dist
+
+
+def _has_weight(g: CanonicalGraph, n: Node) -> bool:
+    return any(i in g.consts and g.consts[i].numel > SMALL_CONST for i in n.inputs)
+
+
+def _forward(g: CanonicalGraph, start: list[str], through: set[str] | None,
+             avoid_weights: bool = False) -> dict[int, list[int]]:
+    """Nodes reachable from tensors ``start`` (optionally only through ops in ``through``),
+    each with the path of node ids that reached it."""
+    seen: dict[int, list[int]] = {}
+    queue: deque[tuple[str, list[int]]] = deque((t, []) for t in start)
+    while queue:
+        t, path = queue.popleft()
+        for cid, slot in g.consumers.get(t, ()):
+            if cid in seen or slot < 0:
+                continue
+            n = g.nodes[cid]
+            if n.op in SHAPE_SOURCES:
+                continue
+            if avoid_weights and _has_weight(g, n):
+                continue
+            seen[cid] = [*path, cid]
+            if through is None or n.op in through:
+                for o in n.outputs:
+                    queue.append((o, seen[cid]))
+    return seen
+
+
+def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
+    hops = _hops_to_output(g)
+    data_inputs = [
+        i for i in g.inputs if g.input_types.get(i, (0, ()))[1] != ()  # scalars are controls
+    ]
+    out: list[GraphFootprint] = []
+    flagged: set[int] = set()
+    # 1. trigger comparison: input values -> compare with constant -> steer near output
+    for inp in data_inputs:
+        thin = _forward(g, [inp], DATA_MOVEMENT | COMPARE_OPS)
+        for nid in thin:
+            n = g.nodes[nid]
+            if n.op not in COMPARE_OPS or not any(i in g.consts for i in n.inputs):
+                continue
+            steer = _forward(g, n.outputs, None)
+            near = [s for s in steer if g.nodes[s].op in STEER_OPS
+                    and hops.get(s, 99) <= NEAR_OUTPUT_HOPS]
+            if near and not any(g.nodes[s].op == "If" for s in steer if s not in near):
+                m = min(near, key=lambda s: len(steer[s]))
+                path = [*thin[nid], *steer[m]]
+                flagged.update(path)
+                out.append(GraphFootprint(
+                    "trigger-comparison", tuple(g.nodes[p].name for p in path), (inp,),
+                    g.nodes[m].name,
+                    f"{inp!r} compared with a constant by {n.op} {n.name!r}, steering "
+                    f"{g.nodes[m].op} {g.nodes[m].name!r} {hops[m]} node(s) before an output",
+                ))
+                break
+    # 2. side branch: a second consumer of the raw input that merges near an output
+    total = max(1, len(g.nodes))
+    for inp in data_inputs:
+        consumers = [c for c, s in g.consumers.get(inp, ()) if s >= 0
+                     and g.nodes[c].op not in SHAPE_SOURCES]
+        if len(consumers) < 2:
+            continue
+        reach = {c: _forward(g, g.nodes[c].outputs, None) | {c: [c]} for c in consumers}
+        stem = max(consumers, key=lambda c: len(reach[c]))
+        for c in consumers:
+            if c == stem or c in flagged:
+                continue
+            own = {n for n in reach[c] if n not in reach[stem]}
+            merges = [n for n in reach[c] if n in reach[stem] and g.nodes[n].op in MERGE_OPS
+                      and hops.get(n, 99) <= NEAR_OUTPUT_HOPS]
+            if merges and len(own) <= SMALL_BRANCH * total:
+                m = min(merges, key=lambda n: len(reach[c][n]))
+                flagged.update(own)
+                window = g.nodes[c].op == "Slice" and all(
+                    i in g.consts for i in g.nodes[c].inputs[1:] if i)
+                out.append(GraphFootprint(
+                    "side-branch", tuple(g.nodes[p].name for p in sorted(own)), (inp,),
+                    g.nodes[m].name,
+                    f"{inp!r} read a second time by {g.nodes[c].op} {g.nodes[c].name!r}"
+                    + (" (a constant window)" if window else "")
+                    + f", a {len(own)}-node branch beside the stem merging into "
+                    f"{g.nodes[m].op} {g.nodes[m].name!r} near an output",
+                ))
+    # 3. parameter-free path from an input to a merge near an output
+    for inp in data_inputs:
+        free = _forward(g, [inp], None, avoid_weights=True)
+        for nid, path in free.items():
+            n = g.nodes[nid]
+            if nid in flagged or n.op not in MERGE_OPS or hops.get(nid, 99) > NEAR_OUTPUT_HOPS:
+                continue
+            others = [i for i in n.inputs if i and i not in g.consts
+                      and g.producer.get(i) not in free and i != inp]
+            if not others or len(path) < 2:
+                continue
+            flagged.update(path)
+            out.append(GraphFootprint(
+                "parameter-free-path", tuple(g.nodes[p].name for p in path), (inp,), n.name,
+                f"{inp!r} reaches {n.op} {n.name!r} near an output through "
+                f"{' -> '.join(g.nodes[p].op for p in path)} with no weight on the way",
+            ))
+            break
+    return out
