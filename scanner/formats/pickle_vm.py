@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scanner.errors import MalformedArtifactError, ResourceLimitError
+from scanner.errors import MalformedArtifactError, ResourceLimitError, UsageError
 
 # -- limits -------------------------------------------------------------------------------
 
@@ -89,9 +89,9 @@ class PickleLimits:
             try:
                 value: float = float(text) if attr == "time_budget_s" else int(text)
             except ValueError:
-                raise ValueError(f"{var}={text!r} is not a number") from None
+                raise UsageError(f"{var}={text!r} is not a number") from None
             if value <= 0:
-                raise ValueError(f"{var}={text!r} must be positive")
+                raise UsageError(f"{var}={text!r} must be positive")
             limits = replace(limits, **{attr: value})
         return limits
 
@@ -367,20 +367,23 @@ _MARK = object()
 _MAX_KEY_ITEMS = 64
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """A bounded, non-recursive description of an argument for evidence."""
+def describe(value: Any, limit: int = 80, depth: int = 0) -> str:
+    """A bounded description of a pickled value for messages and evidence.
+
+    Never ``repr`` a value from the stream: it can nest deeper than the C stack.
+    """
     if isinstance(value, (str, bytes)):
         text = repr(value[:limit])
         return text + ("..." if len(value) > limit else "")
     if isinstance(value, (int, float, bool)) or value is None:
-        text = repr(value)
-        return text[:limit]
+        return repr(value)[:limit]
     if isinstance(value, Opaque):
         return f"<{value.what[:limit]}>"
     if isinstance(value, Global):
         return value.qualname
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_short(v, 40) for v in value[:4]) + (", ..." if len(value) > 4 else "") + ")"
+    if isinstance(value, tuple) and depth < 2:
+        inner = ", ".join(describe(v, 40, depth + 1) for v in value[:4])
+        return "(" + inner + (", ..." if len(value) > 4 else "") + ")"
     return f"<{type(value).__name__}>"
 
 
@@ -528,7 +531,7 @@ class PickleVM:
     def _call(self, func: Any, args: Any, offset: int, how: str) -> Any:
         if isinstance(func, Opaque):
             self.audit.calls.append(
-                {"callable": func.what, "offset": offset - self.start, "how": how, "args": _short(args)}
+                {"callable": func.what, "offset": offset - self.start, "how": how, "args": describe(args)}
             )
             return Opaque(f"{func.what}(...)", offset - self.start)
         if not isinstance(func, Global):
@@ -555,7 +558,7 @@ class PickleVM:
         if isinstance(inst, Opaque):
             # A __setstate__ on an unknown object is code a real unpickler would run.
             self.audit.calls.append(
-                {"callable": inst.what, "offset": offset - self.start, "how": "BUILD", "args": _short(state)}
+                {"callable": inst.what, "offset": offset - self.start, "how": "BUILD", "args": describe(state)}
             )
             return
         if isinstance(inst, PickleDict) and isinstance(state, dict):
@@ -984,7 +987,7 @@ def _op_binpersid(vm: PickleVM, off: int) -> None:
 
 def _persistent(vm: PickleVM, pid: Any, off: int) -> Any:
     if vm.persistent_load is None:
-        vm._issue("persistent-id", off, f"persistent id {_short(pid)} outside a torch container")
+        vm._issue("persistent-id", off, f"persistent id {describe(pid)} outside a torch container")
         return Opaque("persistent id", off - vm.start)
     return vm.persistent_load(pid, off - vm.start)
 
@@ -1024,7 +1027,7 @@ def _ints(vm: PickleVM, value: Any, what: str) -> tuple[int, ...]:
         raise ValueError(f"{what} is not a tuple of at most {vm.limits.max_dims} integers")
     out = tuple(value)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out):
-        raise ValueError(f"{what} {_short(out)} has a negative or non-integer entry")
+        raise ValueError(f"{what} {describe(out)} has a negative or non-integer entry")
     return out
 
 
@@ -1035,7 +1038,7 @@ def _tensor(
     if not isinstance(storage, StorageRef):
         raise ValueError(f"storage is a {type(storage).__name__}, not a persistent storage")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValueError(f"storage offset {_short(offset)} is not a non-negative integer")
+        raise ValueError(f"storage offset {describe(offset)} is not a non-negative integer")
     shape = _ints(vm, size, "size")
     strides = _ints(vm, stride, "stride")
     if len(shape) != len(strides):
@@ -1096,7 +1099,7 @@ def _impl_rebuild_tensor_v3(vm: PickleVM, args: tuple[Any, ...]) -> Any:
     _hooks_ok(args[5])
     dt = args[6]
     if not isinstance(dt, TorchDtype) or dt.name is None:
-        raise ValueError(f"dtype {_short(dt)} is not a supported torch dtype")
+        raise ValueError(f"dtype {describe(dt)} is not a supported torch dtype")
     if not isinstance(args[0], StorageRef) or args[0].dtype != "U8":
         raise ValueError("_rebuild_tensor_v3 needs an untyped storage")
     return _tensor(vm, *args[:5], dtype=dt.name)
@@ -1117,11 +1120,11 @@ def _impl_rebuild_from_type_v2(vm: PickleVM, args: tuple[Any, ...]) -> Any:
         raise ValueError("_rebuild_from_type_v2 takes 4 arguments")
     func, new_type, inner, state = args
     if not isinstance(new_type, Global) or (new_type.module, new_type.name) not in _TYPE_TOKENS:
-        raise ValueError(f"tensor subclass {_short(new_type)} is not supported")
+        raise ValueError(f"tensor subclass {describe(new_type)} is not supported")
     if state not in (None, {}) and not (isinstance(state, dict) and not state):
         raise ValueError("tensor python state is not supported")
     if not isinstance(func, Global) or func.module != _REBUILD or not isinstance(inner, tuple):
-        raise ValueError(f"rebuild function {_short(func)} is not a tensor rebuild function")
+        raise ValueError(f"rebuild function {describe(func)} is not a tensor rebuild function")
     result = vm._call(func, inner, vm.pos, "REDUCE")
     if isinstance(result, TensorRef) and new_type.name == "Parameter":
         result = replace(result, parameter=True)
@@ -1269,7 +1272,7 @@ def _part(key: Any) -> str:
         return key
     if isinstance(key, (int, float, bool)) or key is None:
         return str(key)
-    return _short(key)
+    return describe(key)
 
 
 _TEXT_GLOBAL = re.compile(rb"(?:^|[\n(])[ci][A-Za-z_][\w.]{0,60}\n[A-Za-z_][\w.]{0,60}\n")

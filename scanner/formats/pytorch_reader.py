@@ -50,6 +50,7 @@ from scanner.formats.pickle_vm import (
     StorageRef,
     StorageType,
     TensorRef,
+    describe,
     collect_tensors,
     looks_like_pickle,
 )
@@ -190,6 +191,8 @@ def _members(ctx: _Context, fh: Any) -> tuple[zipfile.ZipFile, dict[str, _Member
             raise ctx.malformed(f"zip member {name!r} is encrypted")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ctx.malformed(f"zip member {name!r} uses unsupported compression {info.compress_type}")
+        if not 0 <= info.header_offset <= ctx.size - 30:
+            raise ctx.malformed(f"zip member {name!r}: local header offset {info.header_offset} is outside the file")
         fh.seek(info.header_offset)
         local = fh.read(30)
         if len(local) < 30 or local[:4] != ZIP_MAGIC:
@@ -429,7 +432,7 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
         raise ctx.malformed("legacy checkpoint has the wrong magic number")
     protocol = next_pickle("protocol version")
     if protocol != LEGACY_PROTOCOL:
-        raise ctx.malformed(f"legacy protocol version {protocol!r} is not {LEGACY_PROTOCOL}")
+        raise ctx.malformed(f"legacy protocol version {describe(protocol)} is not {LEGACY_PROTOCOL}")
     sys_info = next_pickle("sys info")
     if not isinstance(sys_info, dict):
         raise ctx.malformed("legacy sys info is not a dict")

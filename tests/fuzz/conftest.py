@@ -1,0 +1,24 @@
+"""Print the fuzzing budget and speed at the end of the run (CI logs show them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.fuzz.test_fuzz_bounded import RESULTS
+    from tests.fuzz.run import TARGETS, budget, engine
+
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("fuzzing")
+    tr.write_line(
+        f"budget: {budget()} s per target x {len(TARGETS)} targets, engine {engine()} "
+        "(set MODELSEAL_FUZZ_SECONDS)"
+    )
+    for r in RESULTS:
+        tr.write_line(
+            f"  {r.target:12s} {r.executions:9d} executions  {r.per_second:8.0f}/s  "
+            f"{'ok' if r.ok else 'FAILED ' + str(r.crash)}"
+        )
