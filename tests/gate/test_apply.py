@@ -6,11 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from tests.gate.builders import changed_finding, finetune_report, pair_report, tensor
-
 from scanner.diff.model import TensorStatus
 from scanner.findings import Severity
 from scanner.policy import PolicyReport, apply_pack, load_pack, parse_pack
+from tests.gate.builders import changed_finding, finetune_report, pair_report, tensor
 
 TODAY = dt.date(2026, 3, 1)
 
@@ -86,8 +85,8 @@ allow = ["full fine-tune"]
 
 
 def test_unclassified_change_is_never_allowed_by_class() -> None:
-    pack = parse_pack({"classes": {"allow": list(load_pack("audit").allow) +
-                                   ["unexplained change", "full fine-tune"]}}, "p")
+    allow = [*load_pack("audit").allow, "unexplained change", "full fine-tune"]
+    pack = parse_pack({"classes": {"allow": allow}}, "p")
     report = pair_report([tensor("w", None)], [changed_finding("w")])
     assert apply_pack(report, pack, today=TODAY).verdict == "fail"
 
