@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from scanner.claims.base import ClaimOutcome, TensorVerdict
+from scanner.claims.gap import QUANT_GAP  # noqa: F401  (defines MS409 for the catalogue)
 from scanner.claims.grammar import parse_claim
 from scanner.claims.run import infer, run_claim
 from scanner.diff.engine import Analysis, Analyzer, PairContext
@@ -267,4 +268,5 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
     return Analysis(findings=found)
 
 
-ANALYZERS: list[Analyzer] = [Analyzer("claims", analyze_claims)]
+ANALYZERS: list[Analyzer] = [Analyzer("claims", analyze_claims),
+                             Analyzer("quantization-gap", analyze_gap_pair)]

@@ -16,6 +16,7 @@ from scanner.checks.structure import (
     check_non_finite,
     check_onnx_domains,
 )
+from scanner.claims.gap import check_quantization_gap
 from scanner.findings import Finding
 from scanner.formats import open_artifact
 
@@ -28,6 +29,7 @@ SINGLE_CHECKS: list[SingleCheck] = [
     check_metadata_size,
     check_serialization,
     check_graph_backdoors,
+    check_quantization_gap,
 ]
 
 

@@ -152,7 +152,9 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
             return "nm", low
     if kind == "convert" and low in ("transpose", "no-transpose"):
         return "transpose", "allow" if low == "transpose" else "deny"
-    raise UsageError(f"--claim {text!r}: {token!r} is not a valid {kind} parameter (see docs/claims.md)")
+    raise UsageError(
+        f"--claim {text!r}: {token!r} is not a valid {kind} parameter (see docs/claims.md)"
+    )
 
 
 def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:

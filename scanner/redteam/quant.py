@@ -26,8 +26,14 @@ class Int8Quant:
     zero_point: np.ndarray
 
 
-def quantize_int8(w: np.ndarray, *, per_channel: bool = True, symmetric: bool = True,
-                  axis: int = 0, unsigned: bool = False) -> Int8Quant:
+def quantize_int8(
+    w: np.ndarray,
+    *,
+    per_channel: bool = True,
+    symmetric: bool = True,
+    axis: int = 0,
+    unsigned: bool = False,
+) -> Int8Quant:
     """Round-to-nearest (half to even) int8/uint8 quantization with stored scales.
 
     Symmetric: scale = absmax / 127 (int8) and zero point 0 (128 for uint8). Asymmetric:
@@ -64,8 +70,9 @@ def largest_indices(w: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray
     return np.argpartition(-flat, k - 1)[:k]
 
 
-def flip_codes(codes: np.ndarray, indices: np.ndarray, qmin: int = -128, qmax: int = 127,
-               zero_point: int = 0) -> np.ndarray:
+def flip_codes(
+    codes: np.ndarray, indices: np.ndarray, qmin: int = -128, qmax: int = 127, zero_point: int = 0
+) -> np.ndarray:
     """Negate codes around the zero point at ``indices`` (a large weight becomes its
     opposite: the most damaging single-code edit)."""
     out = np.array(codes, copy=True)
@@ -75,8 +82,9 @@ def flip_codes(codes: np.ndarray, indices: np.ndarray, qmin: int = -128, qmax: i
     return out
 
 
-def unfaithful_quantization(w: np.ndarray, fraction: float = 0.003, **kw: object) -> \
-        tuple[Int8Quant, np.ndarray]:
+def unfaithful_quantization(
+    w: np.ndarray, fraction: float = 0.003, **kw: object
+) -> tuple[Int8Quant, np.ndarray]:
     """An honest int8 quantization of ``w`` with codes flipped on its ``fraction``
     largest-magnitude weights; returns the quantization and the flipped flat indices."""
     q = quantize_int8(w, **kw)  # type: ignore[arg-type]
@@ -87,8 +95,9 @@ def unfaithful_quantization(w: np.ndarray, fraction: float = 0.003, **kw: object
     return Int8Quant(codes, q.scale, q.zero_point), idx
 
 
-def _box_project(scaled: np.ndarray, margin: float, rng: np.random.Generator,
-                 lo: int, hi: int) -> np.ndarray:
+def _box_project(
+    scaled: np.ndarray, margin: float, rng: np.random.Generator, lo: int, hi: int
+) -> np.ndarray:
     """Move every value to within ``margin`` (in steps) of a wall of its own bin, keeping
     the code: r = +/-(0.5 - u), u ~ U(0, margin)."""
     code = np.clip(np.rint(scaled), lo, hi)
@@ -97,8 +106,9 @@ def _box_project(scaled: np.ndarray, margin: float, rng: np.random.Generator,
     return code + side * (0.5 - depth)
 
 
-def project_into_int8_boxes(w: np.ndarray, margin: float, seed: int = 0,
-                            axis: int = 0) -> np.ndarray:
+def project_into_int8_boxes(
+    w: np.ndarray, margin: float, seed: int = 0, axis: int = 0
+) -> np.ndarray:
     """Box-constrained attack on int8 symmetric per-channel quantization: the result
     quantizes to the same codes as ``w`` but every residual sits within ``margin`` of
     +/-0.5 (the PGD repair leaves weights pressed against the bin walls). The channel
@@ -115,8 +125,9 @@ def project_into_int8_boxes(w: np.ndarray, margin: float, seed: int = 0,
     return np.moveaxis(out, 0, axis).astype(np.float32)
 
 
-def _project_blocks(w: np.ndarray, margin: float, seed: int, levels: int,
-                    offset: float) -> np.ndarray:
+def _project_blocks(
+    w: np.ndarray, margin: float, seed: int, levels: int, offset: float
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = np.asarray(w, dtype=np.float32).reshape(-1, 32)
     if offset:  # Q4_0: d = max / -8, code = round(x / d) + 8 clipped to [0, 15]
@@ -128,7 +139,7 @@ def _project_blocks(w: np.ndarray, margin: float, seed: int, levels: int,
     scaled = x / d
     lo, hi = (-8, 7) if offset else (-127, 127)
     proj = _box_project(scaled, margin, rng, lo, hi)
-    keep = (np.abs(scaled) >= (7.5 if offset else 126.5))
+    keep = np.abs(scaled) >= (7.5 if offset else 126.5)
     return np.where(keep, x, proj * d).astype(np.float32).reshape(np.shape(w))
 
 

@@ -1,0 +1,367 @@
+"""Claims re-derived on real weights (MiniLM, rapidocr, SmolLM2, text2tashkeel)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from fixtures import real_model
+from scanner.claims import check_claim, parse_claim
+from scanner.claims.gap import gap_tensor
+from scanner.claims.layouts import find_groups
+from scanner.errors import UsageError
+from scanner.formats import open_artifact
+from scanner.redteam.quant import (
+    flip_codes,
+    largest_indices,
+    project_into_int8_boxes,
+    project_into_q4_0_boxes,
+    project_into_q8_0_boxes,
+    quantize_int8,
+)
+from tests.claims.conftest import TAMPER_TENSOR, tampered_indices
+
+SCHEMES = ("int8-per-channel", "q8_0", "q4_0")
+
+
+def test_grammar_parses_and_rejects() -> None:
+    c = parse_claim("quantize:int8:per-channel:symmetric")
+    assert dict(c.params) == {"dtype": "int8", "granularity": "per-channel",
+                              "scheme": "symmetric", "algorithm": "rtn"}
+    assert parse_claim("prune:2:4").params["n"] == "2"
+    assert parse_claim("cast:bf16").params["target"] == "BF16"
+    for bad, msg in [("quantise:int8", "unknown kind"), ("cast", "target"),
+                     ("prune:4:2", "0 < N < M"), ("quantize:int9", "not a valid"),
+                     ("gguf:q9_9", "not a valid"), ("prune:magnitude:1.5", "not a valid")]:
+        with pytest.raises(UsageError, match=msg):
+            parse_claim(bad)
+
+
+def test_int8_per_channel_and_per_tensor(build, minilm_path: Path) -> None:
+    pc = build("pc", per_channel=True)
+    r = check_claim("quantize", "int8:per-channel:symmetric", minilm_path, pc)
+    assert r.holds, r.message
+    assert len(r.tensors) == 40
+    pt = build("pt_asym", per_channel=False, symmetric=False)
+    assert check_claim("quantize", {"granularity": "per-tensor", "scheme": "asymmetric"},
+                       minilm_path, pt).holds
+    # The wrong granularity is named, not accepted.
+    wrong = check_claim("quantize", "int8:per-tensor", minilm_path, pc)
+    assert not wrong.holds and {f.rule_id for f in wrong.findings} == {"MS403"}
+
+
+def test_int8_flipped_codes_fail_and_are_localized(build, minilm, minilm_path: Path) -> None:
+    bad = build("pc_tampered", per_channel=True, tamper=TAMPER_TENSOR)
+    r = check_claim("quantize", "int8:per-channel:symmetric", minilm_path, bad)
+    assert not r.holds
+    failed = [v for v in r.tensors if not v.ok]
+    assert [v.tensor for v in failed] == [TAMPER_TENSOR]
+    idx = tampered_indices(minilm[TAMPER_TENSOR])
+    rows = {int(i) for i in np.unravel_index(idx, minilm[TAMPER_TENSOR].shape)[0]}
+    assert set(failed[0].rows) == rows
+    assert failed[0].stats["non_nearest"] == idx.size
+    f = next(f for f in r.findings if f.rule_id == "MS402")
+    assert f.locations[0].tensor == TAMPER_TENSOR
+    assert f.evidence["elements"][0]["expected"] == -f.evidence["elements"][0]["found"]
+    # A search-algorithm claim still fails: flipped codes are far beyond one step.
+    assert not check_claim("quantize", "int8:gptq", minilm_path, bad).holds
+
+
+def test_cast_fp16_bf16_exact_and_tampered(work: Path, minilm, minilm_path: Path) -> None:
+    for target, npd in (("fp16", np.float16), ("bf16", ml_dtypes.bfloat16)):
+        out = {n: (a.astype(npd) if a.dtype == np.float32 else a) for n, a in minilm.items()}
+        path = work / f"cast_{target}.safetensors"
+        save_file(out, str(path))
+        assert check_claim("cast", target, minilm_path, path).holds
+        # One tensor replaced by a within-rounding but not nearest-even version.
+        w = minilm[TAMPER_TENSOR]
+        # The neighbouring representable value: within one ulp, but not the nearest.
+        up = (w.astype(npd).view(np.uint16) + np.uint16(1)).view(npd)
+        out[TAMPER_TENSOR] = np.where(np.abs(w) > np.quantile(np.abs(w), 0.999), up,
+                                      w.astype(npd))
+        tpath = work / f"cast_{target}_t.safetensors"
+        save_file(out, str(tpath))
+        r = check_claim("cast", target, minilm_path, tpath)
+        assert not r.holds
+        bad = [v for v in r.tensors if not v.ok]
+        assert [v.tensor for v in bad] == [TAMPER_TENSOR]
+        assert any(f.rule_id == "MS404" for f in r.findings)
+    # ... and back: fp16 -> fp32 is exact.
+    half = work / "cast_fp16.safetensors"
+    back = work / "cast_back.safetensors"
+    with open_artifact(half) as a:
+        save_file({n: (a.array(n).astype(np.float32) if a.tensors[n].dtype.name == "F16"
+                       else np.array(a.array(n))) for n in a.tensors}, str(back))
+    assert check_claim("cast", "fp32", half, back).holds
+
+
+def _pruned(w: np.ndarray, frac: float, largest: bool = False) -> np.ndarray:
+    k = int(w.size * frac)
+    order = np.argsort(np.abs(w).reshape(-1), kind="stable")
+    idx = order[-k:] if largest else order[:k]
+    out = w.copy().reshape(-1)
+    out[idx] = 0
+    return out.reshape(w.shape)
+
+
+def test_prune_magnitude_nm_and_tampered(work: Path, minilm, minilm_path: Path) -> None:
+    names = [n for n, a in minilm.items() if a.ndim == 2 and n.startswith("encoder")]
+    mag = dict(minilm)
+    nm = dict(minilm)
+    bad = dict(minilm)
+    for n in names:
+        w = minilm[n]
+        mag[n] = _pruned(w, 0.3)
+        g = np.abs(w).reshape(-1, 4)
+        keep = np.argsort(g, axis=1)[:, 2:]
+        mask = np.zeros_like(g, dtype=bool)
+        np.put_along_axis(mask, keep, True, axis=1)
+        nm[n] = np.where(mask.reshape(w.shape), w, 0).astype(np.float32)
+        bad[n] = mag[n]
+    # Attack: same sparsity, but one tensor has zeros on 0.3% largest weights too.
+    w = minilm[TAMPER_TENSOR]
+    t = _pruned(w, 0.297).reshape(-1)
+    t[largest_indices(w, 0.003)] = 0
+    bad[TAMPER_TENSOR] = t.reshape(w.shape)
+    paths = {}
+    for key, tensors in (("mag", mag), ("nm", nm), ("bad", bad)):
+        paths[key] = work / f"prune_{key}.safetensors"
+        save_file(tensors, str(paths[key]))
+    r = check_claim("prune", "magnitude:0.3", minilm_path, paths["mag"])
+    assert r.holds, r.message
+    assert all(abs(v.stats["sparsity"] - 0.3) < 0.01 for v in r.tensors)
+    assert check_claim("prune", "2:4", minilm_path, paths["nm"]).holds
+    assert not check_claim("prune", "2:4", minilm_path, paths["mag"]).holds
+    r = check_claim("prune", "magnitude", minilm_path, paths["bad"])
+    assert not r.holds
+    v = next(v for v in r.tensors if not v.ok)
+    assert v.tensor == TAMPER_TENSOR and v.problem == "criterion"
+    assert abs(v.violations[0].trusted_value) == pytest.approx(float(np.abs(w).max()))
+
+
+def test_prune_sparsegpt_updates_reported_not_tampering(work: Path, minilm,
+                                                         minilm_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    out = dict(minilm)
+    for n in [n for n, a in minilm.items() if a.ndim == 2 and n.startswith("encoder.layer.0")]:
+        p = _pruned(minilm[n], 0.5)
+        upd = rng.standard_normal(p.shape).astype(np.float32) * 1e-3
+        out[n] = np.where(p != 0, p + upd, 0).astype(np.float32)
+    path = work / "sparsegpt.safetensors"
+    save_file(out, str(path))
+    assert not check_claim("prune", "magnitude", minilm_path, path).holds
+    r = check_claim("prune", "sparsegpt", minilm_path, path)
+    assert r.holds, r.message
+    assert all(v.stats["kept_updated"] > 0 for v in r.tensors)
+
+
+def test_gguf_q8_0_q4_0_q6_k_and_tampered(work: Path, minilm, minilm_path: Path) -> None:
+    import gguf
+
+    from scanner.claims.gguf_quant import quantize_rows
+
+    names = [n for n, a in minilm.items() if a.ndim == 2 and a.shape[1] % 256 == 0
+             and n.startswith("encoder.layer.")]
+    trusted = work / "minilm_gguf_subset.safetensors"
+    save_file({n: minilm[n] for n in names}, str(trusted))
+    assert TAMPER_TENSOR in names
+    for qt in ("Q8_0", "Q4_0", "Q6_K"):
+        for tamper in (False, True):
+            path = work / f"minilm_{qt}_{tamper}.gguf"
+            wr = gguf.GGUFWriter(str(path), "bert")
+            for n in names:
+                w = minilm[n]
+                blocks = quantize_rows(w, qt)
+                if tamper and n == TAMPER_TENSOR:
+                    # Negate the decoded value of the largest weights: re-encode those rows
+                    # from a copy whose largest entries have the opposite sign.
+                    w2 = w.copy().reshape(-1)
+                    idx = largest_indices(w, 0.003)
+                    w2[idx] = -w2[idx]
+                    blocks = quantize_rows(w2.reshape(w.shape), qt)
+                wr.add_tensor(n, blocks, raw_shape=blocks.shape,
+                              raw_dtype=gguf.GGMLQuantizationType[qt])
+            wr.write_header_to_file()
+            wr.write_kv_data_to_file()
+            wr.write_tensors_to_file()
+            wr.close()
+            r = check_claim("gguf", qt.lower(), trusted, path)
+            if not tamper:
+                assert r.holds, (qt, r.message)
+                if qt == "Q6_K":
+                    assert all("non_nearest_fraction" in v.stats for v in r.tensors)
+            else:
+                bad = [v for v in r.tensors if not v.ok]
+                assert [v.tensor for v in bad] == [TAMPER_TENSOR], (qt, r.message)
+                assert bad[0].rows
+
+
+def test_requantize_smollm_q4_1_to_q8_0(work: Path) -> None:
+    import gguf
+
+    from scanner.claims.gguf_quant import quantize_rows
+
+    src = real_model("smollm2-q4_1")
+    out = work / "smollm_q8_0.gguf"
+    bad = work / "smollm_q8_0_t.gguf"
+    with open_artifact(src) as a:
+        names = [n for n, i in a.tensors.items() if i.dtype.name == "Q4_1"][:12]
+        for path, tamper in ((out, False), (bad, True)):
+            wr = gguf.GGUFWriter(str(path), "llama")
+            for i, n in enumerate(names):
+                w = a.to_float(n)
+                if tamper and i == 3:
+                    w = w.copy().reshape(-1)
+                    idx = largest_indices(w, 0.003)
+                    w[idx] = -w[idx]
+                    w = w.reshape(a.tensors[n].shape)
+                blocks = quantize_rows(w.reshape(w.shape[0], -1), "Q8_0")
+                wr.add_tensor(n, blocks, raw_shape=blocks.shape,
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            wr.write_header_to_file()
+            wr.write_kv_data_to_file()
+            wr.write_tensors_to_file()
+            wr.close()
+    # The trusted side is the Q4_1 file restricted to the same tensors by the claim.
+    r = check_claim("requantize", "q8_0", src, out)
+    assert all(v.ok for v in r.tensors) and len(r.tensors) == 12
+    r = check_claim("requantize", "q8_0", src, bad)
+    assert [v.tensor for v in r.tensors if not v.ok] == [names[3]]
+
+
+def test_tashkeel_int8_onnx_layouts_parse() -> None:
+    with open_artifact(real_model("tashkeel-int8")) as art:
+        groups = find_groups(art)
+    ops = {g.op for g in groups}
+    codes = {g.codes for g in groups}
+    assert "DynamicQuantizeLSTM" in ops
+    assert "embedding.weight_quantized" in codes and "onnx::MatMul_398_quantized" in codes
+    assert all(g.scale.endswith("_scale") for g in groups)
+
+
+def _rapidocr_float(work: Path) -> Path:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(real_model("rapidocr-cls")))
+    keep = []
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            t = numpy_helper.to_array(node.attribute[0].t)
+            m.graph.initializer.append(numpy_helper.from_array(t, node.output[0]))
+        else:
+            keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    path = work / "rapidocr_cls_float.onnx"
+    onnx.save(m, str(path))
+    return path
+
+
+def test_onnxruntime_dynamic_and_qdq(work: Path) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    src = _rapidocr_float(work)
+    dyn = work / "cls_dynamic.onnx"
+    quantize_dynamic(str(src), str(dyn), weight_type=QuantType.QInt8, per_channel=True)
+    r = check_claim("quantize", "int8", src, dyn)
+    assert r.tensors and all(v.ok for v in r.tensors), r.message
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.items = iter([{"x": rng.random((1, 3, 48, 192), dtype=np.float32)}
+                               for _ in range(2)])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.items, None)
+
+    qdq = work / "cls_qdq.onnx"
+    quantize_static(str(src), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8)
+    r = check_claim("quantize", "int8:per-channel", src, qdq)
+    weights = [v for v in r.tensors if v.stats.get("dtype") == "int8"]
+    assert weights and all(v.ok for v in weights), r.message
+
+
+@pytest.mark.parametrize("name", ["encoder.layer.2.intermediate.dense.weight",
+                                  "encoder.layer.4.attention.self.key.weight"])
+def test_quantization_gap(minilm, name: str) -> None:
+    w = minilm[name]
+    margin = float(np.random.default_rng(11).uniform(0.02, 0.15))
+    for scheme, attack in zip(SCHEMES, (project_into_int8_boxes, project_into_q8_0_boxes,
+                                        project_into_q4_0_boxes), strict=True):
+        hit = gap_tensor(name, attack(w, margin, seed=5), scheme, 10**6)
+        assert hit.flagged and hit.flip_fraction > 2 * hit.flip_expected
+        assert not gap_tensor(name, w, scheme, 10**6).flagged
+        tuned = w + np.random.default_rng(3).standard_normal(w.shape).astype(np.float32) \
+            * np.float32(w.std() * 0.01)
+        assert not gap_tensor(name, tuned, scheme, 10**6).flagged
+    q = quantize_int8(w)
+    on_grid = q.codes.astype(np.float32) * q.scale[:, None]
+    r = gap_tensor(name, on_grid, "int8-per-channel", 10**6)
+    assert not r.flagged and r.skipped == "on the grid"
+
+
+def test_scan_flags_gap_attack_and_cli_claims(work: Path, minilm, minilm_path: Path,
+                                              build, run_cli) -> None:
+    attacked = dict(minilm)
+    attacked[TAMPER_TENSOR] = project_into_int8_boxes(minilm[TAMPER_TENSOR], 0.07, seed=2)
+    path = work / "gap_attack.safetensors"
+    save_file(attacked, str(path))
+    res = run_cli("scan", path, "--format", "json")
+    rules = [f["rule_id"] for f in res.json()["findings"]]
+    assert "MS409" in rules
+    clean = run_cli("scan", minilm_path, "--format", "json")
+    assert "MS409" not in [f["rule_id"] for f in clean.json()["findings"]]
+    pc = build("pc", per_channel=True)
+    bad = build("pc_tampered", per_channel=True, tamper=TAMPER_TENSOR)
+    out = work / "diff.json"
+    assert run_cli("diff", minilm_path, pc, "--claim", "quantize:int8:per-channel:symmetric",
+                   "--format", "json", "-o", out).code == 0
+    assert run_cli("diff", minilm_path, bad, "--claim", "quantize:int8:per-channel:symmetric",
+                   "--format", "json", "-o", out).code == 1
+    report = json.loads(out.read_text())
+    assert any(f["rule_id"] == "MS402" and f["locations"][0]["tensor"] == TAMPER_TENSOR
+               for f in report["findings"])
+    assert run_cli("diff", minilm_path, pc, "--claim", "quantize:int9").code == 2
+    # Without a claim the transformation is inferred and explained.
+    assert run_cli("diff", minilm_path, pc, "--format", "json", "-o", out).code == 0
+    report = json.loads(out.read_text())
+    assert any(f["rule_id"] == "MS408" for f in report["findings"])
+
+
+def test_flip_codes_is_an_involution() -> None:
+    c = np.array([1, -5, 127, 0], dtype=np.int8)
+    idx = np.array([0, 1, 3])
+    assert flip_codes(flip_codes(c, idx), idx).tolist() == c.tolist()
+
+
+def test_convert_safetensors_to_gguf_f32_with_renames(work: Path, minilm,
+                                                      minilm_path: Path) -> None:
+    import gguf
+
+    path = work / "minilm_f32.gguf"
+    wr = gguf.GGUFWriter(str(path), "bert")
+    for n, a in minilm.items():
+        if a.dtype == np.float32:
+            wr.add_tensor("x." + n, a)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    sub = work / "minilm_f32_only.safetensors"
+    save_file({n: a for n, a in minilm.items() if a.dtype == np.float32}, str(sub))
+    r = check_claim("convert", None, sub, path)
+    assert r.holds, r.message
