@@ -181,3 +181,33 @@ def compare_codes(
 
 def sorted_rows(rows: set[int]) -> tuple[int, ...]:
     return tuple(sorted(rows))
+
+
+def read_tensor(art: Any, name: str) -> np.ndarray:
+    """A private copy of one tensor in its storage dtype, read with ``pread``.
+
+    Unlike the mmap view, the copy is freed when dropped, so checking a model tensor by
+    tensor keeps the resident set at about one tensor instead of the whole file.
+    """
+    from scanner.values import numpy_dtype
+
+    info = art.tensors[name]
+    buf = np.empty(info.nbytes, dtype=np.uint8)
+    pos = 0
+    for chunk in art.iter_bytes(name):
+        buf[pos : pos + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+        pos += len(chunk)
+    npd = numpy_dtype(info.dtype.name)
+    if npd is None or info.dtype.is_block_quantized:
+        return buf
+    return buf.view(npd).reshape(info.shape)
+
+
+def read_float(art: Any, name: str) -> np.ndarray:
+    """One tensor as float32 (see :func:`read_tensor`); packed types go through the
+    artifact's own conversion."""
+    info = art.tensors[name]
+    if info.dtype.is_block_quantized or info.dtype.name in ("I4", "U4"):
+        return art.to_float(name)
+    arr = read_tensor(art, name)
+    return arr if arr.dtype == np.float32 else arr.astype(np.float32)

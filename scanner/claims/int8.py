@@ -22,6 +22,8 @@ from scanner.claims.base import (
     TensorVerdict,
     Violation,
     compare_codes,
+    read_float,
+    read_tensor,
     sorted_rows,
 )
 from scanner.claims.grammar import Claim
@@ -145,10 +147,10 @@ def check_group(trusted: Artifact, origin: str, deployed: Artifact, g: QuantGrou
     # to be centred; the scale check tells the two apart.
     schemes = [claimed] if claimed else (["symmetric", "asymmetric"] if looks == "symmetric"
                                          else ["asymmetric"])
-    w_full = trusted.to_float(origin)
+    w_full = read_float(trusted, origin)
     if perm is not None and perm != tuple(range(len(perm))):
         w_full = np.transpose(w_full, perm)
-    codes_full = deployed.array(g.codes)
+    codes_full = read_tensor(deployed, g.codes)
     strict = claim.param("algorithm", "rtn") == "rtn"
     best: TensorVerdict | None = None
     for axis, scheme in [(a, sc) for a in axes for sc in schemes]:
