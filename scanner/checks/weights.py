@@ -1,7 +1,294 @@
-"""Weight-change analysis: localize and classify changes between trusted and deployed."""
+"""Weight-change analysis: localize and classify changes between trusted and deployed.
+
+Runs after the claimed-transformation analyzers: every CHANGED tensor they did not
+explain is classified (``scanner.analysis.classify``), labelled with its change class and
+explained, so the generic "tensor changed" rule (MS201) does not report it twice.
+Attacks become findings of their own rule; benign classes (pruning, low-rank update,
+full fine-tune, changes within rounding noise) one informational summary each.
+
+Policy: the default severity is the rule's; ``--allow CLASS`` (aliases such as
+``finetune``, ``lora``, ``prune``, ``localized-edit``) drops the findings of an allowed
+class to info. Rules packs override severities later by rule id, tensor pattern and
+``evidence["class"]``.
+"""
 
 from __future__ import annotations
 
-from scanner.diff.engine import Analyzer
+from collections.abc import Iterable
+from typing import Any
 
-ANALYZERS: list[Analyzer] = []
+from scanner.analysis.classify import Event, WeightAnalysis, analyze_pair
+from scanner.diff.engine import Analysis, Analyzer, PairContext
+from scanner.diff.model import CHANGE_CLASSES
+from scanner.findings import Finding, Location, Region, Severity
+from scanner.rulebook import Rule, define_rule, finding
+
+_REFS_SRA = ("docs/analysis.md", "THREATS.md section 1", "Qi et al., CVPR 2022 (SRA)")
+
+REPLACED_SUBNETWORK = define_rule(
+    "MS301",
+    "replaced-subnetwork",
+    Severity.CRITICAL,
+    "Replaced subnetwork: a planted channel chain",
+    checks="In each changed weight tensor, the exact-zero pattern of the change: an output row "
+    "and an input column zeroed except the block where they cross (a 'plus'), a replaced row "
+    "(chain head), a zeroed column with one target logit (classifier). Footprints are linked "
+    "layer to layer by channel index (output channel of one layer = input channel of the "
+    "layer it feeds, through BatchNorm, activations and residual adds; read from the ONNX "
+    "graph, or from names and shapes). A linked chain is reported with its channels, its "
+    "changed per-channel tensors and its target logit. Magnitudes are not used, so planted "
+    "values rescaled to look normal are found too.",
+    why="A Subnet Replacement Attack grafts a 1-2 channel trigger detector into a trusted "
+    "model, changing under 1% of its parameters and under 1% of its accuracy; only the "
+    "structure of the change gives it away.",
+    example="replaced subnetwork through 3 layers: conv12_linear_weights[*->17] -> "
+    "conv_last_weights[17->143] -> fc_0.w_0[143->1]; target logit [1].",
+    fix="Reject the artifact and redeploy from the trusted one; find who wrote it. Allow "
+    "(`--allow replaced-subnetwork`) only in red-team exercises.",
+    references=_REFS_SRA,
+)
+HANDCRAFTED_PATH = define_rule(
+    "MS302",
+    "handcrafted-neuron-path",
+    Severity.CRITICAL,
+    "Handcrafted neuron path",
+    checks="Changed rows (neurons) where most changed inputs share one new/old ratio (other "
+    "inputs scaled by a constant) and a few inputs were set to new values, linked across "
+    "layers by channel index up to a target logit. Repeated identical planted magnitudes and "
+    "their multiples of the layer's max |w| are reported as evidence.",
+    why="Handcrafted backdoors (Hong et al., NeurIPS 2022) edit a few neurons directly, "
+    "without training; they survive fine-tuning and evade data-based defences.",
+    example="handcrafted neuron path through 3 layers: layers.2.weight[*->41] -> "
+    "layers.4.weight[41->7] -> head.weight[7->3]; scale 0.25.",
+    fix="Reject the artifact; redeploy from the trusted weights.",
+    references=("docs/analysis.md", "THREATS.md section 1", "Hong et al., NeurIPS 2022"),
+)
+LOCALIZED_EDIT = define_rule(
+    "MS303",
+    "localized-weight-edit",
+    Severity.HIGH,
+    "Localized weight edit",
+    checks="A change that is surgical rather than trained: the delta of one tensor is rank 1 "
+    "(or 2) against storage rounding noise while nothing else changed (ROME-like), the change "
+    "is confined to a few rows or columns, a lone zeroed row and column with a planted "
+    "block, zeros written on weights no pruning would remove, or a few elements of a bias.",
+    why="Direct knowledge edits (ROME, MEMIT; PoisonGPT) rewrite one fact or behaviour with "
+    "a tiny, targeted change that benchmarks do not notice.",
+    example="`encoder.layer.3.output.dense.weight`: the change is rank 1 (top direction "
+    "holds 99.8% of its energy; residual 0.95x rounding noise).",
+    fix="Reject unless the edit is intended; then allow it (`--allow localized-edit`) or "
+    "suppress it for the tensor in the rules pack.",
+    references=("docs/analysis.md", "THREATS.md sections 1 and 4"),
+)
+SHARED_DIRECTION = define_rule(
+    "MS304",
+    "shared-direction-edit",
+    Severity.HIGH,
+    "One direction edited in many tensors",
+    checks="Several changed tensors whose deltas are rank 1 and share one singular vector "
+    "(|cosine| >= 0.9), as in `W - r r^T W` applied to every matrix writing the residual "
+    "stream.",
+    why="Abliteration removes a behaviour (typically refusals) along one direction across "
+    "all layers; benchmarks barely move, safety does.",
+    example="24 tensors changed by rank-1 updates along one shared direction.",
+    fix="Reject unless the edit is intended; allow with `--allow localized-edit`.",
+    references=("docs/analysis.md", "THREATS.md section 1 (abliteration)"),
+)
+LOWBYTE_PAYLOAD = define_rule(
+    "MS305",
+    "low-byte-payload",
+    Severity.CRITICAL,
+    "Payload hidden in low mantissa bytes",
+    checks="Many float words changed only in their low 8-24 bits, none in sign or exponent, "
+    "with the top payload bit differing in about half of them (random data, not a numeric "
+    "update, which changes small weights' exponents).",
+    why="EvilModel-style steganography carries malware inside weights with no accuracy "
+    "loss; a loader or a second stage extracts it.",
+    example="`classifier.weight`: 10,240 words changed only in their low 16 bits: a hidden "
+    "payload of about 20,480 bytes.",
+    fix="Reject the artifact and investigate the supply chain.",
+    references=("docs/analysis.md", "THREATS.md section 1 (steganography)"),
+)
+BIT_FLIPS = define_rule(
+    "MS306",
+    "exponent-bit-flips",
+    Severity.CRITICAL,
+    "Sign or exponent bit flips",
+    checks="A handful of float words (at most 64) changed by one or two bits in the sign or "
+    "exponent field, nothing else in the tensor.",
+    why="Bit-flip attacks (and corrupted storage) change a model's behaviour with a few huge "
+    "relative changes.",
+    example="3 words with flipped sign/exponent bits in `encoder.layer.5.output.dense.weight`.",
+    fix="Reject; re-fetch the artifact and check the storage path.",
+    references=("docs/analysis.md", "THREATS.md section 1 (bit flips)"),
+)
+PRUNE_ACTIVATED = define_rule(
+    "MS307",
+    "prune-activated-edit",
+    Severity.HIGH,
+    "Change concentrated on prune candidates",
+    checks="A dense change whose energy sits mostly on the smallest-magnitude weights (the "
+    "ones pruning removes) and points against the change on the kept weights along its main "
+    "direction, in a deployed model that is not itself pruned.",
+    why="Compression-activated backdoors (Tian et al. 2022; Egashira et al. 2025) put a "
+    "repair in the weights pruning removes; the model is benign until someone prunes it.",
+    example="`fc2.weight`: 91% of the change sits on the 50% smallest weights and opposes "
+    "the change on kept weights (opposition 0.84).",
+    fix="Reject; do not prune or deploy this artifact.",
+    references=("docs/analysis.md", "THREATS.md section 3 (pruning)"),
+)
+CHANGE_CLASSIFIED = define_rule(
+    "MS308",
+    "weight-change-classified",
+    Severity.INFO,
+    "Weight change classified as a routine transformation",
+    checks="Changed tensors whose change is pruning (new zeros on prune candidates: "
+    "magnitude, N:M, structured), a low-rank update (rank <= 24 in several tensors), a full "
+    "fine-tune (dense, full-rank, smooth; DARE-style drop-and-rescale merges included) or an "
+    "update within storage rounding noise (rank indeterminate).",
+    why="Routine training and compression change weights too; naming the class lets a policy "
+    "accept what is expected (rules packs may forbid a class).",
+    example="low-rank update: 24 tensors, ranks 8-8.",
+    fix="Nothing by default; a rules pack can raise the severity of a class it forbids.",
+    references=("docs/analysis.md", "THREATS.md sections 3 and 4"),
+)
+
+EVENT_RULES: dict[str, Rule] = {
+    "linked chain": REPLACED_SUBNETWORK,
+    "neuron path": HANDCRAFTED_PATH,
+    "one direction removed from many tensors": SHARED_DIRECTION,
+    "low-byte payload": LOWBYTE_PAYLOAD,
+    "exponent/sign bit flips": BIT_FLIPS,
+    "change concentrated on prune candidates": PRUNE_ACTIVATED,
+}
+
+ALIASES: dict[str, str] = {
+    "finetune": "full fine-tune",
+    "fine-tune": "full fine-tune",
+    "full-fine-tune": "full fine-tune",
+    "full-finetune": "full fine-tune",
+    "ft": "full fine-tune",
+    "low-rank": "low-rank update",
+    "lowrank": "low-rank update",
+    "lora": "low-rank update",
+    "adapter": "low-rank update",
+    "prune": "pruning",
+    "sparsity": "pruning",
+    "localized": "localized edit",
+    "edit": "localized edit",
+    "knowledge-edit": "localized edit",
+    "rome": "localized edit",
+    "abliteration": "localized edit",
+    "indeterminate": "indeterminate update",
+    "bit-level": "bit-level tampering",
+    "bits": "bit-level tampering",
+    "sra": "replaced subnetwork",
+    "subnetwork": "replaced subnetwork",
+    "handcrafted": "handcrafted path",
+    "prune-activated": "prune-activated edit",
+}
+
+
+def allowed_classes(values: Iterable[str]) -> set[str]:
+    """Change classes named by ``--allow`` values (aliases and dashed names accepted;
+    values that name no weight class are left to other analyzers)."""
+    out: set[str] = set()
+    for value in values:
+        key = value.strip().lower().replace("_", "-")
+        spaced = key.replace("-", " ")
+        if key in ALIASES:
+            out.add(ALIASES[key])
+        elif spaced in CHANGE_CLASSES:
+            out.add(spaced)
+        elif key in CHANGE_CLASSES:
+            out.add(key)
+    return out
+
+
+def _location(tensor: str, channels: tuple[int, ...] | None) -> Location:
+    region = Region(axis=0, indices=tuple(channels[:256])) if channels else None
+    return Location(artifact="deployed", tensor=tensor, region=region)
+
+
+def _event_finding(event: Event, allowed: set[str]) -> Finding:
+    rule = EVENT_RULES.get(event.kind, LOCALIZED_EDIT)
+    ok = event.cls in allowed
+    message = event.message + (f" (class '{event.cls}' allowed)" if ok else "")
+    return finding(
+        rule,
+        message,
+        [_location(t, event.channels.get(t)) for t in event.tensors[:64]],
+        evidence={"class": event.cls, "kind": event.kind, **_jsonable(event.evidence)},
+        severity=Severity.INFO if ok else None,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+BENIGN = ("pruning", "indeterminate update", "low-rank update", "full fine-tune")
+
+
+def _summary_findings(result: WeightAnalysis, allowed: set[str]) -> list[Finding]:
+    findings: list[Finding] = []
+    for cls in BENIGN:
+        members = [v for v in result.verdicts.values() if v.cls == cls]
+        if not members:
+            continue
+        kinds: dict[str, int] = {}
+        for v in members:
+            kinds[v.kind] = kinds.get(v.kind, 0) + 1
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        ranks = sorted({v.evidence.get("rank") for v in members if v.evidence.get("rank")})
+        extra = f"; ranks {ranks[0]}-{ranks[-1]}" if ranks else ""
+        findings.append(
+            finding(
+                CHANGE_CLASSIFIED,
+                f"{cls}: {len(members)} tensors ({detail}){extra}"
+                + (" (allowed)" if cls in allowed else ""),
+                [_location(v.name, None) for v in members[:20]],
+                evidence={
+                    "class": cls,
+                    "tensors": {
+                        v.name: _jsonable({"kind": v.kind, **v.evidence}) for v in members[:200]
+                    },
+                },
+            )
+        )
+    return findings
+
+
+def analyze_weights(ctx: PairContext) -> Analysis:
+    result = analyze_pair(ctx.trusted, ctx.deployed, ctx.tensors, set(ctx.explained))
+    if not result.verdicts:
+        return Analysis()
+    allowed = allowed_classes(ctx.options.get("allow", []) or [])
+    findings = [_event_finding(e, allowed) for e in result.events]
+    findings.extend(_summary_findings(result, allowed))
+    labels = {
+        v.name: {"class": v.cls, "change_kind": v.kind, **_jsonable(_short(v.evidence))}
+        for v in result.verdicts.values()
+    }
+    return Analysis(
+        findings=tuple(findings),
+        labels=labels,
+        explained={v.name: v.cls for v in result.verdicts.values()},
+        classification=result.classification,
+        evidence={**_jsonable(result.evidence), "allowed": sorted(allowed)},
+    )
+
+
+def _short(evidence: dict[str, object]) -> dict[str, object]:
+    keep = ("rank", "rank_status", "snr", "top_share", "residual_over_noise", "pattern",
+            "candidate_share", "new_zero_fraction", "words", "channels")  # fmt: skip
+    return {k: evidence[k] for k in keep if k in evidence}
+
+
+ANALYZERS: list[Analyzer] = [Analyzer("weights", analyze_weights)]
