@@ -235,7 +235,11 @@ def check_nested_pickles(artifact: Artifact) -> Iterable[Finding]:
                 f"{nested['where']} holds a pickle stream"
                 + (f" naming {', '.join(names[:5])}" if names else ""),
                 [Location(file=file, offset=nested.get("base_offset"))],
-                evidence={"where": nested["where"], "complete": nested["complete"], "globals": names},
+                evidence={
+                    "where": nested["where"],
+                    "complete": nested["complete"],
+                    "globals": names,
+                },
             )
 
 
@@ -265,10 +269,24 @@ def check_pytorch_layout(artifact: Artifact) -> Iterable[Finding]:
 
 # -- GGUF chat template ----------------------------------------------------------------------
 
-_ESCAPE_NAMES = frozenset({
-    "lipsum", "cycler", "joiner", "self", "config", "request", "url_for",
-    "get_flashed_messages", "session", "g", "__builtins__", "__import__", "os", "sys",
-})
+_ESCAPE_NAMES = frozenset(
+    {
+        "lipsum",
+        "cycler",
+        "joiner",
+        "self",
+        "config",
+        "request",
+        "url_for",
+        "get_flashed_messages",
+        "session",
+        "g",
+        "__builtins__",
+        "__import__",
+        "os",
+        "sys",
+    }
+)
 MAX_TEMPLATE_CHARS = 1 << 20
 
 
@@ -291,18 +309,30 @@ def template_problems(template: str) -> list[str]:
         node = stack.pop()
         if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
             problems.append(f"attribute access .{node.attr} (line {node.lineno})")
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(
-            node.arg.value, str
-        ) and node.arg.value.startswith("_"):
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+            and node.arg.value.startswith("_")
+        ):
             problems.append(f"item access [{node.arg.value!r}] (line {node.lineno})")
+        elif isinstance(node, nodes.Getitem) and isinstance(
+            node.arg, (nodes.Concat, nodes.Add, nodes.Filter, nodes.Call, nodes.Mod)
+        ):
+            # A computed key ('_' ~ '_class_' ~ '_') hides a dunder from the checks above.
+            problems.append(f"item access with a computed key (line {node.lineno})")
         elif isinstance(node, nodes.Const) and isinstance(node.value, str) and "__" in node.value:
-            problems.append(f"string constant {node.value[:40]!r} spells a dunder (line {node.lineno})")
+            problems.append(
+                f"string constant {node.value[:40]!r} spells a dunder (line {node.lineno})"
+            )
         elif isinstance(node, nodes.Filter) and node.name == "attr":
             problems.append(f"attr filter (line {node.lineno})")
         elif isinstance(node, nodes.Name) and node.name in _ESCAPE_NAMES:
             problems.append(f"reference to {node.name!r} (line {node.lineno})")
         elif isinstance(node, (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)):
-            problems.append(f"{type(node).__name__.lower()} of another template (line {node.lineno})")
+            problems.append(
+                f"{type(node).__name__.lower()} of another template (line {node.lineno})"
+            )
         stack.extend(node.iter_child_nodes())
         if len(problems) >= 50:
             break
@@ -319,7 +349,8 @@ def check_chat_template(artifact: Artifact) -> Iterable[Finding]:
             if problems:
                 yield finding(
                     CHAT_TEMPLATE_CODE,
-                    f"{key}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+                    f"{key}: {problems[0]}"
+                    + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                     [Location(file=file)],
                     evidence={"key": key, "problems": problems},
                 )

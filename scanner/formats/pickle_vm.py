@@ -202,33 +202,91 @@ class PickleDict(dict):  # type: ignore[type-arg]
 
 # torch dtype attribute name -> canonical dtype name (None: known to torch, not supported).
 TORCH_DTYPES: dict[str, str | None] = {
-    "float32": "F32", "float": "F32", "float64": "F64", "double": "F64",
-    "float16": "F16", "half": "F16", "bfloat16": "BF16",
-    "int64": "I64", "long": "I64", "int32": "I32", "int": "I32",
-    "int16": "I16", "short": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-    "uint16": "U16", "uint32": "U32", "uint64": "U64",
-    "complex64": "C64", "cfloat": "C64", "complex128": "C128", "cdouble": "C128",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float32": "F32",
+    "float": "F32",
+    "float64": "F64",
+    "double": "F64",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "long": "I64",
+    "int32": "I32",
+    "int": "I32",
+    "int16": "I16",
+    "short": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "complex64": "C64",
+    "cfloat": "C64",
+    "complex128": "C128",
+    "cdouble": "C128",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
     "float8_e8m0fnu": "F8_E8M0",
-    "complex32": None, "chalf": None, "qint8": None, "qint32": None, "quint8": None,
-    "quint4x2": None, "quint2x4": None, "float4_e2m1fn_x2": None,
-    "bits8": None, "bits16": None, "bits1x8": None, "bits2x4": None, "bits4x2": None,
+    "complex32": None,
+    "chalf": None,
+    "qint8": None,
+    "qint32": None,
+    "quint8": None,
+    "quint4x2": None,
+    "quint2x4": None,
+    "float4_e2m1fn_x2": None,
+    "bits8": None,
+    "bits16": None,
+    "bits1x8": None,
+    "bits2x4": None,
+    "bits4x2": None,
 }
 
 STORAGE_TYPES: dict[str, str | None] = {
-    "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16",
-    "BFloat16Storage": "BF16", "LongStorage": "I64", "IntStorage": "I32",
-    "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8", "BoolStorage": "BOOL",
-    "ComplexFloatStorage": "C64", "ComplexDoubleStorage": "C128", "UntypedStorage": "U8",
-    "QInt8Storage": None, "QInt32Storage": None, "QUInt8Storage": None,
-    "QUInt4x2Storage": None, "QUInt2x4Storage": None,
+    "FloatStorage": "F32",
+    "DoubleStorage": "F64",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
+    "ComplexFloatStorage": "C64",
+    "ComplexDoubleStorage": "C128",
+    "UntypedStorage": "U8",
+    "QInt8Storage": None,
+    "QInt32Storage": None,
+    "QUInt8Storage": None,
+    "QUInt4x2Storage": None,
+    "QUInt2x4Storage": None,
 }
 
 ITEMSIZE = {
-    "F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8, "C128": 16,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F8_E8M0": 1,
+    "F32": 4,
+    "F64": 8,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "C64": 8,
+    "C128": 16,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
+    "F8_E8M0": 1,
 }
 
 _REBUILD = "torch._utils"
@@ -247,6 +305,7 @@ ALLOWED_CALLABLES = {
     ("builtins", "set"),
     ("builtins", "frozenset"),
     ("builtins", "bytearray"),
+    ("builtins", "bytes"),
     ("builtins", "complex"),
     (_JIT, "build_intlist"),
     (_JIT, "build_floatlist"),
@@ -260,27 +319,101 @@ _TYPE_TOKENS = {("torch", "Tensor"), ("torch.nn.parameter", "Parameter")}
 
 # Used only to grade a finding's severity: anything outside the allowlist is reported
 # whether or not it appears here (this is not a denylist).
-CODE_EXECUTION_MODULES = frozenset({
-    "os", "posix", "nt", "subprocess", "sys", "socket", "shutil", "importlib", "runpy",
-    "pty", "commands", "webbrowser", "pickle", "_pickle", "marshal", "types", "ctypes",
-    "code", "codeop", "multiprocessing", "asyncio", "urllib", "http", "ftplib", "smtplib",
-    "telnetlib", "tempfile", "platform", "signal", "threading", "_thread", "inspect",
-    "pdb", "bdb", "timeit", "trace", "profile", "cProfile", "pydoc", "dill", "cloudpickle",
-    "joblib", "torch.hub", "torch.serialization", "numpy.load", "sqlite3", "zipimport",
-})
-CODE_EXECUTION_NAMES = frozenset({
-    ("builtins", n) for n in (
-        "eval", "exec", "compile", "getattr", "setattr", "delattr", "__import__", "open",
-        "input", "breakpoint", "globals", "locals", "vars", "execfile", "apply", "file",
-        "memoryview", "type", "object", "classmethod", "staticmethod", "super", "help",
-        "exit", "quit",
-    )
-} | {
-    ("operator", "attrgetter"), ("operator", "methodcaller"), ("operator", "itemgetter"),
-    ("functools", "partial"), ("functools", "reduce"), ("copyreg", "_reconstructor"),
-    ("numpy", "load"), ("numpy.lib.npyio", "load"), ("torch", "load"),
-    ("torch.storage", "_load_from_bytes"),
-})
+CODE_EXECUTION_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "socket",
+        "shutil",
+        "importlib",
+        "runpy",
+        "pty",
+        "commands",
+        "webbrowser",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "types",
+        "ctypes",
+        "code",
+        "codeop",
+        "multiprocessing",
+        "asyncio",
+        "urllib",
+        "http",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "tempfile",
+        "platform",
+        "signal",
+        "threading",
+        "_thread",
+        "inspect",
+        "pdb",
+        "bdb",
+        "timeit",
+        "trace",
+        "profile",
+        "cProfile",
+        "pydoc",
+        "dill",
+        "cloudpickle",
+        "joblib",
+        "torch.hub",
+        "torch.serialization",
+        "numpy.load",
+        "sqlite3",
+        "zipimport",
+    }
+)
+CODE_EXECUTION_NAMES = frozenset(
+    {
+        ("builtins", n)
+        for n in (
+            "eval",
+            "exec",
+            "compile",
+            "getattr",
+            "setattr",
+            "delattr",
+            "__import__",
+            "open",
+            "input",
+            "breakpoint",
+            "globals",
+            "locals",
+            "vars",
+            "execfile",
+            "apply",
+            "file",
+            "memoryview",
+            "type",
+            "object",
+            "classmethod",
+            "staticmethod",
+            "super",
+            "help",
+            "exit",
+            "quit",
+        )
+    }
+    | {
+        ("operator", "attrgetter"),
+        ("operator", "methodcaller"),
+        ("operator", "itemgetter"),
+        ("functools", "partial"),
+        ("functools", "reduce"),
+        ("copyreg", "_reconstructor"),
+        ("numpy", "load"),
+        ("numpy.lib.npyio", "load"),
+        ("torch", "load"),
+        ("torch.storage", "_load_from_bytes"),
+    }
+)
 
 
 def classify_global(module: str, name: str, torchscript: bool = False) -> str:
@@ -291,8 +424,10 @@ def classify_global(module: str, name: str, torchscript: bool = False) -> str:
         return "allowed"
     if module == "torch.storage" and name == "UntypedStorage":
         return "allowed"
-    if torchscript and (module == "__torch__" or module.startswith("__torch__.")) and (
-        "__" not in name.strip("_") and not name.startswith("_")
+    if (
+        torchscript
+        and (module == "__torch__" or module.startswith("__torch__."))
+        and ("__" not in name.strip("_") and not name.startswith("_"))
     ):
         return "torchscript"
     root = module.split(".")[0]
@@ -423,7 +558,9 @@ class PickleVM:
     # -- helpers -------------------------------------------------------------------------
     def _fail(self, problem: str, offset: int | None = None) -> PickleError:
         at = self.pos if offset is None else offset
-        return PickleError(self.path, f"{self.audit.stream}: {problem} (at pickle offset {at - self.start})")
+        return PickleError(
+            self.path, f"{self.audit.stream}: {problem} (at pickle offset {at - self.start})"
+        )
 
     def _read(self, n: int) -> bytes:
         end = self.pos + n
@@ -458,7 +595,8 @@ class PickleVM:
     def _push(self, value: Any) -> None:
         if len(self.stack) >= self.limits.max_stack:
             raise ResourceLimitError(
-                self.path, f"{self.audit.stream}: pickle stack exceeds {self.limits.max_stack} items"
+                self.path,
+                f"{self.audit.stream}: pickle stack exceeds {self.limits.max_stack} items",
             )
         self.stack.append(value)
 
@@ -483,7 +621,8 @@ class PickleVM:
     def _memo_put(self, key: int, value: Any) -> None:
         if key not in self.memo and len(self.memo) >= self.limits.max_memo:
             raise ResourceLimitError(
-                self.path, f"{self.audit.stream}: pickle memo exceeds {self.limits.max_memo} entries"
+                self.path,
+                f"{self.audit.stream}: pickle memo exceeds {self.limits.max_memo} entries",
             )
         self.memo[key] = value
 
@@ -531,11 +670,18 @@ class PickleVM:
     def _call(self, func: Any, args: Any, offset: int, how: str) -> Any:
         if isinstance(func, Opaque):
             self.audit.calls.append(
-                {"callable": func.what, "offset": offset - self.start, "how": how, "args": describe(args)}
+                {
+                    "callable": func.what,
+                    "offset": offset - self.start,
+                    "how": how,
+                    "args": describe(args),
+                }
             )
             return Opaque(f"{func.what}(...)", offset - self.start)
         if not isinstance(func, Global):
-            raise self._fail(f"{how} applied to a {type(func).__name__}, which is not callable", offset)
+            raise self._fail(
+                f"{how} applied to a {type(func).__name__}, which is not callable", offset
+            )
         if not isinstance(args, tuple):
             raise self._fail(f"{how} arguments are a {type(args).__name__}, not a tuple", offset)
         if func.module.startswith("__torch__"):
@@ -558,7 +704,12 @@ class PickleVM:
         if isinstance(inst, Opaque):
             # A __setstate__ on an unknown object is code a real unpickler would run.
             self.audit.calls.append(
-                {"callable": inst.what, "offset": offset - self.start, "how": "BUILD", "args": describe(state)}
+                {
+                    "callable": inst.what,
+                    "offset": offset - self.start,
+                    "how": "BUILD",
+                    "args": describe(state),
+                }
             )
             return
         if isinstance(inst, PickleDict) and isinstance(state, dict):
@@ -567,7 +718,9 @@ class PickleVM:
         if isinstance(inst, ScriptObject) and isinstance(state, dict):
             for k in state:
                 if not isinstance(k, str):
-                    raise self._fail("TorchScript object state has a non-string attribute name", offset)
+                    raise self._fail(
+                        "TorchScript object state has a non-string attribute name", offset
+                    )
             inst.attrs.update(state)
             return
         if isinstance(inst, TensorRef) and (state is None or isinstance(state, (dict, tuple))):
@@ -595,7 +748,8 @@ class PickleVM:
             if ops & 0xFFF == 0:
                 if ops > limits.max_ops:
                     raise ResourceLimitError(
-                        self.path, f"{self.audit.stream}: more than {limits.max_ops} pickle operations"
+                        self.path,
+                        f"{self.audit.stream}: more than {limits.max_ops} pickle operations",
                     )
                 self.deadline.check(self.path, f"interpreting {self.audit.stream}")
             if code == 0x2E:  # STOP
@@ -696,7 +850,10 @@ def _op_long4(vm: PickleVM, off: int) -> None:
     if n < 0:
         raise vm._fail("LONG4 with a negative length", off)
     if n > vm.limits.max_int_bytes:
-        raise ResourceLimitError(vm.path, f"{vm.audit.stream}: LONG4 integer of {n} bytes at pickle offset {off - vm.start}")
+        raise ResourceLimitError(
+            vm.path,
+            f"{vm.audit.stream}: LONG4 integer of {n} bytes at pickle offset {off - vm.start}",
+        )
     vm._push(int.from_bytes(vm._read(n), "little", signed=True))
 
 
@@ -993,27 +1150,73 @@ def _persistent(vm: PickleVM, pid: Any, off: int) -> Any:
 
 
 _DISPATCH: dict[int, Callable[[PickleVM, int], None]] = {
-    0x80: _op_proto, 0x95: _op_frame,
-    ord("("): _op_mark, ord("0"): _op_pop, ord("1"): _op_pop_mark, ord("2"): _op_dup,
-    ord("I"): _op_int, ord("J"): _int_arg("<i"), ord("K"): _int_arg("<B"),
-    ord("M"): _int_arg("<H"), ord("L"): _op_long, 0x8A: _op_long1, 0x8B: _op_long4,
-    ord("F"): _op_float, ord("G"): _op_binfloat,
-    ord("N"): _op_none, 0x88: _op_true, 0x89: _op_false,
-    ord("S"): _op_string, ord("T"): _op_binstring, ord("U"): _op_short_binstring,
-    ord("V"): _op_unicode, ord("X"): _op_binunicode, 0x8C: _op_short_binunicode,
-    0x8D: _op_binunicode8, ord("B"): _op_binbytes, ord("C"): _op_short_binbytes,
-    0x8E: _op_binbytes8, 0x96: _op_bytearray8, 0x97: _op_out_of_band, 0x98: _op_out_of_band,
-    ord(")"): _op_empty_tuple, ord("t"): _op_tuple,
-    0x85: _tuple_n(1), 0x86: _tuple_n(2), 0x87: _tuple_n(3),
-    ord("]"): _op_empty_list, ord("l"): _op_list, ord("a"): _op_append, ord("e"): _op_appends,
-    ord("}"): _op_empty_dict, ord("d"): _op_dict, ord("s"): _op_setitem, ord("u"): _op_setitems,
-    0x8F: _op_empty_set, 0x90: _op_additems, 0x91: _op_frozenset,
-    ord("g"): _op_get, ord("h"): _op_binget, ord("j"): _op_long_binget,
-    ord("p"): _op_put, ord("q"): _op_binput, ord("r"): _op_long_binput, 0x94: _op_memoize,
-    ord("c"): _op_global, 0x93: _op_stack_global, ord("i"): _op_inst, ord("o"): _op_obj,
-    ord("R"): _op_reduce, 0x81: _op_newobj, 0x92: _op_newobj_ex, ord("b"): _op_build,
-    0x82: _op_ext(1), 0x83: _op_ext(2), 0x84: _op_ext(4),
-    ord("P"): _op_persid, ord("Q"): _op_binpersid,
+    0x80: _op_proto,
+    0x95: _op_frame,
+    ord("("): _op_mark,
+    ord("0"): _op_pop,
+    ord("1"): _op_pop_mark,
+    ord("2"): _op_dup,
+    ord("I"): _op_int,
+    ord("J"): _int_arg("<i"),
+    ord("K"): _int_arg("<B"),
+    ord("M"): _int_arg("<H"),
+    ord("L"): _op_long,
+    0x8A: _op_long1,
+    0x8B: _op_long4,
+    ord("F"): _op_float,
+    ord("G"): _op_binfloat,
+    ord("N"): _op_none,
+    0x88: _op_true,
+    0x89: _op_false,
+    ord("S"): _op_string,
+    ord("T"): _op_binstring,
+    ord("U"): _op_short_binstring,
+    ord("V"): _op_unicode,
+    ord("X"): _op_binunicode,
+    0x8C: _op_short_binunicode,
+    0x8D: _op_binunicode8,
+    ord("B"): _op_binbytes,
+    ord("C"): _op_short_binbytes,
+    0x8E: _op_binbytes8,
+    0x96: _op_bytearray8,
+    0x97: _op_out_of_band,
+    0x98: _op_out_of_band,
+    ord(")"): _op_empty_tuple,
+    ord("t"): _op_tuple,
+    0x85: _tuple_n(1),
+    0x86: _tuple_n(2),
+    0x87: _tuple_n(3),
+    ord("]"): _op_empty_list,
+    ord("l"): _op_list,
+    ord("a"): _op_append,
+    ord("e"): _op_appends,
+    ord("}"): _op_empty_dict,
+    ord("d"): _op_dict,
+    ord("s"): _op_setitem,
+    ord("u"): _op_setitems,
+    0x8F: _op_empty_set,
+    0x90: _op_additems,
+    0x91: _op_frozenset,
+    ord("g"): _op_get,
+    ord("h"): _op_binget,
+    ord("j"): _op_long_binget,
+    ord("p"): _op_put,
+    ord("q"): _op_binput,
+    ord("r"): _op_long_binput,
+    0x94: _op_memoize,
+    ord("c"): _op_global,
+    0x93: _op_stack_global,
+    ord("i"): _op_inst,
+    ord("o"): _op_obj,
+    ord("R"): _op_reduce,
+    0x81: _op_newobj,
+    0x92: _op_newobj_ex,
+    ord("b"): _op_build,
+    0x82: _op_ext(1),
+    0x83: _op_ext(2),
+    0x84: _op_ext(4),
+    ord("P"): _op_persid,
+    ord("Q"): _op_binpersid,
 }
 
 OPCODE_BYTES = frozenset(_DISPATCH) | {0x2E}
@@ -1032,7 +1235,12 @@ def _ints(vm: PickleVM, value: Any, what: str) -> tuple[int, ...]:
 
 
 def _tensor(
-    vm: PickleVM, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+    vm: PickleVM,
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
     dtype: str | None = None,
 ) -> TensorRef:
     if not isinstance(storage, StorageRef):
@@ -1172,6 +1380,15 @@ def _impl_bytearray(vm: PickleVM, args: tuple[Any, ...]) -> Any:
     return bytearray(args[0])
 
 
+def _impl_bytes(vm: PickleVM, args: tuple[Any, ...]) -> Any:
+    # Protocols 0-2 pickle b"" as bytes(); never bytes(n), which allocates n bytes.
+    if not args:
+        return b""
+    if len(args) != 1 or not isinstance(args[0], (bytes, bytearray)):
+        raise ValueError("bytes takes no arguments or bytes")
+    return bytes(args[0])
+
+
 def _impl_complex(vm: PickleVM, args: tuple[Any, ...]) -> Any:
     if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args):
         raise ValueError("complex takes two numbers")
@@ -1204,6 +1421,7 @@ _IMPLS: dict[tuple[str, str], Callable[[PickleVM, tuple[Any, ...]], Any]] = {
     ("builtins", "set"): _impl_set(set),
     ("builtins", "frozenset"): _impl_set(frozenset),
     ("builtins", "bytearray"): _impl_bytearray,
+    ("builtins", "bytes"): _impl_bytes,
     ("builtins", "complex"): _impl_complex,
     (_JIT, "build_intlist"): _impl_jit_list,
     (_JIT, "build_floatlist"): _impl_jit_list,
@@ -1224,17 +1442,24 @@ def collect_tensors(
 ) -> list[tuple[str, TensorRef]]:
     """Every tensor reachable from ``root`` with its dotted path (``layer.0.weight``).
 
-    Walks dicts, lists, tuples and TorchScript objects iteratively. Cycles are skipped;
-    a container reached through several paths is visited once per path (so aliases keep
-    every name torch would give them), bounded by ``max_walk`` visits and ``max_depth``.
+    Walks dicts, lists, tuples and TorchScript objects iteratively, in order. A container
+    already on the current path is a cycle and is skipped; a container reached through
+    several paths is visited once per path (so aliases keep every name torch would give
+    them), bounded by ``max_walk`` visits and ``max_depth`` levels.
     """
     found: list[tuple[str, TensorRef]] = []
-    stack: list[tuple[Any, tuple[str, ...], frozenset[int] | None]] = [(root, (), None)]
+    on_path: set[int] = set()
+    # Entries are (object, path, depth) to enter, or (None, id, 0) to leave a container.
+    # A path is a linked (key, parent) pair, so deep chains cost O(1) per level.
+    stack: list[tuple[Any, Any, int]] = [(root, None, 0)]
     visits = 0
     while stack:
-        obj, parts, ancestors = stack.pop()
+        obj, parts, depth = stack.pop()
+        if obj is None:
+            on_path.discard(parts)
+            continue
         if isinstance(obj, TensorRef):
-            found.append((".".join(parts), obj))
+            found.append((_join(parts), obj))
             if len(found) > limits.max_tensors:
                 raise ResourceLimitError(path, f"more than {limits.max_tensors} tensors")
             continue
@@ -1246,25 +1471,35 @@ def collect_tensors(
             items = [(str(i), v) for i, v in enumerate(obj)]
         else:
             continue
+        if id(obj) in on_path:
+            continue  # a cycle: torch would build it, but it holds nothing new
         visits += 1
         if visits > limits.max_walk:
             raise ResourceLimitError(
-                path, f"object graph has more than {limits.max_walk} container visits "
-                "(shared sub-objects multiplying)"
+                path,
+                f"object graph has more than {limits.max_walk} container visits "
+                "(shared sub-objects multiplying)",
             )
         if visits & 0xFFF == 0 and deadline is not None:
             deadline.check(path, "collecting tensors")
-        if len(parts) >= limits.max_depth:
+        if depth >= limits.max_depth:
             raise ResourceLimitError(
                 path, f"pickled objects nest more than {limits.max_depth} levels deep"
             )
-        here = (ancestors or frozenset()) | {id(obj)}
+        on_path.add(id(obj))
+        stack.append((None, id(obj), 0))
         for key, value in reversed(items):
-            if id(value) in here:
-                continue  # a cycle: torch would build it, but it holds nothing new
             if isinstance(value, (dict, list, tuple, ScriptObject, TensorRef)):
-                stack.append((value, (*parts, key), here))
+                stack.append((value, (key, parts), depth + 1))
     return found
+
+
+def _join(parts: Any) -> str:
+    keys: list[str] = []
+    while parts is not None:
+        keys.append(parts[0])
+        parts = parts[1]
+    return ".".join(reversed(keys))
 
 
 def _part(key: Any) -> str:

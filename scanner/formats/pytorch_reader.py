@@ -25,6 +25,7 @@ be interpreted (truncated, unknown opcode, inconsistent storage) is malformed.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -50,8 +51,8 @@ from scanner.formats.pickle_vm import (
     StorageRef,
     StorageType,
     TensorRef,
-    describe,
     collect_tensors,
+    describe,
     looks_like_pickle,
 )
 
@@ -61,8 +62,18 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _LEGACY_MAGIC_BYTES = LEGACY_MAGIC.to_bytes(10, "little")
 _TORCH_MEMBERS = (
-    "data.pkl", "constants.pkl", "data/", "constants/", "code/", "version", "byteorder",
-    ".data/", ".format_version", ".storage_alignment", "extra/", "serialization_id",
+    "data.pkl",
+    "constants.pkl",
+    "data/",
+    "constants/",
+    "code/",
+    "version",
+    "byteorder",
+    ".data/",
+    ".format_version",
+    ".storage_alignment",
+    "extra/",
+    "serialization_id",
 )
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params")
 """A checkpoint whose tensors all sit under one of these keys is named from inside it."""
@@ -175,11 +186,21 @@ def _members(ctx: _Context, fh: Any) -> tuple[zipfile.ZipFile, dict[str, _Member
     try:
         zf = zipfile.ZipFile(fh)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error, OSError,
-            EOFError, UnicodeDecodeError, NotImplementedError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ValueError,
+        struct.error,
+        OSError,
+        EOFError,
+        UnicodeDecodeError,
+        NotImplementedError,
+    ) as exc:
         raise ctx.malformed(f"not a readable zip archive: {exc}") from None
     if len(infos) > ctx.base.max_files:
-        raise ResourceLimitError(ctx.path, f"zip holds {len(infos)} members, over {ctx.base.max_files}")
+        raise ResourceLimitError(
+            ctx.path, f"zip holds {len(infos)} members, over {ctx.base.max_files}"
+        )
     members: dict[str, _Member] = {}
     spans: list[tuple[int, int, str]] = []
     for info in infos:
@@ -190,13 +211,19 @@ def _members(ctx: _Context, fh: Any) -> tuple[zipfile.ZipFile, dict[str, _Member
         if info.flag_bits & 0x1:
             raise ctx.malformed(f"zip member {name!r} is encrypted")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ctx.malformed(f"zip member {name!r} uses unsupported compression {info.compress_type}")
+            raise ctx.malformed(
+                f"zip member {name!r} uses unsupported compression {info.compress_type}"
+            )
         if not 0 <= info.header_offset <= ctx.size - 30:
-            raise ctx.malformed(f"zip member {name!r}: local header offset {info.header_offset} is outside the file")
+            raise ctx.malformed(
+                f"zip member {name!r}: local header offset {info.header_offset} is outside the file"
+            )
         fh.seek(info.header_offset)
         local = fh.read(30)
         if len(local) < 30 or local[:4] != ZIP_MAGIC:
-            raise ctx.malformed(f"zip member {name!r}: no local header at offset {info.header_offset}")
+            raise ctx.malformed(
+                f"zip member {name!r}: no local header at offset {info.header_offset}"
+            )
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         raw_name = fh.read(name_len)
         encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
@@ -211,18 +238,25 @@ def _members(ctx: _Context, fh: Any) -> tuple[zipfile.ZipFile, dict[str, _Member
         if not info.compress_type and info.compress_size != info.file_size:
             raise ctx.malformed(f"stored zip member {name!r} has two different sizes")
         members[name] = _Member(
-            name, data_offset, info.compress_size, info.file_size,
-            info.compress_type == zipfile.ZIP_DEFLATED, info.CRC, info,
+            name,
+            data_offset,
+            info.compress_size,
+            info.file_size,
+            info.compress_type == zipfile.ZIP_DEFLATED,
+            info.CRC,
+            info,
         )
         spans.append((info.header_offset, data_offset + info.compress_size, name))
     spans.sort()
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise ctx.malformed(f"zip members {a!r} and {b!r} overlap")
     return zf, members
 
 
-def _read_member(ctx: _Context, zf: zipfile.ZipFile, fh: Any, m: _Member, cap: int, what: str) -> bytes:
+def _read_member(
+    ctx: _Context, zf: zipfile.ZipFile, fh: Any, m: _Member, cap: int, what: str
+) -> bytes:
     if m.file_size > cap:
         raise ResourceLimitError(
             ctx.path, f"{what} {m.name!r} is {m.file_size} bytes, over the {cap}-byte cap"
@@ -258,7 +292,9 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
     code = sorted(n for n in members if n.startswith(f"{prefix}/code/"))
     torchscript = constants_pkl is not None or bool(code)
     if data_pkl is None:
-        raise UnsupportedFormatError(ctx.path, "zip archive has no data.pkl: not a PyTorch checkpoint")
+        raise UnsupportedFormatError(
+            ctx.path, "zip archive has no data.pkl: not a PyTorch checkpoint"
+        )
     byteorder = "little"
     if f"{prefix}/byteorder" in members:
         raw = _read_member(ctx, zf, fh, members[f"{prefix}/byteorder"], 64, "byteorder record")
@@ -275,7 +311,9 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
     def loader(folder: str) -> Any:
         def persistent_load(pid: Any, offset: int) -> Any:
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-                raise ctx.malformed(f"{folder}.pkl: unsupported persistent id at pickle offset {offset}")
+                raise ctx.malformed(
+                    f"{folder}.pkl: unsupported persistent id at pickle offset {offset}"
+                )
             _, stype, key, location, numel = pid
             if isinstance(stype, Opaque):
                 return Opaque("storage of an unknown type", offset)
@@ -292,7 +330,9 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
             known = storages.get((folder, key))
             if known is not None:
                 if known.dtype != stype.dtype or known.numel != numel:
-                    raise ctx.malformed(f"storage {key!r} is named with two different types or sizes")
+                    raise ctx.malformed(
+                        f"storage {key!r} is named with two different types or sizes"
+                    )
                 return known
             member = members.get(f"{prefix}/{folder}/{key}")
             if member is None:
@@ -311,7 +351,10 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
 
     pkl = _read_member(ctx, zf, fh, data_pkl, ctx.limits.max_pickle_bytes, "pickle")
     vm = ctx.vm(
-        pkl, data_pkl.name, base=_raw_offset(data_pkl), persistent_load=loader("data"),
+        pkl,
+        data_pkl.name,
+        base=_raw_offset(data_pkl),
+        persistent_load=loader("data"),
         torchscript=torchscript,
     )
     root = vm.run()
@@ -329,8 +372,11 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
     if constants_pkl is not None:
         pkl = _read_member(ctx, zf, fh, constants_pkl, ctx.limits.max_pickle_bytes, "pickle")
         cvm = ctx.vm(
-            pkl, constants_pkl.name, base=_raw_offset(constants_pkl),
-            persistent_load=loader("constants"), torchscript=True,
+            pkl,
+            constants_pkl.name,
+            base=_raw_offset(constants_pkl),
+            persistent_load=loader("constants"),
+            torchscript=True,
         )
         constants = cvm.run()
         for name, t in collect_tensors(constants, path=ctx.path, limits=ctx.limits):
@@ -342,7 +388,9 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
         if name.endswith("pkl") and name not in expected:
             m = members[name]
             _audit_extra(
-                ctx, name, _raw_offset(m),
+                ctx,
+                name,
+                _raw_offset(m),
                 lambda m=m: _read_member(ctx, zf, fh, m, ctx.limits.max_pickle_bytes, "pickle"),
             )
     used = {(r.info.name) for r in storages.values()}
@@ -357,15 +405,24 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
                 lambda m=m: _member_prefix(ctx, zf, fh, m, _NESTED_HEAD),
                 lambda m=m: _member_prefix(ctx, zf, fh, m, ctx.limits.max_pickle_bytes),
             )
-    unused = sorted(n for n in members if n.split("/", 1)[1].startswith(("data/", "constants/")) and n not in used)
+    unused = sorted(
+        n
+        for n in members
+        if n.split("/", 1)[1].startswith(("data/", "constants/")) and n not in used
+    )
     if unused:
         meta["unreferenced_storages"] = unused[:100]
     if torchscript:
         meta["torchscript"] = {
             "code_files": [n[len(prefix) + 1 :] for n in code if not n.endswith(".debug_pkl")],
-            "classes": sorted({
-                f"{g.module}.{g.name}" for a in ctx.audits for g in a.globals if g.status == "torchscript"
-            }),
+            "classes": sorted(
+                {
+                    f"{g.module}.{g.name}"
+                    for a in ctx.audits
+                    for g in a.globals
+                    if g.status == "torchscript"
+                }
+            ),
         }
     meta["devices"] = sorted({r.location for r in storages.values()})
     big = byteorder == "big"
@@ -401,7 +458,9 @@ def _zip_storage(ctx: _Context, zf: zipfile.ZipFile, fh: Any, ref: StorageRef) -
     m: _Member = ref.info
     if not m.compressed:
         return _StorageBytes(m.data_offset, None)
-    return _StorageBytes(None, lambda: _read_member(ctx, zf, fh, m, ctx.limits.max_inline_bytes, "storage"))
+    return _StorageBytes(
+        None, lambda: _read_member(ctx, zf, fh, m, ctx.limits.max_inline_bytes, "storage")
+    )
 
 
 # -- legacy container ---------------------------------------------------------------------
@@ -417,7 +476,9 @@ def _read_legacy(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[st
         data.close()
 
 
-def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
+def _read_legacy_data(
+    ctx: _Context, data: mmap.mmap
+) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
     pos = 0
 
     def next_pickle(stream: str, **kw: Any) -> Any:
@@ -432,7 +493,9 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
         raise ctx.malformed("legacy checkpoint has the wrong magic number")
     protocol = next_pickle("protocol version")
     if protocol != LEGACY_PROTOCOL:
-        raise ctx.malformed(f"legacy protocol version {describe(protocol)} is not {LEGACY_PROTOCOL}")
+        raise ctx.malformed(
+            f"legacy protocol version {describe(protocol)} is not {LEGACY_PROTOCOL}"
+        )
     sys_info = next_pickle("sys info")
     if not isinstance(sys_info, dict):
         raise ctx.malformed("legacy sys info is not a dict")
@@ -446,20 +509,31 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
             modules.append(str(pid[1])[:200])
             return Opaque("module source", offset)
         if not isinstance(pid, tuple) or len(pid) != 6 or pid[0] != "storage":
-            raise ctx.malformed(f"object pickle: unsupported persistent id at pickle offset {offset}")
+            raise ctx.malformed(
+                f"object pickle: unsupported persistent id at pickle offset {offset}"
+            )
         _, stype, key, location, numel, view = pid
         if isinstance(stype, Opaque):
             return Opaque("storage of an unknown type", offset)
         if not isinstance(stype, StorageType):
             raise ctx.malformed("object pickle: storage type is not a torch storage class")
         if stype.dtype is None:
-            raise UnsupportedFormatError(ctx.path, f"{stype.torch_name} (quantized storage) is not supported")
-        if not (isinstance(key, str) and isinstance(location, str) and isinstance(numel, int)
-                and not isinstance(numel, bool) and numel >= 0):
+            raise UnsupportedFormatError(
+                ctx.path, f"{stype.torch_name} (quantized storage) is not supported"
+            )
+        if not (
+            isinstance(key, str)
+            and isinstance(location, str)
+            and isinstance(numel, int)
+            and not isinstance(numel, bool)
+            and numel >= 0
+        ):
             raise ctx.malformed("object pickle: malformed storage persistent id")
         itemsize = ITEMSIZE[stype.dtype]
         if numel * itemsize > ctx.size:
-            raise ctx.malformed(f"storage {key!r} claims {numel} elements, more than the file holds")
+            raise ctx.malformed(
+                f"storage {key!r} claims {numel} elements, more than the file holds"
+            )
         root = roots.get(key)
         if root is None:
             root = StorageRef(key, stype.dtype, numel, location, itemsize, info={"offset": None})
@@ -468,14 +542,24 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
             raise ctx.malformed(f"storage {key!r} is named with two different types or sizes")
         if view is None:
             return root
-        if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in view[1:])):
+        if not (
+            isinstance(view, tuple)
+            and len(view) == 3
+            and isinstance(view[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in view[1:])
+        ):
             raise ctx.malformed("object pickle: malformed storage view")
         view_key, view_offset, view_size = view
         if view_offset + view_size > numel:
             raise ctx.malformed(f"storage view {view_key!r} runs past storage {key!r}")
-        return StorageRef(view_key, stype.dtype, view_size, location, itemsize,
-                          info={"root": root, "elem_offset": view_offset})
+        return StorageRef(
+            view_key,
+            stype.dtype,
+            view_size,
+            location,
+            itemsize,
+            info={"root": root, "elem_offset": view_offset},
+        )
 
     obj = next_pickle("object pickle", persistent_load=persistent_load)
     keys = next_pickle("storage keys")
@@ -494,7 +578,9 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
             raise ctx.malformed(f"file ends before storage {key!r}")
         (count,) = struct.unpack("<q", data[pos : pos + 8])
         if count != root.numel:
-            raise ctx.malformed(f"storage {key!r} has {count} elements in the file, {root.numel} in the pickle")
+            raise ctx.malformed(
+                f"storage {key!r} has {count} elements in the file, {root.numel} in the pickle"
+            )
         root.info["offset"] = pos + 8
         pos += 8 + root.nbytes
         if pos > ctx.size:
@@ -508,12 +594,18 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
             lambda a=start, n=root.nbytes: bytes(data[a : a + min(n, ctx.limits.max_pickle_bytes)]),
         )
     if pos != ctx.size:
-        raise ctx.malformed(f"{ctx.size - pos} bytes after the last storage are not part of the checkpoint")
+        raise ctx.malformed(
+            f"{ctx.size - pos} bytes after the last storage are not part of the checkpoint"
+        )
     named = collect_tensors(obj, path=ctx.path, limits=ctx.limits, deadline=ctx.deadline)
     named, wrapper = _strip_wrapper(obj, named)
     meta: dict[str, Any] = {
         "container": "legacy",
-        "sys_info": {k: v for k, v in sys_info.items() if isinstance(k, str) and isinstance(v, (bool, int, str))},
+        "sys_info": {
+            k: v
+            for k, v in sys_info.items()
+            if isinstance(k, str) and isinstance(v, (bool, int, str))
+        },
         "devices": sorted({r.location for r in roots.values()}),
     }
     if wrapper:
@@ -538,7 +630,8 @@ def _read_legacy_data(ctx: _Context, data: mmap.mmap) -> tuple[dict[str, TensorI
 def _read_bare(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
     if ctx.size > ctx.limits.max_pickle_bytes:
         raise ResourceLimitError(
-            ctx.path, f"pickle of {ctx.size} bytes exceeds the {ctx.limits.max_pickle_bytes}-byte cap"
+            ctx.path,
+            f"pickle of {ctx.size} bytes exceeds the {ctx.limits.max_pickle_bytes}-byte cap",
         )
     fh.seek(0)
     data = fh.read()
@@ -547,8 +640,7 @@ def _read_bare(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str,
     pos, count = 0, 0
     while pos < len(data):
         count += 1
-        vm = ctx.vm(data, "pickle" if count == 1 else f"pickle stream {count}",
-                    base=pos, start=pos)
+        vm = ctx.vm(data, "pickle" if count == 1 else f"pickle stream {count}", base=pos, start=pos)
         vm.run()
         pos = vm.pos
     return {}, {"container": "pickle", "streams": count}
@@ -564,7 +656,9 @@ def _audit_extra(ctx: _Context, name: str, base: int | None, read: Any) -> None:
     try:
         vm.run()
     except MalformedArtifactError as exc:
-        vm.audit.issues.append({"kind": "unparseable", "offset": vm.pos, "detail": exc.problem[:200]})
+        vm.audit.issues.append(
+            {"kind": "unparseable", "offset": vm.pos, "detail": exc.problem[:200]}
+        )
     ctx.audits.append(vm.audit)
 
 
@@ -573,7 +667,10 @@ def _check_nested(ctx: _Context, where: str, base: int | None, head: Any, read: 
     if not looks_like_pickle(head()):
         return
     vm = PickleVM(
-        read(), path=ctx.path, stream=f"nested pickle in {where}", limits=ctx.limits,
+        read(),
+        path=ctx.path,
+        stream=f"nested pickle in {where}",
+        limits=ctx.limits,
         deadline=ctx.deadline,
     )
     vm.audit.base_offset = base
@@ -586,7 +683,9 @@ def _check_nested(ctx: _Context, where: str, base: int | None, head: Any, read: 
         ctx.nested.append({"where": where, "complete": complete, **vm.audit.to_dict()})
 
 
-def _strip_wrapper(root: Any, named: list[tuple[str, TensorRef]]) -> tuple[list[tuple[str, TensorRef]], str | None]:
+def _strip_wrapper(
+    root: Any, named: list[tuple[str, TensorRef]]
+) -> tuple[list[tuple[str, TensorRef]], str | None]:
     if not isinstance(root, dict) or not named:
         return named, None
     for key in WRAPPER_KEYS:
@@ -635,7 +734,9 @@ def _tensor_infos(
     return tensors
 
 
-def _materialize(ctx: _Context, t: TensorRef, where: _StorageBytes, swap: bool, cache: dict[int, bytes]) -> bytes:
+def _materialize(
+    ctx: _Context, t: TensorRef, where: _StorageBytes, swap: bool, cache: dict[int, bytes]
+) -> bytes:
     """Row-major little-endian bytes of a strided view (sizes already checked)."""
     last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride, strict=True))
     first_byte, end_byte = t.offset * t.itemsize, (last + 1) * t.itemsize

@@ -6,8 +6,8 @@ from typing import Any
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    from tests.fuzz.test_fuzz_bounded import RESULTS
     from tests.fuzz.run import TARGETS, budget, engine
+    from tests.fuzz.test_fuzz_bounded import RESULTS
 
     if not RESULTS:
         return

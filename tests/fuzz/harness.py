@@ -48,14 +48,26 @@ def make_target(name: str) -> Callable[[bytes], None]:
 
     # Small caps keep each execution fast; the code paths are the same as the defaults.
     limits = PickleLimits(
-        max_pickle_bytes=4 << 20, max_ops=200_000, max_memo=50_000, max_stack=50_000,
-        max_marks=5_000, max_string_bytes=1 << 20, max_walk=50_000, max_inline_bytes=16 << 20,
+        max_pickle_bytes=4 << 20,
+        max_ops=200_000,
+        max_memo=50_000,
+        max_stack=50_000,
+        max_marks=5_000,
+        max_string_bytes=1 << 20,
+        max_walk=50_000,
+        max_inline_bytes=16 << 20,
         time_budget_s=5.0,
     )
     if name == "pickle_vm":
+
         def run_vm(data: bytes) -> None:
-            vm = PickleVM(data, path="<fuzz>", stream="fuzz", limits=limits,
-                          persistent_load=lambda pid, off: pid)
+            vm = PickleVM(
+                data,
+                path="<fuzz>",
+                stream="fuzz",
+                limits=limits,
+                persistent_load=lambda pid, off: pid,
+            )
             try:
                 root = vm.run()
                 collect_tensors(root, path="<fuzz>", limits=limits)

@@ -43,8 +43,13 @@ def fuzz_for(name: str, seconds: float) -> int:
     pool = [s for s in seeds(name) if len(s) <= 1 << 20] or [b""]
     count = 0
 
-    @settings(max_examples=200, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=200,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.one_of(st.binary(max_size=512), mutated(pool)))
     def run(data: bytes) -> None:
         nonlocal count

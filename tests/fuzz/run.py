@@ -72,16 +72,29 @@ def run_target(target: str, seconds: int, local: bool = False) -> FuzzResult:
     kind = engine()
     if kind == "atheris":
         cmd = [
-            sys.executable, str(HERE / "harness.py"), target,
-            f"-max_total_time={seconds}", "-print_final_stats=1", "-timeout=20",
-            "-rss_limit_mb=2048", f"-artifact_prefix={work}/", "-close_fd_mask=1",
+            sys.executable,
+            str(HERE / "harness.py"),
+            target,
+            f"-max_total_time={seconds}",
+            "-print_final_stats=1",
+            "-timeout=20",
+            "-rss_limit_mb=2048",
+            f"-artifact_prefix={work}/",
+            "-close_fd_mask=1",
         ]
     else:
-        cmd = [sys.executable, str(HERE / "harness.py"), target, "--hypothesis",
-               "--seconds", str(seconds)]
+        cmd = [
+            sys.executable,
+            str(HERE / "harness.py"),
+            target,
+            "--hypothesis",
+            "--seconds",
+            str(seconds),
+        ]
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work,
-                          timeout=seconds + 180)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=work, timeout=seconds + 180
+    )
     elapsed = time.monotonic() - started
     out = proc.stdout + proc.stderr
     if kind == "atheris":
@@ -99,8 +112,15 @@ def run_target(target: str, seconds: int, local: bool = False) -> FuzzResult:
             dest = CRASHES / f"{target}-{hashlib.sha256(data).hexdigest()[:8]}"
             shutil.copyfile(found[0], dest)
             crash = str(dest)
-    return FuzzResult(target, kind, min(elapsed, float(seconds)), executions,
-                      proc.returncode == 0 and not found, crash, out[-3000:])
+    return FuzzResult(
+        target,
+        kind,
+        min(elapsed, float(seconds)),
+        executions,
+        proc.returncode == 0 and not found,
+        crash,
+        out[-3000:],
+    )
 
 
 def run_all(seconds: int, local: bool = False, workers: int = 2) -> list[FuzzResult]:
@@ -111,8 +131,10 @@ def run_all(seconds: int, local: bool = False, workers: int = 2) -> list[FuzzRes
 def main(argv: list[str]) -> int:
     local = "--local" in argv
     seconds = budget(local)
-    print(f"fuzz budget: {seconds} s x {len(TARGETS)} targets ({engine()}), 2 at a time "
-          "(MODELSEAL_FUZZ_SECONDS)")
+    print(
+        f"fuzz budget: {seconds} s x {len(TARGETS)} targets ({engine()}), 2 at a time "
+        "(MODELSEAL_FUZZ_SECONDS)"
+    )
     results = run_all(seconds, local)
     for r in results:
         status = "ok" if r.ok else f"FAILED ({r.crash or 'see log'})"

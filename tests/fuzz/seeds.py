@@ -32,21 +32,42 @@ def _pickles_of(path: Path) -> list[bytes]:
 def _valid_small(name: str) -> list[bytes]:
     w = ("w", mc.tensor("0", 4))
     if name in ("pytorch", "pickle_vm"):
-        pkl = mc.state_dict(w, ("v", mc.tensor("0", 2, offset=2)),
-                            ("t", mc.tensor("0", 4, size=(2, 2), stride=(1, 2))))
+        pkl = mc.state_dict(
+            w,
+            ("v", mc.tensor("0", 2, offset=2)),
+            ("t", mc.tensor("0", 4, size=(2, 2), stride=(1, 2))),
+        )
         out = [pkl] if name == "pickle_vm" else []
         if name == "pytorch":
             out.append(mc.torch_zip(pkl, {"0": mc.F32_4}))
-            out.append(mc.legacy(mc.P2 + b"}(" + mc.text("w") + mc.legacy_tensor("1", 4) + b"u.",
-                                 [("1", 4, mc.F32_4)]))
+            out.append(
+                mc.legacy(
+                    mc.P2 + b"}(" + mc.text("w") + mc.legacy_tensor("1", 4) + b"u.",
+                    [("1", 4, mc.F32_4)],
+                )
+            )
         return out
     if name == "safetensors":
-        return [mc.st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-                       "__metadata__": {"k": "v"}}, mc.F32_4)]
+        return [
+            mc.st(
+                {
+                    "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                    "__metadata__": {"k": "v"},
+                },
+                mc.F32_4,
+            )
+        ]
     if name == "gguf":
-        return [mc.gguf([mc.kv_str("general.architecture", "llama"),
-                         mc.kv_str("tokenizer.chat_template", "{{ messages[0].content }}")],
-                        [mc.tinfo("w", (4,), 0)], mc.F32_4)]
+        return [
+            mc.gguf(
+                [
+                    mc.kv_str("general.architecture", "llama"),
+                    mc.kv_str("tokenizer.chat_template", "{{ messages[0].content }}"),
+                ],
+                [mc.tinfo("w", (4,), 0)],
+                mc.F32_4,
+            )
+        ]
     return []
 
 

@@ -81,7 +81,10 @@ def _scan_confined(path: Path):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "scanner", "scan", "-f", "json", str(path)],
-            capture_output=True, text=True, timeout=KNOWN_BUG_TIMEOUT_S, env=env,
+            capture_output=True,
+            text=True,
+            timeout=KNOWN_BUG_TIMEOUT_S,
+            env=env,
             preexec_fn=limit,
         )
     except subprocess.TimeoutExpired:
@@ -123,7 +126,10 @@ def test_malicious_zip_in_a_fresh_process_names_the_global(tmp_path: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run(
         [sys.executable, "-m", "scanner", "scan", "-f", "json", str(path)],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 1, proc.stderr
     findings = json.loads(proc.stdout)["findings"]

@@ -26,11 +26,23 @@ from scanner.formats import open_artifact
 from scanner.formats.pytorch_reader import WRAPPER_KEYS
 
 CANONICAL = {
-    torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL", torch.complex64: "C64", torch.complex128: "C128",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.uint16: "U16",
-    torch.uint32: "U32", torch.uint64: "U64",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+    torch.complex128: "C128",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.uint16: "U16",
+    torch.uint32: "U32",
+    torch.uint64: "U64",
 }
 
 
@@ -149,7 +161,10 @@ CASES = {
         "optimizer": {"state": {0: {"exp_avg": torch.ones(2, 3)}}, "param_groups": [{"lr": 0.1}]},
         "step": 7,
     },
-    "parameters": lambda: {"w": torch.nn.Parameter(torch.ones(2, 2)), "lst": [torch.zeros(3), (torch.ones(1),)]},
+    "parameters": lambda: {
+        "w": torch.nn.Parameter(torch.ones(2, 2)),
+        "lst": [torch.zeros(3), (torch.ones(1),)],
+    },
     "module_state": lambda: torch.nn.Sequential(
         torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Linear(4, 5)
     ).state_dict(),
@@ -176,8 +191,11 @@ def test_deflated_and_big_endian_archives_read_like_the_original(tmp_path: Path)
     # Recompress every member: storages are no longer file spans but must read the same.
     deflated = tmp_path / "deflated.pt"
     big = tmp_path / "big.pt"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zd, \
-            zipfile.ZipFile(big, "w") as zb:
+    with (
+        zipfile.ZipFile(src) as zin,
+        zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zd,
+        zipfile.ZipFile(big, "w") as zb,
+    ):
         units = _storage_units(obj)
         for info in zin.infolist():
             data = zin.read(info)
@@ -208,3 +226,24 @@ def _swap(data: bytes, unit: int) -> bytes:
 
     arr = np.frombuffer(data, dtype=np.uint8).reshape(-1, unit)[:, ::-1]
     return np.ascontiguousarray(arr).tobytes()
+
+
+def test_corpus_payload_is_live_under_pickle_but_not_under_the_reader(run_cli) -> None:
+    """The malicious checkpoint really runs its command when unpickled: the reader's
+    refusal to run it is what keeps the marker away."""
+    from tests.hostile import make_corpus
+
+    marker = Path(make_corpus.MARKER)
+    path = make_corpus.CORPUS / "pytorch" / "zip_reduce_os_system.pt"
+    marker.unlink(missing_ok=True)
+    result = run_cli("scan", "-f", "json", path)
+    assert result.code == 1
+    assert not marker.exists()
+    with pytest.raises(Exception, match="weights_only"):
+        torch.load(path, weights_only=True)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the unsafe load the scanner stands in for
+    try:
+        assert marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)
