@@ -292,9 +292,11 @@ MAX_TEMPLATE_CHARS = 1 << 20
 
 def template_problems(template: str) -> list[str]:
     """Code-execution patterns in a Jinja template, found by parsing (never rendering)."""
-    import jinja2
-    from jinja2 import nodes
-
+    try:
+        import jinja2
+        from jinja2 import nodes
+    except ImportError:  # fail closed: an unanalysed template is not a clean one
+        return ["template cannot be analysed: the jinja2 package is not installed"]
     if len(template) > MAX_TEMPLATE_CHARS:
         return [f"template is {len(template)} characters, too long to analyse"]
     try:
