@@ -76,20 +76,103 @@ class GgufReader:
 
 
 def _precheck(path: Path, limits: Limits) -> None:
-    """Reject absurd counts before the ``gguf`` package allocates for them."""
+    """Walk the whole GGUF header with bounds checks before the ``gguf`` package parses it.
+
+    The package trusts declared lengths: a string or array length past the end of the
+    file is silently truncated or makes it loop for a very long time. Every count and
+    length here is checked against the bytes that remain, so such files are refused.
+    """
+    size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(24)
-    if len(head) < 24:
-        raise MalformedArtifactError(path, "GGUF header is truncated")
-    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
-    if version not in (2, 3):
-        raise MalformedArtifactError(path, f"GGUF version {version} is not supported (2 or 3)")
-    size = os.path.getsize(path)
-    # Each tensor-info and key-value entry takes at least 8+ bytes in the file.
-    if n_tensors > limits.max_tensors or n_tensors * 24 > size:
-        raise ResourceLimitError(path, f"GGUF claims {n_tensors} tensors, impossible for its size")
-    if n_kv * 12 > size:
-        raise ResourceLimitError(path, f"GGUF claims {n_kv} metadata keys, impossible for its size")
+        if len(head) < 24:
+            raise MalformedArtifactError(path, "GGUF header is truncated")
+        version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
+        if version not in (2, 3):
+            raise MalformedArtifactError(path, f"GGUF version {version} is not supported (2 or 3)")
+        # Each tensor-info and key-value entry takes at least 8+ bytes in the file.
+        if n_tensors > limits.max_tensors or n_tensors * 24 > size:
+            raise ResourceLimitError(
+                path, f"GGUF claims {n_tensors} tensors, impossible for its size"
+            )
+        if n_kv * 12 > size:
+            raise ResourceLimitError(
+                path, f"GGUF claims {n_kv} metadata keys, impossible for its size"
+            )
+        header = fh.read(min(size, limits.max_header_bytes + 24) - 24)
+    walker = _HeaderWalker(path, header, 24, limits)
+    for _ in range(n_kv):
+        key = walker.string("metadata key")
+        walker.value(walker.u32(f"type of {key!r}"), key, depth=0)
+    for _ in range(n_tensors):
+        name = walker.string("tensor name")
+        n_dims = walker.u32(f"dimension count of tensor {name!r}")
+        if n_dims > limits.max_dims:
+            raise MalformedArtifactError(path, f"tensor {name!r} claims {n_dims} dimensions")
+        walker.skip(8 * n_dims + 4 + 8, f"shape of tensor {name!r}")
+
+
+_FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+class _HeaderWalker:
+    def __init__(self, path: Path, data: bytes, base: int, limits: Limits) -> None:
+        self.path, self.data, self.base, self.limits = path, data, base, limits
+        self.pos = 0
+
+    def _need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > len(self.data):
+            where = self.base + self.pos
+            raise MalformedArtifactError(
+                self.path,
+                f"GGUF {what} at byte {where} runs past the end of the header ({n} bytes claimed)",
+            )
+
+    def skip(self, n: int, what: str) -> None:
+        self._need(n, what)
+        self.pos += n
+
+    def u32(self, what: str) -> int:
+        self._need(4, what)
+        (value,) = struct.unpack_from("<I", self.data, self.pos)
+        self.pos += 4
+        return int(value)
+
+    def u64(self, what: str) -> int:
+        self._need(8, what)
+        (value,) = struct.unpack_from("<Q", self.data, self.pos)
+        self.pos += 8
+        return int(value)
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"length of {what}")
+        if n > self.limits.max_string_bytes:
+            raise ResourceLimitError(self.path, f"GGUF {what} is {n} bytes, over the limit")
+        self._need(n, what)
+        text = self.data[self.pos : self.pos + n].decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def value(self, vtype: int, key: str, depth: int) -> None:
+        if vtype in _FIXED_SIZES:
+            self.skip(_FIXED_SIZES[vtype], f"value of {key!r}")
+        elif vtype == _STRING:
+            self.string(f"value of {key!r}")
+        elif vtype == _ARRAY:
+            if depth >= 4:
+                raise ResourceLimitError(self.path, f"GGUF array {key!r} nests too deeply")
+            etype = self.u32(f"element type of {key!r}")
+            count = self.u64(f"length of array {key!r}")
+            if etype in _FIXED_SIZES:
+                self.skip(count * _FIXED_SIZES[etype], f"array {key!r} of {count} elements")
+                return
+            # Strings and nested arrays take at least 8 bytes each.
+            self._need(count * 8, f"array {key!r} of {count} elements")
+            for _ in range(count):
+                self.value(etype, key, depth + 1)
+        else:
+            raise MalformedArtifactError(self.path, f"GGUF key {key!r} has unknown type {vtype}")
 
 
 def _check_overlaps(path: Path, tensors: dict[str, TensorInfo]) -> None:

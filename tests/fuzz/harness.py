@@ -85,8 +85,6 @@ def make_target(name: str) -> Callable[[bytes], None]:
         reader = PytorchReader(limits)
 
     def run_reader(data: bytes) -> None:
-        if name == "gguf" and gguf_array_past_eof(data):
-            return  # known gguf_reader bug, tracked by corpus/crashes/gguf-3b54d9b1.gguf
         path.write_bytes(data)
         try:
             if name == "pytorch":
@@ -103,56 +101,6 @@ def make_target(name: str) -> Callable[[bytes], None]:
                 bytes(art.raw(tensor))
 
     return run_reader
-
-
-_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def gguf_array_past_eof(data: bytes) -> bool:
-    """Whether a GGUF metadata array claims more elements than the file has bytes.
-
-    KNOWN BUG filter (reported against scanner/formats/gguf_reader.py): the ``gguf``
-    package walks such an array element by element past the end of the file and never
-    stops. Remove this filter once the reader bounds array lengths itself.
-    """
-    import struct
-
-    if data[:4] != b"GGUF" or len(data) < 24:
-        return False
-    size = len(data)
-    try:
-        (n_kv,) = struct.unpack_from("<Q", data, 16)
-        pos = 24
-        for _ in range(min(n_kv, size)):
-            (klen,) = struct.unpack_from("<Q", data, pos)
-            pos += 8 + klen
-            if pos > size:
-                return False
-            (vtype,) = struct.unpack_from("<I", data, pos)
-            pos += 4
-            if vtype == 9:
-                itype, count = struct.unpack_from("<IQ", data, pos)
-                pos += 12
-                if count > size:
-                    return True
-                if itype == 8:
-                    for _ in range(count):
-                        (slen,) = struct.unpack_from("<Q", data, pos)
-                        pos += 8 + slen
-                elif itype == 9:
-                    return True  # nested arrays: not bounded cheaply, treat as the bug
-                else:
-                    pos += count * _GGUF_SCALAR.get(itype, 1)
-            elif vtype == 8:
-                (slen,) = struct.unpack_from("<Q", data, pos)
-                pos += 8 + slen
-            else:
-                pos += _GGUF_SCALAR.get(vtype, 0)
-            if pos > size:
-                return False
-    except (struct.error, OverflowError):
-        return False
-    return False
 
 
 def seeds(name: str) -> list[bytes]:

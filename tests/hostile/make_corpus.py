@@ -550,7 +550,7 @@ def gguf_cases() -> dict[str, tuple[bytes, Expected]]:
                 [],
                 b"",
             ),
-            exit2(""),
+            exit2("over the limit"),
         ),
         "absurd_key_length.gguf": (gguf([gstr(b"k", 1 << 60)], [], b""), exit2("")),
         "absurd_array_length.gguf": (

@@ -19,12 +19,7 @@ EXPECTED: dict[str, dict] = json.loads((CORPUS / "expected.json").read_text())
 
 # Bugs in readers this suite does not own, reported to their owners. Strict: the test
 # fails as soon as the reader is fixed, so the entry must then be removed.
-KNOWN_READER_BUGS = {
-    "gguf/absurd_string_length.gguf": "gguf_reader accepts a string whose length field runs "
-    "past the end of the file (the value is silently truncated)",
-    "crashes/gguf-3b54d9b1.gguf": "gguf_reader hangs with memory growing on a metadata array "
-    "whose length field claims 7.9e18 elements in a 256-byte file",
-}
+KNOWN_READER_BUGS: dict[str, str] = {}
 KNOWN_BUG_TIMEOUT_S = 10
 
 
