@@ -205,6 +205,12 @@ def analyze_pair(
             continue
         a2 = p.trusted.reshape(p.trusted.shape[0], -1)
         b2 = p.deployed.reshape(a2.shape)
+        # The delta is zero outside the changed rows and columns: its rank structure is
+        # that of the changed submatrix, which keeps the cost proportional to the change.
+        ch = p.changed.reshape(a2.shape)
+        rows, cols = np.flatnonzero(ch.any(axis=1)), np.flatnonzero(ch.any(axis=0))
+        if rows.size * cols.size < 0.5 * a2.size:
+            a2, b2 = a2[np.ix_(rows, cols)], b2[np.ix_(rows, cols)]
         profiles[name] = rank_profile(a2, b2, p.dtype)
     _rank_verdicts(pairs, profiles, verdicts, events, suspicious_zeros)
 
@@ -395,7 +401,7 @@ def _rank_verdicts(
             )
         else:
             verdicts[n] = Verdict(n, "low-rank update", f"rank {pr.rank}", pr.summary())
-    mostly_finetune = len(full) >= max(1, 0.5 * len(profiles))
+    mostly_finetune = len(full) >= max(3, 0.5 * len(profiles))
     for n, pr in profiles.items():
         if n in verdicts:
             continue
