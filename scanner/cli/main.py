@@ -32,6 +32,9 @@ SUBCOMMAND_MODULES = (
     "scanner.cli.attest",
     "scanner.cli.verify_chain",
     "scanner.cli.gate",
+    "scanner.cli.redteam",
+    "scanner.cli.evaluate",
+    "scanner.cli.lifecycle",
 )
 
 
