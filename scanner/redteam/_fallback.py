@@ -20,7 +20,9 @@ def channel_prune(
     out = {k: np.array(v, copy=True) for k, v in weights.items()}
     for t in tensors:
         w = out[t]
-        norms = np.linalg.norm(w.reshape(w.shape[0], -1).astype(np.float64), axis=1)
+        # The same norm computation a channel-pruning checker uses (ord=2 on float64), so
+        # channels of tied norm are ranked identically.
+        norms = np.linalg.norm(w.reshape(w.shape[0], -1).astype(np.float64), ord=2, axis=1)
         k = max(1, int(round(w.shape[0] * fraction)))
         w[np.argsort(norms, kind="stable")[:k]] = 0
     return out

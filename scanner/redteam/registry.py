@@ -624,6 +624,14 @@ def _prune(method: str) -> Planter:
             out, _ = nm_prune(base, names, 2, 4)
             claim = "prune:2:4"
         else:
+            # Tensors with channels that are already all zero (a fixed STFT basis, dead
+            # filters) are left alone: the channel criterion of the claim checker ranks
+            # them as kept channels of norm 0, so pruning next to them never verifies.
+            dead = [n for n in names
+                    if (base[n].reshape(base[n].shape[0], -1) == 0).all(axis=1).any()]
+            names = [n for n in names if n not in dead]
+            if not names:
+                raise NotApplicableError(f"{copy.path}: every matrix has dead channels")
             out = fb.channel_prune(base, names, ctx.strength)
             claim = "prune:channel"
         return Plan({n: out[n] for n in names}, claim=claim,
