@@ -262,9 +262,12 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
     that claims to be benign can be built to turn malicious only once quantized."""
     from scanner.claims.gap import gap_findings
 
-    if not ctx.options.get("claims") and not ctx.changed():
+    # Only tensors that differ from the trusted side: an unchanged tensor carries nothing
+    # the trusted artifact did not already have, and diff cost must follow the change.
+    changed = [t.deployed_name or t.name for t in ctx.changed() if t.deployed_dtype is not None]
+    if not changed:
         return Analysis()
-    found = tuple(gap_findings(ctx.deployed, artifact_label="deployed"))
+    found = tuple(gap_findings(ctx.deployed, artifact_label="deployed", only=changed))
     return Analysis(findings=found)
 
 

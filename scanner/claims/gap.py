@@ -217,9 +217,10 @@ def _float_tensors(art: Artifact) -> Iterator[str]:
             yield name
 
 
-def gap_results(art: Artifact) -> list[GapResult]:
-    """Every float tensor of ``art`` against every scheme (tensor by tensor)."""
-    names = list(_float_tensors(art))
+def gap_results(art: Artifact, only: Iterable[str] | None = None) -> list[GapResult]:
+    """Every float tensor of ``art`` (or those named in ``only``) against every scheme."""
+    wanted = None if only is None else set(only)
+    names = [n for n in _float_tensors(art) if wanted is None or n in wanted]
     n_tests = 0
     for name in names:
         rows = art.tensors[name].shape[0]
@@ -232,8 +233,10 @@ def gap_results(art: Artifact) -> list[GapResult]:
     return out
 
 
-def gap_findings(art: Artifact, artifact_label: str | None = None) -> Iterable[Finding]:
-    results = gap_results(art)
+def gap_findings(
+    art: Artifact, artifact_label: str | None = None, only: Iterable[str] | None = None
+) -> Iterable[Finding]:
+    results = gap_results(art, only)
     for r in results:
         if not r.flagged:
             continue
