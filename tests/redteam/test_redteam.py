@@ -114,7 +114,7 @@ def test_quantization_gap_codes_equal_the_malicious_quantization(tmp_path: Path)
                                   "parameter-free", "token-trigger"])
 def test_graph_backdoor_fires_on_trigger_and_is_silent_on_clean(name: str,
                                                                 tmp_path: Path) -> None:
-    src, truth = _plant(name, MODEL_FOR[name], tmp_path)
+    _src, truth = _plant(name, MODEL_FOR[name], tmp_path)
     v = truth.verification
     assert v["runtime"] == "onnxruntime"
     assert v["fires_on_trigger"] and v["fired"] == v["samples"]
