@@ -59,6 +59,10 @@ class Const:
     derivation: str = "stored"
     _value: np.ndarray | None = field(default=None, repr=False)
     _loader: Callable[[], np.ndarray | None] | None = field(default=None, repr=False)
+    atol: np.ndarray | None = field(default=None, repr=False)
+    """Per-element bound (broadcastable to ``shape``) on how far this value may be from the
+    float value it stands for: half a quantization step for a dequantized weight, scaled
+    along through folds. ``None`` for exact values (only float rounding apart)."""
 
     def value(self) -> np.ndarray | None:
         if self._value is None and self._loader is not None:
@@ -89,10 +93,12 @@ def _kind(dtype: int) -> str:
     return str(dtype)
 
 
-def const_from_array(value: np.ndarray, sources: tuple[str, ...], derivation: str) -> Const:
+def const_from_array(value: np.ndarray, sources: tuple[str, ...], derivation: str,
+                     atol: np.ndarray | None = None) -> Const:
     arr = np.asarray(value)
     dtype = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-    return Const(int(dtype), tuple(int(d) for d in arr.shape), sources, derivation, arr)
+    return Const(int(dtype), tuple(int(d) for d in arr.shape), sources, derivation, arr,
+                 atol=atol)
 
 
 @dataclass

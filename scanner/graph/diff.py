@@ -125,6 +125,9 @@ class WeightCheck:
     max_rel_err: float | None
     """``None`` when the values could not be read (external data without a loader)."""
     ok: bool
+    quantized: bool = False
+    """Equal only within quantization rounding: the structure is equivalent, but the
+    weights changed, which is the claims analyzer's business (``--claim quantize:..``)."""
 
 
 @dataclass(frozen=True)
@@ -296,9 +299,14 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
                 changed.append(ChangedNode(_ref(tn), _ref(dn), f"constant input {ci} differs"))
                 continue
             checks.append(check)
-            if check.ok:
+            if check.ok and not check.quantized:
                 for key in (*check.trusted, *check.deployed):
                     explained[key] = "equivalent rewrite"
+    # A fold derives several constants from the same stored tensors (a Conv+BN fold gives
+    # a weight and a bias): a key is explained only if no check it entered failed or was
+    # only equal within quantization rounding.
+    withheld = {k for c in checks if not c.ok or c.quantized for k in (*c.trusted, *c.deployed)}
+    explained = {k: v for k, v in explained.items() if k not in withheld}
     added = [n for n in d.nodes.values() if n.id not in m.d2t]
     removed = [n for n in t.nodes.values() if n.id not in m.t2d]
     regions = [*_explain_added(m, added), *_explain_removed(m, removed)]
@@ -314,6 +322,7 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
         if r.kind == "folding" and r.side == "trusted":
             for key in _folded_deployed_consts(m, r):
                 explained.setdefault(key, "equivalent rewrite")
+    explained = {k: v for k, v in explained.items() if k not in withheld}
     io: list[str] = []
     if list(t.inputs) != list(d.inputs):
         io.append(f"graph inputs {t.inputs} -> {d.inputs}")
@@ -337,8 +346,14 @@ def _compare_values(ct: Any, cd: Any) -> WeightCheck:
     err = float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
     rel = err / scale if scale > 0 else err
     tol = WEIGHT_RTOL if a.dtype.kind == "f" or b.dtype.kind == "f" else 0.0
-    if "dequantized" in (ct.derivation, cd.derivation):
-        tol = 1e-2  # a dequantized weight is compared with the float one within one step
+    bounds = [np.broadcast_to(c.atol, a.shape) for c in (ct, cd) if c.atol is not None]
+    if bounds and a.dtype.kind == "f" and b.dtype.kind == "f":
+        # Quantized on one side: each element within its rounding bound (half a step,
+        # scaled by any fold), plus float rounding. Per element, so an edit hidden in one
+        # channel of a quantized weight is not averaged away.
+        bound = sum(bounds) * (1 + 1e-3) + WEIGHT_RTOL * scale
+        ok = bool(np.all(np.abs(a64 - b64) <= bound))
+        return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, quantized=True)
     return WeightCheck(ct.sources, cd.sources, derivation, rel, rel <= tol)
 
 

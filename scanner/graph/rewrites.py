@@ -51,9 +51,9 @@ class _Editor:
         return f"{scope}::{base}" if scope else base
 
     def const(self, scope: str, value: np.ndarray, sources: tuple[str, ...] = (),
-              derivation: str = "canonical") -> str:
+              derivation: str = "canonical", atol: np.ndarray | None = None) -> str:
         tid = self.fresh(scope, "const")
-        self.g.consts[tid] = const_from_array(np.asarray(value), sources, derivation)
+        self.g.consts[tid] = const_from_array(np.asarray(value), sources, derivation, atol)
         return tid
 
     def node(self, like: Node, op: str, inputs: list[str], outputs: list[str] | None = None,
@@ -92,6 +92,10 @@ class _Editor:
     def cval(self, tensor: str) -> np.ndarray | None:
         c = self.g.consts.get(tensor)
         return None if c is None else c.value()
+
+    def catol(self, tensor: str) -> np.ndarray | None:
+        c = self.g.consts.get(tensor)
+        return None if c is None else c.atol
 
     def csrc(self, *tensors: str) -> tuple[str, ...]:
         out: list[str] = []
@@ -231,7 +235,8 @@ def _unfuse(ed: _Editor) -> None:
                 bv = ed.cval(b)
                 if bv is None:
                     continue
-                b = ed.const(n.scope, np.swapaxes(bv, -1, -2), ed.csrc(b), "transpose")
+                b = ed.const(n.scope, np.swapaxes(bv, -1, -2), ed.csrc(b), "transpose",
+                             _moved_atol(ed.catol(b), bv.shape, lambda x: np.swapaxes(x, -1, -2)))
             out = n.outputs[0]
             if alpha != 1.0:
                 mm = ed.node(n, "MatMul", [a, b])
@@ -281,7 +286,8 @@ def _unfuse_gemm(ed: _Editor, n: Node) -> None:
     if int(n.attrs.get("transB", 0)):
         bv = ed.cval(b)
         if bv is not None:
-            b = ed.const(n.scope, np.ascontiguousarray(bv.T), ed.csrc(b), "transpose")
+            b = ed.const(n.scope, np.ascontiguousarray(bv.T), ed.csrc(b), "transpose",
+                         _moved_atol(ed.catol(b), bv.shape, lambda x: x.T))
         else:
             b = ed.node(n, "Transpose", [b], None, {"perm": [1, 0]}).outputs[0]
     out = n.outputs[0]
@@ -366,9 +372,11 @@ def _fold_constants(ed: _Editor) -> None:
         if any(np.asarray(r).size > FOLD_LIMIT for r in results):
             continue
         src = ed.csrc(*ins)
-        for o, r in zip(n.outputs, results, strict=False):
+        derivation, atol = _folded_bound(ed, n, proto, results)
+        for k, (o, r) in enumerate(zip(n.outputs, results, strict=False)):
             if o:
-                g.consts[o] = const_from_array(np.asarray(r), src, "folded")
+                g.consts[o] = const_from_array(np.asarray(r), src, derivation,
+                                               atol if k == 0 else None)
         ed.remove(n)
         ed.counts["folded constant expressions"] += 1
 
@@ -418,15 +426,19 @@ def _collapse_dynamic(ed: _Editor, n: Node) -> None:
     if w_scale is None or wzp is None:
         return
     if n.op == "MatMulInteger":
-        w = (wq.astype(np.float32) - wzp.astype(np.float32)) * w_scale.astype(np.float32)
+        scale = w_scale.astype(np.float32)  # per tensor, or per column (axis 1)
+        w = (wq.astype(np.float32) - wzp.astype(np.float32)) * scale
         op, attrs = "MatMul", {}
     else:
         shape = (-1,) + (1,) * (wq.ndim - 1)
+        scale = w_scale.astype(np.float32).reshape(shape if w_scale.size > 1 else (1,))
         w = (wq.astype(np.float32) - wzp.astype(np.float32).reshape(shape if wzp.size > 1
-             else (1,))) * w_scale.astype(np.float32).reshape(shape if w_scale.size > 1 else (1,))
+             else (1,))) * scale
         op, attrs = "Conv", dict(n.attrs)
+    # round-to-nearest leaves each weight within half a step of the float one
     wt = ed.const(n.scope, w.astype(np.float32), ed.csrc(n.inputs[1], w_scale_t,
-                                                          *(n.inputs[3:4] or [])), "dequantized")
+                                                          *(n.inputs[3:4] or [])), "dequantized",
+                  0.5 * np.abs(scale))
     ed.node(n, op, [dql.inputs[0], wt], mul.outputs[:1], attrs)
     for x in (n, cast, mul, sm):
         ed.remove(x)
@@ -470,6 +482,7 @@ def _fold_into_conv(ed: _Editor) -> None:
             scale, beta, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
             s = scale / np.sqrt(var + float(nxt.attrs.get("epsilon", 1e-5)))
             new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1)))
+            w_atol = _scaled_atol(ed.catol(n.inputs[1]), s, w.ndim)
             new_b = (b.astype(np.float64) - mean) * s + beta
             what = "folded BatchNormalization into Conv"
             srcs = ed.csrc(n.inputs[1], b_t, *nxt.inputs[1:5])
@@ -481,14 +494,16 @@ def _fold_into_conv(ed: _Editor) -> None:
                 continue
             if nxt.op == "Add":
                 new_w, new_b = w.astype(np.float64), b.astype(np.float64) + vec
+                w_atol = ed.catol(n.inputs[1])
             else:
                 new_w = w.astype(np.float64) * vec.reshape((-1,) + (1,) * (w.ndim - 1))
                 new_b = b.astype(np.float64) * vec
+                w_atol = _scaled_atol(ed.catol(n.inputs[1]), vec, w.ndim)
             what = f"folded per-channel {nxt.op} into Conv"
             srcs = ed.csrc(n.inputs[1], b_t, other)
         else:
             continue
-        wt = ed.const(n.scope, new_w.astype(w.dtype), srcs, "conv-fold")
+        wt = ed.const(n.scope, new_w.astype(w.dtype), srcs, "conv-fold", w_atol)
         bt = ed.const(n.scope, new_b.astype(w.dtype), srcs, "conv-fold")
         n.inputs = [n.inputs[0], wt, bt]
         n.outputs = list(nxt.outputs[:1])
@@ -496,6 +511,68 @@ def _fold_into_conv(ed: _Editor) -> None:
         ed.remove(nxt)
         g.index()
         ed.counts[what] += 1
+
+
+# ------------------------------------------------------------------- error bounds
+# A dequantized weight is only within half a step of the float one it replaces. The bound
+# travels with the constant through the rewrites that move or scale it, so a fused and
+# quantized weight is still checked element by element against the trusted float one.
+
+_MOVES = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand",
+          "Slice", "Gather", "Concat", "Tile"}
+"""Ops that only move elements: the same op applied to the bound moves it along."""
+
+
+def _moved_atol(atol: np.ndarray | None, shape: tuple[int, ...],
+                move: Any) -> np.ndarray | None:
+    if atol is None:
+        return None
+    return np.ascontiguousarray(move(np.broadcast_to(atol, shape)))
+
+
+def _scaled_atol(atol: np.ndarray | None, factor: np.ndarray, ndim: int) -> np.ndarray | None:
+    """The bound after multiplying output channel c (axis 0) by ``factor[c]``."""
+    if atol is None:
+        return None
+    f = np.abs(np.asarray(factor, dtype=np.float64)).reshape((-1,) + (1,) * (ndim - 1))
+    return np.asarray(atol, dtype=np.float64) * f
+
+
+def _folded_bound(ed: _Editor, n: Node, proto: onnx.NodeProto,
+                  results: list[Any]) -> tuple[str, np.ndarray | None]:
+    """Derivation and error bound of a folded node's first output."""
+    from onnx.reference import ReferenceEvaluator
+
+    if n.op == "DequantizeLinear" and len(n.inputs) > 1:
+        scale = ed.cval(n.inputs[1])
+        out = np.asarray(results[0])
+        if scale is None:
+            return "dequantized", None
+        scale = np.abs(np.asarray(scale, dtype=np.float64))
+        if scale.ndim == 1 and scale.size > 1 and out.ndim > 1:
+            axis = int(n.attrs.get("axis", 1)) % out.ndim
+            if scale.shape[0] != out.shape[axis]:
+                return "dequantized", None  # blocked quantization: no simple bound here
+            shape = [1] * out.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+        return "dequantized", 0.5 * scale
+    bounded = [i for i in n.inputs if i and ed.catol(i) is not None]
+    if not bounded:
+        return "folded", None
+    if n.op not in _MOVES or bounded != [n.inputs[0]]:
+        return "folded", None  # the bound is dropped: the value is then compared strictly
+    v = ed.cval(n.inputs[0])
+    if v is None:
+        return "folded", None
+    feeds = {f"i{k}": ed.cval(i) for k, i in enumerate(n.inputs) if i}
+    feeds["i0"] = np.ascontiguousarray(
+        np.broadcast_to(ed.catol(n.inputs[0]), v.shape)).astype(v.dtype)
+    try:
+        moved = ReferenceEvaluator(proto).run(None, feeds)[0]
+    except Exception:
+        return "folded", None
+    return "folded", np.asarray(moved, dtype=np.float64)
 
 
 def const_sources(g: CanonicalGraph, tensor: str) -> tuple[str, ...]:
