@@ -38,6 +38,9 @@ SHARED_MIN = 3
 """Tensors sharing one direction before it counts as abliteration-like."""
 SPARSE_ROWS = 0.02
 """A change confined to at most this share of rows (or columns) is "a few sparse rows"."""
+BLOCK_AREA = 0.10
+"""A change whose changed rows x changed columns cover at most this share of the tensor
+is confined to a block (an update by training spreads over all rows and columns)."""
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,16 @@ def _rank_verdicts(
             return False
         few_rows = len(w.rows) <= max(2, SPARSE_ROWS * w.n_rows)
         few_cols = bool(w.cols) and w.n_cols >= 16 and len(w.cols) <= max(2, SPARSE_ROWS * w.n_cols)
-        return few_rows or few_cols
+        # Training touches every row and column of a weight it updates (even when low
+        # storage precision leaves some elements unchanged, the survivors are scattered
+        # over the whole matrix); a change whose rows x columns cover a small part of
+        # the tensor is a planted block, however dense its spectrum.
+        confined = (
+            bool(w.cols)
+            and w.n_cols >= 16
+            and (len(w.rows) / w.n_rows) * (len(w.cols) / w.n_cols) <= BLOCK_AREA
+        )
+        return few_rows or few_cols or confined
 
     # Shared dominant direction (abliteration): compare top singular vectors.
     dominant = {
@@ -409,11 +421,11 @@ def _rank_verdicts(
             verdicts[n] = Verdict(n, "indeterminate update", "below rounding noise", pr.summary())
         elif sparse(n) and not mostly_finetune and n not in suspicious_zeros:
             w = pairs[n].diff.where
-            verdicts[n] = Verdict(n, "localized edit", "few sparse rows", pr.summary())
+            verdicts[n] = Verdict(n, "localized edit", "confined change", pr.summary())
             events.append(
                 Event(
                     "localized edit",
-                    "change confined to a few rows or columns",
+                    "change confined to a few rows, columns or a block",
                     (n,),
                     f"{n}: change confined to {w.describe() if w else 'a few rows'}",  # type: ignore[union-attr]
                     pr.summary(),
