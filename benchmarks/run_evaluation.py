@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fixtures import real_model  # noqa: E402
-from fixtures.real_models import RAPIDOCR_CLS, SILERO_ST, TASHKEEL_INT8  # noqa: E402
-from scanner.evaluate import evaluate, plot_detection, render_table, to_json  # noqa: E402
+from fixtures import real_model
+from fixtures.real_models import RAPIDOCR_CLS, SILERO_ST, TASHKEEL_INT8
+from scanner.evaluate import evaluate, plot_detection, render_table, to_json
 
 MODELS = {
     "silero-vad (safetensors, conv + LSTM)": (SILERO_ST, None),
