@@ -23,7 +23,7 @@ def channel_prune(
         # The same norm computation a channel-pruning checker uses (ord=2 on float64), so
         # channels of tied norm are ranked identically.
         norms = np.linalg.norm(w.reshape(w.shape[0], -1).astype(np.float64), ord=2, axis=1)
-        k = max(1, int(round(w.shape[0] * fraction)))
+        k = max(1, round(w.shape[0] * fraction))
         w[np.argsort(norms, kind="stable")[:k]] = 0
     return out
 
