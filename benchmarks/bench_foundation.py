@@ -88,7 +88,8 @@ def main() -> None:
         t = time.perf_counter()
         trusted, deployed, target = build_model(folder, opts.size_gb)
         size = trusted.stat().st_size
-        print(f"model: {size / 1e9:.2f} GB fp16 safetensors, built in {time.perf_counter() - t:.1f} s")
+        built = time.perf_counter() - t
+        print(f"model: {size / 1e9:.2f} GB fp16 safetensors, built in {built:.1f} s")
         print(f"cores: {os.cpu_count()}; page cache warm; best of {opts.repeat} runs\n")
         out = folder / "manifest.json"
         cases = {
