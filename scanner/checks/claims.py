@@ -139,6 +139,9 @@ INFERRED = define_rule(
 _CLASS_RULE = {"cast": CAST_NOT_RNE, "pruning": PRUNE_VIOLATION, "conversion": CONVERT_MISMATCH}
 
 
+UNFAITHFUL = "unfaithful transformation"
+
+
 def _rule_for(v: TensorVerdict) -> Any:
     if v.change_class == "quantization":
         return CODES_MISMATCH if v.problem == "codes" else PARAMS_MISMATCH
@@ -151,7 +154,8 @@ def verdict_finding(v: TensorVerdict, claim: str) -> Finding:
     region = Region(axis=v.axis, indices=v.rows[:256]) if v.rows else None
     evidence: dict[str, Any] = {
         "claim": claim,
-        "class": v.change_class,
+        "class": UNFAITHFUL,
+        "claimed_class": v.change_class,
         "problem": v.problem,
         "trusted_tensor": v.tensor,
         "stats": dict(v.stats),
@@ -212,10 +216,13 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
                 evidence=_summary(o)))
             continue
         for v in o.verdicts:
+            # A tensor that breaks its claim is not an instance of the claimed class: a
+            # rules pack that allows (claimed) quantization must not let it through.
+            cls = v.change_class if v.ok else UNFAITHFUL
             for name in (v.tensor, *v.deployed):
-                explained[name] = v.change_class
-                labels[name] = {"class": v.change_class, "claim": o.claim, "verified": v.ok,
-                                "trusted_tensor": v.tensor}
+                explained[name] = cls
+                labels[name] = {"class": cls, "claimed_class": v.change_class,
+                                "claim": o.claim, "verified": v.ok, "trusted_tensor": v.tensor}
             if not v.ok:
                 findings.append(verdict_finding(v, o.claim))
         if o.verdicts:

@@ -190,6 +190,7 @@ CHANGE_CLASSES: tuple[str, ...] = (
     "low-rank update",
     "full fine-tune",
     "unexplained change",
+    "unfaithful transformation",
     "localized edit",
     "prune-activated edit",
     "handcrafted path",
