@@ -130,8 +130,10 @@ def compare_codes(
     """
     w = np.asarray(w, dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = w / step
-    nearest = np.rint(scaled)
+        # asarray: a 0-d tensor (an ONNX scalar constant) divides to a numpy scalar,
+        # which the in-place steps below cannot write into.
+        scaled = np.asarray(w / step)
+    nearest = np.rint(scaled, out=np.empty_like(scaled))
     nearest += zero
     np.clip(nearest, qmin, qmax, out=nearest)
     found = codes.astype(np.float32)

@@ -127,20 +127,30 @@ def check_group(trusted: Artifact, origin: str, deployed: Artifact, g: QuantGrou
                              problem=problem, **kw)
 
     dt = {"I8": "int8", "U8": "uint8"}.get(c_info.dtype.name, c_info.dtype.name.lower())
-    if claim.param("dtype") and claim.param("dtype") != dt:
+    # int32 codes are biases whose scale is derived (input scale x weight scale), as
+    # static int8 quantization writes them: part of the int8 scheme, not another dtype.
+    derived = c_info.dtype.name == "I32"
+    if claim.param("dtype") and claim.param("dtype") != dt and not derived:
         return fail("dtype", f"stored as {dt}, claim says {claim.param('dtype')}")
     axes = _channel_axis(g, shape, scale.size, claim)
     if not axes:
         return fail("layout", f"{scale.size} scales fit no axis of shape {list(shape)}")
     granularity = "per-tensor" if axes == [None] else "per-channel"
-    if claim.param("granularity") and claim.param("granularity") != granularity:
+    # Granularity is a statement about weights with a channel axis: scalars and vectors
+    # (constants, normalization parameters, biases) have one scale or one per element by
+    # construction, and their codes are re-derived under whichever they use.
+    if claim.param("granularity") and claim.param("granularity") != granularity \
+            and len(shape) >= 2:
         return fail("granularity", f"quantized {granularity}, claim says "
                     f"{claim.param('granularity')}")
     if zp.size not in (1, scale.size):
         return fail("layout", f"{zp.size} zero points for {scale.size} scales")
     mid = 0.0 if qmin < 0 else float((qmax + 1) // 2)
     looks = "symmetric" if np.all(zp == mid) else "asymmetric"
-    claimed = claim.param("scheme")
+    # Like granularity, the scheme is a statement about weights with a channel axis:
+    # quantizers treat scalar and vector initializers as activations (onnxruntime's QDQ
+    # quantizes them asymmetric whatever the weight scheme); re-derive them as stored.
+    claimed = claim.param("scheme") if len(shape) >= 2 else None
     if claimed == "symmetric" and looks != "symmetric":
         return fail("scheme", "zero points make it asymmetric, claim says symmetric")
     # A symmetric-looking zero point can also come from an asymmetric range that happens

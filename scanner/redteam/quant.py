@@ -15,6 +15,7 @@ All functions are pure (arrays in, arrays out) and seeded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -151,3 +152,42 @@ def project_into_q8_0_boxes(w: np.ndarray, margin: float, seed: int = 0) -> np.n
 def project_into_q4_0_boxes(w: np.ndarray, margin: float, seed: int = 0) -> np.ndarray:
     """The gap attack against Q4_0 blocks of 32 (last axis a multiple of 32)."""
     return _project_blocks(w, margin, seed, 15, 8.0)
+
+
+def tamper_onnx_codes(src: str | Path, dst: str | Path, initializer: str,
+                      indices: np.ndarray) -> np.ndarray:
+    """Write a copy of the quantized ONNX model ``src`` to ``dst`` whose integer
+    initializer ``initializer`` has its codes negated around its zero point at the flat
+    ``indices``: an unfaithful quantization twin, edited in the ModelProto itself (what an
+    attacker who ships the quantized file does). Returns the tampered codes.
+
+    The zero point is the one the graph pairs with the codes (the input after the scale
+    for ``DequantizeLinear``, the weight zero point of ``MatMulInteger`` /
+    ``ConvInteger``); per-channel zero points must all be equal (symmetric schemes).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {t.name: t for t in model.graph.initializer}
+    tensor = inits[initializer]
+    codes = numpy_helper.to_array(tensor)
+    zp_name = None
+    for node in model.graph.node:
+        ins = list(node.input)
+        if initializer not in ins:
+            continue
+        pos = ins.index(initializer)
+        if node.op_type == "DequantizeLinear" and pos == 0 and len(ins) > 2:
+            zp_name = ins[2]
+        elif node.op_type in ("MatMulInteger", "ConvInteger") and pos == 1 and len(ins) > 3:
+            zp_name = ins[3]
+    zp = numpy_helper.to_array(inits[zp_name]).reshape(-1) if zp_name in inits else \
+        np.zeros(1, dtype=codes.dtype)
+    if np.any(zp != zp[0]):
+        raise ValueError(f"{initializer}: zero points differ per channel")
+    info = np.iinfo(codes.dtype)
+    out = flip_codes(codes, np.asarray(indices), int(info.min), int(info.max), int(zp[0]))
+    tensor.CopyFrom(numpy_helper.from_array(out, initializer))
+    onnx.save(model, str(dst))
+    return out

@@ -76,3 +76,60 @@ TAMPER_TENSOR = "encoder.layer.3.output.dense.weight"
 
 def tampered_indices(w: np.ndarray) -> np.ndarray:
     return largest_indices(w, FRACTION)
+
+
+def rapidocr_float(folder: Path) -> Path:
+    """rapidocr's text-direction classifier with its Constant nodes turned into
+    initializers (onnxruntime's quantizers only quantize initializers)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(real_model("rapidocr-cls")))
+    keep = []
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            t = numpy_helper.to_array(node.attribute[0].t)
+            m.graph.initializer.append(numpy_helper.from_array(t, node.output[0]))
+        else:
+            keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    path = folder / "rapidocr_cls_float.onnx"
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_quantized(work: Path) -> dict[str, Path]:
+    """The float classifier and its onnxruntime int8 per-channel quantizations:
+    ``float``, ``dynamic`` (ConvInteger / MatMulInteger) and ``qdq`` (static, QDQ format,
+    calibrated on two seeded random images)."""
+    import logging
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    src = rapidocr_float(work)
+    dyn = work / "cls_dynamic.onnx"
+    qdq = work / "cls_qdq.onnx"
+    # onnxruntime logs a preprocessing hint per call; it says nothing about the result.
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_dynamic(str(src), str(dyn), weight_type=QuantType.QInt8, per_channel=True)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.items = iter([{"x": rng.random((1, 3, 48, 192), dtype=np.float32)}
+                               for _ in range(2)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(str(src), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8)
+    return {"float": src, "dynamic": dyn, "qdq": qdq}
