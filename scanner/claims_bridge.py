@@ -1,18 +1,33 @@
 """Claim re-checking for step attestations, handed to :mod:`signing` as a callable.
 
-Today the scanner can re-derive "identical" (same manifest digest). Other re-derivable
-kinds (cast, quantize, prune, convert) go to ``scanner.claims.check_claim`` when that
-module exists; until then they are reported as could-not-recheck, so ``verify-chain``
-fails closed and ``attest`` refuses unless ``--declared-only``.
+"identical" is re-derived from the manifest digests. The other re-derivable kinds
+(cast, quantize, prune, convert) go to :func:`scanner.claims.check_claim` with the step's
+parameters. A ``quantize`` step whose ``type`` parameter is a ggml block type
+(``--param type=q8_0``) is checked as the scanner's ``gguf`` claim (block quantization
+of a float source); every other ``quantize`` step as the int8 ``quantize`` claim.
+Parameters the checker does not understand make the claim *could-not-recheck* (fail
+closed: ``attest`` refuses unless ``--declared-only``, ``verify-chain`` reports MSC011),
+never an error that stops verification.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from signing.attest import CheckResult, CheckStatus, StepStatement
+
+
+def claim_for(kind: str, parameters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The scanner claim kind and parameters that re-derive a step of ``kind``."""
+    from scanner.claims.grammar import GGUF_TYPES
+
+    params = dict(parameters)
+    if kind == "quantize" and params.get("type", "").lower() in GGUF_TYPES:
+        return "gguf", params
+    return kind, params
 
 
 def check_step(statement: StepStatement, input_path: Path | None,
@@ -34,8 +49,16 @@ def check_step(statement: StepStatement, input_path: Path | None,
     if input_path is None or output_path is None:
         return CheckResult(CheckStatus.NO_ARTIFACTS,
                            "input or output artifact not supplied (--artifact)")
-    outcome = claims.check_claim(statement.kind, dict(statement.parameters), input_path,
-                                 output_path)
+    from scanner.errors import UsageError
+
+    kind, params = claim_for(statement.kind, statement.parameters)
+    try:
+        outcome = claims.check_claim(kind, params, input_path, output_path)
+    except UsageError as exc:
+        # The claim grammar rejected the step's parameters: nothing was re-derived.
+        return CheckResult(CheckStatus.UNCHECKABLE,
+                           f"cannot re-check '{statement.kind}' with parameters "
+                           f"{dict(sorted(params.items()))}: {exc}")
     return _adapt(outcome)
 
 

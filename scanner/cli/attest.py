@@ -9,7 +9,7 @@ from pathlib import Path
 from scanner import __version__
 from scanner.claims_bridge import check_step
 from scanner.cli.sign import add_signer_options, build_signer
-from signing.attest import Attestation, attest_step, parse_verified
+from signing.attest import REDERIVABLE_KINDS, Attestation, attest_step, parse_verified
 from signing.bundle import parse_bundle
 from signing.errors import ModelsealError
 
@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def artifact_name(path: Path) -> str:
+    """The name an attestation records for ``path`` (its last component, also for ``.``)."""
+    return path.name or path.resolve().name
+
+
 def _read_parent(path: Path) -> Attestation:
     # Parents are only cited by digest; their signatures are checked by verify-chain.
     try:
@@ -69,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from scanner.manifest import build_manifest
 
     signer = build_signer(args)
-    if len(args.input) > 1 and args.kind != "merge":
+    if len(args.input) > 1 and args.kind in REDERIVABLE_KINDS:
         sys.stderr.write("note: several inputs; the claim checker sees the first one\n")
-    inputs = [(build_manifest(p), p.name) for p in args.input]
-    output = (build_manifest(args.output), args.output.name)
+    inputs = [(build_manifest(p), artifact_name(p)) for p in args.input]
+    output = (build_manifest(args.output), artifact_name(args.output))
     parents = [_read_parent(p) for p in args.parent]
     # A claim that does not hold raises ClaimRefusedError (exit 1) and nothing is written.
     att = attest_step(

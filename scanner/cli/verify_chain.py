@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from scanner.claims_bridge import check_step
+from scanner.cli.attest import artifact_name
 from signing.chain import verify_chain
 from signing.chain_output import ChainOutputFormat, render
 from signing.errors import ModelsealError
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     deployed = build_manifest(args.deployed)
     artifacts = {build_manifest(p).root_digest: p for p in args.artifact}
     report = verify_chain(deployed, texts, policy, checker=check_step, artifacts=artifacts,
-                          deployed_path=args.deployed, deployed_name=args.deployed.name,
+                          deployed_path=args.deployed, deployed_name=artifact_name(args.deployed),
                           trusted_root=root)
     text = render(report, args.format)
     if args.output:
