@@ -89,6 +89,8 @@ def quantize_rows(rows: np.ndarray, type_name: str) -> np.ndarray:
     """Reference quantization of float rows to ggml blocks (uint8 rows)."""
     if type_name == "Q6_K":
         return quantize_q6_k(rows)
+    if type_name in ("Q4_K", "Q5_K"):
+        return quantize_q45_k(rows, type_name)
     from gguf.quants import quantize
 
     return np.asarray(quantize(np.ascontiguousarray(rows, dtype=np.float32), _qtype(type_name)))
@@ -117,6 +119,56 @@ def quantize_q6_k(rows: np.ndarray) -> np.ndarray:
                           sc.astype(np.int8).view(np.uint8), d16.view(np.uint8).reshape(nb, 2)],
                          axis=1)
     return out.reshape(rows.shape[0], -1)
+
+
+def _pack_scale_min(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The 12-byte 6-bit scale/min table of Q4_K and Q5_K (inverse of
+    ``gguf.quants.Q4_K.get_scale_min``)."""
+    sc = sc.astype(np.uint8)
+    m = m.astype(np.uint8)
+    out = np.empty((sc.shape[0], 12), dtype=np.uint8)
+    out[:, 0:4] = (sc[:, 0:4] & 0x3F) | ((sc[:, 4:8] >> 4) << 6)
+    out[:, 4:8] = (m[:, 0:4] & 0x3F) | ((m[:, 4:8] >> 4) << 6)
+    out[:, 8:12] = (sc[:, 4:8] & 0x0F) | ((m[:, 4:8] & 0x0F) << 4)
+    return out
+
+
+def quantize_q45_k(rows: np.ndarray, type_name: str) -> np.ndarray:
+    """A plain round-to-nearest Q4_K / Q5_K encoder (no scale search): 8 sub-blocks of 32
+    with 6-bit scales and mins under fp16 super-scales, codes ``round((x + min) / step)``.
+    ``gguf`` has no Python K-quant quantizer and llama.cpp's reference searches scales;
+    this one writes valid blocks, for tests and red-team fixtures."""
+    levels = 15 if type_name == "Q4_K" else 31
+    x = np.asarray(rows, dtype=np.float32).reshape(-1, 8, 32)
+    nb = x.shape[0]
+    lo = np.minimum(x.min(axis=2), 0.0)
+    hi = x.max(axis=2)
+    scale = (hi - lo) / levels
+    mins = -lo
+    d16 = (scale.max(axis=1) / 63.0).astype(np.float16)
+    dm16 = (mins.max(axis=1) / 63.0).astype(np.float16)
+    d = d16.astype(np.float32)[:, None]
+    dm = dm16.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d > 0, np.rint(scale / d), 0).clip(0, 63)
+        m = np.where(dm > 0, np.rint(mins / dm), 0).clip(0, 63)
+        step = (d * sc)[:, :, None]
+        off = (dm * m)[:, :, None]
+        q = np.where(step > 0, np.rint((x + off) / step), 0).clip(0, levels).astype(np.uint8)
+    # Nibbles: sub-blocks 2j and 2j+1 share 32 bytes (low, high nibble).
+    pairs = q.reshape(nb, 4, 2, 32)
+    qs = ((pairs[:, :, 0] & 0x0F) | ((pairs[:, :, 1] & 0x0F) << 4)).reshape(nb, 128)
+    parts = [d16.view(np.uint8).reshape(nb, 2), dm16.view(np.uint8).reshape(nb, 2),
+             _pack_scale_min(sc, m)]
+    if type_name == "Q5_K":
+        # Fifth bit of sub-block i is bit i of byte e of qh.
+        bits = (q >> 4) & 1
+        qh = np.zeros((nb, 32), dtype=np.uint8)
+        for i in range(8):
+            qh |= (bits[:, i] << i).astype(np.uint8)
+        parts.append(qh)
+    parts.append(qs)
+    return np.concatenate(parts, axis=1).reshape(rows.shape[0], -1)
 
 
 def _rows_float(art: Artifact, info: TensorInfo) -> Any:
