@@ -317,7 +317,9 @@ def _recheck(
 
 def _edited_message(deployed: Manifest, verified: Mapping[str, tuple[VerifiedStep, object]]) -> str:
     base = f"deployed artifact {deployed.root_digest} is not the output of any verified attestation"
-    consumed = {i.digest for s, _ in verified.values() for i in s.statement.inputs}
+    # An ``identical`` step's input is its own output digest: it does not consume it.
+    consumed = {i.digest for s, _ in verified.values() for i in s.statement.inputs
+                if i.digest != s.statement.output.digest}
     finals = [s for s, _ in verified.values() if s.statement.output.digest not in consumed]
     if not finals:
         return base

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from signing.chain import RULES, ChainReport
+from signing.chain import RULES, ChainReport, ChainStep
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
@@ -30,14 +30,23 @@ def format_text(report: ChainReport) -> str:
     lines = [f"{verdict}: chain {report.chain_id or '(unknown)'}"]
     root_set = set(report.roots)
 
+    def producer(digest: str, seen: frozenset[str]) -> ChainStep | None:
+        # Steps are listed roots first, so the last producer is the one nearest the
+        # deployed artifact; an ``identical`` step outputs its own input digest, and its
+        # input is the output of the step before it, not of itself.
+        return next((s for s in reversed(report.steps)
+                     if s.step.statement.output.digest == digest and s.source not in seen),
+                    None)
+
     def artifact(digest: str, name: str, prefix: str, seen: frozenset[str]) -> None:
-        step = report.producer(digest)
+        step = producer(digest, seen)
         label = f"{_short(digest)} {name}".rstrip()
         if digest in root_set and (step is None or not step.step.statement.inputs):
             label += "  [trusted root]"
         lines.append(prefix + label)
-        if step is None or step.source in seen:
-            if step is None and digest not in root_set:
+        if step is None:
+            # Not produced by any step, or only by steps already on this branch (a cycle).
+            if digest not in root_set and report.producer(digest) is None:
                 lines.append(prefix + "  (no verified step produced this)")
             return
         st = step.step.statement
