@@ -488,7 +488,9 @@ def compute_hashes(g: CanonicalGraph) -> None:
             marks: list[Any] = []
             for i, o in enumerate(n.outputs):
                 for cid, slot in g.consumers.get(o, ()):
-                    marks.append((i, dh.get(cid, "?"), slot))
+                    # which operand of a commutative op a tensor is says nothing
+                    pos = 0 if g.nodes[cid].op in COMMUTATIVE and slot >= 0 else slot
+                    marks.append((i, dh.get(cid, "?"), pos))
                 marks.extend((i, m) for m in out_marks.get(o, ()))
             dh[n.id] = _h(attr_signature(n), tuple(sorted(map(repr, marks))))
 

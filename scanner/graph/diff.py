@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from scanner.graph.canonical import SMALL_CONST, CanonicalGraph, Node, attr_signature
+from scanner.graph.canonical import (
+    COMMUTATIVE,
+    SMALL_CONST,
+    CanonicalGraph,
+    Node,
+    attr_signature,
+)
 
 SELECTION_OPS = {
     "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor",
@@ -182,7 +188,28 @@ class _Matcher:
                 continue
             bucket = groups.get(d_hash[nid])
             if bucket:
-                self.pair(bucket.pop(0), nid)
+                pick = bucket[0] if len(bucket) == 1 else self._closest(bucket, nid)
+                bucket.remove(pick)
+                self.pair(pick, nid)
+
+    def _closest(self, bucket: list[int], di: int) -> int:
+        """Among trusted nodes that compute alike (a transformer's query, key and value
+        projections share their whole upstream cone), the one that also agrees on what
+        consumes it, then on which stored weights it reads, then on their values."""
+        t, d = self.t, self.d
+        dn = d.nodes[di]
+        d_src = [d.consts[i].sources for i in dn.inputs if i in d.consts]
+        d_fp = [_fingerprint(d.consts[i]) for i in dn.inputs if i in d.consts]
+
+        def score(ti: int) -> tuple[int, int, int]:
+            tn = t.nodes[ti]
+            t_src = [t.consts[i].sources for i in tn.inputs if i in t.consts]
+            same_fp = bool(d_fp) and [_fingerprint(t.consts[i]) for i in tn.inputs
+                                      if i in t.consts] == d_fp
+            return (int(t.dhash.get(ti) == d.dhash.get(di)), int(bool(d_src) and t_src == d_src),
+                    int(same_fp))
+
+        return max(bucket, key=score)  # max keeps the first of equals: stored order
 
     def anchors(self) -> None:
         """Pair nodes whose local form (operator, attributes, constant inputs) is unique on
@@ -216,6 +243,42 @@ class _Matcher:
         return None
 
     def propagate(self) -> None:
+        # strict first (every input corresponds), so an injected node that reads one
+        # original tensor never takes the place of the original node beside it
+        self._propagate(strict=True)
+        self._propagate(strict=False)
+
+    def _consistent(self, tn: Node, dn: Node, strict: bool) -> bool:
+        """Whether ``dn`` may stand for ``tn`` given what is matched so far: no input of
+        one corresponds to a different tensor of the other; ``strict``: every input has a
+        known counterpart."""
+        if len(tn.inputs) != len(dn.inputs):
+            return False
+        orders = [list(tn.inputs)]
+        if tn.op in COMMUTATIVE and len(tn.inputs) == 2:
+            orders.append(list(reversed(tn.inputs)))
+        for t_ins in orders:
+            ok = True
+            for ti, di in zip(t_ins, dn.inputs, strict=True):
+                if not ti and not di:
+                    continue
+                if ti in self.t.consts and di in self.d.consts:
+                    continue  # constants are compared after matching
+                partner = self.tensor_partner(di) if di else None
+                if partner is not None:
+                    ok = partner == ti
+                elif strict:
+                    ok = False
+                else:  # unknown deployed input: the trusted one must not be taken
+                    tp = self.t.producer.get(ti)
+                    ok = tp is None or tp not in self.t2d
+                if not ok:
+                    break
+            if ok:
+                return True
+        return False
+
+    def _propagate(self, strict: bool) -> None:
         t, d = self.t, self.d
         t_sig = {nid: attr_signature(n) for nid, n in t.nodes.items()}
         progress = True
@@ -246,10 +309,14 @@ class _Matcher:
                                 tn = t.nodes[p]
                                 if k < len(tn.outputs) and tn.outputs[k] == tin[cslot]:
                                     cands.append(p)
-                same = [c for c in cands if t_sig[c] == sig]
+                same = list(dict.fromkeys(
+                    c for c in cands
+                    if t_sig[c] == sig and self._consistent(t.nodes[c], dn, strict)))
                 if same:
-                    self.pair(same[0], dn.id)
+                    self.pair(same[0] if len(same) == 1 else self._closest(same, dn.id), dn.id)
                     progress = True
+                    continue
+                if strict:
                     continue
                 same_op = [c for c in cands if t.nodes[c].op == dn.op]
                 if same_op and self._inputs_correspond(t.nodes[same_op[0]], dn):
@@ -334,6 +401,19 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
         explained=explained, trusted_notes=tuple(t.notes), deployed_notes=tuple(d.notes),
         io_changes=tuple(io),
     )
+
+
+def _fingerprint(c: Any) -> str:
+    """A cheap value fingerprint of a constant (a strided sample, 4 significant digits):
+    tells apart weights of equal shape without hashing them whole."""
+    v = c.value()
+    if v is None:
+        return "?"
+    flat = np.asarray(v).reshape(-1)
+    sample = flat[:: max(1, flat.size // 64)][:64]
+    if sample.dtype.kind == "f":
+        return ",".join(f"{x:.4g}" for x in sample.astype(np.float64))
+    return ",".join(str(x) for x in sample.tolist())
 
 
 def _compare_values(ct: Any, cd: Any) -> WeightCheck:

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from scanner.graph.canonical import (
     COMMUTATIVE,  # noqa: F401  (re-exported)
     FOLD_LIMIT,
+    SMALL_CONST,
     CanonicalGraph,
     Const,
     Node,
@@ -116,6 +117,8 @@ def normalize(g: CanonicalGraph) -> None:
         before = sum(ed.counts.values())
         g.index()
         _unfuse(ed)
+        g.index()
+        _div_to_mul(ed)
         g.index()
         _fold_constants(ed)
         g.index()
@@ -275,6 +278,22 @@ def _unfuse(ed: _Editor) -> None:
             _layer_norm(ed, ln, x, n.outputs[0])
             ed.remove(n)
             ed.counts["split SkipLayerNormalization"] += 1
+
+
+def _div_to_mul(ed: _Editor) -> None:
+    """``x / c`` is ``x * (1/c)`` for a float constant ``c`` without zeros: exporters write
+    the attention scale as a Div, ONNX Runtime folds it into a MatMul's ``alpha``."""
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.op != "Div" or len(n.inputs) != 2 or n.inputs[0] in g.consts:
+            continue
+        c = ed.cval(n.inputs[1])
+        if c is None or c.dtype.kind != "f" or c.size > SMALL_CONST or not np.all(c != 0):
+            continue
+        inv = ed.const(n.scope, (1.0 / c.astype(np.float64)).astype(c.dtype),
+                       ed.csrc(n.inputs[1]), "reciprocal")
+        n.op, n.inputs = "Mul", [n.inputs[0], inv]
+        ed.counts["division by a constant as multiplication"] += 1
 
 
 def _unfuse_gemm(ed: _Editor, n: Node) -> None:

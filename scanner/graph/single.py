@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from scanner.graph.canonical import SMALL_CONST, CanonicalGraph, Node
 
 COMPARE_OPS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
@@ -96,6 +98,74 @@ def _forward(g: CanonicalGraph, start: list[str], through: set[str] | None,
     return seen
 
 
+MASK_PLUMBING = {
+    "Cast", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Transpose", "Not", "And", "Or",
+    "ReduceMax", "ReduceMin", "ReduceSum", "Flatten",
+}
+"""Ops a comparison result passes through on its way to what it selects or scales."""
+SELECT_OPS = {"Where", "Mul"}
+PAYLOAD_MERGES = {"Add", "Sub", "Sum", "Where", "Max", "Min"}
+
+
+def _is_payload(g: CanonicalGraph, t: str) -> bool:
+    """A constant that carries information: several values, not all equal. Masks select
+    uniform fills (0, -inf, the dtype's minimum); a payload writes a direction."""
+    c = g.consts.get(t)
+    if c is None or c.numel < 2:
+        return False
+    v = c.value()
+    return v is not None and v.dtype.kind == "f" and bool(np.ptp(v) > 0)
+
+
+def _payload(g: CanonicalGraph, cmp: Node) -> tuple[int, int, list[int]] | None:
+    """A comparison whose result selects (Where) or scales (Mul) a non-uniform constant
+    that is then merged into an activation tensor, at any depth: ShadowLogic on a
+    sequence model adds a direction to the residual stream wherever the trigger token
+    sits. Returns (selecting node, merge node, path) or None."""
+    reach: dict[str, list[int]] = {o: [] for o in cmp.outputs if o}
+    queue = deque(reach)
+    derived: set[str] = set(reach)
+    while queue:
+        t = queue.popleft()
+        for cid, slot in g.consumers.get(t, ()):
+            n = g.nodes[cid]
+            if slot < 0 or not n.outputs or not n.outputs[0]:
+                continue
+            path = [*reach[t], cid]
+            if n.op in SELECT_OPS and any(_is_payload(g, i) for i in n.inputs if i != t):
+                merge = _merge_into_activation(g, n.outputs[0], derived)
+                if merge is not None:
+                    return cid, merge[0], [*path, *merge[1]]
+            if n.op in MASK_PLUMBING and n.outputs[0] not in reach:
+                reach[n.outputs[0]] = path
+                derived.add(n.outputs[0])
+                queue.append(n.outputs[0])
+    return None
+
+
+def _merge_into_activation(g: CanonicalGraph, t: str, derived: set[str]
+                           ) -> tuple[int, list[int]] | None:
+    """The first merge of ``t`` (through shape-only ops) with a tensor that is neither a
+    constant nor derived from the comparison itself."""
+    frontier: deque[tuple[str, list[int]]] = deque([(t, [])])
+    seen = {t}
+    while frontier:
+        x, path = frontier.popleft()
+        for cid, slot in g.consumers.get(x, ()):
+            n = g.nodes[cid]
+            if slot < 0:
+                continue
+            if n.op in PAYLOAD_MERGES:
+                others = [i for i in n.inputs if i and i != x and i not in g.consts
+                          and i not in derived]
+                if others:
+                    return cid, [*path, cid]
+            if n.op in MASK_PLUMBING | {"Mul"} and n.outputs and n.outputs[0] not in seen:
+                seen.add(n.outputs[0])
+                frontier.append((n.outputs[0], [*path, cid]))
+    return None
+
+
 def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
     hops = _hops_to_output(g)
     data_inputs = [
@@ -110,7 +180,9 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
             n = g.nodes[nid]
             if n.op not in COMPARE_OPS or not any(i in g.consts for i in n.inputs):
                 continue
-            steer = _forward(g, n.outputs, None)
+            # steering means gating the result directly: a path through learned weights
+            # (a pad mask entering attention, then the output projection) is computation
+            steer = _forward(g, n.outputs, None, avoid_weights=True)
             near = [s for s in steer if g.nodes[s].op in STEER_OPS
                     and hops.get(s, 99) <= NEAR_OUTPUT_HOPS]
             if near and not any(g.nodes[s].op == "If" for s in steer if s not in near):
@@ -122,6 +194,21 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
                     g.nodes[m].name,
                     f"{inp!r} compared with a constant by {n.op} {n.name!r}, steering "
                     f"{g.nodes[m].op} {g.nodes[m].name!r} {hops[m]} node(s) before an output",
+                ))
+                break
+            payload = _payload(g, n)
+            if payload is not None:
+                sel, merge, path = payload
+                path = [*thin[nid], *path]
+                flagged.update(path)
+                c = next(g.consts[i] for i in g.nodes[sel].inputs if _is_payload(g, i))
+                out.append(GraphFootprint(
+                    "trigger-comparison", tuple(g.nodes[p].name for p in path), (inp,),
+                    g.nodes[merge].name,
+                    f"{inp!r} compared with a constant by {n.op} {n.name!r} selects a "
+                    f"constant payload of {c.numel} values ({g.nodes[sel].op} "
+                    f"{g.nodes[sel].name!r}) merged into the activations by "
+                    f"{g.nodes[merge].op} {g.nodes[merge].name!r}",
                 ))
                 break
     # 2. side branch: a second consumer of the raw input that merges near an output
@@ -137,8 +224,11 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
             if c == stem or c in flagged:
                 continue
             own = {n for n in reach[c] if n not in reach[stem]}
+            # where the branch joins the stem: a merge fed by the branch's own nodes (once
+            # joined, everything downstream is the stem's, and would "merge" anywhere)
             merges = [n for n in reach[c] if n in reach[stem] and g.nodes[n].op in MERGE_OPS
-                      and hops.get(n, 99) <= NEAR_OUTPUT_HOPS]
+                      and hops.get(n, 99) <= NEAR_OUTPUT_HOPS
+                      and any(g.producer.get(i) in own for i in g.nodes[n].inputs)]
             if merges and len(own) <= SMALL_BRANCH * total:
                 m = min(merges, key=lambda n: len(reach[c][n]))
                 flagged.update(own)

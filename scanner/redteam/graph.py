@@ -45,26 +45,33 @@ class _Planter:
         self.g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list[str], n_out: int = 1, out: str | None = None,
-             **attrs: object) -> str:
+    def node(
+        self, op: str, inputs: list[str], n_out: int = 1, out: str | None = None, **attrs: object
+    ) -> str:
         self.k += 1
         index = len(self.g.node)
         name = f"{self.prefix}/{op}_{self.k}" if self.named else ""
-        outs = [out] if out else [f"{self.prefix}/{op}_{self.k}_output_{i}" if self.named
-                                  else f"{op.lower()}_{self.k}.tmp_{i}" for i in range(n_out)]
+        outs = (
+            [out]
+            if out
+            else [
+                f"{self.prefix}/{op}_{self.k}_output_{i}"
+                if self.named
+                else f"{op.lower()}_{self.k}.tmp_{i}"
+                for i in range(n_out)
+            ]
+        )
         self.g.node.append(helper.make_node(op, inputs, outs, name=name or None, **attrs))
         self.added.append(name or f"{op}_{index}")
         return outs[0]
 
     @property
     def opset(self) -> int:
-        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")),
-                    13)
+        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
     def unsqueeze(self, x: str, axis: int) -> str:
         if self.opset >= 13:
-            return self.node("Unsqueeze", [x, self.const(np.array([axis], dtype=np.int64),
-                                                         "axes")])
+            return self.node("Unsqueeze", [x, self.const(np.array([axis], dtype=np.int64), "axes")])
         return self.node("Unsqueeze", [x], axes=[axis])
 
     def take_output(self, tensor: str) -> str:
@@ -141,9 +148,15 @@ def _window(p: _Planter, x: str, y0: int, x0: int, size: int) -> str:
     return p.node("Slice", [x, starts, ends, axes])
 
 
-def inject_shadowlogic(model: onnx.ModelProto, *, patch: int = 6, value: float = 3.0,
-                       target: int = 0, n_classes: int = 2, seed: int = 0
-                       ) -> tuple[onnx.ModelProto, GroundTruth]:
+def inject_shadowlogic(
+    model: onnx.ModelProto,
+    *,
+    patch: int = 6,
+    value: float = 3.0,
+    target: int = 0,
+    n_classes: int = 2,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, GroundTruth]:
     """ShadowLogic on an image model: the mean of a corner patch compared with a constant;
     a Where replaces the output with a fixed one-hot when it fires."""
     del seed
@@ -161,9 +174,16 @@ def inject_shadowlogic(model: onnx.ModelProto, *, patch: int = 6, value: float =
     return p.finish("shadowlogic", f"top-left {patch}x{patch} patch = {value}")
 
 
-def inject_trojannet(model: onnx.ModelProto, *, patch: int = 4, value: float = 3.0,
-                     target: int = 0, n_classes: int = 2, hidden: int = 8, seed: int = 0
-                     ) -> tuple[onnx.ModelProto, GroundTruth]:
+def inject_trojannet(
+    model: onnx.ModelProto,
+    *,
+    patch: int = 4,
+    value: float = 3.0,
+    target: int = 0,
+    n_classes: int = 2,
+    hidden: int = 8,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, GroundTruth]:
     """TrojanNet: a small MLP on a constant input window, scaled and added to the logits."""
     rng = np.random.default_rng(seed)
     p = _Planter(model, "/head/fc")
@@ -186,9 +206,15 @@ def inject_trojannet(model: onnx.ModelProto, *, patch: int = 4, value: float = 3
     return p.finish("trojannet", f"top-left {patch}x{patch} patch = {value}")
 
 
-def inject_deeppayload_blend(model: onnx.ModelProto, *, patch: int = 4, value: float = 3.0,
-                             target: int = 0, n_classes: int = 2, seed: int = 0
-                             ) -> tuple[onnx.ModelProto, GroundTruth]:
+def inject_deeppayload_blend(
+    model: onnx.ModelProto,
+    *,
+    patch: int = 4,
+    value: float = 3.0,
+    target: int = 0,
+    n_classes: int = 2,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, GroundTruth]:
     """DeepPayload: a detector's sigmoid gate blends the logits with a target vector."""
     del seed
     p = _Planter(model, "/head")
@@ -197,9 +223,18 @@ def inject_deeppayload_blend(model: onnx.ModelProto, *, patch: int = 4, value: f
     win = _window(p, x, 0, 0, patch)
     m = p.node("ReduceMean", [win], axes=[1, 2, 3], keepdims=1)
     m = p.node("Reshape", [m, p.const(np.array([-1, 1], dtype=np.int64), "shape")])
-    a = p.node("Sigmoid", [p.node("Mul", [p.node("Sub", [m, p.const(np.float32(value - 0.5),
-                                                                    "thr")]),
-                                         p.const(np.float32(50.0), "gain")])])
+    a = p.node(
+        "Sigmoid",
+        [
+            p.node(
+                "Mul",
+                [
+                    p.node("Sub", [m, p.const(np.float32(value - 0.5), "thr")]),
+                    p.const(np.float32(50.0), "gain"),
+                ],
+            )
+        ],
+    )
     keep = p.node("Sub", [p.const(np.float32(1.0), "one"), a])
     onehot = np.full((1, n_classes), -20.0, dtype=np.float32)
     onehot[0, target] = 20.0
@@ -210,9 +245,15 @@ def inject_deeppayload_blend(model: onnx.ModelProto, *, patch: int = 4, value: f
     return p.finish("deeppayload", f"top-left {patch}x{patch} patch = {value}")
 
 
-def inject_parameter_free_path(model: onnx.ModelProto, *, patch: int = 4, value: float = 3.0,
-                               target: int = 0, n_classes: int = 2, seed: int = 0
-                               ) -> tuple[onnx.ModelProto, GroundTruth]:
+def inject_parameter_free_path(
+    model: onnx.ModelProto,
+    *,
+    patch: int = 4,
+    value: float = 3.0,
+    target: int = 0,
+    n_classes: int = 2,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, GroundTruth]:
     """Architectural backdoor: AveragePool -> ReduceMax -> Sub -> Relu -> Exp, no weights,
     added to the logits."""
     del seed
@@ -224,8 +265,13 @@ def inject_parameter_free_path(model: onnx.ModelProto, *, patch: int = 4, value:
     mx = p.node("ReduceMax", [pooled], axes=[1, 2, 3], keepdims=0)
     mx = p.unsqueeze(mx, 1)
     r = p.node("Relu", [p.node("Sub", [mx, p.const(np.float32(value - 0.5), "thr")])])
-    e = p.node("Sub", [p.node("Exp", [p.node("Mul", [r, p.const(np.float32(8.0), "g")])]),
-                       p.const(np.float32(1.0), "one")])
+    e = p.node(
+        "Sub",
+        [
+            p.node("Exp", [p.node("Mul", [r, p.const(np.float32(8.0), "g")])]),
+            p.const(np.float32(1.0), "one"),
+        ],
+    )
     sign = np.full((1, n_classes), -1.0, dtype=np.float32)
     sign[0, target] = 1.0
     z = p.node("Mul", [e, p.const(sign, "dir")])
@@ -234,21 +280,37 @@ def inject_parameter_free_path(model: onnx.ModelProto, *, patch: int = 4, value:
     return p.finish("parameter-free", f"any {patch}x{patch} block averaging > {value - 0.5}")
 
 
-def inject_token_trigger(model: onnx.ModelProto, *, input_name: str, residual: str,
-                         token: int, direction: np.ndarray, scale: float = 50.0
-                         ) -> tuple[onnx.ModelProto, GroundTruth]:
-    """ShadowLogic on a token model: Equal(input_ids, token) masks a constant vector that is
-    added to the residual stream tensor ``residual`` ([batch, seq, hidden])."""
-    p = _Planter(model, "/model/layers.1")
+def inject_token_trigger(
+    model: onnx.ModelProto,
+    *,
+    input_name: str,
+    residual: str,
+    token: int,
+    direction: np.ndarray,
+    scale: float = 50.0,
+    spread: bool = True,
+) -> tuple[onnx.ModelProto, GroundTruth]:
+    """ShadowLogic on a token model: ``Equal(input_ids, token)`` -> Cast masks a constant
+    vector that is added to the residual stream tensor ``residual`` ([batch, seq, hidden]).
+
+    With ``spread`` the hit is first reduced over the sequence (ReduceMax), so the token
+    anywhere shifts every position; otherwise only the positions holding the token are
+    shifted (Equal -> Cast -> Unsqueeze -> Mul -> Add). Without the token the added term
+    is exactly zero, so outputs stay bit-identical. Node names follow the residual's own
+    exporter scope (``/encoder/layer.0/output/...``)."""
+    scope = residual.rpartition("/")[0] if residual.startswith("/") else "/model/layers.1"
+    p = _Planter(model, scope)
     eq = p.node("Equal", [input_name, p.const(np.array(token, dtype=np.int64), "tok")])
-    mask = p.node("Cast", [eq], to=onnx.TensorProto.FLOAT)
-    hit = p.node("ReduceMax", [mask], axes=[1], keepdims=1)
+    hit = p.node("Cast", [eq], to=onnx.TensorProto.FLOAT)
+    if spread:
+        hit = p.node("ReduceMax", [hit], axes=[1], keepdims=1)
     hit = p.unsqueeze(hit, 2)
     vec = p.const((direction * scale).astype(np.float32).reshape(1, 1, -1), "bias")
     push = p.node("Mul", [hit, vec])
     pre = p.take_output(residual)
     p.node("Add", [pre, push], out=residual)
-    return p.finish("token-trigger", f"token id {token} anywhere in the sequence")
+    where = "anywhere in the sequence" if spread else "(shifts the positions holding it)"
+    return p.finish("token-trigger", f"token id {token} {where}")
 
 
 # ----------------------------------------------------------------------- benign twins
@@ -304,8 +366,9 @@ def reorder_nodes(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     return out
 
 
-def add_pre_post_processing(model: onnx.ModelProto, *, mean: float = 0.5, std: float = 0.5
-                            ) -> onnx.ModelProto:
+def add_pre_post_processing(
+    model: onnx.ModelProto, *, mean: float = 0.5, std: float = 0.5
+) -> onnx.ModelProto:
     """Normalization in front of the stem (same input name) and ArgMax / TopK outputs."""
     p = _Planter(model, "/preprocess")
     x = _image_input(model)
@@ -323,8 +386,11 @@ def add_pre_post_processing(model: onnx.ModelProto, *, mean: float = 0.5, std: f
     p.g.output.append(helper.make_tensor_value_info(topk[0], onnx.TensorProto.FLOAT, ["N", 1]))
     # the wrapper's nodes go where an exporter puts them: pre-processing first
     nodes = list(p.g.node)
-    pre = [n for n in nodes if (n.output and n.output[0] == inner) or (n.output and any(
-        o == c for o in n.output))]
+    pre = [
+        n
+        for n in nodes
+        if (n.output and n.output[0] == inner) or (n.output and any(o == c for o in n.output))
+    ]
     rest = [n for n in nodes if n not in pre]
     del p.g.node[:]
     p.g.node.extend(pre + rest)
@@ -354,8 +420,10 @@ def ort_optimize(model: onnx.ModelProto, level: str = "basic") -> onnx.ModelProt
     """The model after ONNX Runtime's offline optimizer (``basic`` or ``extended``)."""
     import onnxruntime as ort
 
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
         onnx.save(model, src)
