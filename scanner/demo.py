@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from scanner.redteam.weights import ChainLayer, plant_sra
+
 DEMO_MODEL = "silero_vad_16k.safetensors"
 # Conv layers of the demo model, in order; each one's input channels are the previous
 # one's output channels.
-CHANNEL_PATH_LAYERS = ("conv2", "conv3", "conv4")
+CHANNEL_PATH_LAYERS = ("conv1", "conv2", "conv3", "conv4")
 
 
 @dataclass(frozen=True)
@@ -20,37 +22,11 @@ class DemoFiles:
     tampered: Path
     benign: Path
     chain: tuple[tuple[str, int], ...]
-    """(weight tensor, output channel) per layer of the planted path."""
+    """(weight tensor, output channel) per layer of the planted chain."""
 
 
 def demo_model_path() -> Path:
     return Path(str(resources.files("scanner") / "demo_data" / DEMO_MODEL))
-
-
-def plant_channel_path(
-    weights: dict[str, np.ndarray], layers: tuple[str, ...], seed: int = 0
-) -> tuple[dict[str, np.ndarray], tuple[tuple[str, int], ...]]:
-    """Replace a one-channel path through consecutive conv layers (SRA-style).
-
-    Per layer: the chosen output channel's incoming weights are zeroed except one planted
-    kernel from the previous layer's chosen channel, the other layers' connections from
-    the previous chosen channel are cut, and the bias of the channel is replaced.
-    """
-    rng = np.random.default_rng(seed)
-    out = {k: v.copy() for k, v in weights.items()}
-    chain: list[tuple[str, int]] = []
-    prev: int | None = None
-    for layer in layers:
-        w = out[f"{layer}.weight"]
-        c = int(rng.integers(w.shape[0]))
-        w[c] = 0.0
-        if prev is not None:
-            w[:, prev] = 0.0
-            w[c, prev] = rng.normal(0.0, float(np.abs(w).max()), size=w.shape[2:])
-        out[f"{layer}.bias"][c] = float(rng.normal(0.0, 1.0))
-        chain.append((f"{layer}.weight", c))
-        prev = c
-    return out, tuple(chain)
 
 
 def make_demo_files(folder: Path, seed: int = 0) -> DemoFiles:
@@ -60,9 +36,17 @@ def make_demo_files(folder: Path, seed: int = 0) -> DemoFiles:
     trusted = folder / "trusted.safetensors"
     trusted.write_bytes(demo_model_path().read_bytes())
     weights = load_file(str(trusted))
-    tampered_weights, chain = plant_channel_path(weights, CHANNEL_PATH_LAYERS, seed)
+    layers = [ChainLayer(f"{n}.weight", params=(f"{n}.bias",)) for n in CHANNEL_PATH_LAYERS]
+    tampered_weights, truth = plant_sra(weights, layers, seed)
+    chain = tuple(_chain_step(step) for step in truth.details["chain"])  # type: ignore[attr-defined]
     tampered = folder / "tampered.safetensors"
     save_file(tampered_weights, str(tampered))
     benign = folder / "benign-fp16.safetensors"
     save_file({k: v.astype(np.float16) for k, v in weights.items()}, str(benign))
     return DemoFiles(trusted, tampered, benign, chain)
+
+
+def _chain_step(step: dict[str, object]) -> tuple[str, int]:
+    """(tensor, output channel) of one layer of the planted chain's ground truth."""
+    channel = step["target"] if "target" in step else step["out"][0]  # type: ignore[index]
+    return str(step["tensor"]), int(channel)  # type: ignore[call-overload]

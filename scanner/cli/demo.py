@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a diff on a built-in real model: one tampered copy, one benign fp16 cast",
         description=(
             "Take the bundled Silero VAD model (real weights), make a tampered copy with a "
-            "replaced one-channel path through three conv layers and a benign fp16 cast, and "
+            "replaced one-channel subnetwork through its four conv layers (SRA-style) and a "
+            "benign fp16 cast, and "
             "diff both against the original. The tampered copy must fail and the cast must "
             "pass; exit 0 when both do."
         ),
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             text = (
                 "modelseal demo: Silero VAD "
                 f"(real weights, {files.trusted.stat().st_size:,} bytes)\n"
-                f"  tampered copy: replaced channel path {chain}\n"
+                f"  tampered copy: replaced subnetwork (one channel) {chain}\n"
                 f"  benign copy:   every tensor cast to float16\n" + text
             )
         if args.output:
