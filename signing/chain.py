@@ -201,6 +201,10 @@ def verify_chain(
     target = deployed.root_digest
     finals = sorted(by_output.get(target, []),
                     key=lambda s: verified[s][0].statement.finished_at, reverse=True)
+    # Several steps may output the deployed digest (a step and its ``identical`` copy):
+    # the last is the one no other of them cites as its parent, whatever the clocks say.
+    cited = {p for s in finals for p in verified[s][0].statement.parents}
+    finals.sort(key=lambda s: verified[s][0].payload_digest in cited)
     if not finals:
         problems.append(ChainProblem("MSC006", _edited_message(deployed, verified)))
         return ChainReport(target, deployed_name, policy.chain_id, (), (), tuple(problems),

@@ -29,6 +29,7 @@ whose artifacts are missing fails instead of passing unchecked).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import shutil
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from gguf.quants import dequantize, quantize
 from safetensors.numpy import load_file, save_file
 
 from fixtures import real_model
+from scanner.claims_bridge import check_step
 from scanner.cli.main import main
 from scanner.manifest import build_manifest
 from signing.attest import Attestation, CheckResult, CheckStatus, attest_step, parse_verified
@@ -466,3 +468,30 @@ def test_malicious_quantizer_caught_by_the_recheck(lifecycle: Lifecycle, run: Ru
     assert problems(out) == [
         "MSC011 3-quantize.json: 'quantize' claim could not be re-checked: input or output "
         "artifact not supplied (--artifact)"]
+
+
+def test_deployed_copy_is_the_last_step_even_when_signed_in_the_same_instant(
+        lifecycle: Lifecycle, run: Run, tmp_path: Path) -> None:
+    """The merge and its identical deployed copy share the output digest; with equal
+    timestamps the parent link, not the clock, says which step is last."""
+    lc = lifecycle
+    atts = lc.copy_atts(tmp_path / "atts")
+    when = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
+    merged, deployed = build_manifest(lc.arts["merged"]), build_manifest(lc.deployed)
+    merge = attest_step(
+        "lora-merge", [(build_manifest(lc.arts["q8_0"]), "q8_0"),
+                       (build_manifest(lc.adapter), "adapter")], (merged, "merged"),
+        KeySigner(load_private_key(lc.keys["trainer"])), checker=None,
+        parameters={"rank": str(LORA_RANK), "alpha": str(LORA_ALPHA)},
+        parents=[load_attestation(atts / "3-quantize.json")], started_at=when,
+        clock=lambda: when)
+    deploy = attest_step(
+        "identical", [(merged, "merged")], (deployed, "deploy"),
+        KeySigner(load_private_key(lc.keys["release"])), checker=check_step, parents=[merge],
+        started_at=when, clock=lambda: when)
+    (atts / "4-lora-merge.json").write_text(merge.bundle)
+    (atts / "5-deploy.json").write_text(deploy.bundle)
+    data = json.loads(verify(run, lc, atts, "--format", "json").out)
+    assert data["passed"] is True, data["problems"]
+    assert [s["source"] for s in data["steps"]][-2:] == ["4-lora-merge.json", "5-deploy.json"]
+    assert data["notes"] == []
