@@ -1,22 +1,23 @@
 """Claim re-checking for step attestations, handed to :mod:`signing` as a callable.
 
 "identical" is re-derived from the manifest digests. The other re-derivable kinds
-(cast, quantize, prune, convert) go to :func:`scanner.claims.check_claim` with the step's
-parameters. A ``quantize`` step whose ``type`` parameter is a ggml block type
-(``--param type=q8_0``) is checked as the scanner's ``gguf`` claim (block quantization
-of a float source); every other ``quantize`` step as the int8 ``quantize`` claim.
-Parameters the checker does not understand make the claim *could-not-recheck* (fail
-closed: ``attest`` refuses unless ``--declared-only``, ``verify-chain`` reports MSC011),
-never an error that stops verification.
+(cast, quantize, gguf, requantize, prune, convert) go to
+:func:`scanner.claims.check_claim` with the step's parameters. A ``quantize`` step
+whose ``type`` parameter is a ggml block type (``--param type=q8_0``) is checked as
+the scanner's ``gguf`` claim (block quantization of a float source); every other
+``quantize`` step as the int8 ``quantize`` claim. Parameters the checker does not
+understand make the claim *could-not-recheck* (fail closed: ``attest`` refuses unless
+``--declared-only``, ``verify-chain`` reports MSC011), never an error that stops
+verification.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from scanner.claims import check_claim
 from signing.attest import CheckResult, CheckStatus, StepStatement
 
 
@@ -38,14 +39,6 @@ def check_step(statement: StepStatement, input_path: Path | None,
         return CheckResult(CheckStatus.PASS if same else CheckStatus.FAIL,
                            "manifest digests are equal" if same else
                            "output manifest digest differs from the input's")
-    try:
-        claims = importlib.import_module("scanner.claims")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("scanner.claims", "scanner"):
-            raise
-        return CheckResult(CheckStatus.UNCHECKABLE,
-                           f"this modelseal cannot re-derive '{statement.kind}' claims yet "
-                           "(scanner.claims is not available)")
     if input_path is None or output_path is None:
         return CheckResult(CheckStatus.NO_ARTIFACTS,
                            "input or output artifact not supplied (--artifact)")
@@ -53,7 +46,7 @@ def check_step(statement: StepStatement, input_path: Path | None,
 
     kind, params = claim_for(statement.kind, statement.parameters)
     try:
-        outcome = claims.check_claim(kind, params, input_path, output_path)
+        outcome = check_claim(kind, params, input_path, output_path)
     except UsageError as exc:
         # The claim grammar rejected the step's parameters: nothing was re-derived.
         return CheckResult(CheckStatus.UNCHECKABLE,

@@ -34,7 +34,9 @@ from signing.signers import Signer
 from signing.verifiers import SignerIdentity, Verifier
 
 STEP_PREDICATE_TYPE = "https://modelseal.dev/attestation/step/v1"
-REDERIVABLE_KINDS = frozenset({"identical", "cast", "quantize", "prune", "convert"})
+REDERIVABLE_KINDS = frozenset(
+    {"identical", "cast", "quantize", "gguf", "requantize", "prune", "convert"}
+)
 """Kinds whose claim can be recomputed from input and output artifacts."""
 _SUBJECT_ROLE = "modelseal.dev/role"
 
