@@ -1,0 +1,66 @@
+"""Quantization-gap check on low-precision storage: bf16 and fp16 tensors are tested
+against the residual distribution of their own storage lattice, so honest casts stay
+clean and box-projected weights stored in bf16/fp16 are flagged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from scanner.claims.gap import SCHEMES, gap_tensor
+from scanner.redteam.quant import (
+    project_into_int8_boxes,
+    project_into_q4_0_boxes,
+    project_into_q8_0_boxes,
+)
+from tests.claims.conftest import TAMPER_TENSOR
+
+STORAGE = {"bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+ATTACKS = dict(zip(SCHEMES, (project_into_int8_boxes, project_into_q8_0_boxes,
+                             project_into_q4_0_boxes), strict=True))
+
+
+def _stored(w: np.ndarray, storage: str) -> np.ndarray:
+    return w.astype(STORAGE[storage]).astype(np.float32)
+
+
+@pytest.mark.parametrize("storage", ["bf16", "fp16"])
+def test_gap_on_low_precision_tensors(minilm, storage: str) -> None:
+    rng = np.random.default_rng(17)
+    names = [n for n, a in minilm.items() if a.ndim == 2 and a.size >= 4096
+             and n.startswith("encoder.")]
+    for scheme in SCHEMES:
+        # Honest: every encoder matrix, cast to the storage format.
+        for n in names:
+            r = gap_tensor(n, _stored(minilm[n], storage), scheme, 10**6)
+            assert not r.flagged and not r.skipped, (n, scheme, r.log10_p)
+        # Attacked, then stored: flagged at any margin, with the lattice named.
+        name = names[int(rng.integers(len(names)))]
+        margin = float(rng.uniform(0.02, 0.15))
+        attacked = _stored(ATTACKS[scheme](minilm[name], margin, seed=3), storage)
+        r = gap_tensor(name, attacked, scheme, 10**6)
+        assert r.flagged, (name, scheme, margin)
+        assert r.extra["storage"] == ("fp16" if storage == "fp16" else "7-bit significand")
+        assert r.flip_fraction > 2 * r.flip_expected
+
+
+def test_scan_bf16_and_fp16_models(work: Path, minilm, run_cli) -> None:
+    for storage, npd in STORAGE.items():
+        honest = {n: (a.astype(npd) if a.dtype == np.float32 else a) for n, a in minilm.items()}
+        path = work / f"gap_{storage}.safetensors"
+        save_file(honest, str(path))
+        res = run_cli("scan", path, "--format", "json")
+        assert "MS409" not in [f["rule_id"] for f in res.json()["findings"]], storage
+        attacked = dict(honest)
+        attacked[TAMPER_TENSOR] = project_into_int8_boxes(minilm[TAMPER_TENSOR], 0.07,
+                                                          seed=2).astype(npd)
+        apath = work / f"gap_{storage}_attacked.safetensors"
+        save_file(attacked, str(apath))
+        res = run_cli("scan", apath, "--format", "json")
+        hits = [f for f in res.json()["findings"] if f["rule_id"] == "MS409"]
+        assert hits and {f["locations"][0]["tensor"] for f in hits} == {TAMPER_TENSOR}
+        assert hits[0]["evidence"]["null"] == "simulated storage lattice"
