@@ -140,6 +140,9 @@ class CanonicalGraph:
     input_types: dict[str, tuple[int, tuple[Any, ...]]]
     elem_types: dict[str, int] = field(default_factory=dict)
     """Element type of main-graph tensors (from ONNX shape inference, when it succeeds)."""
+    absorbed: set[str] = field(default_factory=set)
+    """Stored tensors that only parametrized nodes proven to be identities (a Slice keeping
+    whole axes, a Pad of zeros): gone from the canonical form, and rightly so."""
     notes: list[str] = field(default_factory=list)
     """Rewrites applied while canonicalizing ("folded 35 BatchNormalization into Conv")."""
     uhash: dict[str, str] = field(default_factory=dict)

@@ -373,6 +373,8 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     # a weight and a bias): a key is explained only if no check it entered failed or was
     # only equal within quantization rounding.
     withheld = {k for c in checks if not c.ok or c.quantized for k in (*c.trusted, *c.deployed)}
+    for key in sorted(t.absorbed | d.absorbed):
+        explained.setdefault(key, "equivalent rewrite")
     explained = {k: v for k, v in explained.items() if k not in withheld}
     added = [n for n in d.nodes.values() if n.id not in m.d2t]
     removed = [n for n in t.nodes.values() if n.id not in m.t2d]

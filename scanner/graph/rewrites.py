@@ -30,8 +30,19 @@ from scanner.graph.canonical import (
 
 NON_FOLDABLE = {
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-    "Bernoulli", "If", "Loop", "Scan", "Shape", "Size", "DynamicQuantizeLinear",
+    "Bernoulli", "If", "Loop", "Scan", "DynamicQuantizeLinear",
 }
+"""Never evaluated even on constant inputs. (``Shape`` / ``Size`` of a constant are
+constants: exporters compute padding amounts that way, and optimizers fold them.)"""
+_BOOL = onnx.TensorProto.BOOL
+_FIXED_OUTPUT_TYPE = {
+    **dict.fromkeys(("Not", "And", "Or", "Xor", "Equal", "Less", "Greater", "LessOrEqual",
+                     "GreaterOrEqual", "IsNaN", "IsInf"), _BOOL),
+    "Shape": onnx.TensorProto.INT64, "Size": onnx.TensorProto.INT64,
+}
+"""Operators whose output element type never depends on their inputs: a Cast of their
+output to that type is a no-op in any scope, even where shape inference says nothing."""
+_INT64_MAX = np.iinfo(np.int64).max
 _AXES_TO_INPUT = {
     "Squeeze", "Unsqueeze", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
@@ -68,6 +79,15 @@ class _Editor:
 
     def remove(self, n: Node) -> None:
         self.g.nodes.pop(n.id, None)
+
+    def drop_identity(self, n: Node, what: str) -> None:
+        """Remove ``n``, proven to compute its first input unchanged; the constants that
+        parametrized it are absorbed."""
+        self.remove(n)
+        self.alias(n.outputs[0], n.inputs[0])
+        self.g.absorbed.update(self.csrc(*n.inputs[1:]))
+        self.counts[what] += 1
+        self.g.index()
 
     def alias(self, old: str, new: str) -> None:
         """Every reader of ``old`` reads ``new`` instead."""
@@ -122,6 +142,10 @@ def normalize(g: CanonicalGraph) -> None:
         g.index()
         _fold_constants(ed)
         g.index()
+        _slices(ed)
+        g.index()
+        _pads(ed)
+        g.index()
         _collapse_quantization(ed)
         g.index()
         _fold_into_conv(ed)
@@ -166,11 +190,10 @@ def _opset_forms(ed: _Editor) -> None:
 def _aliases(ed: _Editor) -> None:
     g = ed.g
     for n in list(g.nodes.values()):
-        redundant_cast = (
-            n.op == "Cast" and not n.scope
-            and g.elem_types.get(n.inputs[0]) is not None
-            and g.elem_types.get(n.inputs[0]) == n.attrs.get("to")
-        )
+        src_type = g.elem_types.get(n.inputs[0]) if not n.scope and n.inputs else None
+        if src_type is None and n.inputs and n.inputs[0] in g.producer:
+            src_type = _FIXED_OUTPUT_TYPE.get(g.nodes[g.producer[n.inputs[0]]].op)
+        redundant_cast = n.op == "Cast" and src_type is not None and src_type == n.attrs.get("to")
         if n.op == "Identity" or redundant_cast or (
             n.op == "Dropout" and (len(n.outputs) < 2 or not n.outputs[1]
                                    or not g.consumers.get(n.outputs[1]))
@@ -294,6 +317,137 @@ def _div_to_mul(ed: _Editor) -> None:
                        ed.csrc(n.inputs[1]), "reciprocal")
         n.op, n.inputs = "Mul", [n.inputs[0], inv]
         ed.counts["division by a constant as multiplication"] += 1
+
+
+def _slice_params(ed: _Editor, n: Node) -> list[tuple[int, int, int, int]] | None:
+    """(axis, start, end, step) per sliced axis of a Slice with constant parameters."""
+    ins = n.inputs + [""] * (5 - len(n.inputs))
+    starts, ends = ed.cval(ins[1]), ed.cval(ins[2])
+    if starts is None or ends is None:
+        return None
+    axes = ed.cval(ins[3]) if ins[3] else np.arange(starts.size)
+    steps = ed.cval(ins[4]) if ins[4] else np.ones(starts.size, dtype=np.int64)
+    if axes is None or steps is None or not (starts.size == ends.size == axes.size
+                                             == steps.size):
+        return None
+    return [(int(a), int(s), int(e), int(t)) for a, s, e, t
+            in zip(axes.ravel(), starts.ravel(), ends.ravel(), steps.ravel(), strict=True)]
+
+
+def _full(start: int, end: int, step: int) -> bool:
+    # [0 : INT64_MAX-ish : 1] keeps the whole axis whatever its length
+    return step == 1 and start == 0 and end >= _INT64_MAX // 2
+
+
+def _set_slice(ed: _Editor, n: Node, params: list[tuple[int, int, int, int]],
+               sources: tuple[str, ...]) -> None:
+    params = sorted(params)
+    cols = list(zip(*params, strict=True))
+    n.inputs = [n.inputs[0], *(ed.const(n.scope, np.asarray(c, dtype=np.int64), sources,
+                                        "slice-merge")
+                               for c in (cols[1], cols[2], cols[0], cols[3]))]
+
+
+def _slices(ed: _Editor) -> None:
+    """Canonical slices: axes that keep everything are dropped (a Slice left with none is
+    an alias), and a Slice of a Slice (its only reader) is one Slice. On different axes
+    the two commute; on the same axis, with non-negative bounds and positive steps,
+    ``x[s1:e1:t1][s2:e2:t2] == x[s1 + s2*t1 : min(e1, s1 + e2*t1) : t1*t2]``. Other
+    cases (negative bounds need the axis length) are left alone."""
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.op != "Slice" or n.id not in g.nodes:
+            continue
+        params = _slice_params(ed, n)
+        if params is None or len({a for a, *_ in params}) != len(params):
+            continue
+        kept = [p for p in params if not _full(*p[1:])]
+        if not kept:
+            if n.outputs[0] in g.outputs and n.inputs[0] in g.inputs:
+                continue  # a graph output must stay a distinct value
+            ed.drop_identity(n, "removed Slice keeping whole axes")
+            continue
+        pid = g.producer.get(n.inputs[0])
+        first = g.nodes.get(pid) if pid is not None else None
+        inner = _slice_params(ed, first) if first is not None and first.op == "Slice" else None
+        if first is not None and inner is not None and ed.sole_user(n.inputs[0]) is n:
+            merged = _compose(inner, kept)
+            if merged is not None:
+                src = ed.csrc(*first.inputs[1:], *n.inputs[1:])
+                n.inputs = [first.inputs[0]]
+                _set_slice(ed, n, merged, src)
+                n.origin = (*first.origin, *n.origin)
+                ed.remove(first)
+                ed.counts["merged Slice chains"] += 1
+                g.index()
+                continue
+        if len(kept) != len(params):
+            _set_slice(ed, n, kept, ed.csrc(*n.inputs[1:]))
+            ed.counts["removed Slice axes keeping everything"] += 1
+
+
+def _compose(inner: list[tuple[int, int, int, int]], outer: list[tuple[int, int, int, int]]
+             ) -> list[tuple[int, int, int, int]] | None:
+    if len({a for a, *_ in inner}) != len(inner):
+        return None
+    out = {a: (s, e, t) for a, s, e, t in inner if not _full(s, e, t)}
+    for a, s2, e2, t2 in outer:
+        if a not in out:
+            out[a] = (s2, e2, t2)
+            continue
+        s1, e1, t1 = out[a]
+        if a < 0 or min(s1, e1, s2, e2) < 0 or t1 <= 0 or t2 <= 0:
+            return None  # negative axes or bounds depend on the axis length
+        end = _INT64_MAX if e2 >= _INT64_MAX // (2 * t1) else s1 + e2 * t1
+        out[a] = (s1 + s2 * t1, min(e1, end), t1 * t2)
+    if any(a < 0 for a in out) and len(out) > 1:
+        return None  # -1 and 3 may be the same axis: only one negative axis is safe alone
+    return [(a, s, e, t) for a, (s, e, t) in out.items()]
+
+
+def _pads(ed: _Editor) -> None:
+    """``Pad`` with all-zero pads is an alias; ``Pad(Pad(x, p1), p2)`` with the same mode
+    is ``Pad(x, p1 + p2)`` for ``constant`` (same value) and ``edge`` modes with
+    non-negative pads. Reflection does not compose (it would reflect the padding)."""
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.op != "Pad" or n.id not in g.nodes or len(n.inputs) < 2 or len(n.inputs) > 3:
+            continue
+        pads = ed.cval(n.inputs[1])
+        if pads is None:
+            continue
+        if not np.any(pads):
+            if n.outputs[0] in g.outputs and n.inputs[0] in g.inputs:
+                continue
+            ed.drop_identity(n, "removed Pad of zeros")
+            continue
+        mode = n.attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        pid = g.producer.get(n.inputs[0])
+        first = g.nodes.get(pid) if pid is not None else None
+        if (mode not in ("constant", "edge") or first is None or first.op != "Pad"
+                or len(first.inputs) > 3 or ed.sole_user(n.inputs[0]) is not n):
+            continue
+        f_mode = first.attrs.get("mode", b"constant")
+        f_mode = f_mode.decode() if isinstance(f_mode, bytes) else str(f_mode)
+        inner = ed.cval(first.inputs[1]) if len(first.inputs) > 1 else None
+        if f_mode != mode or inner is None or inner.shape != pads.shape:
+            continue
+        if (inner < 0).any() or (pads < 0).any():
+            continue  # a crop followed by a pad is not a single pad
+        values = [ed.cval(x.inputs[2]) if len(x.inputs) > 2 and x.inputs[2] else np.zeros(1)
+                  for x in (first, n)]
+        if mode == "constant" and (values[0] is None or values[1] is None
+                                   or float(np.ravel(values[0])[0])
+                                   != float(np.ravel(values[1])[0])):
+            continue
+        total = ed.const(n.scope, (inner + pads).astype(np.int64),
+                         ed.csrc(first.inputs[1], n.inputs[1]))
+        n.inputs = [first.inputs[0], total, *n.inputs[2:]]
+        n.origin = (*first.origin, *n.origin)
+        ed.remove(first)
+        ed.counts["merged Pad chains"] += 1
+        g.index()
 
 
 def _unfuse_gemm(ed: _Editor, n: Node) -> None:
