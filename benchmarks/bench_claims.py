@@ -2,14 +2,17 @@
 
 Generates a synthetic fp16 safetensors model (``--size-gb``) and its honest int8
 per-channel quantization in a temporary folder with numpy, then times
-``scanner.claims.check_claim("quantize", "int8:per-channel:symmetric", ...)`` and prints
-GB/s (trusted bytes per second) and the peak resident set (``resource.getrusage``).
+``scanner.claims.check_claim("quantize", "int8:per-channel:symmetric", ...)`` in a fresh
+process and prints GB/s (trusted bytes per second) and that process's peak resident set
+(``resource.getrusage``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,24 +42,39 @@ def build(folder: Path, size_gb: float, seed: int = 0) -> tuple[Path, Path]:
     return trusted, deployed
 
 
+def check(trusted: Path, deployed: Path) -> int:
+    """Time the claim in this process and print throughput and peak RSS."""
+    from scanner.claims import check_claim
+
+    size = sum(p.stat().st_size for p in trusted.iterdir())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    result = check_claim("quantize", "int8:per-channel:symmetric", trusted, deployed)
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"claim holds: {result.holds} ({len(result.tensors)} tensors)")
+    print(f"trusted size: {size / 1e9:.2f} GB, {seconds:.2f} s, {size / 1e9 / seconds:.2f} GB/s")
+    print(f"peak RSS: {peak_kb / 1024:.0f} MiB (after imports: {before / 1024:.0f} MiB)")
+    return 0 if result.holds else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-gb", type=float, default=1.5)
+    parser.add_argument("--check", nargs=2, type=Path, metavar=("TRUSTED", "DEPLOYED"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from scanner.claims import check_claim
-
+    if args.check:
+        return check(*args.check)
     with tempfile.TemporaryDirectory() as tmp:
         trusted, deployed = build(Path(tmp), args.size_gb)
-        size = sum(p.stat().st_size for p in trusted.iterdir())
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        started = time.perf_counter()
-        result = check_claim("quantize", "int8:per-channel:symmetric", trusted, deployed)
-        seconds = time.perf_counter() - started
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"claim holds: {result.holds} ({len(result.tensors)} tensors)")
-    print(f"trusted size: {size / 1e9:.2f} GB, {seconds:.2f} s, {size / 1e9 / seconds:.2f} GB/s")
-    print(f"peak RSS: {peak_kb / 1024:.0f} MiB (before check: {before / 1024:.0f} MiB)")
-    return 0 if result.holds else 1
+        # A fresh process, so that the peak resident set is the check's own and not the
+        # generator's.
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(root), os.environ.get("PYTHONPATH", "")]))}
+        return subprocess.run([sys.executable, __file__, "--check", str(trusted),
+                               str(deployed)], env=env, check=False).returncode
 
 
 if __name__ == "__main__":
