@@ -74,6 +74,13 @@ class _Planter:
             return self.node("Unsqueeze", [x, self.const(np.array([axis], dtype=np.int64), "axes")])
         return self.node("Unsqueeze", [x], axes=[axis])
 
+    def reduce(self, op: str, x: str, axes: list[int], keepdims: int) -> str:
+        """A reduction in the model's opset: ``axes`` became an input in opset 18."""
+        if self.opset >= 18:
+            return self.node(op, [x, self.const(np.array(axes, dtype=np.int64), "axes")],
+                             keepdims=keepdims)
+        return self.node(op, [x], axes=axes, keepdims=keepdims)
+
     def take_output(self, tensor: str) -> str:
         """Detach the producer of ``tensor`` onto a fresh name; the caller rewrites
         ``tensor`` itself (so graph outputs keep their name)."""
@@ -164,7 +171,7 @@ def inject_shadowlogic(
     x = _image_input(model)
     out = model.graph.output[0].name
     win = _window(p, x, 0, 0, patch)
-    m = p.node("ReduceMean", [win], axes=[1, 2, 3], keepdims=0)
+    m = p.reduce("ReduceMean", win, [1, 2, 3], 0)
     m2 = p.unsqueeze(m, 1)
     cond = p.node("Greater", [m2, p.const(np.float32(value - 0.5), "thr")])
     onehot = np.zeros((1, n_classes), dtype=np.float32)
@@ -221,7 +228,7 @@ def inject_deeppayload_blend(
     x = _image_input(model)
     logits = logits_tensor(model)
     win = _window(p, x, 0, 0, patch)
-    m = p.node("ReduceMean", [win], axes=[1, 2, 3], keepdims=1)
+    m = p.reduce("ReduceMean", win, [1, 2, 3], 1)
     m = p.node("Reshape", [m, p.const(np.array([-1, 1], dtype=np.int64), "shape")])
     a = p.node(
         "Sigmoid",
@@ -261,8 +268,8 @@ def inject_parameter_free_path(
     x = _image_input(model)
     logits = logits_tensor(model)
     pooled = p.node("AveragePool", [x], kernel_shape=[patch, patch], strides=[patch, patch])
-    pooled = p.node("ReduceMean", [pooled], axes=[1], keepdims=1)
-    mx = p.node("ReduceMax", [pooled], axes=[1, 2, 3], keepdims=0)
+    pooled = p.reduce("ReduceMean", pooled, [1], 1)
+    mx = p.reduce("ReduceMax", pooled, [1, 2, 3], 0)
     mx = p.unsqueeze(mx, 1)
     r = p.node("Relu", [p.node("Sub", [mx, p.const(np.float32(value - 0.5), "thr")])])
     e = p.node(
@@ -303,7 +310,7 @@ def inject_token_trigger(
     eq = p.node("Equal", [input_name, p.const(np.array(token, dtype=np.int64), "tok")])
     hit = p.node("Cast", [eq], to=onnx.TensorProto.FLOAT)
     if spread:
-        hit = p.node("ReduceMax", [hit], axes=[1], keepdims=1)
+        hit = p.reduce("ReduceMax", hit, [1], 1)
     hit = p.unsqueeze(hit, 2)
     vec = p.const((direction * scale).astype(np.float32).reshape(1, 1, -1), "bias")
     push = p.node("Mul", [hit, vec])

@@ -239,3 +239,47 @@ def token_models(graph_dir: Path) -> TokenModels:
         onnx.save(m, paths[k])
     emb = w["embeddings.word_embeddings.weight"]
     return TokenModels(clean, padded, residual, emb.shape[1], emb.shape[0], paths)
+
+
+# ------------------------------------------------------------------ a torch.onnx export
+
+
+@pytest.fixture(scope="session")
+def torch_cnn(graph_dir: Path) -> dict[str, Path]:
+    """A small CNN exported by torch.onnx (Conv/BatchNorm/ReLU/pooling/Linear/Softmax,
+    dynamic batch) and its ONNX Runtime extended-optimization twin."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class SmallCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1))
+            self.classifier = nn.Linear(32, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.classifier(torch.flatten(self.features(x), 1))
+            return torch.softmax(z, dim=1)
+
+    torch.manual_seed(0)
+    model = SmallCNN()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        for bn in (model.features[1], model.features[5]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    path = graph_dir / "torch-cnn.onnx"
+    with warnings.catch_warnings():
+        # the TorchScript exporter: the dynamo one needs onnxscript, which is not a dependency
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 48, 192),), str(path), input_names=["x"],
+                          output_names=["prob"], dynamic_axes={"x": {0: "N"}, "prob": {0: "N"}},
+                          dynamo=False)
+    opt = graph_dir / "torch-cnn-extended.onnx"
+    onnx.save(rg.ort_optimize(onnx.load(str(path)), "extended"), opt)
+    return {"model": path, "extended": opt}
