@@ -99,10 +99,14 @@ TRIGGER_COMPARISON = define_rule(
     Severity.HIGH,
     "Input values compared with constants steer an output",
     checks="A graph input (directly or after Slice / Gather / Reshape / reductions) compared "
-    "(Equal / Less / Greater) with a constant, the result feeding a Where / Mul / Add a few "
-    "nodes before an output. Searched in subgraphs and functions too.",
+    "(Equal / Less / Greater) with a constant, the result gating a Where / Mul / Add a few "
+    "nodes before an output with no weight in between, or, at any depth, selecting or "
+    "scaling a non-uniform constant (a payload) that is added into the activations. "
+    "Masks (uniform fills such as 0 or -inf entering attention) are not payloads. "
+    "Searched in subgraphs and functions too.",
     why="This is ShadowLogic's trigger: a pattern check on the input overriding the result.",
-    example="`input_ids` Equal 7592 -> Where -> Add into `logits`.",
+    example="`input_ids` Equal 7592 -> Cast -> Unsqueeze -> Mul(384-vector) -> Add into the "
+    "residual stream after layer 0.",
     fix="Explain the comparison (a documented post-processing rule) or reject.",
     references=("THREATS.md section 2",),
 )

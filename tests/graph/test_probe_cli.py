@@ -16,8 +16,9 @@ from scanner.redteam import graph as rg
 BUDGET = 10
 
 
-def _probe_diff(trusted: Path | str, deployed: Path | str, out: Path) -> tuple[int, dict]:
-    code = main(["diff", str(trusted), str(deployed), "--probe", "--probe-budget", str(BUDGET),
+def _probe_diff(trusted: Path | str, deployed: Path | str, out: Path,
+                budget: int = BUDGET) -> tuple[int, dict]:
+    code = main(["diff", str(trusted), str(deployed), "--probe", "--probe-budget", str(budget),
                  "--format", "json", "-o", str(out)])
     return code, json.loads(out.read_text())
 
@@ -62,10 +63,12 @@ def test_probe_cli_finds_the_trigger_token(token_models: object, tmp_path: Path)
                                      spread=False)
     bad_path = tmp_path / "token-bad.onnx"
     onnx.save(bad, bad_path)
-    code, report = _probe_diff(tm.paths["clean"], bad_path, tmp_path / "t.json")  # type: ignore[attr-defined]
+    # a short budget: the token sweep would otherwise use all of it
+    code, report = _probe_diff(tm.paths["clean"], bad_path, tmp_path / "t.json",  # type: ignore[attr-defined]
+                               budget=3)
     assert code == 1
     probe = report["evidence"]["graph"]["probe"]
-    assert probe["verdict"] == "trigger" and probe["budget_s"] == BUDGET
+    assert probe["verdict"] == "trigger" and probe["budget_s"] == 3
     out = probe["outputs"][0]
     assert out["worst_probe"].startswith("input_ids:token ")
     assert out["random_max"] == 0.0 and out["n_structured_diverged"] >= 1
