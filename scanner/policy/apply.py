@@ -179,6 +179,11 @@ def _judge(f: Finding, ctx: _Context) -> Finding | None:
     return replace(f, severity=severity, evidence={**f.evidence, "policy": policy})
 
 
+# Findings that report a tensor's change as such (unexplained, added, removed, reshaped,
+# dtype-changed): they take the class the tensor was given when they carry none.
+CHANGE_REPORT_RULES = frozenset({"MS201", "MS202", "MS203", "MS204", "MS205", "MS207"})
+
+
 def _allowance(f: Finding, names: list[str], ctx: _Context) -> tuple[str, str] | None:
     """(class, where it is allowed) when every tensor of ``f`` has an allowed class."""
     cls_evidence = f.evidence.get("class")
@@ -187,6 +192,10 @@ def _allowance(f: Finding, names: list[str], ctx: _Context) -> tuple[str, str] |
             return None
         allowed, by = ctx.pack.allowed_classes(None, claimed=_claimed(None, f, ctx.attested))
         return (cls_evidence, by) if cls_evidence in allowed else None
+    if not isinstance(cls_evidence, str) and f.rule_id not in CHANGE_REPORT_RULES:
+        # A detector's finding (a gap attack, a trigger, non-finite values ...) is not
+        # the change itself: the tensor also being, say, fine-tuned must not excuse it.
+        return None
     sources = []
     for name in names:
         t = ctx.tensors.get(name)
