@@ -152,7 +152,7 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
     from scanner.claims_bridge import check_step
     from scanner.manifest import build_manifest
     from signing.attest import CheckStatus
-    from signing.chain import verify_chain
+    from signing.chain import read_attestations, verify_chain
     from signing.chain_output import to_dict
     from signing.policy import load_policy
 
@@ -161,16 +161,7 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
         raise ModelsealError("attestations were given without a chain policy: pass "
                              "--chain-policy policy.toml (docs/policy.md)")
     policy = load_policy(request.chain_policy)
-    if not request.attestations.is_dir():
-        raise ModelsealError(f"attestation folder {request.attestations} does not exist")
-    texts = {}
-    for path in sorted(request.attestations.glob("*.json")):
-        try:
-            texts[path.name] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelsealError(f"cannot read attestation {path}: {exc}") from None
-    if not texts:
-        raise ModelsealError(f"no attestation (*.json) in {request.attestations}")
+    texts = read_attestations(request.attestations)
     trusted_root = request.trusted_root
     if trusted_root is None and (policy.trust_config or policy.trusted_root):
         from signing.sigstore_keyless import load_trusted_root

@@ -21,7 +21,7 @@ from signing.attest import (
     parse_verified,
 )
 from signing.bundle import MaterialKind, ParsedBundle, UnsignedError, parse_bundle
-from signing.errors import VerificationError
+from signing.errors import ModelsealError, VerificationError
 from signing.manifest import Manifest
 from signing.oms import Discrepancy
 from signing.policy import ChainPolicy, PolicySigner
@@ -99,6 +99,21 @@ class ChainReport:
     def producer(self, digest: str) -> ChainStep | None:
         """The step on the chain whose output is ``digest``."""
         return next((s for s in self.steps if s.step.statement.output.digest == digest), None)
+
+
+def read_attestations(folder: Path) -> dict[str, str]:
+    """The text of every ``*.json`` attestation in ``folder``, by file name."""
+    if not folder.is_dir():
+        raise ModelsealError(f"attestation folder {folder} does not exist")
+    texts = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelsealError(f"cannot read attestation {path}: {exc}") from None
+    if not texts:
+        raise ModelsealError(f"no attestation (*.json) in {folder}")
+    return texts
 
 
 def _verify_with_policy(

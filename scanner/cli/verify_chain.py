@@ -8,9 +8,8 @@ from pathlib import Path
 
 from scanner.claims_bridge import check_step
 from scanner.cli.attest import artifact_name
-from signing.chain import verify_chain
+from signing.chain import read_attestations, verify_chain
 from signing.chain_output import ChainOutputFormat, render
-from signing.errors import ModelsealError
 from signing.policy import load_policy
 
 
@@ -49,16 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from scanner.manifest import build_manifest
 
     policy = load_policy(args.policy)
-    if not args.attestations.is_dir():
-        raise ModelsealError(f"attestation folder {args.attestations} does not exist")
-    texts = {}
-    for path in sorted(args.attestations.glob("*.json")):
-        try:
-            texts[path.name] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelsealError(f"cannot read attestation {path}: {exc}") from None
-    if not texts:
-        raise ModelsealError(f"no attestation (*.json) in {args.attestations}")
+    texts = read_attestations(args.attestations)
     trust_config = args.trust_config or policy.trust_config
     trusted_root_path = args.trusted_root or policy.trusted_root
     root = None
