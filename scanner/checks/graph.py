@@ -236,12 +236,21 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
         yield finding(GRAPH_CHANGED, io)
     bad = [c for c in gd.weight_checks if not c.ok and c.max_rel_err is not None]
     for c in bad[:20]:
+        # A fold mismatch spread over most elements is what retrained weights fused
+        # afterwards look like (every value moves a little); an edit hidden in a fusion
+        # touches few. Say which, since the weight diff cannot pair a fused weight.
+        spread = (f"; {c.spread:.0%} of elements differ: consistent with weights changed "
+                  "(fine-tuned) as well as fused, not with a broken fold alone"
+                  if c.spread is not None and c.spread >= 0.5 else
+                  f"; {c.spread:.2%} of elements differ" if c.spread is not None else "")
         yield finding(
             REWRITE_WEIGHTS,
             f"{', '.join(c.deployed)} ({c.derivation}) differs from the value recomputed "
-            f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}",
+            f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}"
+            + spread,
             [Location(artifact="deployed", tensor=k) for k in c.deployed[:4]],
-            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed)},
+            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed),
+                      "spread": c.spread},
         )
     rewrites = [r for r in gd.regions if r.kind in ("fusion", "folding")]
     verified = [c for c in gd.weight_checks if c.ok]

@@ -63,6 +63,11 @@ class Const:
     """Per-element bound (broadcastable to ``shape``) on how far this value may be from the
     float value it stands for: half a quantization step for a dequantized weight, scaled
     along through folds. ``None`` for exact values (only float rounding apart)."""
+    round_trip: tuple[str, ...] = ()
+    """Stored scales / zero points of a QuantizeLinear -> DequantizeLinear round trip that
+    quantizes a *float* constant at run time (no integer codes stored): once the value is
+    verified within its bound they are explained, since the float itself is stored alike
+    and compared by the weight diff."""
 
     def value(self) -> np.ndarray | None:
         if self._value is None and self._loader is not None:
@@ -73,6 +78,10 @@ class Const:
     @property
     def numel(self) -> int:
         return int(np.prod(self.shape)) if self.shape else 1
+
+    def value_kind(self) -> str:
+        """``f`` for floating-point element types, the ONNX type number otherwise."""
+        return _kind(self.dtype)
 
     def signature(self) -> str:
         if self.numel <= SMALL_CONST:
@@ -143,6 +152,12 @@ class CanonicalGraph:
     absorbed: set[str] = field(default_factory=set)
     """Stored tensors that only parametrized nodes proven to be identities (a Slice keeping
     whole axes, a Pad of zeros): gone from the canonical form, and rightly so."""
+    qrange: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Tensors whose every reader was a collapsed QuantizeLinear -> DequantizeLinear pair:
+    the float interval ``[lo, hi]`` the quantized path can represent (the union over its
+    readers) and half the largest step. Downstream of such a tensor, values outside
+    ``[lo, hi]`` never survive, which makes a Clip / Relu whose interval contains it a
+    no-op (ONNX Runtime's QDQ quantizer removes them on that ground)."""
     notes: list[str] = field(default_factory=list)
     """Rewrites applied while canonicalizing ("folded 35 BatchNormalization into Conv")."""
     uhash: dict[str, str] = field(default_factory=dict)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,10 @@ from scanner.graph.canonical import (
     COMMUTATIVE,
     SMALL_CONST,
     CanonicalGraph,
+    Const,
     Node,
     attr_signature,
+    compute_hashes,
 )
 
 SELECTION_OPS = {
@@ -62,6 +64,22 @@ SHAPE_OPS = {
     "Mul", "Add", "Sub", "Div", "ConstantOfShape", "Range", "Equal", "Where", "Expand",
     "ReduceProd", "Floor", "Ceil", "Max", "Min", "Neg", "Abs", "Identity", "Not", "If",
 }
+PARAMETER_SLOTS: dict[str, frozenset[int]] = {
+    op: frozenset(slots) for op, slots in {
+        "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+        "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
+        "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
+        "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "PRelu": (1,),
+        "Gather": (0,), "Einsum": (0, 1, 2),
+        "com.microsoft::FusedConv": (1, 2), "com.microsoft::FusedGemm": (0, 1, 2),
+        "com.microsoft::FusedMatMul": (0, 1), "com.microsoft::SkipLayerNormalization": (2, 3, 4),
+        "com.microsoft::Attention": (1, 2), "com.microsoft::EmbedLayerNormalization":
+            (2, 3, 4, 5, 6),
+    }.items()
+}
+"""Input slots of an operator that hold learned parameters (weights, biases, normalization
+statistics, recurrent matrices, embedding tables)."""
+ELEMENTWISE_AFFINE = {"Add", "Sub", "Mul", "Div"}
 WEIGHT_RTOL = 1e-4
 """Relative tolerance (to the tensor's max |value|) for a derived weight to equal a stored one:
 float32 rounding of the fused products, far below any edit that changes behaviour."""
@@ -134,6 +152,10 @@ class WeightCheck:
     quantized: bool = False
     """Equal only within quantization rounding: the structure is equivalent, but the
     weights changed, which is the claims analyzer's business (``--claim quantize:..``)."""
+    round_trip: tuple[str, ...] = ()
+    """Deployed scales / zero points of run-time round trips of float constants in it."""
+    spread: float | None = None
+    """For a failed check: the fraction of elements outside the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +183,25 @@ class GraphDiff:
     @property
     def identical(self) -> bool:
         return not self.regions and not self.changed and not self.io_changes
+
+
+def is_parameter(op: str, slot: int, c: Const) -> bool:
+    """Whether constant ``c`` read at input ``slot`` of an ``op`` node is a model parameter
+    (its values are the weight diff's business) rather than a structural constant.
+
+    The role decides, not the name: a float tensor in a parameter slot (Conv weight and
+    bias, BatchNormalization statistics, recurrent matrices, an embedding table), or a
+    float vector in elementwise arithmetic (per-channel scale / shift of a layer: at least
+    one axis longer than 1). Scalars in arithmetic, Clip bounds, comparison constants,
+    exponents, shapes, axes, pads, slice bounds and integer constants are structure: a
+    changed one changes what the graph computes, and is reported as a graph change."""
+    if c.value_kind() != "f":
+        return False
+    if slot in PARAMETER_SLOTS.get(op, ()):
+        return op != "Gather" or len(c.shape) >= 2  # a float lookup table, not indices
+    if op in ELEMENTWISE_AFFINE:
+        return any(dim > 1 for dim in c.shape)
+    return False
 
 
 def _ref(n: Node) -> NodeRef:
@@ -338,12 +379,18 @@ class _Matcher:
 
 def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     """Match, group and explain the differences between two canonical graphs."""
-    m = _Matcher(t, d)
-    m.by_hash(t.nhash, d.nhash)
-    m.by_hash(t.dhash, d.dhash)
-    m.propagate()
-    m.anchors()
-    m.propagate()
+    m = _match(t, d)
+    noop: list[int] = []
+    for _ in range(8):
+        # A trusted Clip / Relu made a no-op by the deployed side's QuantizeLinear: drop it
+        # from (a copy of) the trusted graph and match again, so what follows it matches
+        # node for node; that can reveal the next one, hence the loop.
+        found = _quantized_noop_activations(m)
+        if not found:
+            break
+        noop.extend(found)
+        t = _without_activations(t, found)
+        m = _match(t, d)
     changed = list(m.changed)
     checks: list[WeightCheck] = []
     explained: dict[str, str] = {}
@@ -355,10 +402,17 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
             ct, cd = t.consts.get(tt), d.consts.get(dt)
             if ct is None or cd is None:
                 continue
+            param = (is_parameter(tn.op, ci, ct) and ct.dtype == cd.dtype
+                     and ct.shape == cd.shape)
             if ct.sources == cd.sources and ct.derivation == cd.derivation == "stored":
-                if ct.signature() != cd.signature():
+                if ct.signature() != cd.signature() and not param:
                     changed.append(ChangedNode(_ref(tn), _ref(dn), f"constant input {ci} differs"))
                 continue  # the same stored tensor: the weight diff compares its values
+            if param and ct.sources == cd.sources and ct.derivation == cd.derivation:
+                # Derived alike from the same stored tensors on both sides (the same unfused
+                # Conv -> BatchNormalization on each): no rewrite to verify. Changed values
+                # are changed parameters, which the weight diff pairs and classifies.
+                continue
             check = _compare_values(ct, cd)
             if not check.ok and ct.numel <= SMALL_CONST:
                 # a small constant (threshold, shape, trigger value) that is not the same
@@ -373,6 +427,13 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     # a weight and a bias): a key is explained only if no check it entered failed or was
     # only equal within quantization rounding.
     withheld = {k for c in checks if not c.ok or c.quantized for k in (*c.trusted, *c.deployed)}
+    # ... except the parameters of a run-time quantize/dequantize round trip of a float
+    # constant, proven harmless by an ``ok`` check (no element moved by more than half a
+    # step, so no saturation): no stored quantization for a claim to verify.
+    trips = {k for c in checks if c.ok for k in c.round_trip if k not in c.trusted}
+    withheld -= trips - {k for c in checks if not c.ok for k in (*c.trusted, *c.deployed)}
+    for key in sorted(trips):
+        explained.setdefault(key, "equivalent rewrite")
     for key in sorted(t.absorbed | d.absorbed):
         explained.setdefault(key, "equivalent rewrite")
     explained = {k: v for k, v in explained.items() if k not in withheld}
@@ -392,6 +453,10 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
             for key in _folded_deployed_consts(m, r):
                 explained.setdefault(key, "equivalent rewrite")
     explained = {k: v for k, v in explained.items() if k not in withheld}
+    t_notes = list(t.notes)
+    if noop:
+        t_notes.append(f"removed Clip/Relu made no-ops by the deployed QuantizeLinear range: "
+                       f"{len(noop)}")
     io: list[str] = []
     if list(t.inputs) != list(d.inputs):
         io.append(f"graph inputs {t.inputs} -> {d.inputs}")
@@ -400,9 +465,96 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     return GraphDiff(
         n_trusted=len(t.nodes), n_deployed=len(d.nodes), n_matched=len(m.d2t),
         regions=tuple(regions), changed=tuple(changed), weight_checks=tuple(checks),
-        explained=explained, trusted_notes=tuple(t.notes), deployed_notes=tuple(d.notes),
+        explained=explained, trusted_notes=tuple(t_notes), deployed_notes=tuple(d.notes),
         io_changes=tuple(io),
     )
+
+
+def _match(t: CanonicalGraph, d: CanonicalGraph) -> _Matcher:
+    m = _Matcher(t, d)
+    m.by_hash(t.nhash, d.nhash)
+    m.by_hash(t.dhash, d.dhash)
+    m.propagate()
+    m.anchors()
+    m.propagate()
+    return m
+
+
+def _clip_interval(g: CanonicalGraph, n: Node) -> tuple[float, float] | None:
+    """The interval a Relu / Clip keeps (``None`` for other nodes or unknown bounds)."""
+    if n.op == "Relu":
+        return 0.0, float("inf")
+    if n.op != "Clip":
+        return None
+    bounds = []
+    for slot, default in ((1, -float("inf")), (2, float("inf"))):
+        t = n.inputs[slot] if len(n.inputs) > slot else ""
+        if not t:
+            bounds.append(default)
+            continue
+        c = g.consts.get(t)
+        v = c.value() if c is not None else None
+        if v is None or np.asarray(v).size != 1:
+            return None  # a computed bound: nothing to prove
+        bounds.append(float(np.asarray(v, dtype=np.float64).ravel()[0]))
+    return bounds[0], bounds[1]
+
+
+def _quantized_noop_activations(m: _Matcher) -> list[int]:
+    """Unmatched trusted Clip / Relu nodes whose input's deployed counterpart is read only
+    by QuantizeLinear -> DequantizeLinear pairs representing an interval inside the clip
+    interval: on the quantized path the clip changes nothing (clamp to [lo, hi] after
+    clamp to [a, b] is clamp to [lo, hi] when [lo, hi] lies in [a, b]). The range may
+    exceed the interval by float rounding of the scale, at most half a step, which is
+    within the rounding the quantization introduces anyway. Anything else stays a change."""
+    t, d = m.t, m.d
+    out: list[int] = []
+    for n in t.nodes.values():
+        if n.id in m.t2d or n.scope or not n.inputs or n.outputs[0] in t.outputs:
+            continue
+        interval = _clip_interval(t, n)
+        if interval is None:
+            continue
+        x = n.inputs[0]
+        if x in t.inputs:
+            dx = x if x in d.inputs else None
+        else:
+            p = t.producer.get(x)
+            dp = m.t2d.get(p) if p is not None else None
+            if dp is None:
+                continue
+            k = t.nodes[p].outputs.index(x)
+            dx = d.nodes[dp].outputs[k] if k < len(d.nodes[dp].outputs) else None
+        qr = d.qrange.get(dx) if dx else None
+        if qr is None:
+            continue
+        lo, hi, half_step = qr
+        if lo >= interval[0] - half_step and hi <= interval[1] + half_step:
+            out.append(n.id)
+    return out
+
+
+def _without_activations(t: CanonicalGraph, ids: list[int]) -> CanonicalGraph:
+    """A copy of ``t`` with the given single-input activations replaced by their input;
+    their constant bounds are absorbed (they parametrized nodes shown to be no-ops)."""
+    nodes = {k: replace(v, inputs=list(v.inputs)) for k, v in t.nodes.items()}
+    absorbed = set(t.absorbed)
+    for nid in ids:
+        n = nodes.pop(nid)
+        src, out = n.inputs[0], n.outputs[0]
+        for other in nodes.values():
+            if out in other.inputs:
+                other.inputs = [src if i == out else i for i in other.inputs]
+            if out in other.free:
+                other.free = tuple(src if i == out else i for i in other.free)
+        for i in n.inputs[1:]:
+            c = t.consts.get(i)
+            if c is not None:
+                absorbed.update(c.sources)
+    g = replace(t, nodes=nodes, absorbed=absorbed, uhash={}, nhash={}, dhash={},
+                producer={}, consumers={})
+    compute_hashes(g)
+    return g
 
 
 def _fingerprint(c: Any) -> str:
@@ -429,14 +581,20 @@ def _compare_values(ct: Any, cd: Any) -> WeightCheck:
     rel = err / scale if scale > 0 else err
     tol = WEIGHT_RTOL if a.dtype.kind == "f" or b.dtype.kind == "f" else 0.0
     bounds = [np.broadcast_to(c.atol, a.shape) for c in (ct, cd) if c.atol is not None]
+    trip = tuple(dict.fromkeys((*ct.round_trip, *cd.round_trip)))
     if bounds and a.dtype.kind == "f" and b.dtype.kind == "f":
         # Quantized on one side: each element within its rounding bound (half a step,
         # scaled by any fold), plus float rounding. Per element, so an edit hidden in one
         # channel of a quantized weight is not averaged away.
         bound = sum(bounds) * (1 + 1e-3) + WEIGHT_RTOL * scale
-        ok = bool(np.all(np.abs(a64 - b64) <= bound))
-        return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, quantized=True)
-    return WeightCheck(ct.sources, cd.sources, derivation, rel, rel <= tol)
+        outside = np.abs(a64 - b64) > bound
+        ok = not bool(outside.any())
+        return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, quantized=True,
+                           round_trip=trip, spread=None if ok else float(outside.mean()))
+    ok = rel <= tol
+    spread = None if ok else float((np.abs(a64 - b64) > tol * max(scale, 1e-30)).mean())
+    return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, round_trip=trip,
+                       spread=spread)
 
 
 # --------------------------------------------------------------------------- regions

@@ -546,12 +546,59 @@ def _fold_constants(ed: _Editor) -> None:
             continue
         src = ed.csrc(*ins)
         derivation, atol = _folded_bound(ed, n, proto, results)
+        trip = _round_trip(ed, n)
         for k, (o, r) in enumerate(zip(n.outputs, results, strict=False)):
             if o:
                 g.consts[o] = const_from_array(np.asarray(r), src, derivation,
                                                atol if k == 0 else None)
+                g.consts[o].round_trip = trip
         ed.remove(n)
         ed.counts["folded constant expressions"] += 1
+
+
+_QRANGE = {
+    onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767),
+    onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7),
+}
+
+
+def _representable(ed: _Editor, ql: Node) -> tuple[float, float, float] | None:
+    """The float interval a QuantizeLinear can represent, ``[(qmin - zp) * s,
+    (qmax - zp) * s]`` (over all channels), and half its largest step."""
+    scale = ed.cval(ql.inputs[1]) if len(ql.inputs) > 1 and ql.inputs[1] else None
+    zp_t = ql.inputs[2] if len(ql.inputs) > 2 and ql.inputs[2] else ""
+    zp_c = ed.g.consts.get(zp_t) if zp_t else None
+    if scale is None or (zp_t and (zp_c is None or zp_c.value() is None)):
+        return None
+    dtype = zp_c.dtype if zp_c is not None else onnx.TensorProto.UINT8  # the schema default
+    if dtype not in _QRANGE:
+        return None  # float8 and other saturating types: no simple range here
+    qmin, qmax = _QRANGE[dtype]
+    zp = (np.asarray(zp_c.value(), dtype=np.float64) if zp_c is not None
+          else np.zeros(1))
+    s = np.asarray(scale, dtype=np.float64)
+    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        return None
+    lo = (qmin - zp.ravel()) * s.ravel() if zp.size in (1, s.size) else None
+    hi = (qmax - zp.ravel()) * s.ravel() if zp.size in (1, s.size) else None
+    if lo is None or hi is None:
+        return None
+    return float(lo.min()), float(hi.max()), 0.5 * float(s.max())
+
+
+def _round_trip(ed: _Editor, n: Node) -> tuple[str, ...]:
+    """The round-trip parameters a folded node's result carries (see ``Const.round_trip``):
+    a QuantizeLinear of a float constant starts one, ops on such values carry it along."""
+    ins = [i for i in n.inputs if i]
+    carried = tuple(dict.fromkeys(s for i in ins for s in ed.g.consts[i].round_trip))
+    first = ed.g.consts[ins[0]]
+    if n.op == "QuantizeLinear" and first.value_kind() == "f":
+        return tuple(dict.fromkeys((*carried, *ed.csrc(*n.inputs[1:]))))
+    if n.op == "DequantizeLinear":
+        # codes stored as integers are a stored quantization, never a round trip
+        return tuple(dict.fromkeys((*carried, *ed.csrc(*n.inputs[1:])))) if carried else ()
+    return carried
 
 
 def _collapse_quantization(ed: _Editor) -> None:
@@ -560,17 +607,40 @@ def _collapse_quantization(ed: _Editor) -> None:
         if n.id not in g.nodes:
             continue
         if n.op == "QuantizeLinear" and n.inputs[0] not in g.consts:
-            dq_users = ed.users(n.outputs[0])
-            dqs = [g.nodes[u] for u, _ in dq_users if g.nodes[u].op == "DequantizeLinear"]
-            if not dqs or len(dqs) != len(dq_users) or n.outputs[0] in g.outputs:
+            x = n.inputs[0]
+            readers = [g.nodes[u] for u, _ in ed.users(x)]
+            if not _collapsible(ed, n):
                 continue
+            # Every reader of x quantizes it (and only dequantizes after): values outside
+            # the representable range never reach anything downstream.
+            if all(r.op == "QuantizeLinear" and _collapsible(ed, r) for r in readers):
+                ranges = [_representable(ed, r) for r in readers]
+                if all(r is not None for r in ranges):
+                    prev = g.qrange.get(x)
+                    los, his, steps = zip(*[r for r in ranges if r is not None], strict=True)
+                    lo, hi, step = min(los), max(his), max(steps)
+                    if prev is not None:
+                        lo, hi, step = min(lo, prev[0]), max(hi, prev[1]), max(step, prev[2])
+                    g.qrange[x] = (lo, hi, step)
+            dqs = [g.nodes[u] for u, _ in ed.users(n.outputs[0])]
             for dq in dqs:
                 ed.remove(dq)
-                ed.alias(dq.outputs[0], n.inputs[0])
+                ed.alias(dq.outputs[0], x)
+                # the activation's calibrated scale / zero point parametrized only this
+                # pair, which the canonical form drops: explained with it
+                g.absorbed.update(ed.csrc(*dq.inputs[1:]))
+            g.absorbed.update(ed.csrc(*n.inputs[1:]))
             ed.remove(n)
             ed.counts["collapsed QuantizeLinear/DequantizeLinear pairs"] += 1
         elif n.op in ("MatMulInteger", "ConvInteger"):
             _collapse_dynamic(ed, n)
+
+
+def _collapsible(ed: _Editor, ql: Node) -> bool:
+    """A QuantizeLinear read only by DequantizeLinear nodes (and not a graph output)."""
+    users = ed.users(ql.outputs[0])
+    return (bool(users) and ql.outputs[0] not in ed.g.outputs
+            and all(ed.g.nodes[u].op == "DequantizeLinear" and s == 0 for u, s in users))
 
 
 def _collapse_dynamic(ed: _Editor, n: Node) -> None:
@@ -648,15 +718,28 @@ def _fold_into_conv(ed: _Editor) -> None:
         b = ed.cval(b_t) if b_t else np.zeros(cout, dtype=np.float32)
         if b is None:
             continue
+        w_tol = _tol(ed, n.inputs[1], w.shape)
+        b_tol = _tol(ed, b_t, b.shape) if b_t else np.zeros(b.shape)
+        w64, b64 = w.astype(np.float64), b.astype(np.float64)
+        chan = (-1,) + (1,) * (w.ndim - 1)
         if nxt.op == "BatchNormalization" and len([o for o in nxt.outputs if o]) == 1:
             params = [ed.cval(t) for t in nxt.inputs[1:5]]
             if any(p is None for p in params):
                 continue
             scale, beta, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
-            s = scale / np.sqrt(var + float(nxt.attrs.get("epsilon", 1e-5)))
-            new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1)))
-            w_atol = _scaled_atol(ed.catol(n.inputs[1]), s, w.ndim)
-            new_b = (b.astype(np.float64) - mean) * s + beta
+            eps = float(nxt.attrs.get("epsilon", 1e-5))
+            if not np.all(np.isfinite(var)) or np.any(var + eps <= 0):
+                continue  # a negative variance is no normalization: nothing to fold
+            root = np.sqrt(var + eps)
+            s = scale / root
+            new_w = w64 * s.reshape(chan)
+            new_b = (b64 - mean) * s + beta
+            # Quantized BN parameters (a QDQ model dequantizes them too) carry bounds:
+            # first-order propagation through s = gamma / sqrt(var + eps).
+            tols = [_tol(ed, t, p.shape) for t, p in zip(nxt.inputs[1:5], params, strict=True)]  # type: ignore[union-attr]
+            s_tol = tols[0] / root + np.abs(scale) * 0.5 * tols[3] / root ** 3
+            w_atol = _product_tol(w64, w_tol, s.reshape(chan), s_tol.reshape(chan))
+            b_atol = _product_tol(b64 - mean, b_tol + tols[2], s, s_tol) + tols[1]
             what = "folded BatchNormalization into Conv"
             srcs = ed.csrc(n.inputs[1], b_t, *nxt.inputs[1:5])
         elif nxt.op in ("Add", "Mul"):
@@ -665,19 +748,28 @@ def _fold_into_conv(ed: _Editor) -> None:
             vec = _per_channel(c, cout, w.ndim) if c is not None else None
             if vec is None:
                 continue
+            v_tol = _tol(ed, other, c.shape).reshape(-1)  # type: ignore[union-attr]
+            v_tol = np.broadcast_to(v_tol if v_tol.size == cout else v_tol[:1], (cout,))
+            vec64 = vec.astype(np.float64)
             if nxt.op == "Add":
-                new_w, new_b = w.astype(np.float64), b.astype(np.float64) + vec
-                w_atol = ed.catol(n.inputs[1])
+                new_w, new_b = w64, b64 + vec64
+                w_atol, b_atol = w_tol, b_tol + v_tol
             else:
-                new_w = w.astype(np.float64) * vec.reshape((-1,) + (1,) * (w.ndim - 1))
-                new_b = b.astype(np.float64) * vec
-                w_atol = _scaled_atol(ed.catol(n.inputs[1]), vec, w.ndim)
+                new_w = w64 * vec64.reshape(chan)
+                new_b = b64 * vec64
+                w_atol = _product_tol(w64, w_tol, vec64.reshape(chan), v_tol.reshape(chan))
+                b_atol = _product_tol(b64, b_tol, vec64, v_tol)
             what = f"folded per-channel {nxt.op} into Conv"
             srcs = ed.csrc(n.inputs[1], b_t, other)
         else:
             continue
+        if not (np.any(w_atol) or np.any(b_atol)):
+            w_atol = b_atol = None  # exact on both: compared with the float tolerance
         wt = ed.const(n.scope, new_w.astype(w.dtype), srcs, "conv-fold", w_atol)
-        bt = ed.const(n.scope, new_b.astype(w.dtype), srcs, "conv-fold")
+        bt = ed.const(n.scope, new_b.astype(w.dtype), srcs, "conv-fold", b_atol)
+        trip = tuple(dict.fromkeys(s for t in (*n.inputs[1:], *nxt.inputs[1:])
+                                   if t in g.consts for s in g.consts[t].round_trip))
+        g.consts[wt].round_trip = g.consts[bt].round_trip = trip
         n.inputs = [n.inputs[0], wt, bt]
         n.outputs = list(nxt.outputs[:1])
         n.origin = (*n.origin, *nxt.origin)
@@ -703,12 +795,21 @@ def _moved_atol(atol: np.ndarray | None, shape: tuple[int, ...],
     return np.ascontiguousarray(move(np.broadcast_to(atol, shape)))
 
 
-def _scaled_atol(atol: np.ndarray | None, factor: np.ndarray, ndim: int) -> np.ndarray | None:
-    """The bound after multiplying output channel c (axis 0) by ``factor[c]``."""
+def _tol(ed: _Editor, tensor: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The rounding bound of a constant broadcast to ``shape`` (zeros when exact)."""
+    atol = ed.catol(tensor) if tensor else None
     if atol is None:
-        return None
-    f = np.abs(np.asarray(factor, dtype=np.float64)).reshape((-1,) + (1,) * (ndim - 1))
-    return np.asarray(atol, dtype=np.float64) * f
+        return np.zeros(shape)
+    try:
+        return np.broadcast_to(np.asarray(atol, dtype=np.float64), shape)
+    except ValueError:
+        return np.zeros(shape)
+
+
+def _product_tol(a: np.ndarray, a_tol: np.ndarray, b: np.ndarray,
+                 b_tol: np.ndarray) -> np.ndarray:
+    """Bound on |a*b - a'*b'| when |a - a'| <= a_tol and |b - b'| <= b_tol."""
+    return a_tol * np.abs(b) + np.abs(a) * b_tol + a_tol * b_tol
 
 
 def _folded_bound(ed: _Editor, n: Node, proto: onnx.NodeProto,
