@@ -652,13 +652,44 @@ def _lora(copy: ModelCopy, ctx: Context) -> Plan:
                 details={"tensors": names, "rank": rank, "rel": ctx.strength})
 
 
+PARAMETER_MIN_ELEMENTS = 24
+"""A 1-D float tensor needs at least this many elements to count as a trained parameter
+(a bias or normalization vector); smaller ones are Clip bounds, activation constants,
+scales of a formula, which no training run changes."""
+
+
+def _parameters(copy: ModelCopy) -> list[str]:
+    """Float tensors a training run updates: matrices and kernels (at least two axes) and
+    vectors of at least ``PARAMETER_MIN_ELEMENTS`` elements. Benign training twins touch
+    only these, never scalar or tiny structural constants."""
+    out = []
+    for n in copy.float_names():
+        shape = copy.shape(n)
+        if copy.dtype(n) not in ("F32", "F16", "BF16"):
+            continue
+        if len(shape) >= 2 or int(np.prod(shape)) >= PARAMETER_MIN_ELEMENTS:
+            out.append(n)
+    return out
+
+
+def _keep_positive(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Training keeps an all-positive tensor positive (running variances are means of
+    squares): an additive stand-in delta must not flip the sign of a small element."""
+    if before.size == 0 or not bool(np.all(before > 0)):
+        return after
+    return np.maximum(after, (before * 0.5).astype(after.dtype))
+
+
 def _finetune(copy: ModelCopy, ctx: Context) -> Plan:
     from scanner.redteam.weights import simulate_finetune
 
-    names = [n for n in copy.float_names() if copy.dtype(n) in ("F32", "F16", "BF16")]
-    out, _ = simulate_finetune(copy.weights(names), ctx.seed, rel=ctx.strength,
-                               tensors=names)
-    return Plan({n: out[n] for n in names}, allow=("full fine-tune",),
+    names = _parameters(copy)
+    if not names:
+        raise NotApplicableError(f"{copy.path}: no trainable parameter tensor")
+    base = copy.weights(names)
+    out, _ = simulate_finetune(base, ctx.seed, rel=ctx.strength, tensors=names)
+    return Plan({n: _keep_positive(base[n], out[n]) for n in names},
+                allow=("full fine-tune",),
                 details={"rel": ctx.strength, "tensors": len(names)})
 
 
