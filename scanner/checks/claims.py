@@ -18,6 +18,7 @@ from scanner.claims.gap import QUANT_GAP  # noqa: F401  (defines MS409 for the c
 from scanner.claims.grammar import parse_claim
 from scanner.claims.run import infer, run_claim
 from scanner.diff.engine import Analysis, Analyzer, PairContext
+from scanner.diff.model import TensorStatus
 from scanner.findings import Finding, Location, Region, Severity
 from scanner.rulebook import define_rule, finding
 
@@ -271,10 +272,26 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
 
     # Only tensors that differ from the trusted side: an unchanged tensor carries nothing
     # the trusted artifact did not already have, and diff cost must follow the change.
-    changed = [t.deployed_name or t.name for t in ctx.changed() if t.deployed_dtype is not None]
+    changed = [t for t in ctx.changed() if t.deployed_dtype is not None]
     if not changed:
         return Analysis()
-    found = tuple(gap_findings(ctx.deployed, artifact_label="deployed", only=changed))
+    # Within a changed tensor, only the rows that changed can carry a new footprint.
+    rows = {
+        t.deployed_name or t.name: t.where.rows
+        for t in changed
+        if t.status is TensorStatus.CHANGED
+        and t.where is not None
+        and t.where.rows
+        and len(t.where.rows) < t.where.n_rows
+    }
+    found = tuple(
+        gap_findings(
+            ctx.deployed,
+            artifact_label="deployed",
+            only=[t.deployed_name or t.name for t in changed],
+            rows=rows,
+        )
+    )
     return Analysis(findings=found)
 
 

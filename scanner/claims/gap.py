@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -371,26 +371,44 @@ def _float_tensors(art: Artifact) -> Iterator[str]:
             yield name
 
 
-def gap_results(art: Artifact, only: Iterable[str] | None = None) -> list[GapResult]:
-    """Every float tensor of ``art`` (or those named in ``only``) against every scheme."""
+def gap_results(
+    art: Artifact,
+    only: Iterable[str] | None = None,
+    rows: Mapping[str, Sequence[int]] | None = None,
+) -> list[GapResult]:
+    """Every float tensor of ``art`` (or those named in ``only``) against every scheme.
+
+    ``rows`` restricts a tensor to some of its rows (axis 0); reported rows keep the
+    tensor's own indices.
+    """
     wanted = None if only is None else set(only)
+    rows = rows or {}
     names = [n for n in _float_tensors(art) if wanted is None or n in wanted]
     n_tests = 0
     for name in names:
-        rows = art.tensors[name].shape[0]
-        n_tests += len(SCHEMES) * len(BANDS) * (1 + rows)
+        n_rows = len(rows[name]) if name in rows else art.tensors[name].shape[0]
+        n_tests += len(SCHEMES) * len(BANDS) * (1 + n_rows)
     out: list[GapResult] = []
     for name in names:
         w = art.to_float(name)
+        picked = np.asarray(rows[name], dtype=np.int64) if name in rows else None
+        if picked is not None and w.ndim > 1:
+            w = w[picked]
         for scheme in SCHEMES:
-            out.append(gap_tensor(name, w, scheme, n_tests))
+            result = gap_tensor(name, w, scheme, n_tests)
+            if picked is not None and w.ndim > 1:
+                result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
+            out.append(result)
     return out
 
 
 def gap_findings(
-    art: Artifact, artifact_label: str | None = None, only: Iterable[str] | None = None
+    art: Artifact,
+    artifact_label: str | None = None,
+    only: Iterable[str] | None = None,
+    rows: Mapping[str, Sequence[int]] | None = None,
 ) -> Iterable[Finding]:
-    results = gap_results(art, only)
+    results = gap_results(art, only, rows)
     for r in results:
         if not r.flagged:
             continue
