@@ -91,6 +91,10 @@ def quantize_rows(rows: np.ndarray, type_name: str) -> np.ndarray:
         return quantize_q6_k(rows)
     if type_name in ("Q4_K", "Q5_K"):
         return quantize_q45_k(rows, type_name)
+    if type_name == "Q2_K":
+        return quantize_q2_k(rows)
+    if type_name == "Q3_K":
+        return quantize_q3_k(rows)
     from gguf.quants import quantize
 
     return np.asarray(quantize(np.ascontiguousarray(rows, dtype=np.float32), _qtype(type_name)))
@@ -169,6 +173,80 @@ def quantize_q45_k(rows: np.ndarray, type_name: str) -> np.ndarray:
         parts.append(qh)
     parts.append(qs)
     return np.concatenate(parts, axis=1).reshape(rows.shape[0], -1)
+
+
+def _pack_2bit(q: np.ndarray) -> np.ndarray:
+    """The 64-byte 2-bit code array of Q2_K and Q3_K: element ``128 h + 32 j + l`` is
+    bits ``2j..2j+1`` of byte ``32 h + l``."""
+    nb = q.shape[0]
+    g = (q.reshape(nb, 2, 4, 32) & 3).astype(np.uint8)
+    qs = g[:, :, 0] | (g[:, :, 1] << 2) | (g[:, :, 2] << 4) | (g[:, :, 3] << 6)
+    return qs.reshape(nb, 64)
+
+
+def quantize_q2_k(rows: np.ndarray) -> np.ndarray:
+    """A plain round-to-nearest Q2_K encoder (no scale search): 16 sub-blocks of 16 with
+    4-bit scales and 4-bit mins (low and high nibble of ``scales[16]``) under fp16
+    ``d`` and ``dmin``, codes ``round((x + min) / step)`` in 0..3. ``gguf`` has no Python
+    Q2_K quantizer; this one writes valid blocks, for tests and red-team fixtures."""
+    x = np.asarray(rows, dtype=np.float32).reshape(-1, 16, 16)
+    nb = x.shape[0]
+    lo = np.minimum(x.min(axis=2), 0.0)
+    hi = x.max(axis=2)
+    scale = (hi - lo) / 3.0
+    mins = -lo
+    d16 = (scale.max(axis=1) / 15.0).astype(np.float16)
+    dm16 = (mins.max(axis=1) / 15.0).astype(np.float16)
+    d = d16.astype(np.float32)[:, None]
+    dm = dm16.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d > 0, np.rint(scale / d), 0).clip(0, 15).astype(np.uint8)
+        m = np.where(dm > 0, np.rint(mins / dm), 0).clip(0, 15).astype(np.uint8)
+        step = (d * sc)[:, :, None]
+        off = (dm * m)[:, :, None]
+        q = np.where(step > 0, np.rint((x + off) / step), 0).clip(0, 3).astype(np.uint8)
+    out = np.concatenate([sc | (m << 4), _pack_2bit(q), d16.view(np.uint8).reshape(nb, 2),
+                          dm16.view(np.uint8).reshape(nb, 2)], axis=1)
+    return out.reshape(rows.shape[0], -1)
+
+
+def _pack_q3_scales(s: np.ndarray) -> np.ndarray:
+    """The 12-byte 6-bit scale table of Q3_K (``s`` = scale + 32, 0..63): scale ``i`` has
+    its low nibble in byte ``i % 8`` (low nibble for i < 8, high for i >= 8) and its top
+    two bits at bits ``2 (i // 4)`` of byte ``8 + i % 4``."""
+    s = s.astype(np.uint8)
+    out = np.empty((s.shape[0], 12), dtype=np.uint8)
+    out[:, 0:8] = (s[:, 0:8] & 0x0F) | ((s[:, 8:16] & 0x0F) << 4)
+    h = (s >> 4) & 3
+    out[:, 8:12] = h[:, 0:4] | (h[:, 4:8] << 2) | (h[:, 8:12] << 4) | (h[:, 12:16] << 6)
+    return out
+
+
+def quantize_q3_k(rows: np.ndarray) -> np.ndarray:
+    """A plain round-to-nearest Q3_K encoder (no scale search): 16 symmetric sub-blocks
+    of 16 with signed 6-bit scales under an fp16 ``d``, codes ``round(x / step)`` in -4..3
+    (the sub-block's largest-magnitude element maps to -4, as in llama.cpp's
+    ``make_q3_quants``). Code ``q + 4`` is stored as its low two bits in ``qs`` and its
+    third bit in ``hmask``. ``gguf`` has no Python Q3_K quantizer; this one writes valid
+    blocks, for tests and red-team fixtures."""
+    x = np.asarray(rows, dtype=np.float32).reshape(-1, 16, 16)
+    nb = x.shape[0]
+    at = np.abs(x).argmax(axis=2)[:, :, None]
+    sub = np.take_along_axis(x, at, axis=2)[:, :, 0] / -4.0
+    d16 = (np.abs(sub).max(axis=1) / 31.0).astype(np.float16)
+    d = d16.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d > 0, np.rint(sub / d), 0).clip(-32, 31)
+        step = (d * sc)[:, :, None]
+        q = np.where(step != 0, np.rint(x / step), 0).clip(-4, 3).astype(np.int16) + 4
+    q = q.reshape(nb, 256).astype(np.uint8)
+    bits = ((q >> 2) & 1).reshape(nb, 8, 32)
+    hmask = np.zeros((nb, 32), dtype=np.uint8)
+    for j in range(8):
+        hmask |= (bits[:, j] << j).astype(np.uint8)
+    out = np.concatenate([hmask, _pack_2bit(q), _pack_q3_scales(sc.astype(np.int16) + 32),
+                          d16.view(np.uint8).reshape(nb, 2)], axis=1)
+    return out.reshape(rows.shape[0], -1)
 
 
 def _rows_float(art: Artifact, info: TensorInfo) -> Any:

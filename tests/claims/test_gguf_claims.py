@@ -13,13 +13,13 @@ from safetensors.numpy import save_file
 
 from fixtures import real_model
 from scanner.claims import check_claim
-from scanner.claims.gguf_quant import REFERENCE_TYPES, quantize_rows
+from scanner.claims.gguf_quant import REFERENCE_TYPES, dequantize_blocks, quantize_rows
 from scanner.cli.main import main
 from scanner.formats import open_artifact
 from scanner.redteam.quant import largest_indices
 from tests.claims.conftest import FRACTION, TAMPER_TENSOR
 
-TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
+TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
 def write_gguf(path: Path, arch: str, tensors: dict[str, tuple[np.ndarray, str]]) -> Path:
@@ -88,6 +88,42 @@ def test_gguf_faithful_and_tampered_twin(work: Path, minilm, minilm_k_subset,
     assert failed[0].violations
     assert all((v.index[0], v.index[1] // block) in blocks for v in failed[0].violations)
     assert any(tuple(v.index) in negated for v in failed[0].violations)
+
+
+def _k_reconstruction(w: np.ndarray, qt: str) -> np.ndarray:
+    """Q2_K / Q3_K values rebuilt from the encoders' round-to-nearest rule, independently
+    of the bit layout."""
+    x = w.astype(np.float32).reshape(-1, 16, 16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if qt == "Q2_K":
+            lo = np.minimum(x.min(axis=2), 0.0)
+            scale, mins = (x.max(axis=2) - lo) / 3.0, -lo
+            d = (scale.max(axis=1) / 15.0).astype(np.float16).astype(np.float32)[:, None]
+            dm = (mins.max(axis=1) / 15.0).astype(np.float16).astype(np.float32)[:, None]
+            step = (d * np.where(d > 0, np.rint(scale / d), 0).clip(0, 15))[:, :, None]
+            off = (dm * np.where(dm > 0, np.rint(mins / dm), 0).clip(0, 15))[:, :, None]
+            q = np.where(step > 0, np.rint((x + off) / step), 0).clip(0, 3)
+            return (step * q - off).reshape(-1, 256)
+        at = np.abs(x).argmax(axis=2)[:, :, None]
+        sub = np.take_along_axis(x, at, axis=2)[:, :, 0] / -4.0
+        d = (np.abs(sub).max(axis=1) / 31.0).astype(np.float16).astype(np.float32)[:, None]
+        step = (d * np.where(d > 0, np.rint(sub / d), 0).clip(-32, 31))[:, :, None]
+        q = np.where(step != 0, np.rint(x / step), 0).clip(-4, 3)
+        return (step * q).reshape(-1, 256)
+
+
+@pytest.mark.parametrize("qt", ["Q2_K", "Q3_K"])
+def test_k_encoder_layout_round_trips(minilm, qt: str) -> None:
+    """``gguf.quants.dequantize`` of the encoder's blocks is exactly the encoder's own
+    reconstruction, so the bit layout (scales, mins, hmask, 2-bit codes) is ggml's."""
+    w = minilm[TAMPER_TENSOR]
+    w = np.concatenate([w, np.zeros((1, w.shape[1]), np.float32),
+                        np.abs(w[:1]), -np.abs(w[1:2])])
+    blocks = quantize_rows(w, qt)
+    bb = 84 if qt == "Q2_K" else 110
+    assert blocks.shape == (w.shape[0], w.shape[1] // 256 * bb)
+    got = dequantize_blocks(blocks.reshape(-1, bb), qt)
+    assert np.array_equal(got, _k_reconstruction(w, qt).astype(np.float32))
 
 
 def _smollm_subset(work: Path) -> tuple[Path, dict[str, np.ndarray], list[str]]:
