@@ -17,12 +17,6 @@ from tests.hostile import make_corpus
 CORPUS = make_corpus.CORPUS
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "expected.json").read_text())
 
-# Bugs in readers this suite does not own, reported to their owners. Strict: the test
-# fails as soon as the reader is fixed, so the entry must then be removed.
-KNOWN_READER_BUGS: dict[str, str] = {}
-KNOWN_BUG_TIMEOUT_S = 10
-
-
 @pytest.fixture(autouse=True)
 def _no_marker():
     marker = Path(make_corpus.MARKER)
@@ -45,46 +39,10 @@ def _check(result, expected: dict, path: Path) -> None:
         assert re.search(expected["error"], lines[0]), lines[0]
 
 
-def _params():
-    for rel in sorted(EXPECTED):
-        marks = []
-        if rel in KNOWN_READER_BUGS:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_READER_BUGS[rel]))
-        yield pytest.param(rel, id=rel, marks=marks)
-
-
-@pytest.mark.parametrize("rel", _params())
+@pytest.mark.parametrize("rel", sorted(EXPECTED))
 def test_corpus_file(rel: str, run_cli) -> None:
     path = CORPUS / rel
-    if rel in KNOWN_READER_BUGS:
-        # A known bug may hang or eat memory: confine it to a child process.
-        result = _scan_confined(path)
-    else:
-        result = run_cli("scan", "-f", "json", path)
-    _check(result, EXPECTED[rel], path)
-
-
-def _scan_confined(path: Path):
-    import resource
-
-    from tests.conftest import CliResult
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "scanner", "scan", "-f", "json", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=KNOWN_BUG_TIMEOUT_S,
-            env=env,
-            preexec_fn=limit,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"scan did not finish in {KNOWN_BUG_TIMEOUT_S} s")
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    _check(run_cli("scan", "-f", "json", path), EXPECTED[rel], path)
 
 
 def test_corpus_covers_every_format_and_class() -> None:
