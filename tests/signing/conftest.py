@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,17 +15,15 @@ from cryptography.x509.oid import NameOID
 
 from signing.keys import KeyType, generate_private_key, write_key_pair
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
-    """The OMS interop vectors; missing vectors are a failure, never a skip."""
-    path = Path(os.environ.get("MODELSEAL_VECTORS",
-                               REPO.parent / "shared" / "vectors" / "model-transparency"))
+    """The OMS interop vectors of the reference implementation, kept in the repository
+    (origin and licence in their README and LICENSE); missing vectors are a failure."""
+    path = Path(__file__).resolve().parent / "data" / "model-transparency"
     if not (path / "README.md").is_file():
-        pytest.fail(f"OMS interop vectors not found at {path}; set MODELSEAL_VECTORS to the "
-                    "model-transparency vectors folder")
+        pytest.fail(f"OMS interop vectors not found at {path}")
     return path
 
 
