@@ -36,8 +36,10 @@ def build(folder: Path, size_gb: float, seed: int = 0) -> tuple[Path, Path]:
         w32 = w.astype(np.float32)
         scale = (np.abs(w32).max(axis=1) / 127.0).astype(np.float32)
         codes = np.clip(np.rint(w32 / scale[:, None]), -128, 127).astype(np.int8)
-        save_file({f"layers.{i}.weight": codes, f"layers.{i}.weight_scale": scale},
-                  str(deployed / f"model-{i:04d}.safetensors"))
+        save_file(
+            {f"layers.{i}.weight": codes, f"layers.{i}.weight_scale": scale},
+            str(deployed / f"model-{i:04d}.safetensors"),
+        )
         del w, w32, codes
     return trusted, deployed
 
@@ -61,8 +63,9 @@ def check(trusted: Path, deployed: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-gb", type=float, default=1.5)
-    parser.add_argument("--check", nargs=2, type=Path, metavar=("TRUSTED", "DEPLOYED"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--check", nargs=2, type=Path, metavar=("TRUSTED", "DEPLOYED"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.check:
         return check(*args.check)
@@ -71,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh process, so that the peak resident set is the check's own and not the
         # generator's.
         root = Path(__file__).resolve().parent.parent
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(root), os.environ.get("PYTHONPATH", "")]))}
-        return subprocess.run([sys.executable, __file__, "--check", str(trusted),
-                               str(deployed)], env=env, check=False).returncode
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(root), os.environ.get("PYTHONPATH", "")])
+            ),
+        }
+        return subprocess.run(
+            [sys.executable, __file__, "--check", str(trusted), str(deployed)], env=env, check=False
+        ).returncode
 
 
 if __name__ == "__main__":

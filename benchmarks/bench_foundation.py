@@ -70,7 +70,9 @@ def build_model(folder: Path, size_gb: float, seed: int = 0) -> tuple[Path, Path
 def run(args: list[str]) -> tuple[int, float, int]:
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("BENCH "))
     _, code, seconds, rss = line.split()
@@ -94,8 +96,16 @@ def main() -> None:
         out = folder / "manifest.json"
         cases = {
             "manifest": ["manifest", str(trusted), "-o", str(out), "-q"],
-            "diff (one 64x64 block)": ["diff", str(trusted), str(deployed), "-q",
-                                      "--format", "json", "-o", str(folder / "diff.json")],
+            "diff (one 64x64 block)": [
+                "diff",
+                str(trusted),
+                str(deployed),
+                "-q",
+                "--format",
+                "json",
+                "-o",
+                str(folder / "diff.json"),
+            ],
         }
         run(cases["manifest"])  # warm the page cache for both files
         run(cases["diff (one 64x64 block)"])
@@ -103,8 +113,10 @@ def main() -> None:
         for label, argv in cases.items():
             best = min((run(argv) for _ in range(opts.repeat)), key=lambda r: r[1])
             code, seconds, rss = best
-            print(f"{label:26} {seconds:8.2f} {size / 1e9 / seconds:7.2f} {rss / 1e6:12.0f}"
-                  f"   (exit {code})")
+            print(
+                f"{label:26} {seconds:8.2f} {size / 1e9 / seconds:7.2f} {rss / 1e6:12.0f}"
+                f"   (exit {code})"
+            )
         report = json.loads((folder / "diff.json").read_text())
         changed = [t["name"] for t in report["tensors"] if t["status"] != "identical"]
         print(f"\ndiff found: {changed} (planted in {target})")

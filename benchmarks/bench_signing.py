@@ -56,16 +56,35 @@ def main() -> int:
         model.mkdir()
         total = make_files(model, args.size_gb, args.files)
         key = tmp / "key.pem"
-        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
-                        "-out", str(key)], check=True)
+        subprocess.run(
+            ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+            check=True,
+        )
         for f in model.iterdir():  # warm the page cache for both tools
             with open(f, "rb") as handle:
                 while handle.read(16 << 20):
                     pass
-        ours_cmd = [sys.executable, "-m", "scanner.cli.main", "sign", str(model), "--key",
-                    str(key), "-o", str(tmp / "ours.sig")]
-        theirs_cmd = ["model_signing", "sign", "key", str(model), "--private_key", str(key),
-                      "--signature", str(tmp / "theirs.sig")]
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "scanner.cli.main",
+            "sign",
+            str(model),
+            "--key",
+            str(key),
+            "-o",
+            str(tmp / "ours.sig"),
+        ]
+        theirs_cmd = [
+            "model_signing",
+            "sign",
+            "key",
+            str(model),
+            "--private_key",
+            str(key),
+            "--signature",
+            str(tmp / "theirs.sig"),
+        ]
         ours, theirs = [], []
         for _ in range(args.repeat):
             ours.append(timed(ours_cmd))

@@ -21,8 +21,7 @@ from scanner.evaluate import evaluate, plot_detection, render_table, to_json
 MODELS = {
     "silero-vad (safetensors, conv + LSTM)": (SILERO_ST, None),
     "rapidocr cls (ONNX CNN)": (RAPIDOCR_CLS, None),
-    "tashkeel (ONNX int8, token ids)": (TASHKEEL_INT8, ["token-trigger", "ort-optimize",
-                                                         "rename"]),
+    "tashkeel (ONNX int8, token ids)": (TASHKEEL_INT8, ["token-trigger", "ort-optimize", "rename"]),
 }
 
 

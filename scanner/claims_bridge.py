@@ -31,17 +31,22 @@ def claim_for(kind: str, parameters: Mapping[str, str]) -> tuple[str, dict[str, 
     return kind, params
 
 
-def check_step(statement: StepStatement, input_path: Path | None,
-               output_path: Path | None) -> CheckResult:
+def check_step(
+    statement: StepStatement, input_path: Path | None, output_path: Path | None
+) -> CheckResult:
     """Re-derive ``statement``'s claim from the input and output artifacts."""
     if statement.kind == "identical":
         same = all(i.digest == statement.output.digest for i in statement.inputs)
-        return CheckResult(CheckStatus.PASS if same else CheckStatus.FAIL,
-                           "manifest digests are equal" if same else
-                           "output manifest digest differs from the input's")
+        return CheckResult(
+            CheckStatus.PASS if same else CheckStatus.FAIL,
+            "manifest digests are equal"
+            if same
+            else "output manifest digest differs from the input's",
+        )
     if input_path is None or output_path is None:
-        return CheckResult(CheckStatus.NO_ARTIFACTS,
-                           "input or output artifact not supplied (--artifact)")
+        return CheckResult(
+            CheckStatus.NO_ARTIFACTS, "input or output artifact not supplied (--artifact)"
+        )
     from scanner.errors import UsageError
 
     kind, params = claim_for(statement.kind, statement.parameters)
@@ -49,9 +54,11 @@ def check_step(statement: StepStatement, input_path: Path | None,
         outcome = check_claim(kind, params, input_path, output_path)
     except UsageError as exc:
         # The claim grammar rejected the step's parameters: nothing was re-derived.
-        return CheckResult(CheckStatus.UNCHECKABLE,
-                           f"cannot re-check '{statement.kind}' with parameters "
-                           f"{dict(sorted(params.items()))}: {exc}")
+        return CheckResult(
+            CheckStatus.UNCHECKABLE,
+            f"cannot re-check '{statement.kind}' with parameters "
+            f"{dict(sorted(params.items()))}: {exc}",
+        )
     return _adapt(outcome)
 
 
@@ -62,8 +69,16 @@ def _adapt(outcome: Any) -> CheckResult:
     if isinstance(outcome, bool):
         return CheckResult(CheckStatus.PASS if outcome else CheckStatus.FAIL)
     status = getattr(outcome, "status", None)
-    detail = str(next((getattr(outcome, a) for a in ("detail", "message", "reason")
-                       if getattr(outcome, a, None)), ""))
+    detail = str(
+        next(
+            (
+                getattr(outcome, a)
+                for a in ("detail", "message", "reason")
+                if getattr(outcome, a, None)
+            ),
+            "",
+        )
+    )
     if isinstance(status, CheckStatus):
         return CheckResult(status, detail)
     ok = getattr(outcome, "ok", getattr(outcome, "passed", None))

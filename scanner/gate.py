@@ -63,24 +63,34 @@ class _Evidence:
     record: Mapping[str, Any] | None = None
 
 
-def run_gate(request: GateRequest, *, progress: Progress | None = None,
-             analyzers: Sequence[Any] | None = None, today: dt.date | None = None,
-             now: dt.datetime | None = None) -> PolicyReport:
+def run_gate(
+    request: GateRequest,
+    *,
+    progress: Progress | None = None,
+    analyzers: Sequence[Any] | None = None,
+    today: dt.date | None = None,
+    now: dt.datetime | None = None,
+) -> PolicyReport:
     """Run every check that applies and judge the findings by ``request.pack``."""
     progress = progress or NoProgress()
     findings: list[Finding] = []
     gate: dict[str, Any] = {"steps": []}
     with using(request.pack):
         missing = [
-            name for name, given in (("signature", request.signature),
-                                     ("trusted", request.trusted),
-                                     ("attestations", request.attestations))
+            name
+            for name, given in (
+                ("signature", request.signature),
+                ("trusted", request.trusted),
+                ("attestations", request.attestations),
+            )
             if name in request.pack.require and given is None
         ]
         findings.extend(
-            finding(INPUT_MISSING,
-                    f"rules pack '{request.pack.name}' requires {name}, and none was given",
-                    evidence={"input": name})
+            finding(
+                INPUT_MISSING,
+                f"rules pack '{request.pack.name}' requires {name}, and none was given",
+                evidence={"input": name},
+            )
             for name in missing
         )
         if request.signature is not None:
@@ -103,8 +113,9 @@ def run_gate(request: GateRequest, *, progress: Progress | None = None,
             findings=(*findings, *report.findings),
             evidence={**report.evidence, "gate": gate},
         )
-        return apply_pack(Report(**fields), request.pack, attested=attested, today=today,
-                          fail_on=request.fail_on)
+        return apply_pack(
+            Report(**fields), request.pack, attested=attested, today=today, fail_on=request.fail_on
+        )
 
 
 def _signature(request: GateRequest) -> _Evidence:
@@ -116,35 +127,59 @@ def _signature(request: GateRequest) -> _Evidence:
     if request.verifier is None:
         raise ModelsealError(
             "a signature was given but no trusted signer: pass --public-key, "
-            "--certificate-chain or --identity (or set them in modelseal.toml)")
+            "--certificate-chain or --identity (or set them in modelseal.toml)"
+        )
     try:
         bundle = request.signature.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ModelsealError(f"cannot read signature {request.signature}: {exc.strerror}") \
-            from None
+        raise ModelsealError(f"cannot read signature {request.signature}: {exc.strerror}") from None
     ignore = resolve_cli_ignore_paths(request.deployed, [request.signature])
     where = [Location(artifact="deployed")]
     record: dict[str, Any] = {"path": str(request.signature), "verified": False}
     try:
-        verified = verify_model(request.deployed, bundle, request.verifier, ignore_paths=ignore,
-                                tensor_builder=build_manifest, source=str(request.signature))
+        verified = verify_model(
+            request.deployed,
+            bundle,
+            request.verifier,
+            ignore_paths=ignore,
+            tensor_builder=build_manifest,
+            source=str(request.signature),
+        )
     except ModelMismatchError as exc:
         record["error"] = str(exc)
         locations = [
-            Location(artifact="deployed", tensor=d.name) if d.kind.startswith("tensor-")
+            Location(artifact="deployed", tensor=d.name)
+            if d.kind.startswith("tensor-")
             else Location(artifact="deployed", file=d.name)
             for d in exc.discrepancies[:50]
         ]
-        return _Evidence((finding(
-            MODEL_NOT_AS_SIGNED, str(exc), locations or where,
-            evidence={"discrepancies": [d.describe() for d in exc.discrepancies[:200]]},
-        ),), record)
+        return _Evidence(
+            (
+                finding(
+                    MODEL_NOT_AS_SIGNED,
+                    str(exc),
+                    locations or where,
+                    evidence={"discrepancies": [d.describe() for d in exc.discrepancies[:200]]},
+                ),
+            ),
+            record,
+        )
     except VerificationError as exc:
         record["error"] = str(exc)
-        return _Evidence((finding(SIGNATURE_INVALID, f"{request.signature}: {exc}", where,
-                                  evidence={"signature": str(request.signature)}),), record)
-    record.update(verified=True, signer=verified.signer.describe(),
-                  model=verified.manifest.model_name)
+        return _Evidence(
+            (
+                finding(
+                    SIGNATURE_INVALID,
+                    f"{request.signature}: {exc}",
+                    where,
+                    evidence={"signature": str(request.signature)},
+                ),
+            ),
+            record,
+        )
+    record.update(
+        verified=True, signer=verified.signer.describe(), model=verified.manifest.model_name
+    )
     return _Evidence((), record)
 
 
@@ -158,8 +193,10 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
 
     assert request.attestations is not None
     if request.chain_policy is None:
-        raise ModelsealError("attestations were given without a chain policy: pass "
-                             "--chain-policy policy.toml (docs/policy.md)")
+        raise ModelsealError(
+            "attestations were given without a chain policy: pass "
+            "--chain-policy policy.toml (docs/policy.md)"
+        )
     policy = load_policy(request.chain_policy)
     texts = read_attestations(request.attestations)
     trusted_root = request.trusted_root
@@ -168,19 +205,32 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
 
         trusted_root = load_trusted_root(
             trust_config=policy.trust_config,
-            trusted_root=None if policy.trust_config else policy.trusted_root)
+            trusted_root=None if policy.trust_config else policy.trusted_root,
+        )
     deployed = build_manifest(request.deployed)
     known = [*request.artifacts, *([request.trusted] if request.trusted else [])]
     artifacts = {build_manifest(p).root_digest: p for p in known}
     trusted_digest = next((d for d, p in artifacts.items() if p == request.trusted), None)
-    report = verify_chain(deployed, texts, policy, checker=check_step, artifacts=artifacts,
-                          deployed_path=request.deployed, deployed_name=request.deployed.name,
-                          trusted_root=trusted_root, now=now)
+    report = verify_chain(
+        deployed,
+        texts,
+        policy,
+        checker=check_step,
+        artifacts=artifacts,
+        deployed_path=request.deployed,
+        deployed_name=request.deployed.name,
+        trusted_root=trusted_root,
+        now=now,
+    )
     if not report.completed:
         raise VerificationError("the attestation chain could not be verified to the end")
     findings = tuple(
-        finding(CHAIN_FAILED, f"{p.rule}: {p.message}", [Location(artifact="deployed")],
-                evidence={"chain_rule": p.rule, "attestation": p.source})
+        finding(
+            CHAIN_FAILED,
+            f"{p.rule}: {p.message}",
+            [Location(artifact="deployed")],
+            evidence={"chain_rule": p.rule, "attestation": p.source},
+        )
         for p in report.problems
     )
     # Attested means: the chain verified, every step on it was re-derived (not just
@@ -194,11 +244,9 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
     return _Evidence(findings, to_dict(report)), attested
 
 
-def _analyse(request: GateRequest, progress: Progress,
-             analyzers: Sequence[Any] | None) -> Report:
+def _analyse(request: GateRequest, progress: Progress, analyzers: Sequence[Any] | None) -> Report:
     """Diff against the trusted artifact when there is one, and scan the deployed one."""
-    options = {"claims": list(request.claims), "allow": list(request.allow),
-               "policy": request.pack}
+    options = {"claims": list(request.claims), "allow": list(request.allow), "policy": request.pack}
     with open_artifact(request.deployed) as deployed:
         single = scan_open(deployed)
         scan_findings = tuple(
@@ -212,17 +260,18 @@ def _analyse(request: GateRequest, progress: Progress,
                 seconds=single.seconds,
             )
         with open_artifact(request.trusted) as trusted:
-            result = diff_open(trusted, deployed, options=options, progress=progress,
-                               analyzers=analyzers)
+            result = diff_open(
+                trusted, deployed, options=options, progress=progress, analyzers=analyzers
+            )
             report = report_from_diff(result)
-    return replace(report, findings=(*report.findings, *scan_findings),
-                   seconds=report.seconds + single.seconds)
+    return replace(
+        report, findings=(*report.findings, *scan_findings), seconds=report.seconds + single.seconds
+    )
 
 
 def _on_deployed(f: Finding) -> Finding:
     """Single-artifact findings name no side; in the gate they are about the deployed."""
     locations = tuple(
-        replace(loc, artifact="deployed") if loc.artifact is None else loc
-        for loc in f.locations
+        replace(loc, artifact="deployed") if loc.artifact is None else loc for loc in f.locations
     )
     return replace(f, locations=locations or (Location(artifact="deployed"),))

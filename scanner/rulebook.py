@@ -79,7 +79,16 @@ def define_rule(
     if id in RULES and RULES[id].name != name:
         raise ValueError(f"rule id {id} is already used by {RULES[id].name}")
     rule = Rule(
-        id, name, severity, title, checks, why, example, fix, tuple(references), since,
+        id,
+        name,
+        severity,
+        title,
+        checks,
+        why,
+        example,
+        fix,
+        tuple(references),
+        since,
         thresholds=tuple(thresholds),
     )
     RULES[id] = rule
@@ -115,8 +124,11 @@ def _severity_in(rule: Rule, pack: Any) -> Severity:
     if pack is None:
         return rule.severity
     settings = pack.rules.get(rule.id)
-    return settings.severity if settings is not None and settings.severity is not None \
+    return (
+        settings.severity
+        if settings is not None and settings.severity is not None
         else rule.severity
+    )
 
 
 def _thresholds_markdown(rule: Rule, pack: Any) -> str:
@@ -124,15 +136,20 @@ def _thresholds_markdown(rule: Rule, pack: Any) -> str:
         return ""
     settings = pack.rules.get(rule.id) if pack is not None else None
     values = dict(settings.thresholds) if settings is not None else {}
-    head = "| threshold | default | in this pack | meaning |\n|---|---|---|---|\n" if pack \
+    head = (
+        "| threshold | default | in this pack | meaning |\n|---|---|---|---|\n"
+        if pack
         else "| threshold | default | meaning |\n|---|---|---|\n"
+    )
     rows = "".join(
-        f"| `{t.key}` | `{t.default}` | `{values.get(t.key, t.default)}` | {t.doc} |\n" if pack
+        f"| `{t.key}` | `{t.default}` | `{values.get(t.key, t.default)}` | {t.doc} |\n"
+        if pack
         else f"| `{t.key}` | `{t.default}` | {t.doc} |\n"
         for t in rule.thresholds
     )
-    return f"**Thresholds** (set in a rules pack, `[rules.{rule.id}] thresholds`).\n\n" \
-        f"{head}{rows}\n"
+    return (
+        f"**Thresholds** (set in a rules pack, `[rules.{rule.id}] thresholds`).\n\n{head}{rows}\n"
+    )
 
 
 def rule_markdown(rule: Rule, pack: Any = None) -> str:
@@ -143,8 +160,10 @@ def rule_markdown(rule: Rule, pack: Any = None) -> str:
     if pack is not None:
         settings = pack.rules.get(rule.id)
         enabled = settings is None or settings.enabled is not False
-        in_pack = (f" In pack `{pack.name}`: `{_severity_in(rule, pack)}`"
-                   f"{'' if enabled else ' (disabled)'}.")
+        in_pack = (
+            f" In pack `{pack.name}`: `{_severity_in(rule, pack)}`"
+            f"{'' if enabled else ' (disabled)'}."
+        )
     return (
         f"## {rule.id}\n\n"
         f"**{rule.name}**: {rule.title}. Default severity: `{rule.severity}`.{in_pack} "
@@ -164,22 +183,25 @@ def rules_markdown(pack: Any = None) -> str:
     rules = all_rules()
     if pack is None:
         index = "".join(
-            f"| [{r.id}](#{r.id.lower()}) | {r.name} | {r.severity} | {r.title} |\n"
-            for r in rules
+            f"| [{r.id}](#{r.id.lower()}) | {r.name} | {r.severity} | {r.title} |\n" for r in rules
         )
         head = "| id | name | default severity | title |\n|---|---|---|---|\n"
         title, intro, cmd = "# Rules", "", "modelseal rules docs -o docs/rules.md"
     else:
         index = "".join(
             f"| [{r.id}](#{r.id.lower()}) | {r.name} | {r.severity} | "
-            f"{_severity_in(r, pack)} | {r.title} |\n" for r in rules
+            f"{_severity_in(r, pack)} | {r.title} |\n"
+            for r in rules
         )
-        head = (f"| id | name | default severity | in `{pack.name}` | title |\n"
-                "|---|---|---|---|---|\n")
+        head = (
+            f"| id | name | default severity | in `{pack.name}` | title |\n|---|---|---|---|---|\n"
+        )
         title = f"# Rules in pack `{pack.name}`"
-        intro = (f"{pack.description}\n\nFails on: `{pack.fail_on or 'never'}`. Allowed "
-                 f"change classes: {', '.join(pack.allow) or 'none'}; with a verified claim "
-                 f"or attested chain also: {', '.join(pack.allow_claimed) or 'none'}.\n\n")
+        intro = (
+            f"{pack.description}\n\nFails on: `{pack.fail_on or 'never'}`. Allowed "
+            f"change classes: {', '.join(pack.allow) or 'none'}; with a verified claim "
+            f"or attested chain also: {', '.join(pack.allow_claimed) or 'none'}.\n\n"
+        )
         cmd = f"modelseal rules docs --rules {pack.name}"
     body = "".join(rule_markdown(r, pack) for r in rules)
     return (

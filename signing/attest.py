@@ -115,11 +115,13 @@ class StepStatement:
 
     def to_statement(self) -> dict[str, Any]:
         """The in-toto Statement v1 as a JSON-ready dict."""
-        subject = [{
-            "name": self.output.name or "output",
-            "digest": {"sha256": _hex(self.output.digest)},
-            "annotations": {_SUBJECT_ROLE: "manifest"},
-        }]
+        subject = [
+            {
+                "name": self.output.name or "output",
+                "digest": {"sha256": _hex(self.output.digest)},
+                "annotations": {_SUBJECT_ROLE: "manifest"},
+            }
+        ]
         subject += [
             {"name": path, "digest": {"sha256": sha}, "annotations": {_SUBJECT_ROLE: "file"}}
             for path, sha in self.output.files
@@ -168,8 +170,9 @@ class StepStatement:
                 for s in subjects[1:]
                 if s.get("annotations", {}).get(_SUBJECT_ROLE) == "file"
             )
-            output = ArtifactRef("sha256:" + str(head["digest"]["sha256"]),
-                                 str(head.get("name", "")), files)
+            output = ArtifactRef(
+                "sha256:" + str(head["digest"]["sha256"]), str(head.get("name", "")), files
+            )
             pred = data["predicate"]
             step = pred["step"]
             return cls(
@@ -178,8 +181,9 @@ class StepStatement:
                 claim=CheckStatus(step.get("claim", "pass")),
                 claim_detail=str(step.get("claimDetail", "")),
                 output=output,
-                inputs=tuple(ArtifactRef(str(i["digest"]), str(i.get("name", "")))
-                             for i in pred["inputs"]),
+                inputs=tuple(
+                    ArtifactRef(str(i["digest"]), str(i.get("name", ""))) for i in pred["inputs"]
+                ),
                 parents=tuple(str(p) for p in pred.get("parentAttestations", ())),
                 tool_name=str(pred["tool"]["name"]),
                 tool_version=str(pred["tool"].get("version", "")),
@@ -296,13 +300,18 @@ def attest_step(
         else:
             result = checker(draft, input_path, output_path)
         if result.status is not CheckStatus.PASS:
-            if not (declared_only and result.status in
-                    (CheckStatus.UNCHECKABLE, CheckStatus.NO_ARTIFACTS)):
+            if not (
+                declared_only
+                and result.status in (CheckStatus.UNCHECKABLE, CheckStatus.NO_ARTIFACTS)
+            ):
                 raise ClaimRefusedError(
                     f"refusing to attest '{kind}': claim {result.status.value}"
                     f"{': ' + result.detail if result.detail else ''}"
-                    + ("" if result.status is CheckStatus.FAIL else
-                       " (pass --declared-only to sign it as an unchecked declaration)")
+                    + (
+                        ""
+                        if result.status is CheckStatus.FAIL
+                        else " (pass --declared-only to sign it as an unchecked declaration)"
+                    )
                 )
             claim, detail = CheckStatus.DECLARED_ONLY, f"not re-checked: {result.detail}"
         else:
@@ -322,15 +331,17 @@ class VerifiedStep:
     payload_digest: str
 
 
-def read_attestation(bundle_text: str, verifier: Verifier,
-                     source: str = "attestation") -> VerifiedStep:
+def read_attestation(
+    bundle_text: str, verifier: Verifier, source: str = "attestation"
+) -> VerifiedStep:
     """Verify an attestation bundle's signature and parse its step statement."""
     verified = verifier.verify(parse_bundle(bundle_text, source))
     return parse_verified(verified.payload_type, verified.payload, verified.signer, source)
 
 
-def parse_verified(payload_type: str, payload: bytes, signer: SignerIdentity,
-                   source: str) -> VerifiedStep:
+def parse_verified(
+    payload_type: str, payload: bytes, signer: SignerIdentity, source: str
+) -> VerifiedStep:
     """Parse the verified payload of an attestation."""
     if payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise VerificationError(f"{source} signs a {payload_type!r} payload, not in-toto")
@@ -340,5 +351,4 @@ def parse_verified(payload_type: str, payload: bytes, signer: SignerIdentity,
         raise VerificationError(f"{source} payload is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise VerificationError(f"{source} payload is not a JSON object")
-    return VerifiedStep(StepStatement.from_statement(data, source), signer,
-                        payload_digest(payload))
+    return VerifiedStep(StepStatement.from_statement(data, source), signer, payload_digest(payload))

@@ -60,9 +60,7 @@ def key_bundle(envelope: Envelope, hint: str) -> str:
 def chain_bundle(envelope: Envelope, certificates_der: tuple[bytes, ...]) -> str:
     """Bundle JSON for a signature made with a key certified by an X.509 chain."""
     certs = [{"rawBytes": base64.b64encode(c).decode()} for c in certificates_der]
-    return _dump(
-        envelope, {"x509CertificateChain": {"certificates": certs}, "tlogEntries": []}
-    )
+    return _dump(envelope, {"x509CertificateChain": {"certificates": certs}, "tlogEntries": []})
 
 
 def _dump(envelope: Envelope, material: dict[str, Any]) -> str:
@@ -92,32 +90,37 @@ def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
             f"{source} has media type {media_type!r}; expected a Sigstore bundle v0.3"
         )
     if "dsseEnvelope" not in data:
-        raise VerificationError(f"{source} holds no DSSE envelope (message signatures "
-                                "are not used for models)")
+        raise VerificationError(
+            f"{source} holds no DSSE envelope (message signatures are not used for models)"
+        )
     envelope = Envelope.from_dict(data["dsseEnvelope"])
     if not envelope.signatures:
         raise UnsignedError(f"{source} has a DSSE envelope with no signature (unsigned)")
     if len(envelope.signatures) != 1:
-        raise VerificationError(f"{source} has {len(envelope.signatures)} signatures; "
-                                "exactly one is expected")
+        raise VerificationError(
+            f"{source} has {len(envelope.signatures)} signatures; exactly one is expected"
+        )
     material = data.get("verificationMaterial") or {}
     try:
         if "certificate" in material:
             der = _b64(material["certificate"]["rawBytes"])
-            return ParsedBundle(media_type, MaterialKind.SIGSTORE, envelope,
-                                certificates=(der,), text=text)
+            return ParsedBundle(
+                media_type, MaterialKind.SIGSTORE, envelope, certificates=(der,), text=text
+            )
         if "x509CertificateChain" in material:
             certs = tuple(
                 _b64(c["rawBytes"]) for c in material["x509CertificateChain"]["certificates"]
             )
             if not certs:
                 raise VerificationError(f"{source} has an empty certificate chain")
-            return ParsedBundle(media_type, MaterialKind.X509_CHAIN, envelope,
-                                certificates=certs, text=text)
+            return ParsedBundle(
+                media_type, MaterialKind.X509_CHAIN, envelope, certificates=certs, text=text
+            )
         if "publicKey" in material:
             hint = str((material["publicKey"] or {}).get("hint") or "")
-            return ParsedBundle(media_type, MaterialKind.PUBLIC_KEY, envelope,
-                                key_hint=hint, text=text)
+            return ParsedBundle(
+                media_type, MaterialKind.PUBLIC_KEY, envelope, key_hint=hint, text=text
+            )
     except (KeyError, TypeError) as exc:
         raise VerificationError(f"{source} verification material is malformed: {exc}") from None
     raise VerificationError(f"{source} has no public key, certificate chain or certificate")

@@ -214,30 +214,40 @@ def verify_chain(
         by_output.setdefault(step.statement.output.digest, []).append(source)
 
     target = deployed.root_digest
-    finals = sorted(by_output.get(target, []),
-                    key=lambda s: verified[s][0].statement.finished_at, reverse=True)
+    finals = sorted(
+        by_output.get(target, []), key=lambda s: verified[s][0].statement.finished_at, reverse=True
+    )
     # Several steps may output the deployed digest (a step and its ``identical`` copy):
     # the last is the one no other of them cites as its parent, whatever the clocks say.
     cited = {p for s in finals for p in verified[s][0].statement.parents}
     finals.sort(key=lambda s: verified[s][0].payload_digest in cited)
     if not finals:
         problems.append(ChainProblem("MSC006", _edited_message(deployed, verified)))
-        return ChainReport(target, deployed_name, policy.chain_id, (), (), tuple(problems),
-                           tuple(notes), True, now)
+        return ChainReport(
+            target, deployed_name, policy.chain_id, (), (), tuple(problems), tuple(notes), True, now
+        )
 
     final_step = verified[finals[0]][0].statement
     chain_id = policy.chain_id or final_step.chain_id
     if policy.chain_id and final_step.chain_id != policy.chain_id:
-        problems.append(ChainProblem(
-            "MSC009", f"{finals[0]}: last step belongs to chain {final_step.chain_id}, the "
-            f"policy pins {policy.chain_id}", finals[0]))
+        problems.append(
+            ChainProblem(
+                "MSC009",
+                f"{finals[0]}: last step belongs to chain {final_step.chain_id}, the "
+                f"policy pins {policy.chain_id}",
+                finals[0],
+            )
+        )
     for source, (step, _) in list(verified.items()):
         if step.statement.chain_id != chain_id:
-            problems.append(ChainProblem(
-                "MSC009",
-                f"{source}: '{step.statement.kind}' attestation belongs to chain "
-                f"{step.statement.chain_id}, not {chain_id} (replayed from another chain)",
-                source))
+            problems.append(
+                ChainProblem(
+                    "MSC009",
+                    f"{source}: '{step.statement.kind}' attestation belongs to chain "
+                    f"{step.statement.chain_id}, not {chain_id} (replayed from another chain)",
+                    source,
+                )
+            )
             del verified[source]
             by_output[step.statement.output.digest].remove(source)
     payloads = {step.payload_digest for step, _ in verified.values()}
@@ -251,8 +261,11 @@ def verify_chain(
         if state.get(source) == "done":
             return
         if state.get(source) == "active":
-            problems.append(ChainProblem("MSC008", f"{source}: attestations form a cycle "
-                                         "through this step", source))
+            problems.append(
+                ChainProblem(
+                    "MSC008", f"{source}: attestations form a cycle through this step", source
+                )
+            )
             return
         state[source] = "active"
         step, signer = verified[source]
@@ -261,9 +274,14 @@ def verify_chain(
             if signer.name in policy.root_signers:
                 roots.append(st.output.digest)
             else:
-                problems.append(ChainProblem(
-                    "MSC007", f"{source}: '{st.kind}' step has no inputs and its signer "
-                    f"'{signer.name}' is not a trusted root signer", source))
+                problems.append(
+                    ChainProblem(
+                        "MSC007",
+                        f"{source}: '{st.kind}' step has no inputs and its signer "
+                        f"'{signer.name}' is not a trusted root signer",
+                        source,
+                    )
+                )
         for ref in st.inputs:
             producers = [s for s in by_output.get(ref.digest, []) if s != source]
             if ref.digest in policy.root_digests:
@@ -271,15 +289,25 @@ def verify_chain(
             elif producers:
                 visit(producers[0])
             else:
-                problems.append(ChainProblem(
-                    "MSC007", f"{source}: input {ref.name or ''} {ref.digest} of the "
-                    f"'{st.kind}' step is neither a trusted root nor the output of a verified "
-                    "step (missing link)", source))
+                problems.append(
+                    ChainProblem(
+                        "MSC007",
+                        f"{source}: input {ref.name or ''} {ref.digest} of the "
+                        f"'{st.kind}' step is neither a trusted root nor the output of a verified "
+                        "step (missing link)",
+                        source,
+                    )
+                )
         for parent in st.parents:
             if parent not in payloads:
-                problems.append(ChainProblem(
-                    "MSC014", f"{source}: parent attestation {parent} is not among the "
-                    "verified attestations", source))
+                problems.append(
+                    ChainProblem(
+                        "MSC014",
+                        f"{source}: parent attestation {parent} is not among the "
+                        "verified attestations",
+                        source,
+                    )
+                )
         state[source] = "done"
         order.append(source)
 
@@ -292,29 +320,53 @@ def verify_chain(
         step, signer = verified[source]
         st = step.statement
         if st.kind not in policy.allowed_kinds:
-            problems.append(ChainProblem(
-                "MSC005", f"{source}: step kind '{st.kind}' is not allowed by the policy",
-                source))
+            problems.append(
+                ChainProblem(
+                    "MSC005",
+                    f"{source}: step kind '{st.kind}' is not allowed by the policy",
+                    source,
+                )
+            )
         if not signer.may_sign(st.kind):
-            problems.append(ChainProblem(
-                "MSC004", f"{source}: signer '{signer.name}' ({step.signer.describe()}) is "
-                f"not allowed to sign '{st.kind}' steps (allowed: {sorted(signer.kinds)})",
-                source))
+            problems.append(
+                ChainProblem(
+                    "MSC004",
+                    f"{source}: signer '{signer.name}' ({step.signer.describe()}) is "
+                    f"not allowed to sign '{st.kind}' steps (allowed: {sorted(signer.kinds)})",
+                    source,
+                )
+            )
         if why := policy.time_problem(st.finished_at):
             problems.append(ChainProblem("MSC013", f"{source}: attestation time: {why}", source))
         result = _recheck(st, paths, checker)
         if result.status is CheckStatus.FAIL:
-            problems.append(ChainProblem(
-                "MSC010", f"{source}: '{st.kind}' claim does not hold: {result.detail}", source))
+            problems.append(
+                ChainProblem(
+                    "MSC010", f"{source}: '{st.kind}' claim does not hold: {result.detail}", source
+                )
+            )
         elif result.status is CheckStatus.UNCHECKABLE or (
             result.status is CheckStatus.NO_ARTIFACTS and policy.require_recheck
         ):
-            problems.append(ChainProblem(
-                "MSC011", f"{source}: '{st.kind}' claim could not be re-checked: "
-                f"{result.detail}", source))
+            problems.append(
+                ChainProblem(
+                    "MSC011",
+                    f"{source}: '{st.kind}' claim could not be re-checked: {result.detail}",
+                    source,
+                )
+            )
         steps.append(ChainStep(source, step, signer.name, result))
-    return ChainReport(target, deployed_name, chain_id, tuple(steps), tuple(dict.fromkeys(roots)),
-                       tuple(problems), tuple(notes), True, now)
+    return ChainReport(
+        target,
+        deployed_name,
+        chain_id,
+        tuple(steps),
+        tuple(dict.fromkeys(roots)),
+        tuple(problems),
+        tuple(notes),
+        True,
+        now,
+    )
 
 
 def _recheck(
@@ -325,9 +377,12 @@ def _recheck(
     if st.kind == "identical":
         # Needs no artifact: the claim is that the digests are equal.
         same = all(i.digest == st.output.digest for i in st.inputs)
-        return CheckResult(CheckStatus.PASS if same else CheckStatus.FAIL,
-                           "input and output digests are equal" if same else
-                           "output digest differs from the input digest")
+        return CheckResult(
+            CheckStatus.PASS if same else CheckStatus.FAIL,
+            "input and output digests are equal"
+            if same
+            else "output digest differs from the input digest",
+        )
     if checker is None:
         return CheckResult(CheckStatus.NO_ARTIFACTS, "no claim checker supplied")
     in_path = paths.get(st.inputs[0].digest) if st.inputs else None
@@ -337,8 +392,12 @@ def _recheck(
 def _edited_message(deployed: Manifest, verified: Mapping[str, tuple[VerifiedStep, object]]) -> str:
     base = f"deployed artifact {deployed.root_digest} is not the output of any verified attestation"
     # An ``identical`` step's input is its own output digest: it does not consume it.
-    consumed = {i.digest for s, _ in verified.values() for i in s.statement.inputs
-                if i.digest != s.statement.output.digest}
+    consumed = {
+        i.digest
+        for s, _ in verified.values()
+        for i in s.statement.inputs
+        if i.digest != s.statement.output.digest
+    }
     finals = [s for s, _ in verified.values() if s.statement.output.digest not in consumed]
     if not finals:
         return base
@@ -354,5 +413,4 @@ def _edited_message(deployed: Manifest, verified: Mapping[str, tuple[VerifiedSte
         elif want[name] != have[name]:
             diffs.append(Discrepancy("modified", name, want[name], have[name]))
     detail = "; ".join(d.describe() for d in diffs) or "tensor digests differ"
-    return (f"{base}: it was changed after the last attestation ('{last.statement.kind}'): "
-            f"{detail}")
+    return f"{base}: it was changed after the last attestation ('{last.statement.kind}'): {detail}"

@@ -34,9 +34,14 @@ def format_text(report: ChainReport) -> str:
         # Steps are listed roots first, so the last producer is the one nearest the
         # deployed artifact; an ``identical`` step outputs its own input digest, and its
         # input is the output of the step before it, not of itself.
-        return next((s for s in reversed(report.steps)
-                     if s.step.statement.output.digest == digest and s.source not in seen),
-                    None)
+        return next(
+            (
+                s
+                for s in reversed(report.steps)
+                if s.step.statement.output.digest == digest and s.source not in seen
+            ),
+            None,
+        )
 
     def artifact(digest: str, name: str, prefix: str, seen: frozenset[str]) -> None:
         step = producer(digest, seen)
@@ -90,8 +95,9 @@ def to_dict(report: ChainReport) -> dict[str, Any]:
             }
             for s in report.steps
         ],
-        "problems": [{"rule": p.rule, "message": p.message, "source": p.source}
-                     for p in report.problems],
+        "problems": [
+            {"rule": p.rule, "message": p.message, "source": p.source} for p in report.problems
+        ],
         "notes": list(report.notes),
     }
 
@@ -113,25 +119,31 @@ def format_sarif(report: ChainReport) -> str:
             "message": {"text": p.message},
         }
         if p.source:
-            result["locations"] = [
-                {"physicalLocation": {"artifactLocation": {"uri": p.source}}}
-            ]
+            result["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": p.source}}}]
         results.append(result)
     sarif = {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "modelseal verify-chain",
-                "informationUri": "https://modelseal.dev",
-                "rules": [{"id": r, "shortDescription": {"text": RULES[r]}} for r in used],
-            }},
-            "invocations": [{"executionSuccessful": report.completed,
-                             "toolExecutionNotifications": [
-                                 {"message": {"text": n}, "level": "note"}
-                                 for n in report.notes]}],
-            "results": results,
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "modelseal verify-chain",
+                        "informationUri": "https://modelseal.dev",
+                        "rules": [{"id": r, "shortDescription": {"text": RULES[r]}} for r in used],
+                    }
+                },
+                "invocations": [
+                    {
+                        "executionSuccessful": report.completed,
+                        "toolExecutionNotifications": [
+                            {"message": {"text": n}, "level": "note"} for n in report.notes
+                        ],
+                    }
+                ],
+                "results": results,
+            }
+        ],
     }
     return json.dumps(sarif, indent=2) + "\n"
 

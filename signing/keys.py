@@ -40,10 +40,16 @@ class KeyType(str, Enum):
         return self is not KeyType.ED25519
 
 
-_CURVES = {"secp256r1": KeyType.ECDSA_P256, "secp384r1": KeyType.ECDSA_P384,
-           "secp521r1": KeyType.ECDSA_P521}
-_HASHES = {KeyType.ECDSA_P256: hashes.SHA256, KeyType.ECDSA_P384: hashes.SHA384,
-           KeyType.ECDSA_P521: hashes.SHA512}
+_CURVES = {
+    "secp256r1": KeyType.ECDSA_P256,
+    "secp384r1": KeyType.ECDSA_P384,
+    "secp521r1": KeyType.ECDSA_P521,
+}
+_HASHES = {
+    KeyType.ECDSA_P256: hashes.SHA256,
+    KeyType.ECDSA_P384: hashes.SHA384,
+    KeyType.ECDSA_P521: hashes.SHA512,
+}
 
 
 def key_type(key: PrivateKey | PublicKey) -> KeyType:
@@ -96,8 +102,9 @@ def load_public_key(path: Path) -> PublicKey:
 
 def public_pem(key: PublicKey) -> bytes:
     """PEM SubjectPublicKeyInfo bytes."""
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def key_hint(key: PublicKey) -> str:
@@ -133,17 +140,20 @@ def generate_private_key(kind: KeyType) -> PrivateKey:
     """A fresh key of ``kind`` (tests, demos and ``modelseal`` key set-up)."""
     if kind is KeyType.ED25519:
         return ed25519.Ed25519PrivateKey.generate()
-    curve = {KeyType.ECDSA_P256: ec.SECP256R1, KeyType.ECDSA_P384: ec.SECP384R1,
-             KeyType.ECDSA_P521: ec.SECP521R1}[kind]
+    curve = {
+        KeyType.ECDSA_P256: ec.SECP256R1,
+        KeyType.ECDSA_P384: ec.SECP384R1,
+        KeyType.ECDSA_P521: ec.SECP521R1,
+    }[kind]
     return ec.generate_private_key(curve())
 
 
 def write_key_pair(key: PrivateKey, private_path: Path, public_path: Path) -> None:
     """Write an unencrypted PKCS#8 private key (mode 0600) and its public key as PEM."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     Path(public_path).write_bytes(public_pem(key.public_key()))
-

@@ -56,9 +56,7 @@ def _tensor_extension(manifest: Manifest) -> dict[str, object]:
     return {
         "manifest_digest": manifest.root_digest,
         "format": manifest.format,
-        "tensors": [
-            {"name": t.name, "file": t.file, "digest": t.digest} for t in manifest.tensors
-        ],
+        "tensors": [{"name": t.name, "file": t.file, "digest": t.digest} for t in manifest.tensors],
     }
 
 
@@ -79,14 +77,19 @@ def sign_model(
     """
     extensions = _tensor_extension(tensor_manifest) if tensor_manifest else None
     manifest = hash_model(
-        Path(model_path), ignore_paths=ignore_paths, ignore_git_paths=ignore_git_paths,
-        allow_symlinks=allow_symlinks, workers=workers, extensions=extensions,
+        Path(model_path),
+        ignore_paths=ignore_paths,
+        ignore_git_paths=ignore_git_paths,
+        allow_symlinks=allow_symlinks,
+        workers=workers,
+        extensions=extensions,
     )
     return SignedModel(signer.sign(manifest.to_payload(), IN_TOTO_PAYLOAD_TYPE), manifest)
 
 
-def read_signed_manifest(bundle_text: str, verifier: Verifier,
-                         source: str = "signature") -> tuple[OmsManifest, SignerIdentity]:
+def read_signed_manifest(
+    bundle_text: str, verifier: Verifier, source: str = "signature"
+) -> tuple[OmsManifest, SignerIdentity]:
     """Verify the bundle's signature and return the signed OMS manifest."""
     verified = verifier.verify(parse_bundle(bundle_text, source))
     if verified.payload_type != IN_TOTO_PAYLOAD_TYPE:
@@ -124,8 +127,11 @@ def verify_model(
     model_path = Path(model_path)
     ignore = [*ignore_paths, *expected.ignore_paths]
     actual = hash_model(
-        model_path, ignore_paths=ignore, ignore_git_paths=ignore_git_paths,
-        allow_symlinks=expected.allow_symlinks, workers=workers,
+        model_path,
+        ignore_paths=ignore,
+        ignore_git_paths=ignore_git_paths,
+        allow_symlinks=expected.allow_symlinks,
+        workers=workers,
     )
     problems = compare(expected, actual)
     if problems:
@@ -157,7 +163,12 @@ def _tensor_discrepancies(
         elif name not in want:
             out.append(Discrepancy("tensor-added", name, actual=have[name]))
         elif want[name] != have[name]:
-            out.append(Discrepancy("tensor-modified", name,
-                                   expected=want[name].removeprefix("sha256:"),
-                                   actual=have[name].removeprefix("sha256:")))
+            out.append(
+                Discrepancy(
+                    "tensor-modified",
+                    name,
+                    expected=want[name].removeprefix("sha256:"),
+                    actual=have[name].removeprefix("sha256:"),
+                )
+            )
     return tuple(out)

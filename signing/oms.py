@@ -176,12 +176,14 @@ class OmsManifest:
                 )
             if ser.get("hash_type") != "sha256":
                 raise VerificationError(
-                    f"OMS hash type {ser.get('hash_type')!r} is not supported; "
-                    "re-sign with sha256"
+                    f"OMS hash type {ser.get('hash_type')!r} is not supported; re-sign with sha256"
                 )
             resources = tuple(
-                Resource(name=str(r["name"]), digest=str(r["digest"]).lower(),
-                         algorithm=str(r["algorithm"]))
+                Resource(
+                    name=str(r["name"]),
+                    digest=str(r["digest"]).lower(),
+                    algorithm=str(r["algorithm"]),
+                )
                 for r in predicate["resources"]
             )
             manifest = cls(
@@ -335,8 +337,10 @@ def compare(expected: OmsManifest, actual: OmsManifest) -> tuple[Discrepancy, ..
         elif want[name] != have[name]:
             out.append(
                 Discrepancy(
-                    "modified", name,
-                    expected=want[name].split(":", 1)[1], actual=have[name].split(":", 1)[1],
+                    "modified",
+                    name,
+                    expected=want[name].split(":", 1)[1],
+                    actual=have[name].split(":", 1)[1],
                 )
             )
     return tuple(out)

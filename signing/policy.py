@@ -30,8 +30,18 @@ class PolicyError(ModelsealError):
     """The chain policy file is missing, malformed or inconsistent (exit 2)."""
 
 
-_TOP_KEYS = {"version", "chain", "allowed_kinds", "require_recheck", "not_before",
-             "not_after", "trust_config", "trusted_root", "roots", "signers"}
+_TOP_KEYS = {
+    "version",
+    "chain",
+    "allowed_kinds",
+    "require_recheck",
+    "not_before",
+    "not_after",
+    "trust_config",
+    "trusted_root",
+    "roots",
+    "signers",
+}
 _ROOT_KEYS = {"digests", "signers"}
 _SIGNER_KEYS = {"name", "kinds", "public_key", "certificate_chain", "identity", "issuer"}
 

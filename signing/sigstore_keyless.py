@@ -73,8 +73,10 @@ def certificate_identity(cert: x509.Certificate) -> tuple[str, str]:
     """(identity, OIDC issuer) recorded in a Fulcio certificate, for messages."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [*san.get_values_for_type(x509.RFC822Name),
-                 *san.get_values_for_type(x509.UniformResourceIdentifier)]
+        names = [
+            *san.get_values_for_type(x509.RFC822Name),
+            *san.get_values_for_type(x509.UniformResourceIdentifier),
+        ]
         identity = names[0] if names else ""
     except x509.ExtensionNotFound:
         identity = ""

@@ -149,8 +149,10 @@ class CertificateVerifier:
                 "after signing"
             )
         ident = SignerIdentity(
-            "certificate", key_hint(public_key),  # type: ignore[arg-type]
-            subject=leaf.subject.rfc4514_string(), issuer=anchor.subject.rfc4514_string(),
+            "certificate",
+            key_hint(public_key),  # type: ignore[arg-type]
+            subject=leaf.subject.rfc4514_string(),
+            issuer=anchor.subject.rfc4514_string(),
         )
         return VerifiedPayload(env.payload_type, env.payload, ident)
 
@@ -223,5 +225,7 @@ def _check_leaf_usage(leaf: x509.Certificate) -> None:
             return
     except x509.ExtensionNotFound:
         pass
-    raise VerificationError("signing certificate is not allowed to make signatures "
-                            "(no digitalSignature key usage or codeSigning EKU)")
+    raise VerificationError(
+        "signing certificate is not allowed to make signatures "
+        "(no digitalSignature key usage or codeSigning EKU)"
+    )

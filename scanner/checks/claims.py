@@ -164,17 +164,28 @@ def verdict_finding(v: TensorVerdict, claim: str) -> Finding:
         "elements": [x.to_dict() for x in v.violations],
     }
     first = v.violations[0] if v.violations else None
-    detail = (f"; first at {list(first.index)}: expected {first.expected:g}, found "
-              f"{first.found:g}" if first is not None else "")
-    return finding(_rule_for(v), v.message + detail,
-                   [Location(artifact="deployed", tensor=name, region=region),
-                    Location(artifact="trusted", tensor=v.tensor)],
-                   evidence=evidence)
+    detail = (
+        f"; first at {list(first.index)}: expected {first.expected:g}, found {first.found:g}"
+        if first is not None
+        else ""
+    )
+    return finding(
+        _rule_for(v),
+        v.message + detail,
+        [
+            Location(artifact="deployed", tensor=name, region=region),
+            Location(artifact="trusted", tensor=v.tensor),
+        ],
+        evidence=evidence,
+    )
 
 
 def _summary(outcome: ClaimOutcome) -> dict[str, Any]:
-    fracs = [v.stats.get("non_nearest_fraction") for v in outcome.verdicts
-             if v.stats.get("non_nearest_fraction") is not None]
+    fracs = [
+        v.stats.get("non_nearest_fraction")
+        for v in outcome.verdicts
+        if v.stats.get("non_nearest_fraction") is not None
+    ]
     out: dict[str, Any] = {
         "claim": outcome.claim,
         "holds": outcome.holds,
@@ -182,8 +193,9 @@ def _summary(outcome: ClaimOutcome) -> dict[str, Any]:
         "violated": [v.tensor for v in outcome.verdicts if not v.ok][:100],
         "notes": list(outcome.notes[:50]),
         **{k: v for k, v in outcome.evidence.items()},
-        "per_tensor": {v.tensor: {"ok": v.ok, **_jsonable(v.stats)} for v in
-                       outcome.verdicts[:500]},
+        "per_tensor": {
+            v.tensor: {"ok": v.ok, **_jsonable(v.stats)} for v in outcome.verdicts[:500]
+        },
     }
     if fracs:
         out["max_non_nearest_fraction"] = max(fracs)
@@ -191,8 +203,10 @@ def _summary(outcome: ClaimOutcome) -> dict[str, Any]:
 
 
 def _jsonable(stats: Any) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
-            for k, v in dict(stats).items()}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
+        for k, v in dict(stats).items()
+    }
 
 
 def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False) -> Analysis:
@@ -205,16 +219,22 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
     for o in outcomes:
         evidence[o.claim] = _summary(o)
         if inferred:
-            findings.append(finding(
-                INFERRED,
-                f"inferred {o.claim}: verified on {len(o.verdicts)} tensors",
-                evidence={**_summary(o), "class": _class_of(o)}))
+            findings.append(
+                finding(
+                    INFERRED,
+                    f"inferred {o.claim}: verified on {len(o.verdicts)} tensors",
+                    evidence={**_summary(o), "class": _class_of(o)},
+                )
+            )
         elif not o.applicable:
-            findings.append(finding(
-                CLAIM_NOT_APPLICABLE,
-                f"claim {o.claim}: nothing in the pair matches it"
-                + (f" ({'; '.join(o.notes[:3])})" if o.notes else ""),
-                evidence=_summary(o)))
+            findings.append(
+                finding(
+                    CLAIM_NOT_APPLICABLE,
+                    f"claim {o.claim}: nothing in the pair matches it"
+                    + (f" ({'; '.join(o.notes[:3])})" if o.notes else ""),
+                    evidence=_summary(o),
+                )
+            )
             continue
         for v in o.verdicts:
             # A tensor that breaks its claim is not an instance of the claimed class: a
@@ -222,8 +242,13 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
             cls = v.change_class if v.ok else UNFAITHFUL
             for name in (v.tensor, *v.deployed):
                 explained[name] = cls
-                labels[name] = {"class": cls, "claimed_class": v.change_class,
-                                "claim": o.claim, "verified": v.ok, "trusted_tensor": v.tensor}
+                labels[name] = {
+                    "class": cls,
+                    "claimed_class": v.change_class,
+                    "claim": o.claim,
+                    "verified": v.ok,
+                    "trusted_tensor": v.tensor,
+                }
             if not v.ok:
                 findings.append(verdict_finding(v, o.claim))
         if o.verdicts:
@@ -232,24 +257,42 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
             n_ok = len(o.verdicts)
             fr = _summary(o).get("max_non_nearest_fraction")
             extra = f"; max non-nearest fraction {fr:.2%}" if fr else ""
-            findings.append(finding(
-                CLAIM_VERIFIED, f"claim {o.claim} verified on {n_ok} tensors{extra}",
-                evidence={**_summary(o), "class": _class_of(o)}))
+            findings.append(
+                finding(
+                    CLAIM_VERIFIED,
+                    f"claim {o.claim} verified on {n_ok} tensors{extra}",
+                    evidence={**_summary(o), "class": _class_of(o)},
+                )
+            )
     failed = any(not v.ok for o in outcomes for v in o.verdicts) or any(
-        not o.applicable for o in outcomes)
+        not o.applicable for o in outcomes
+    )
     from scanner.diff.model import class_rank
 
-    classification = "unexplained change" if failed and not inferred else (
-        max(classes, key=class_rank) if classes else None)
-    return Analysis(findings=tuple(findings), labels=labels, explained=explained,
-                    classification=classification, evidence=evidence)
+    classification = (
+        "unexplained change"
+        if failed and not inferred
+        else (max(classes, key=class_rank) if classes else None)
+    )
+    return Analysis(
+        findings=tuple(findings),
+        labels=labels,
+        explained=explained,
+        classification=classification,
+        evidence=evidence,
+    )
 
 
 def _class_of(o: ClaimOutcome) -> str:
     kind = o.claim.split(":", 1)[0]
-    return {"cast": "cast", "quantize": "quantization", "gguf": "quantization",
-            "requantize": "quantization", "prune": "pruning",
-            "convert": "conversion"}.get(kind, "unexplained change")
+    return {
+        "cast": "cast",
+        "quantize": "quantization",
+        "gguf": "quantization",
+        "requantize": "quantization",
+        "prune": "pruning",
+        "convert": "conversion",
+    }.get(kind, "unexplained change")
 
 
 def analyze_claims(ctx: PairContext) -> Analysis:
@@ -257,8 +300,9 @@ def analyze_claims(ctx: PairContext) -> Analysis:
     texts = list(ctx.options.get("claims") or [])
     claims = [parse_claim(t) for t in texts]
     if claims:
-        return outcome_analysis(run_claim(c, ctx.trusted, ctx.deployed, ctx.tensors)
-                                for c in claims)
+        return outcome_analysis(
+            run_claim(c, ctx.trusted, ctx.deployed, ctx.tensors) for c in claims
+        )
     if not ctx.changed():
         return Analysis()
     _, held = infer(ctx.trusted, ctx.deployed, ctx.tensors)
@@ -295,5 +339,7 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
     return Analysis(findings=found)
 
 
-ANALYZERS: list[Analyzer] = [Analyzer("claims", analyze_claims),
-                             Analyzer("quantization-gap", analyze_gap_pair)]
+ANALYZERS: list[Analyzer] = [
+    Analyzer("claims", analyze_claims),
+    Analyzer("quantization-gap", analyze_gap_pair),
+]

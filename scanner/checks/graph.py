@@ -196,8 +196,12 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         classification = None
     else:
         classification = "equivalent rewrite"
-    return Analysis(findings=tuple(findings), explained=explained,
-                    classification=classification, evidence=evidence)
+    return Analysis(
+        findings=tuple(findings),
+        explained=explained,
+        classification=classification,
+        evidence=evidence,
+    )
 
 
 def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Iterable[Finding]:
@@ -212,9 +216,12 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
                 evidence={**r.to_dict(), "tree": tree},
             )
         elif r.side == "deployed" and r.kind in ("pre-processing", "post-processing"):
-            yield finding(WRAPPER_ADDED, f"{r.kind} wrapper: {', '.join(r.ops)} ({r.reason})",
-                          _locs(r, "deployed"), evidence={**r.to_dict(),
-                                                          "tree": render_region(d, r)})
+            yield finding(
+                WRAPPER_ADDED,
+                f"{r.kind} wrapper: {', '.join(r.ops)} ({r.reason})",
+                _locs(r, "deployed"),
+                evidence={**r.to_dict(), "tree": render_region(d, r)},
+            )
         elif r.kind == "unexplained":
             side = r.side
             what = "added" if side == "deployed" else "removed"
@@ -224,14 +231,18 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
             yield finding(
                 GRAPH_CHANGED,
                 f"{len(r.nodes)} {what} nodes ({', '.join(r.ops)}) not explained by any "
-                f"known rewrite" + (f"; merge at {', '.join(r.merge_nodes)}"
-                                    if r.merge_nodes else ""),
-                _locs(r, side), evidence=ev,
+                f"known rewrite"
+                + (f"; merge at {', '.join(r.merge_nodes)}" if r.merge_nodes else ""),
+                _locs(r, side),
+                evidence=ev,
             )
     for c in gd.changed:
-        yield finding(GRAPH_CHANGED, f"node {c.deployed.name!r} ({c.deployed.op}): {c.reason}",
-                      [Location(artifact="deployed", node=c.deployed.name)],
-                      evidence={"trusted_node": c.trusted.name, "reason": c.reason})
+        yield finding(
+            GRAPH_CHANGED,
+            f"node {c.deployed.name!r} ({c.deployed.op}): {c.reason}",
+            [Location(artifact="deployed", node=c.deployed.name)],
+            evidence={"trusted_node": c.trusted.name, "reason": c.reason},
+        )
     for io in gd.io_changes:
         yield finding(GRAPH_CHANGED, io)
     bad = [c for c in gd.weight_checks if not c.ok and c.max_rel_err is not None]
@@ -239,24 +250,29 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
         # A fold mismatch spread over most elements is what retrained weights fused
         # afterwards look like (every value moves a little); an edit hidden in a fusion
         # touches few. Say which, since the weight diff cannot pair a fused weight.
-        spread = (f"; {c.spread:.0%} of elements differ: consistent with weights changed "
-                  "(fine-tuned) as well as fused, not with a broken fold alone"
-                  if c.spread is not None and c.spread >= 0.5 else
-                  f"; {c.spread:.2%} of elements differ" if c.spread is not None else "")
+        spread = (
+            f"; {c.spread:.0%} of elements differ: consistent with weights changed "
+            "(fine-tuned) as well as fused, not with a broken fold alone"
+            if c.spread is not None and c.spread >= 0.5
+            else f"; {c.spread:.2%} of elements differ"
+            if c.spread is not None
+            else ""
+        )
         yield finding(
             REWRITE_WEIGHTS,
             f"{', '.join(c.deployed)} ({c.derivation}) differs from the value recomputed "
-            f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}"
-            + spread,
+            f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}" + spread,
             [Location(artifact="deployed", tensor=k) for k in c.deployed[:4]],
-            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed),
-                      "spread": c.spread},
+            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed), "spread": c.spread},
         )
     rewrites = [r for r in gd.regions if r.kind in ("fusion", "folding")]
     verified = [c for c in gd.weight_checks if c.ok]
     notes = sorted(set(gd.trusted_notes) | set(gd.deployed_notes))
-    if rewrites or verified or notes != sorted(set(gd.trusted_notes)) or (
-        gd.n_trusted != gd.n_deployed
+    if (
+        rewrites
+        or verified
+        or notes != sorted(set(gd.trusted_notes))
+        or (gd.n_trusted != gd.n_deployed)
     ):
         unverified = [c for c in gd.weight_checks if c.max_rel_err is None]
         exact = [c for c in verified if not c.quantized]
@@ -270,8 +286,10 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
         if quantized:
             # the graph side only proves the quantized weights stand for the trusted ones;
             # whether the quantization itself is as claimed is the claims analysis
-            parts.append(f"{len(quantized)} dequantized weights within half a quantization "
-                         "step of the trusted ones (weight changes left to claim checks)")
+            parts.append(
+                f"{len(quantized)} dequantized weights within half a quantization "
+                "step of the trusted ones (weight changes left to claim checks)"
+            )
         if rewrites:
             parts.append(
                 f"{len([r for r in rewrites if r.side == 'trusted'])} regions folded or fused "
@@ -280,10 +298,13 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
         if unverified:
             parts.append(f"{len(unverified)} weights could not be read for verification")
         yield finding(
-            EQUIVALENT_REWRITE, "; ".join(parts),
-            evidence={"trusted_rewrites": list(gd.trusted_notes),
-                      "deployed_rewrites": list(gd.deployed_notes),
-                      "regions": [r.to_dict() for r in rewrites]},
+            EQUIVALENT_REWRITE,
+            "; ".join(parts),
+            evidence={
+                "trusted_rewrites": list(gd.trusted_notes),
+                "deployed_rewrites": list(gd.deployed_notes),
+                "regions": [r.to_dict() for r in rewrites],
+            },
         )
 
 
@@ -311,27 +332,32 @@ def _vocab(g: CanonicalGraph) -> dict[str, int]:
     return out
 
 
-def _probe(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph
-           ) -> tuple[list[Finding], dict[str, Any]]:
+def _probe(
+    ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph
+) -> tuple[list[Finding], dict[str, Any]]:
     from scanner.graph.probe import DEFAULT_BUDGET_S, probe_models
 
     budget = float(ctx.options.get("probe_budget") or DEFAULT_BUDGET_S)
-    res = probe_models(ctx.trusted.path, ctx.deployed.path, budget_s=budget,
-                       hints=_hints(t, d), vocab=_vocab(t))
+    res = probe_models(
+        ctx.trusted.path, ctx.deployed.path, budget_s=budget, hints=_hints(t, d), vocab=_vocab(t)
+    )
     ev = res.to_dict()
     findings: list[Finding] = []
     if res.verdict in ("trigger", "deployed-fails", "drift"):
         worst = max(res.outputs, key=lambda o: max(o.structured_max, o.random_max))
         sev = Severity.CRITICAL if res.verdict == "trigger" else Severity.HIGH
-        findings.append(finding(
-            BEHAVIOUR_DIVERGES,
-            f"{res.verdict}: output {worst.name!r} random probes max rel. diff "
-            f"{worst.random_max:.3g}, structured max {worst.structured_max:.3g} "
-            f"({worst.n_structured_diverged} of {res.n_structured} structured probes diverge; "
-            f"worst {worst.worst_probe!r}); {res.n_random + res.n_structured} probes in "
-            f"{res.seconds:.1f}s of a {res.budget_s:g}s budget",
-            evidence=ev, severity=sev,
-        ))
+        findings.append(
+            finding(
+                BEHAVIOUR_DIVERGES,
+                f"{res.verdict}: output {worst.name!r} random probes max rel. diff "
+                f"{worst.random_max:.3g}, structured max {worst.structured_max:.3g} "
+                f"({worst.n_structured_diverged} of {res.n_structured} structured probes diverge; "
+                f"worst {worst.worst_probe!r}); {res.n_random + res.n_structured} probes in "
+                f"{res.seconds:.1f}s of a {res.budget_s:g}s budget",
+                evidence=ev,
+                severity=sev,
+            )
+        )
     return findings, ev
 
 
@@ -345,8 +371,12 @@ def check_graph_backdoors(artifact: Artifact) -> Iterable[Finding]:
         return
     for fp in find_footprints(g):
         yield finding(
-            _FOOTPRINT_RULES[fp.kind], fp.detail,
+            _FOOTPRINT_RULES[fp.kind],
+            fp.detail,
             [Location(node=n) for n in fp.nodes[:20]],
-            evidence={"nodes": list(fp.nodes[:100]), "inputs": list(fp.inputs),
-                      "merge_node": fp.merge_node},
+            evidence={
+                "nodes": list(fp.nodes[:100]),
+                "inputs": list(fp.inputs),
+                "merge_node": fp.merge_node,
+            },
         )

@@ -22,8 +22,15 @@ from scanner.claims.base import ClaimOutcome, TensorVerdict, Violation
 from scanner.claims.grammar import KINDS, Claim, claim_from, parse_claim
 from scanner.findings import Finding, Severity
 
-__all__ = ["KINDS", "Claim", "ClaimResult", "TensorVerdict", "Violation", "check_claim",
-           "parse_claim"]
+__all__ = [
+    "KINDS",
+    "Claim",
+    "ClaimResult",
+    "TensorVerdict",
+    "Violation",
+    "check_claim",
+    "parse_claim",
+]
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,9 @@ class ClaimResult:
         return CheckStatus.PASS if self.holds else CheckStatus.FAIL
 
 
-def check_claim(kind: str, params: Mapping[str, str] | str | None, input_path: Path,
-                output_path: Path) -> ClaimResult:
+def check_claim(
+    kind: str, params: Mapping[str, str] | str | None, input_path: Path, output_path: Path
+) -> ClaimResult:
     """Re-derive ``kind`` (with ``params``) from ``input_path`` and compare with
     ``output_path``. The claim holds when every tensor it covers re-derives and no other
     change remains unexplained.
@@ -72,8 +80,12 @@ def check_claim(kind: str, params: Mapping[str, str] | str | None, input_path: P
     from scanner.formats import open_artifact
 
     if kind.split(":", 1)[0].lower() not in KINDS:
-        return ClaimResult(False, kind, f"modelseal cannot re-derive '{kind}' claims "
-                           f"(re-derivable: {', '.join(KINDS)})", checkable=False)
+        return ClaimResult(
+            False,
+            kind,
+            f"modelseal cannot re-derive '{kind}' claims (re-derivable: {', '.join(KINDS)})",
+            checkable=False,
+        )
     claim = claim_from(kind, params)
     outcomes: list[ClaimOutcome] = []
 
@@ -86,8 +98,11 @@ def check_claim(kind: str, params: Mapping[str, str] | str | None, input_path: P
 
         return outcome_analysis([outcome])
 
-    analyzers = [Analyzer("cast", analyze_casts), Analyzer("claims", capture),
-                 Analyzer("unexplained", analyze_unexplained)]
+    analyzers = [
+        Analyzer("cast", analyze_casts),
+        Analyzer("claims", capture),
+        Analyzer("unexplained", analyze_unexplained),
+    ]
     with open_artifact(input_path) as a, open_artifact(output_path) as b:
         result = diff_open(a, b, analyzers=analyzers)
     outcome = outcomes[0]
@@ -100,8 +115,18 @@ def check_claim(kind: str, params: Mapping[str, str] | str | None, input_path: P
     else:
         bad = [v.tensor for v in outcome.verdicts if not v.ok]
         others = [f for f in serious if not f.rule_id.startswith("MS4")]
-        message = (f"{claim} fails: {len(bad)} tensors violate it"
-                   + (f" (e.g. {bad[0]})" if bad else "")
-                   + (f"; {len(others)} other changes unexplained" if others else ""))
-    return ClaimResult(holds, claim.kind, message, result.findings, outcome.verdicts,
-                       str(claim), True, dict(outcome.evidence))
+        message = (
+            f"{claim} fails: {len(bad)} tensors violate it"
+            + (f" (e.g. {bad[0]})" if bad else "")
+            + (f"; {len(others)} other changes unexplained" if others else "")
+        )
+    return ClaimResult(
+        holds,
+        claim.kind,
+        message,
+        result.findings,
+        outcome.verdicts,
+        str(claim),
+        True,
+        dict(outcome.evidence),
+    )

@@ -34,8 +34,11 @@ class Violation:
     trusted_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": list(self.index), "expected": self.expected,
-                               "found": self.found}
+        out: dict[str, Any] = {
+            "index": list(self.index),
+            "expected": self.expected,
+            "found": self.found,
+        }
         if self.trusted_value is not None:
             out["trusted"] = self.trusted_value
         return out
@@ -143,8 +146,11 @@ def compare_codes(
     n_bad = int(np.count_nonzero(bad))
     if n_bad:
         pos = np.flatnonzero(bad)
-        s_bad = scaled.reshape(-1)[pos] + np.broadcast_to(zero, w.shape).reshape(-1)[pos] \
-            if np.ndim(zero) else scaled.reshape(-1)[pos] + zero
+        s_bad = (
+            scaled.reshape(-1)[pos] + np.broadcast_to(zero, w.shape).reshape(-1)[pos]
+            if np.ndim(zero)
+            else scaled.reshape(-1)[pos] + zero
+        )
         d_bad = diff.reshape(-1)[pos]
         frac = np.abs(s_bad - np.floor(s_bad) - 0.5)
         # A tie: the value sits on a bin wall and the other neighbour was chosen.
@@ -164,15 +170,20 @@ def compare_codes(
             if index_map is not None:
                 idx = index_map(head)
             else:
-                idx = [tuple(int(a) + (index_offset[k] if k < len(index_offset) else 0)
-                             for k, a in enumerate(t))
-                       for t in zip(*np.unravel_index(head, w.shape), strict=True)]
+                idx = [
+                    tuple(
+                        int(a) + (index_offset[k] if k < len(index_offset) else 0)
+                        for k, a in enumerate(t)
+                    )
+                    for t in zip(*np.unravel_index(head, w.shape), strict=True)
+                ]
             flat_w = w.reshape(-1)
             flat_n = nearest.reshape(-1)
             flat_f = found.reshape(-1)
             for k, p in enumerate(head):
-                stats.samples.append(Violation(idx[k], float(flat_n[p]), float(flat_f[p]),
-                                               float(flat_w[p])))
+                stats.samples.append(
+                    Violation(idx[k], float(flat_n[p]), float(flat_f[p]), float(flat_w[p]))
+                )
     # Error bound in steps, on elements that did not clip.
     inside = (nearest > qmin) & (nearest < qmax)
     if inside.any():

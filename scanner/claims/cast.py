@@ -21,36 +21,57 @@ from scanner.values import numpy_dtype
 FLOATS = ("F64", "F32", "F16", "BF16")
 
 
-def check_cast(trusted: Artifact, deployed: Artifact, claim: Claim,
-               diffs: Sequence[TensorDiff]) -> ClaimOutcome:
+def check_cast(
+    trusted: Artifact, deployed: Artifact, claim: Claim, diffs: Sequence[TensorDiff]
+) -> ClaimOutcome:
     target = claim.param("target") or ""
     verdicts: list[TensorVerdict] = []
     for t in diffs:
         if t.trusted_dtype not in FLOATS or t.deployed_dtype is None:
             continue
-        if t.status in (TensorStatus.IDENTICAL, TensorStatus.RENAMED, TensorStatus.ADDED,
-                        TensorStatus.REMOVED):
+        if t.status in (
+            TensorStatus.IDENTICAL,
+            TensorStatus.RENAMED,
+            TensorStatus.ADDED,
+            TensorStatus.REMOVED,
+        ):
             continue
         d_name = t.deployed_name or t.name
         if t.status is TensorStatus.SHAPE_CHANGED:
-            verdicts.append(TensorVerdict(t.name, (d_name,), False, "cast",
-                                          f"{t.name}: shape changed, a cast keeps shapes",
-                                          problem="shape"))
+            verdicts.append(
+                TensorVerdict(
+                    t.name,
+                    (d_name,),
+                    False,
+                    "cast",
+                    f"{t.name}: shape changed, a cast keeps shapes",
+                    problem="shape",
+                )
+            )
             continue
         if t.deployed_dtype != target:
-            verdicts.append(TensorVerdict(
-                t.name, (d_name,), False, "cast",
-                f"{t.name}: values changed while dtype is {t.deployed_dtype}, claim casts "
-                f"to {target}", problem="dtype"))
+            verdicts.append(
+                TensorVerdict(
+                    t.name,
+                    (d_name,),
+                    False,
+                    "cast",
+                    f"{t.name}: values changed while dtype is {t.deployed_dtype}, claim casts "
+                    f"to {target}",
+                    problem="dtype",
+                )
+            )
             continue
         verdicts.append(_verify(trusted, t.name, deployed, d_name, target))
     applicable = any(t.deployed_dtype == target and t.trusted_dtype != target for t in diffs)
-    return ClaimOutcome(str(claim), tuple(verdicts), applicable=applicable,
-                        evidence={"target": target})
+    return ClaimOutcome(
+        str(claim), tuple(verdicts), applicable=applicable, evidence={"target": target}
+    )
 
 
-def _verify(trusted: Artifact, name: str, deployed: Artifact, d_name: str,
-            target: str) -> TensorVerdict:
+def _verify(
+    trusted: Artifact, name: str, deployed: Artifact, d_name: str, target: str
+) -> TensorVerdict:
     it, idp = trusted.tensors[name], deployed.tensors[d_name]
     tnp = numpy_dtype(target)
     n = mismatched = 0
@@ -73,13 +94,26 @@ def _verify(trusted: Artifact, name: str, deployed: Artifact, d_name: str,
             samples.append(Violation(idx, float(expected[ix]), float(cb[ix]), float(ca[ix])))
     stats = {"elements": n, "mismatched": mismatched, "from": it.dtype.name, "to": target}
     if mismatched:
-        return TensorVerdict(name, (d_name,), False, "cast",
-                             f"{name}: {mismatched:,} of {n:,} elements are not the "
-                             f"round-to-nearest-even {target} value", stats=stats,
-                             violations=tuple(samples), rows=tuple(sorted(rows)),
-                             problem="rounding")
-    return TensorVerdict(name, (d_name,), True, "cast",
-                         f"{name}: {n:,} elements exactly round-to-nearest-even", stats=stats)
+        return TensorVerdict(
+            name,
+            (d_name,),
+            False,
+            "cast",
+            f"{name}: {mismatched:,} of {n:,} elements are not the "
+            f"round-to-nearest-even {target} value",
+            stats=stats,
+            violations=tuple(samples),
+            rows=tuple(sorted(rows)),
+            problem="rounding",
+        )
+    return TensorVerdict(
+        name,
+        (d_name,),
+        True,
+        "cast",
+        f"{name}: {n:,} elements exactly round-to-nearest-even",
+        stats=stats,
+    )
 
 
 def _shape_index(ix: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:

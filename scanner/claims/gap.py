@@ -175,15 +175,14 @@ def _wall_counts(q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     key += (np.arange(q.shape[0], dtype=np.int32) * np.int32(width))[:, None]
     hist = np.bincount(key.reshape(-1), minlength=q.shape[0] * width).reshape(-1, width)
     outer = np.cumsum(hist[:, :_KEYS], axis=1)[:, _BAND_KEYS]
-    inner = np.cumsum(hist[:, _KEYS: 2 * _KEYS], axis=1)[:, _BAND_KEYS]
+    inner = np.cumsum(hist[:, _KEYS : 2 * _KEYS], axis=1)[:, _BAND_KEYS]
     return inner, outer
 
 
 def _is_fp16(w2: np.ndarray, mbits: int) -> bool:
     """fp16 data: more significand bits than bf16 keeps, and every value an fp16 number.
     (bf16 data usually fits fp16 too, but its lattice is the coarser 7-bit one.)"""
-    return 7 < mbits <= 10 and bool(
-        np.array_equal(w2.astype(np.float16).astype(np.float32), w2))
+    return 7 < mbits <= 10 and bool(np.array_equal(w2.astype(np.float16).astype(np.float32), w2))
 
 
 def _storage_rounder(w2: np.ndarray, mbits: int) -> Any:
@@ -204,8 +203,9 @@ def _storage_rounder(w2: np.ndarray, mbits: int) -> Any:
     return rnd
 
 
-def _simulated_counts(q: np.ndarray, valid: np.ndarray, step: np.ndarray,
-                      rnd: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _simulated_counts(
+    q: np.ndarray, valid: np.ndarray, step: np.ndarray, rnd: Any, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Expected wall counts of benign weights *stored on the same lattice*: each element
     is replaced by values spread evenly over its own bin (``SIM_DRAWS`` stratified
     draws), rounded to the storage lattice with the same step, and counted like the
@@ -231,10 +231,16 @@ def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.
     per_row = max(w2.shape[1], 1)
     chunk = max(1, CHUNK_ELEMENTS // per_row)
     nb = len(BANDS)
-    out = {"n": np.zeros(rows, np.int64), "on_grid": np.zeros(rows, np.int64),
-           "inner": np.zeros((rows, nb)), "outer": np.zeros((rows, nb)),
-           "ctrl": np.zeros((rows, nb)), "ctrl_sum": np.zeros((len(CONTROL_OFFSETS), nb)),
-           "sim_inner": np.zeros((rows, nb)), "sim_outer": np.zeros((rows, nb))}
+    out = {
+        "n": np.zeros(rows, np.int64),
+        "on_grid": np.zeros(rows, np.int64),
+        "inner": np.zeros((rows, nb)),
+        "outer": np.zeros((rows, nb)),
+        "ctrl": np.zeros((rows, nb)),
+        "ctrl_sum": np.zeros((len(CONTROL_OFFSETS), nb)),
+        "sim_inner": np.zeros((rows, nb)),
+        "sim_outer": np.zeros((rows, nb)),
+    }
     rnd = _storage_rounder(w2, mbits) if mbits < MIN_MANTISSA_BITS else None
     ctrl_parts: list[np.ndarray] = []
 
@@ -249,10 +255,12 @@ def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.
         out["on_grid"][sl] = (valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)).sum(axis=1)
         out["inner"][sl], out["outer"][sl] = _wall_counts(q, valid)
         if rnd is not None:
-            full_step = np.broadcast_to(step, (*step.shape[:-1], q.size // max(
-                int(np.prod(step.shape[:-1])), 1))).reshape(q.shape)
+            full_step = np.broadcast_to(
+                step, (*step.shape[:-1], q.size // max(int(np.prod(step.shape[:-1])), 1))
+            ).reshape(q.shape)
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
-                q, valid, full_step, rnd, seed + r0)
+                q, valid, full_step, rnd, seed + r0
+            )
             return
         part = np.zeros((len(CONTROL_OFFSETS), nb))
         for k, off in enumerate(CONTROL_OFFSETS):
@@ -294,8 +302,7 @@ def _log_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult:
     """Test one float tensor against one quantization grid."""
-    w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(
-        w.shape[0] if w.ndim > 1 else 1, -1)
+    w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
     if scheme != "int8-per-channel" and w2.shape[1] % 32:
         return GapResult(name, scheme, w.size, 0.0, False, skipped="rows not a multiple of 32")
     mbits = _mantissa_bits(w2)
@@ -322,8 +329,7 @@ def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult
         # Null share per band: uniform, or what control grids show, whichever is larger.
         ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
         p_in = p_out = np.maximum(bands, ctrl)
-        p_in_rows = p_out_rows = np.maximum(bands[None, :],
-                                            c["ctrl"] / np.maximum(n_rows, 1))
+        p_in_rows = p_out_rows = np.maximum(bands[None, :], c["ctrl"] / np.maximum(n_rows, 1))
         storage = ""
     threshold = math.log(ALPHA / max(n_tests, 1))
     ti, to = inner.sum(0), outer.sum(0)
@@ -331,8 +337,7 @@ def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult
     log_t = np.maximum(_log_tail(ti, nt, p_in), _log_tail(to, nt, p_out))
     log_t = np.where(nt >= MIN_ELEMENTS, log_t, 0.0)
     # Per row (the attacker may touch some rows only).
-    log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows),
-                       _log_tail(outer, n_rows, p_out_rows))
+    log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows), _log_tail(outer, n_rows, p_out_rows))
     log_r = np.where(n_rows >= MIN_ROW_ELEMENTS, log_r, 0.0)
     row_hit = (log_r < threshold).any(axis=1)
     best = int(np.argmin(log_t))
@@ -343,12 +348,20 @@ def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult
     # The active check is evidence for a finding; only flagged tensors need it.
     flip = flip_fraction(w2, scheme) if flagged else 0.0
     return GapResult(
-        name, scheme, total, on_frac, flagged, band=float(bands[best]),
-        inner=float(ti[best] / nb), outer=float(to[best] / nb),
+        name,
+        scheme,
+        total,
+        on_frac,
+        flagged,
+        band=float(bands[best]),
+        inner=float(ti[best] / nb),
+        outer=float(to[best] / nb),
         expected=float(max(p_in[best], p_out[best])),
         log10_p=float(min(log_t[best], log_r.min(initial=0.0)) / math.log(10)),
-        rows=tuple(int(i) for i in np.flatnonzero(row_hit)), flip_fraction=flip,
-        extra={"storage": storage} if storage else {})
+        rows=tuple(int(i) for i in np.flatnonzero(row_hit)),
+        flip_fraction=flip,
+        extra={"storage": storage} if storage else {},
+    )
 
 
 def flip_fraction(w: np.ndarray, scheme: str, noise: float = NOISE, seed: int = 0) -> float:
@@ -366,8 +379,11 @@ def flip_fraction(w: np.ndarray, scheme: str, noise: float = NOISE, seed: int = 
 
 def _float_tensors(art: Artifact) -> Iterator[str]:
     for name, info in art.tensors.items():
-        if info.dtype.name in ("F32", "F16", "BF16", "F64") and len(info.shape) >= 2 \
-                and info.n_elements >= MIN_ELEMENTS:
+        if (
+            info.dtype.name in ("F32", "F16", "BF16", "F64")
+            and len(info.shape) >= 2
+            and info.n_elements >= MIN_ELEMENTS
+        ):
             yield name
 
 
@@ -413,21 +429,35 @@ def gap_findings(
         if not r.flagged:
             continue
         region = Region(axis=0, indices=r.rows[:256]) if r.rows else None
-        msg = (f"{r.tensor} ({r.scheme}): {r.inner:.1%} of residuals within {r.band:g} of "
-               f"the inner wall and {r.outer:.1%} of the outer, expected {r.expected:.1%} "
-               f"(log10 p {r.log10_p:.1f}); {len(r.rows)} rows; {r.flip_fraction:.1%} of "
-               f"codes flip under {NOISE:g}-step noise (benign about {r.flip_expected:.1%})")
-        yield finding(QUANT_GAP, msg,
-                      [Location(artifact=artifact_label, tensor=r.tensor, region=region)],
-                      evidence={"scheme": r.scheme, "band": r.band, "inner": r.inner,
-                                "outer": r.outer, "expected": r.expected,
-                                "log10_p": r.log10_p, "rows": list(r.rows[:256]),
-                                "rows_total": len(r.rows), "flip_fraction": r.flip_fraction,
-                                "flip_expected": r.flip_expected, "elements": r.n,
-                                "on_grid_fraction": r.on_grid_fraction,
-                                "storage": r.extra.get("storage", "float32"),
-                                "null": "simulated storage lattice" if r.extra.get("storage")
-                                else "uniform and control grids"})
+        msg = (
+            f"{r.tensor} ({r.scheme}): {r.inner:.1%} of residuals within {r.band:g} of "
+            f"the inner wall and {r.outer:.1%} of the outer, expected {r.expected:.1%} "
+            f"(log10 p {r.log10_p:.1f}); {len(r.rows)} rows; {r.flip_fraction:.1%} of "
+            f"codes flip under {NOISE:g}-step noise (benign about {r.flip_expected:.1%})"
+        )
+        yield finding(
+            QUANT_GAP,
+            msg,
+            [Location(artifact=artifact_label, tensor=r.tensor, region=region)],
+            evidence={
+                "scheme": r.scheme,
+                "band": r.band,
+                "inner": r.inner,
+                "outer": r.outer,
+                "expected": r.expected,
+                "log10_p": r.log10_p,
+                "rows": list(r.rows[:256]),
+                "rows_total": len(r.rows),
+                "flip_fraction": r.flip_fraction,
+                "flip_expected": r.flip_expected,
+                "elements": r.n,
+                "on_grid_fraction": r.on_grid_fraction,
+                "storage": r.extra.get("storage", "float32"),
+                "null": "simulated storage lattice"
+                if r.extra.get("storage")
+                else "uniform and control grids",
+            },
+        )
 
 
 def check_quantization_gap(artifact: Artifact) -> Iterable[Finding]:

@@ -119,9 +119,15 @@ def quantize_q6_k(rows: np.ndarray) -> np.ndarray:
     ql = (q[:, :, :64] & 0x0F) | ((q[:, :, 64:] & 0x0F) << 4)
     hi = (q >> 4).reshape(nb, 2, 4, 32)
     qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
-    out = np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64),
-                          sc.astype(np.int8).view(np.uint8), d16.view(np.uint8).reshape(nb, 2)],
-                         axis=1)
+    out = np.concatenate(
+        [
+            ql.reshape(nb, 128),
+            qh.reshape(nb, 64),
+            sc.astype(np.int8).view(np.uint8),
+            d16.view(np.uint8).reshape(nb, 2),
+        ],
+        axis=1,
+    )
     return out.reshape(rows.shape[0], -1)
 
 
@@ -162,8 +168,11 @@ def quantize_q45_k(rows: np.ndarray, type_name: str) -> np.ndarray:
     # Nibbles: sub-blocks 2j and 2j+1 share 32 bytes (low, high nibble).
     pairs = q.reshape(nb, 4, 2, 32)
     qs = ((pairs[:, :, 0] & 0x0F) | ((pairs[:, :, 1] & 0x0F) << 4)).reshape(nb, 128)
-    parts = [d16.view(np.uint8).reshape(nb, 2), dm16.view(np.uint8).reshape(nb, 2),
-             _pack_scale_min(sc, m)]
+    parts = [
+        d16.view(np.uint8).reshape(nb, 2),
+        dm16.view(np.uint8).reshape(nb, 2),
+        _pack_scale_min(sc, m),
+    ]
     if type_name == "Q5_K":
         # Fifth bit of sub-block i is bit i of byte e of qh.
         bits = (q >> 4) & 1
@@ -205,8 +214,15 @@ def quantize_q2_k(rows: np.ndarray) -> np.ndarray:
         step = (d * sc)[:, :, None]
         off = (dm * m)[:, :, None]
         q = np.where(step > 0, np.rint((x + off) / step), 0).clip(0, 3).astype(np.uint8)
-    out = np.concatenate([sc | (m << 4), _pack_2bit(q), d16.view(np.uint8).reshape(nb, 2),
-                          dm16.view(np.uint8).reshape(nb, 2)], axis=1)
+    out = np.concatenate(
+        [
+            sc | (m << 4),
+            _pack_2bit(q),
+            d16.view(np.uint8).reshape(nb, 2),
+            dm16.view(np.uint8).reshape(nb, 2),
+        ],
+        axis=1,
+    )
     return out.reshape(rows.shape[0], -1)
 
 
@@ -244,8 +260,15 @@ def quantize_q3_k(rows: np.ndarray) -> np.ndarray:
     hmask = np.zeros((nb, 32), dtype=np.uint8)
     for j in range(8):
         hmask |= (bits[:, j] << j).astype(np.uint8)
-    out = np.concatenate([hmask, _pack_2bit(q), _pack_q3_scales(sc.astype(np.int16) + 32),
-                          d16.view(np.uint8).reshape(nb, 2)], axis=1)
+    out = np.concatenate(
+        [
+            hmask,
+            _pack_2bit(q),
+            _pack_q3_scales(sc.astype(np.int16) + 32),
+            d16.view(np.uint8).reshape(nb, 2),
+        ],
+        axis=1,
+    )
     return out.reshape(rows.shape[0], -1)
 
 
@@ -264,8 +287,11 @@ def _origin(name: str, trusted: Artifact, deployed: Artifact, used: set[str]) ->
     mapped = _hf_name(name, deployed, trusted)
     if mapped is not None:
         return mapped
-    same = [n for n, i in trusted.tensors.items() if i.shape == info.shape
-            and n not in deployed.tensors and n not in used]
+    same = [
+        n
+        for n, i in trusted.tensors.items()
+        if i.shape == info.shape and n not in deployed.tensors and n not in used
+    ]
     return same[0] if len(same) == 1 else None
 
 
@@ -299,11 +325,18 @@ def check_gguf(trusted: Artifact, deployed: Artifact, claim: Claim) -> ClaimOutc
     notes: list[str] = []
     used: set[str] = set()
     targets = [n for n, i in deployed.tensors.items() if i.dtype.name == want]
-    others = sorted({i.dtype.name for i in deployed.tensors.values()
-                     if i.dtype.is_block_quantized and i.dtype.name != want})
+    others = sorted(
+        {
+            i.dtype.name
+            for i in deployed.tensors.values()
+            if i.dtype.is_block_quantized and i.dtype.name != want
+        }
+    )
     if others:
-        notes.append(f"deployed also holds {', '.join(others)} tensors (mixed quantization); "
-                     "they are not covered by this claim")
+        notes.append(
+            f"deployed also holds {', '.join(others)} tensors (mixed quantization); "
+            "they are not covered by this claim"
+        )
     if want not in PROBE_LAYOUT:
         notes.append(f"{want} cannot be re-derived")
         return ClaimOutcome(str(claim), (), tuple(notes), applicable=False)
@@ -314,19 +347,25 @@ def check_gguf(trusted: Artifact, deployed: Artifact, claim: Claim) -> ClaimOutc
             continue
         src = trusted.tensors[origin]
         if not requant and src.dtype.name not in FLOAT_SOURCES:
-            notes.append(f"{origin}: trusted tensor is {src.dtype.name}, not float; "
-                         "claim requantize for a quantized source")
+            notes.append(
+                f"{origin}: trusted tensor is {src.dtype.name}, not float; "
+                "claim requantize for a quantized source"
+            )
             continue
         used.add(origin)
         verdicts.append(check_tensor(trusted, origin, deployed, name, want, strict))
-    return ClaimOutcome(str(claim), tuple(verdicts), tuple(notes),
-                        evidence={"type": want, "reference_quantizer": strict,
-                                  "tensors": len(targets)},
-                        applicable=bool(targets))
+    return ClaimOutcome(
+        str(claim),
+        tuple(verdicts),
+        tuple(notes),
+        evidence={"type": want, "reference_quantizer": strict, "tensors": len(targets)},
+        applicable=bool(targets),
+    )
 
 
-def check_tensor(trusted: Artifact, origin: str, deployed: Artifact, name: str, type_name: str,
-                 strict: bool) -> TensorVerdict:
+def check_tensor(
+    trusted: Artifact, origin: str, deployed: Artifact, name: str, type_name: str, strict: bool
+) -> TensorVerdict:
     info = deployed.tensors[name]
     src = trusted.tensors[origin]
     dt = info.dtype
@@ -334,9 +373,14 @@ def check_tensor(trusted: Artifact, origin: str, deployed: Artifact, name: str, 
     d0 = info.shape[0] if info.shape else 1
     per_row = info.n_elements // max(d0, 1)
     if per_row % dt.block_elements:
-        return TensorVerdict(origin, (name,), False, "quantization",
-                             f"{name}: rows of {per_row} do not fill {type_name} blocks",
-                             problem="layout")
+        return TensorVerdict(
+            origin,
+            (name,),
+            False,
+            "quantization",
+            f"{name}: rows of {per_row} do not fill {type_name} blocks",
+            problem="layout",
+        )
     row_bytes = dt.nbytes(per_row)
     raw = np.frombuffer(deployed.raw(name), dtype=np.uint8).reshape(d0, row_bytes)
     n_blocks_row = per_row // dt.block_elements
@@ -348,7 +392,7 @@ def check_tensor(trusted: Artifact, origin: str, deployed: Artifact, name: str, 
     max_ratio = 0.0
     for r0, w in _rows_float(trusted, src):
         n = w.shape[0]
-        got = raw[r0:r0 + n]
+        got = raw[r0 : r0 + n]
         if strict:
             expect = quantize_rows(w, type_name).reshape(n, row_bytes)
             eb = expect.reshape(n, n_blocks_row, dt.block_bytes)
@@ -368,9 +412,14 @@ def check_tensor(trusted: Artifact, origin: str, deployed: Artifact, name: str, 
                         if len(samples) >= MAX_REPORTED:
                             break
                         col = int(c) * dt.block_elements + int(e)
-                        samples.append(Violation(_unflat(r0 + int(r), col, info.shape),
-                                                 float(ye[k, e]), float(yg[k, e]),
-                                                 float(w[r, col])))
+                        samples.append(
+                            Violation(
+                                _unflat(r0 + int(r), col, info.shape),
+                                float(ye[k, e]),
+                                float(yg[k, e]),
+                                float(w[r, col]),
+                            )
+                        )
             continue
         blocks = got.reshape(-1, dt.block_bytes)
         wb = w.reshape(-1, dt.block_elements)
@@ -383,7 +432,7 @@ def check_tensor(trusted: Artifact, origin: str, deployed: Artifact, name: str, 
         d = np.where(live, np.abs(code - near), 0)
         y = y0 + code * step
         err = np.abs(wb - np.where(live, y, y0))
-        rng = (wb.max(axis=1, keepdims=True) - wb.min(axis=1, keepdims=True))
+        rng = wb.max(axis=1, keepdims=True) - wb.min(axis=1, keepdims=True)
         bound = 2.0 * rng / max(rmax, 1) + 1e-30
         ratio = err / bound
         max_ratio = max(max_ratio, float(np.max(ratio, initial=0.0)))
@@ -397,25 +446,46 @@ def check_tensor(trusted: Artifact, origin: str, deployed: Artifact, name: str, 
                 r, col = divmod(int(p), per_row)
                 rows_bad.add(r0 + r)
                 if len(samples) < MAX_REPORTED:
-                    samples.append(Violation(_unflat(r0 + r, col, info.shape),
-                                             float(near.reshape(-1)[p]),
-                                             float(code.reshape(-1)[p]),
-                                             float(w.reshape(-1)[p])))
+                    samples.append(
+                        Violation(
+                            _unflat(r0 + r, col, info.shape),
+                            float(near.reshape(-1)[p]),
+                            float(code.reshape(-1)[p]),
+                            float(w.reshape(-1)[p]),
+                        )
+                    )
             bad_blocks += int(over.any(axis=1).sum())
-    st: dict[str, Any] = {**stats.to_dict(), "type": type_name, "blocks_bad": bad_blocks,
-                          "check": "reference-bytes" if strict else "within-one-step"}
+    st: dict[str, Any] = {
+        **stats.to_dict(),
+        "type": type_name,
+        "blocks_bad": bad_blocks,
+        "check": "reference-bytes" if strict else "within-one-step",
+    }
     if not strict:
         st["max_error_over_bound"] = round(max_ratio, 4)
     if samples or bad_blocks:
-        what = ("blocks differ from the reference quantizer" if strict else
-                "blocks hold codes beyond one step or beyond the error bound")
-        return TensorVerdict(origin, (name,), False, "quantization",
-                             f"{name}: {bad_blocks:,} {type_name} {what} "
-                             f"({len(rows_bad)} rows)", stats=st, violations=tuple(samples),
-                             rows=sorted_rows(rows_bad), problem="codes")
-    msg = (f"{name}: {stats.n:,} elements re-quantized byte-exact as {type_name}" if strict
-           else f"{name}: {type_name} codes within one step "
-                f"({st['non_nearest_fraction']:.2%} non-nearest)")
+        what = (
+            "blocks differ from the reference quantizer"
+            if strict
+            else "blocks hold codes beyond one step or beyond the error bound"
+        )
+        return TensorVerdict(
+            origin,
+            (name,),
+            False,
+            "quantization",
+            f"{name}: {bad_blocks:,} {type_name} {what} ({len(rows_bad)} rows)",
+            stats=st,
+            violations=tuple(samples),
+            rows=sorted_rows(rows_bad),
+            problem="codes",
+        )
+    msg = (
+        f"{name}: {stats.n:,} elements re-quantized byte-exact as {type_name}"
+        if strict
+        else f"{name}: {type_name} codes within one step "
+        f"({st['non_nearest_fraction']:.2%} non-nearest)"
+    )
     return TensorVerdict(origin, (name,), True, "quantization", msg, stats=st)
 
 

@@ -16,8 +16,16 @@ from scanner.errors import UsageError
 
 KINDS = ("cast", "quantize", "gguf", "requantize", "prune", "convert")
 
-CAST_TARGETS = {"fp16": "F16", "f16": "F16", "float16": "F16", "bf16": "BF16",
-                "bfloat16": "BF16", "fp32": "F32", "f32": "F32", "float32": "F32"}
+CAST_TARGETS = {
+    "fp16": "F16",
+    "f16": "F16",
+    "float16": "F16",
+    "bf16": "BF16",
+    "bfloat16": "BF16",
+    "fp32": "F32",
+    "f32": "F32",
+    "float32": "F32",
+}
 QUANT_DTYPES = ("int8", "uint8")
 GRANULARITIES = ("per-channel", "per-tensor")
 SCHEMES = ("symmetric", "asymmetric")
@@ -72,9 +80,7 @@ def parse_claim(text: str) -> Claim:
     for token in tokens:
         key, value = _classify(kind, token, text)
         if key in params and params[key] != value:
-            raise UsageError(
-                f"--claim {text!r}: {key} given twice ({params[key]!r} and {value!r})"
-            )
+            raise UsageError(f"--claim {text!r}: {key} given twice ({params[key]!r} and {value!r})")
         params[key] = value
     return Claim(kind, _validate(kind, params, text), text)
 
@@ -101,7 +107,7 @@ def _join_nm(tokens: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(tokens):
-        if (tokens[i].isdigit() and i + 1 < len(tokens) and tokens[i + 1].isdigit()):
+        if tokens[i].isdigit() and i + 1 < len(tokens) and tokens[i + 1].isdigit():
             out.append(f"{tokens[i]}:{tokens[i + 1]}")
             i += 2
         else:
@@ -133,8 +139,12 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
     if kind == "cast" and low in CAST_TARGETS:
         return "target", low
     if kind == "quantize":
-        for key, values in (("dtype", QUANT_DTYPES), ("granularity", GRANULARITIES),
-                            ("scheme", SCHEMES), ("algorithm", ALGORITHMS)):
+        for key, values in (
+            ("dtype", QUANT_DTYPES),
+            ("granularity", GRANULARITIES),
+            ("scheme", SCHEMES),
+            ("algorithm", ALGORITHMS),
+        ):
             if low in values:
                 return key, low
     if kind in ("gguf", "requantize") and low in GGUF_TYPES:
@@ -169,8 +179,12 @@ def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
             raise bad(f"unknown cast target {target!r}")
         params["target"] = CAST_TARGETS[target]
     elif kind == "quantize":
-        for key, allowed in (("dtype", QUANT_DTYPES), ("granularity", GRANULARITIES),
-                             ("scheme", SCHEMES), ("algorithm", ALGORITHMS)):
+        for key, allowed in (
+            ("dtype", QUANT_DTYPES),
+            ("granularity", GRANULARITIES),
+            ("scheme", SCHEMES),
+            ("algorithm", ALGORITHMS),
+        ):
             if key in params and params[key] not in allowed:
                 raise bad(f"{key} must be one of {', '.join(allowed)}")
         params.setdefault("algorithm", "rtn")

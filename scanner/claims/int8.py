@@ -32,19 +32,22 @@ from scanner.claims.layouts import CODE_DTYPES, FLOAT_DTYPES, QuantGroup, _stems
 CHUNK = 1 << 18
 """Elements per comparison chunk: small enough to stay in cache, large enough for numpy."""
 
+
 # Accepted (range / scale) ratios for round-to-nearest scale formulas, per scheme:
 # symmetric absmax / {qmax, (qmax - qmin) / 2, -qmin}; asymmetric (max - min) / {levels - 1,
 # levels}. Toolchains differ in exactly these choices (127 vs 127.5 vs 128).
 def _ratio_window(scheme: str, qmin: int, qmax: int) -> tuple[float, float]:
     if scheme == "symmetric":
-        return float(min(qmax, -qmin) if qmin < 0 else (qmax - qmin) // 2), \
-            float(max(qmax, -qmin, (qmax - qmin) / 2) if qmin < 0 else (qmax - qmin + 1) / 2)
+        return float(min(qmax, -qmin) if qmin < 0 else (qmax - qmin) // 2), float(
+            max(qmax, -qmin, (qmax - qmin) / 2) if qmin < 0 else (qmax - qmin + 1) / 2
+        )
     return float(qmax - qmin - 1), float(qmax - qmin + 1)
 
 
 def _eps(dtype_name: str) -> float:
     return {"F16": 2.0**-10, "BF16": 2.0**-7, "F32": 2.0**-20, "F64": 2.0**-40}.get(
-        dtype_name, 2.0**-20)
+        dtype_name, 2.0**-20
+    )
 
 
 def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> ClaimOutcome:
@@ -60,27 +63,40 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
         used.add(origin)
         verdicts.append(check_group(trusted, origin, deployed, g, perm, claim))
     layouts = sorted({_layout_name(g) for g in groups})
-    return ClaimOutcome(str(claim), tuple(verdicts), tuple(notes),
-                        evidence={"layouts": layouts, "groups": len(groups)},
-                        applicable=bool(groups))
+    return ClaimOutcome(
+        str(claim),
+        tuple(verdicts),
+        tuple(notes),
+        evidence={"layouts": layouts, "groups": len(groups)},
+        applicable=bool(groups),
+    )
 
 
 def _layout_name(g: QuantGroup) -> str:
     if g.op:
         return f"onnx:{g.op}"
-    return "suffix:" + g.scale[len(g.codes) - (0 if not g.codes.endswith("_quantized") else 10):]
+    return "suffix:" + g.scale[len(g.codes) - (0 if not g.codes.endswith("_quantized") else 10) :]
 
 
-def _origin(g: QuantGroup, trusted: Artifact, deployed: Artifact,
-            used: set[str]) -> tuple[str | None, tuple[int, ...] | None]:
+def _origin(
+    g: QuantGroup, trusted: Artifact, deployed: Artifact, used: set[str]
+) -> tuple[str | None, tuple[int, ...] | None]:
     shape = deployed.tensors[g.codes].shape
-    cands = [c for c in _stems(g.codes) if c in trusted.tensors and c not in used
-             and trusted.tensors[c].dtype.name in FLOAT_DTYPES]
+    cands = [
+        c
+        for c in _stems(g.codes)
+        if c in trusted.tensors and c not in used and trusted.tensors[c].dtype.name in FLOAT_DTYPES
+    ]
     if not cands:
         # Renamed by the exporter: a unique removed float tensor of a compatible shape.
-        removed = [n for n, i in trusted.tensors.items()
-                   if n not in deployed.tensors and n not in used
-                   and i.dtype.name in FLOAT_DTYPES and _perm(i.shape, shape) is not None]
+        removed = [
+            n
+            for n, i in trusted.tensors.items()
+            if n not in deployed.tensors
+            and n not in used
+            and i.dtype.name in FLOAT_DTYPES
+            and _perm(i.shape, shape) is not None
+        ]
         cands = removed if len(removed) == 1 else []
     for c in cands:
         perm = _perm(trusted.tensors[c].shape, shape)
@@ -99,32 +115,46 @@ def _perm(src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[int, ...] | None:
     return None
 
 
-def _channel_axis(g: QuantGroup, shape: tuple[int, ...], n_scales: int,
-                  claim: Claim) -> list[int | None]:
+def _channel_axis(
+    g: QuantGroup, shape: tuple[int, ...], n_scales: int, claim: Claim
+) -> list[int | None]:
     if n_scales == 1:
         return [None]
     if claim.param("axis") is not None:
         return [int(claim.param("axis") or 0) % len(shape)]
-    if g.axis_hint is not None and 0 <= g.axis_hint % max(1, len(shape)) < len(shape) \
-            and shape[g.axis_hint % len(shape)] == n_scales:
+    if (
+        g.axis_hint is not None
+        and 0 <= g.axis_hint % max(1, len(shape)) < len(shape)
+        and shape[g.axis_hint % len(shape)] == n_scales
+    ):
         return [g.axis_hint % len(shape)]
     return [a for a, d in enumerate(shape) if d == n_scales]
 
 
-def check_group(trusted: Artifact, origin: str, deployed: Artifact, g: QuantGroup,
-                perm: tuple[int, ...] | None, claim: Claim) -> TensorVerdict:
+def check_group(
+    trusted: Artifact,
+    origin: str,
+    deployed: Artifact,
+    g: QuantGroup,
+    perm: tuple[int, ...] | None,
+    claim: Claim,
+) -> TensorVerdict:
     """Re-derive one quantized weight from its trusted float tensor."""
     c_info = deployed.tensors[g.codes]
     qmin, qmax = CODE_DTYPES[c_info.dtype.name]
     names = g.names
     scale = deployed.to_float(g.scale).astype(np.float32).reshape(-1)
-    zp = (deployed.array(g.zero_point).astype(np.float32).reshape(-1)
-          if g.zero_point else np.zeros(1, np.float32))
+    zp = (
+        deployed.array(g.zero_point).astype(np.float32).reshape(-1)
+        if g.zero_point
+        else np.zeros(1, np.float32)
+    )
     shape = c_info.shape
 
     def fail(problem: str, message: str, **kw: Any) -> TensorVerdict:
-        return TensorVerdict(origin, names, False, "quantization", f"{origin}: {message}",
-                             problem=problem, **kw)
+        return TensorVerdict(
+            origin, names, False, "quantization", f"{origin}: {message}", problem=problem, **kw
+        )
 
     dt = {"I8": "int8", "U8": "uint8"}.get(c_info.dtype.name, c_info.dtype.name.lower())
     # int32 codes are biases whose scale is derived (input scale x weight scale), as
@@ -139,10 +169,10 @@ def check_group(trusted: Artifact, origin: str, deployed: Artifact, g: QuantGrou
     # Granularity is a statement about weights with a channel axis: scalars and vectors
     # (constants, normalization parameters, biases) have one scale or one per element by
     # construction, and their codes are re-derived under whichever they use.
-    if claim.param("granularity") and claim.param("granularity") != granularity \
-            and len(shape) >= 2:
-        return fail("granularity", f"quantized {granularity}, claim says "
-                    f"{claim.param('granularity')}")
+    if claim.param("granularity") and claim.param("granularity") != granularity and len(shape) >= 2:
+        return fail(
+            "granularity", f"quantized {granularity}, claim says {claim.param('granularity')}"
+        )
     if zp.size not in (1, scale.size):
         return fail("layout", f"{zp.size} zero points for {scale.size} scales")
     mid = 0.0 if qmin < 0 else float((qmax + 1) // 2)
@@ -155,8 +185,11 @@ def check_group(trusted: Artifact, origin: str, deployed: Artifact, g: QuantGrou
         return fail("scheme", "zero points make it asymmetric, claim says symmetric")
     # A symmetric-looking zero point can also come from an asymmetric range that happens
     # to be centred; the scale check tells the two apart.
-    schemes = [claimed] if claimed else (["symmetric", "asymmetric"] if looks == "symmetric"
-                                         else ["asymmetric"])
+    schemes = (
+        [claimed]
+        if claimed
+        else (["symmetric", "asymmetric"] if looks == "symmetric" else ["asymmetric"])
+    )
     w_full = read_float(trusted, origin)
     if perm is not None and perm != tuple(range(len(perm))):
         w_full = np.transpose(w_full, perm)
@@ -166,24 +199,62 @@ def check_group(trusted: Artifact, origin: str, deployed: Artifact, g: QuantGrou
     for axis, scheme in [(a, sc) for a in axes for sc in schemes]:
         if best is not None and best.ok:
             break
-        verdict = _verify(origin, names, w_full, codes_full, scale, zp, axis, qmin, qmax,
-                          scheme, strict, _eps(deployed.tensors[g.scale].dtype.name),
-                          c_info.dtype.name == "I32")
-        verdict = TensorVerdict(**{**verdict.__dict__, "stats": {
-            **verdict.stats, "granularity": granularity, "scheme": scheme, "dtype": dt,
-            "transposed": perm is not None and perm != tuple(range(len(perm))),
-            "layout": _layout_name(g)}})
-        if best is None or (verdict.ok and not best.ok) or (
-                verdict.ok == best.ok and verdict.stats.get("non_nearest", 0)
-                < best.stats.get("non_nearest", 0)):
+        verdict = _verify(
+            origin,
+            names,
+            w_full,
+            codes_full,
+            scale,
+            zp,
+            axis,
+            qmin,
+            qmax,
+            scheme,
+            strict,
+            _eps(deployed.tensors[g.scale].dtype.name),
+            c_info.dtype.name == "I32",
+        )
+        verdict = TensorVerdict(
+            **{
+                **verdict.__dict__,
+                "stats": {
+                    **verdict.stats,
+                    "granularity": granularity,
+                    "scheme": scheme,
+                    "dtype": dt,
+                    "transposed": perm is not None and perm != tuple(range(len(perm))),
+                    "layout": _layout_name(g),
+                },
+            }
+        )
+        if (
+            best is None
+            or (verdict.ok and not best.ok)
+            or (
+                verdict.ok == best.ok
+                and verdict.stats.get("non_nearest", 0) < best.stats.get("non_nearest", 0)
+            )
+        ):
             best = verdict
     assert best is not None
     return best
 
 
-def _verify(origin: str, names: tuple[str, ...], w: np.ndarray, codes: np.ndarray,
-            scale: np.ndarray, zp: np.ndarray, axis: int | None, qmin: int, qmax: int,
-            scheme: str, strict: bool, eps: float, derived_scale: bool) -> TensorVerdict:
+def _verify(
+    origin: str,
+    names: tuple[str, ...],
+    w: np.ndarray,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zp: np.ndarray,
+    axis: int | None,
+    qmin: int,
+    qmax: int,
+    scheme: str,
+    strict: bool,
+    eps: float,
+    derived_scale: bool,
+) -> TensorVerdict:
     # Bring the channel axis to the front so chunks of rows are chunks of channels.
     if axis is not None and axis != 0:
         w = np.moveaxis(w, axis, 0)
@@ -191,8 +262,9 @@ def _verify(origin: str, names: tuple[str, ...], w: np.ndarray, codes: np.ndarra
     n_ch = w.shape[0] if axis is not None else 1
     bcast = (-1,) + (1,) * (w.ndim - 1)
     step_all = scale.reshape(bcast) if axis is not None else scale.reshape(())
-    zero_all = np.broadcast_to(zp, scale.shape).reshape(bcast) if axis is not None \
-        else zp.reshape(())
+    zero_all = (
+        np.broadcast_to(zp, scale.shape).reshape(bcast) if axis is not None else zp.reshape(())
+    )
     # 1. Scales and zero points must follow from the trusted tensor's range.
     bad_scale: list[int] = []
     if not derived_scale:
@@ -211,8 +283,11 @@ def _verify(origin: str, names: tuple[str, ...], w: np.ndarray, codes: np.ndarra
             ok = (need == 0) | ((ratio >= r_lo * (1 - tol)) & np.isfinite(s64) & (s64 > 0))
         if scheme == "asymmetric":
             z = np.broadcast_to(zp, (n_ch,)).astype(np.float64)
-            expect_z = np.clip(np.round(qmin - np.divide(lo, s64, out=np.zeros_like(lo),
-                                                         where=s64 > 0)), qmin, qmax)
+            expect_z = np.clip(
+                np.round(qmin - np.divide(lo, s64, out=np.zeros_like(lo), where=s64 > 0)),
+                qmin,
+                qmax,
+            )
             ok &= (np.abs(z - expect_z) <= 1) | (need == 0)
         bad_scale = [int(i) for i in np.flatnonzero(~ok)]
     # 2. Codes.
@@ -225,36 +300,54 @@ def _verify(origin: str, names: tuple[str, ...], w: np.ndarray, codes: np.ndarra
         cc = codes[r0:r1] if codes.ndim else codes
         sc = step_all[r0:r1] if axis is not None else step_all
         zc = zero_all[r0:r1] if axis is not None else zero_all
-        compare_codes(stats, wc, cc, sc, zc, qmin, qmax, strict=strict,
-                      index_offset=(r0,))
+        compare_codes(stats, wc, cc, sc, zc, qmin, qmax, strict=strict, index_offset=(r0,))
     if axis is not None and axis != 0:
         # Report indices in the deployed tensor's own axis order.
         def back(ix: tuple[int, ...]) -> tuple[int, ...]:
             lst = list(ix[1:])
             lst.insert(axis, ix[0])
             return tuple(lst)
-        stats.samples = [Violation(back(v.index), v.expected, v.found, v.trusted_value)
-                         for v in stats.samples]
-    st = {**stats.to_dict(), "channels": n_ch if axis is not None else 1,
-          "channel_axis": axis}
+
+        stats.samples = [
+            Violation(back(v.index), v.expected, v.found, v.trusted_value) for v in stats.samples
+        ]
+    st = {**stats.to_dict(), "channels": n_ch if axis is not None else 1, "channel_axis": axis}
     violations = stats.n_mismatch if strict else stats.n_beyond_one
     if bad_scale:
         st["bad_scale_channels"] = bad_scale[:256]
-        return TensorVerdict(origin, names, False, "quantization",
-                             f"{origin}: {len(bad_scale)} of {n_ch} scale/zero-point values do "
-                             f"not follow from the trusted weights' range ({scheme})",
-                             stats=st, rows=tuple(bad_scale), axis=axis or 0, problem="scale",
-                             violations=tuple(stats.samples))
+        return TensorVerdict(
+            origin,
+            names,
+            False,
+            "quantization",
+            f"{origin}: {len(bad_scale)} of {n_ch} scale/zero-point values do "
+            f"not follow from the trusted weights' range ({scheme})",
+            stats=st,
+            rows=tuple(bad_scale),
+            axis=axis or 0,
+            problem="scale",
+            violations=tuple(stats.samples),
+        )
     if violations:
         what = "differ from round-to-nearest" if strict else "are more than one step from nearest"
-        return TensorVerdict(origin, names, False, "quantization",
-                             f"{origin}: {violations:,} of {stats.n:,} codes {what}",
-                             stats=st, violations=tuple(stats.samples),
-                             rows=sorted_rows(stats.bad_rows),
-                             axis=axis or 0, problem="codes")
+        return TensorVerdict(
+            origin,
+            names,
+            False,
+            "quantization",
+            f"{origin}: {violations:,} of {stats.n:,} codes {what}",
+            stats=st,
+            violations=tuple(stats.samples),
+            rows=sorted_rows(stats.bad_rows),
+            axis=axis or 0,
+            problem="codes",
+        )
     frac = stats.n_mismatch / stats.n if stats.n else 0.0
-    msg = (f"{origin}: {stats.n:,} codes re-derived exactly" if strict else
-           f"{origin}: all codes within one step; {frac:.2%} non-nearest")
+    msg = (
+        f"{origin}: {stats.n:,} codes re-derived exactly"
+        if strict
+        else f"{origin}: all codes within one step; {frac:.2%} non-nearest"
+    )
     if not math.isfinite(stats.max_err_steps):
         msg += " (non-finite weights)"
     return TensorVerdict(origin, names, True, "quantization", msg, stats=st)

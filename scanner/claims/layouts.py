@@ -22,15 +22,28 @@ from dataclasses import dataclass
 
 from scanner.artifact import Artifact
 
-CODE_DTYPES = {"I8": (-128, 127), "U8": (0, 255), "I32": (-(2**31), 2**31 - 1),
-               "I4": (-8, 7), "U4": (0, 15), "I16": (-(2**15), 2**15 - 1),
-               "U16": (0, 2**16 - 1)}
+CODE_DTYPES = {
+    "I8": (-128, 127),
+    "U8": (0, 255),
+    "I32": (-(2**31), 2**31 - 1),
+    "I4": (-8, 7),
+    "U4": (0, 15),
+    "I16": (-(2**15), 2**15 - 1),
+    "U16": (0, 2**16 - 1),
+}
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 _CODE_SUFFIXES = ("_quantized", ".qweight", "_qweight", ".weight_quantized")
 _SCALE_SUFFIXES = ("_scale", ".scale", "_scales", ".scales", ".weight_scale", "_weight_scale")
-_ZP_SUFFIXES = ("_zero_point", ".zero_point", "_zp", ".zp", ".zeros", ".weight_zero_point",
-                "_weight_zero_point")
+_ZP_SUFFIXES = (
+    "_zero_point",
+    ".zero_point",
+    "_zp",
+    ".zp",
+    ".zeros",
+    ".weight_zero_point",
+    "_weight_zero_point",
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,11 @@ def _stems(name: str) -> list[str]:
     for suf in _CODE_SUFFIXES:
         if name.endswith(suf):
             stem = name[: -len(suf)]
-            out.append(stem + ".weight" if suf.startswith(".") and "weight" not in stem[-7:]
-                       and suf != ".weight_quantized" else stem)
+            out.append(
+                stem + ".weight"
+                if suf.startswith(".") and "weight" not in stem[-7:] and suf != ".weight_quantized"
+                else stem
+            )
             out.append(stem)
     out.append(name)
     return out
@@ -103,18 +119,23 @@ def find_groups(deployed: Artifact) -> list[QuantGroup]:
                 zp = ins[zi] if zi is not None and len(ins) > zi and ins[zi] in tensors else None
                 if node.op_type == "DequantizeLinear":
                     axis = _attr_axis(deployed, node.name, default=1)
-                groups[ins[ci]] = QuantGroup(ins[ci], ins[si], zp, _stems(ins[ci])[0],
-                                             axis, node.op_type)
+                groups[ins[ci]] = QuantGroup(
+                    ins[ci], ins[si], zp, _stems(ins[ci])[0], axis, node.op_type
+                )
             if node.op_type in ("MatMulInteger", "ConvInteger") and len(node.inputs) > 1:
                 code = node.inputs[1]
                 if code in tensors and code not in groups:
                     scale = _sibling(tensors, code, _SCALE_SUFFIXES)
-                    zp = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] in tensors \
+                    zp = (
+                        node.inputs[3]
+                        if len(node.inputs) > 3 and node.inputs[3] in tensors
                         else _sibling(tensors, code, _ZP_SUFFIXES)
+                    )
                     if scale:
                         axis = 0 if node.op_type == "ConvInteger" else 1
-                        groups[code] = QuantGroup(code, scale, zp, _stems(code)[0], axis,
-                                                  node.op_type)
+                        groups[code] = QuantGroup(
+                            code, scale, zp, _stems(code)[0], axis, node.op_type
+                        )
     for name, info in tensors.items():
         if name in groups or info.dtype.name not in CODE_DTYPES or not info.shape:
             continue

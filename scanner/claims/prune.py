@@ -30,29 +30,46 @@ FLOATS = ("F64", "F32", "F16", "BF16")
 SPARSITY_TOLERANCE = 0.01
 
 
-def check_prune(trusted: Artifact, deployed: Artifact, claim: Claim,
-                diffs: Sequence[TensorDiff]) -> ClaimOutcome:
+def check_prune(
+    trusted: Artifact, deployed: Artifact, claim: Claim, diffs: Sequence[TensorDiff]
+) -> ClaimOutcome:
     verdicts: list[TensorVerdict] = []
     for t in diffs:
         if t.status is not TensorStatus.CHANGED or t.trusted_dtype not in FLOATS:
             continue
         verdicts.append(check_tensor(trusted, t.name, deployed, t.deployed_name or t.name, claim))
-    return ClaimOutcome(str(claim), tuple(verdicts), applicable=bool(verdicts),
-                        evidence={"method": claim.param("method")})
+    return ClaimOutcome(
+        str(claim),
+        tuple(verdicts),
+        applicable=bool(verdicts),
+        evidence={"method": claim.param("method")},
+    )
 
 
-def _viol(idx: np.ndarray, w: np.ndarray, d: np.ndarray, shape: tuple[int, ...],
-          expected_kept: bool = True) -> tuple[Violation, ...]:
+def _viol(
+    idx: np.ndarray,
+    w: np.ndarray,
+    d: np.ndarray,
+    shape: tuple[int, ...],
+    expected_kept: bool = True,
+) -> tuple[Violation, ...]:
     """Violations at flat positions ``idx``, largest |w| first."""
     flat_w, flat_d = w.reshape(-1), d.reshape(-1)
     order = idx[np.argsort(-np.abs(flat_w[idx]), kind="stable")][:MAX_REPORTED]
-    return tuple(Violation(tuple(int(v) for v in np.unravel_index(p, shape)),
-                           float(flat_w[p]) if expected_kept else 0.0, float(flat_d[p]),
-                           float(flat_w[p])) for p in order)
+    return tuple(
+        Violation(
+            tuple(int(v) for v in np.unravel_index(p, shape)),
+            float(flat_w[p]) if expected_kept else 0.0,
+            float(flat_d[p]),
+            float(flat_w[p]),
+        )
+        for p in order
+    )
 
 
-def check_tensor(trusted: Artifact, name: str, deployed: Artifact, d_name: str,
-                 claim: Claim) -> TensorVerdict:
+def check_tensor(
+    trusted: Artifact, name: str, deployed: Artifact, d_name: str, claim: Claim
+) -> TensorVerdict:
     w = trusted.to_float(name)
     d = deployed.to_float(d_name)
     shape = w.shape
@@ -62,18 +79,28 @@ def check_tensor(trusted: Artifact, name: str, deployed: Artifact, d_name: str,
     changed_kept = kept & (d != w) & ~(np.isnan(d) & np.isnan(w))
     n = w.size
     sparsity = float(np.count_nonzero(d == 0)) / n if n else 0.0
-    stats: dict[str, Any] = {"elements": n, "sparsity": round(sparsity, 6),
-                             "newly_pruned": int(pruned.sum()), "method": method}
+    stats: dict[str, Any] = {
+        "elements": n,
+        "sparsity": round(sparsity, 6),
+        "newly_pruned": int(pruned.sum()),
+        "method": method,
+    }
     deployed_names = (d_name,)
 
     def fail(problem: str, msg: str, bad: np.ndarray, expected_kept: bool = True) -> TensorVerdict:
         flat = np.flatnonzero(bad.reshape(-1))
-        rows = tuple(sorted({int(v) for v in np.unravel_index(flat, shape)[0]})) if w.ndim \
-            else ()
-        return TensorVerdict(name, deployed_names, False, "pruning", f"{name}: {msg}",
-                             stats={**stats, "violating_elements": int(flat.size)},
-                             violations=_viol(flat, w, d, shape, expected_kept), rows=rows,
-                             problem=problem)
+        rows = tuple(sorted({int(v) for v in np.unravel_index(flat, shape)[0]})) if w.ndim else ()
+        return TensorVerdict(
+            name,
+            deployed_names,
+            False,
+            "pruning",
+            f"{name}: {msg}",
+            stats={**stats, "violating_elements": int(flat.size)},
+            violations=_viol(flat, w, d, shape, expected_kept),
+            rows=rows,
+            problem=problem,
+        )
 
     if method == "sparsegpt":
         rows_lost = pruned.reshape(shape[0], -1).any(axis=1) if w.ndim > 1 else pruned.any()[None]
@@ -82,35 +109,59 @@ def check_tensor(trusted: Artifact, name: str, deployed: Artifact, d_name: str,
         kept_delta = np.where(changed_kept, d - w, 0.0)
         stats["kept_updated"] = int(changed_kept.sum())
         stats["kept_rel_l2_change"] = float(
-            np.linalg.norm(kept_delta) / max(float(np.linalg.norm(np.where(kept, w, 0))), 1e-30))
+            np.linalg.norm(kept_delta) / max(float(np.linalg.norm(np.where(kept, w, 0))), 1e-30)
+        )
         if stray.any():
-            mask = changed_kept & np.broadcast_to(
-                stray.reshape((-1,) + (1,) * (w.ndim - 1)), shape)
-            return fail("update", f"kept weights changed in {int(stray.sum())} rows that lost "
-                        "no weight (no pruning update explains them)", mask)
+            mask = changed_kept & np.broadcast_to(stray.reshape((-1,) + (1,) * (w.ndim - 1)), shape)
+            return fail(
+                "update",
+                f"kept weights changed in {int(stray.sum())} rows that lost "
+                "no weight (no pruning update explains them)",
+                mask,
+            )
         ok = _sparsity_ok(claim, sparsity, stats)
         if ok is not None:
             return fail("sparsity", ok, np.zeros(shape, bool))
-        return TensorVerdict(name, deployed_names, True, "pruning",
-                             f"{name}: SparseGPT-style pruning, sparsity {sparsity:.2%}, "
-                             f"{stats['kept_updated']:,} kept weights updated", stats=stats)
+        return TensorVerdict(
+            name,
+            deployed_names,
+            True,
+            "pruning",
+            f"{name}: SparseGPT-style pruning, sparsity {sparsity:.2%}, "
+            f"{stats['kept_updated']:,} kept weights updated",
+            stats=stats,
+        )
 
     if changed_kept.any():
-        return fail("kept-changed", f"{int(changed_kept.sum()):,} kept weights changed value "
-                    "(pruning only zeroes weights; claim prune:sparsegpt if updates are "
-                    "intended)", changed_kept)
+        return fail(
+            "kept-changed",
+            f"{int(changed_kept.sum()):,} kept weights changed value "
+            "(pruning only zeroes weights; claim prune:sparsegpt if updates are "
+            "intended)",
+            changed_kept,
+        )
     bad = _criterion(method, w, pruned, claim, stats)
     if isinstance(bad, str):
         return fail("layout", bad, np.zeros(shape, bool))
     if bad.any():
-        return fail("criterion", f"{int(bad.sum()):,} zeroed weights are larger than weights "
-                    f"the {method} criterion keeps", bad, expected_kept=True)
+        return fail(
+            "criterion",
+            f"{int(bad.sum()):,} zeroed weights are larger than weights "
+            f"the {method} criterion keeps",
+            bad,
+            expected_kept=True,
+        )
     msg_sp = _sparsity_ok(claim, sparsity, stats)
     if msg_sp is not None:
         return fail("sparsity", msg_sp, np.zeros(shape, bool))
-    return TensorVerdict(name, deployed_names, True, "pruning",
-                         f"{name}: {method} pruning verified, sparsity {sparsity:.2%}",
-                         stats=stats)
+    return TensorVerdict(
+        name,
+        deployed_names,
+        True,
+        "pruning",
+        f"{name}: {method} pruning verified, sparsity {sparsity:.2%}",
+        stats=stats,
+    )
 
 
 def _sparsity_ok(claim: Claim, sparsity: float, stats: dict[str, Any]) -> str | None:
@@ -123,8 +174,9 @@ def _sparsity_ok(claim: Claim, sparsity: float, stats: dict[str, Any]) -> str | 
     return None
 
 
-def _criterion(method: str, w: np.ndarray, pruned: np.ndarray, claim: Claim,
-               stats: dict[str, Any]) -> np.ndarray | str:
+def _criterion(
+    method: str, w: np.ndarray, pruned: np.ndarray, claim: Claim, stats: dict[str, Any]
+) -> np.ndarray | str:
     """Mask of pruned elements that the criterion would have kept."""
     a = np.abs(w).astype(np.float64)
     if method == "magnitude":
@@ -151,8 +203,11 @@ def _criterion(method: str, w: np.ndarray, pruned: np.ndarray, claim: Claim,
     if method == "channel":
         rows = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(-1, 1)
         p = pruned.reshape(rows.shape)
-        zero_rows = (np.asarray(rows) == 0).all(axis=1) | p.all(axis=1) | \
-            (p | (np.asarray(rows) == 0)).all(axis=1)
+        zero_rows = (
+            (np.asarray(rows) == 0).all(axis=1)
+            | p.all(axis=1)
+            | (p | (np.asarray(rows) == 0)).all(axis=1)
+        )
         partial = p.any(axis=1) & ~zero_rows
         stats["channels_pruned"] = int((p.any(axis=1) & zero_rows).sum())
         if partial.any():

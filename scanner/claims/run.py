@@ -10,8 +10,9 @@ from scanner.claims.grammar import Claim, parse_claim
 from scanner.diff.model import TensorDiff, TensorStatus
 
 
-def run_claim(claim: Claim, trusted: Artifact, deployed: Artifact,
-              diffs: Sequence[TensorDiff]) -> ClaimOutcome:
+def run_claim(
+    claim: Claim, trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorDiff]
+) -> ClaimOutcome:
     """Re-derive ``claim`` on one pair of open artifacts."""
     if claim.kind == "cast":
         from scanner.claims.cast import check_cast
@@ -34,8 +35,9 @@ def run_claim(claim: Claim, trusted: Artifact, deployed: Artifact,
     return check_convert(trusted, deployed, claim, diffs)
 
 
-def candidate_claims(trusted: Artifact, deployed: Artifact,
-                     diffs: Sequence[TensorDiff]) -> list[str]:
+def candidate_claims(
+    trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorDiff]
+) -> list[str]:
     """Claims worth trying on a pair nobody described, most specific first.
 
     Driven by what the pair shows: integer tensors with stored scales suggest int8
@@ -49,8 +51,9 @@ def candidate_claims(trusted: Artifact, deployed: Artifact,
     if find_groups(deployed):
         out += ["quantize", "quantize:algorithm=gptq"]
     t_block = any(i.dtype.is_block_quantized for i in trusted.tensors.values())
-    d_types = sorted({i.dtype.name for i in deployed.tensors.values()
-                      if i.dtype.is_block_quantized})
+    d_types = sorted(
+        {i.dtype.name for i in deployed.tensors.values() if i.dtype.is_block_quantized}
+    )
     for q in d_types:
         name = q.lower()
         if t_block:
@@ -61,16 +64,23 @@ def candidate_claims(trusted: Artifact, deployed: Artifact,
                 out.append(f"gguf:{name}:search")
     changed = [t for t in diffs if t.status is TensorStatus.CHANGED]
     if changed:
-        out += ["prune:2:4", "prune:magnitude", "prune:magnitude:per-row", "prune:channel",
-                "prune:sparsegpt"]
+        out += [
+            "prune:2:4",
+            "prune:magnitude",
+            "prune:magnitude:per-row",
+            "prune:channel",
+            "prune:sparsegpt",
+        ]
     if trusted.format != deployed.format or any(
-            t.status in (TensorStatus.RENAMED, TensorStatus.REMOVED) for t in diffs):
+        t.status in (TensorStatus.RENAMED, TensorStatus.REMOVED) for t in diffs
+    ):
         out.append("convert")
     return out
 
 
-def infer(trusted: Artifact, deployed: Artifact,
-          diffs: Sequence[TensorDiff]) -> tuple[list[ClaimOutcome], list[ClaimOutcome]]:
+def infer(
+    trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorDiff]
+) -> tuple[list[ClaimOutcome], list[ClaimOutcome]]:
     """Try candidate claims; returns every attempt and, per family, the first that holds.
 
     Families: int8 quantization, each ggml type, pruning, conversion. Quantization and
@@ -100,8 +110,11 @@ def _looks_pruned(trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorD
     """Most changed float tensors gained exact zeros."""
     import numpy as np
 
-    changed = [t for t in diffs if t.status is TensorStatus.CHANGED
-               and t.trusted_dtype in ("F32", "F16", "BF16", "F64")]
+    changed = [
+        t
+        for t in diffs
+        if t.status is TensorStatus.CHANGED and t.trusted_dtype in ("F32", "F16", "BF16", "F64")
+    ]
     if not changed:
         return False
     hits = 0

@@ -34,21 +34,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 signed, 1 claim refused, 2 could not complete.",
     )
     parser.add_argument("kind", help="step kind, e.g. quantize, cast, identical, fine-tune")
-    parser.add_argument("--input", type=Path, action="append", default=[], metavar="TRUSTED",
-                        help="input artifact (repeat for several)")
-    parser.add_argument("--output", type=Path, required=True, metavar="DEPLOYED",
-                        help="the artifact the step produced")
-    parser.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
-                        help="step parameter (repeat)")
-    parser.add_argument("--parent", type=Path, action="append", default=[], metavar="ATT",
-                        help="attestation of the step that produced an input (repeat)")
-    parser.add_argument("--chain", metavar="ID",
-                        help="chain identifier (default: the parents', else a new one)")
-    parser.add_argument("--declared-only", action="store_true",
-                        help="sign a re-derivable claim that cannot be re-checked here as a "
-                        "declaration (never for a claim that fails)")
-    parser.add_argument("-o", "--attestation", "--out", dest="out", type=Path, required=True,
-                        metavar="step.att.json", help="where to write the attestation bundle")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="TRUSTED",
+        help="input artifact (repeat for several)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DEPLOYED",
+        help="the artifact the step produced",
+    )
+    parser.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="step parameter (repeat)",
+    )
+    parser.add_argument(
+        "--parent",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ATT",
+        help="attestation of the step that produced an input (repeat)",
+    )
+    parser.add_argument(
+        "--chain", metavar="ID", help="chain identifier (default: the parents', else a new one)"
+    )
+    parser.add_argument(
+        "--declared-only",
+        action="store_true",
+        help="sign a re-derivable claim that cannot be re-checked here as a "
+        "declaration (never for a claim that fails)",
+    )
+    parser.add_argument(
+        "-o",
+        "--attestation",
+        "--out",
+        dest="out",
+        type=Path,
+        required=True,
+        metavar="step.att.json",
+        help="where to write the attestation bundle",
+    )
     add_signer_options(parser)
     parser.set_defaults(handler=run)
 
@@ -81,10 +116,18 @@ def run(args: argparse.Namespace) -> int:
     parents = [_read_parent(p) for p in args.parent]
     # A claim that does not hold raises ClaimRefusedError (exit 1) and nothing is written.
     att = attest_step(
-        args.kind, inputs, output, signer, checker=check_step,
-        input_path=args.input[0] if args.input else None, output_path=args.output,
-        parameters=dict(args.param), parents=parents, chain_id=args.chain,
-        declared_only=args.declared_only, tool_version=__version__,
+        args.kind,
+        inputs,
+        output,
+        signer,
+        checker=check_step,
+        input_path=args.input[0] if args.input else None,
+        output_path=args.output,
+        parameters=dict(args.param),
+        parents=parents,
+        chain_id=args.chain,
+        declared_only=args.declared_only,
+        tool_version=__version__,
     )
     args.out.write_text(att.bundle, encoding="utf-8")
     st = att.statement

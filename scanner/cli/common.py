@@ -73,8 +73,13 @@ def add_output_options(parser: argparse.ArgumentParser, *, gate: bool = True) ->
 class _ExplicitFailOn(argparse.Action):
     """Store --fail-on and remember it was given, so it wins over a pack's fail_on."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, values)
         namespace.fail_on_explicit = True
 

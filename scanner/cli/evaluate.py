@@ -24,18 +24,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 done, 2 could not complete.",
     )
     parser.add_argument("model", type=Path)
-    parser.add_argument("--attacks", nargs="+", metavar="NAME",
-                        help="entries to run (attacks and/or transforms; default: all that "
-                        "apply to the model's format)")
-    parser.add_argument("--seeds", type=int, default=3, metavar="K",
-                        help="seeds 0..K-1 per strength (default 3)")
-    parser.add_argument("--rules", metavar="PACK",
-                        help="judge by this rules pack (default, strict, audit, or a file)")
-    parser.add_argument("--fail-on", type=Severity.parse, default=Severity.MEDIUM,
-                        metavar="SEVERITY", help="threshold without a pack (default medium)")
+    parser.add_argument(
+        "--attacks",
+        nargs="+",
+        metavar="NAME",
+        help="entries to run (attacks and/or transforms; default: all that "
+        "apply to the model's format)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, metavar="K", help="seeds 0..K-1 per strength (default 3)"
+    )
+    parser.add_argument(
+        "--rules",
+        metavar="PACK",
+        help="judge by this rules pack (default, strict, audit, or a file)",
+    )
+    parser.add_argument(
+        "--fail-on",
+        type=Severity.parse,
+        default=Severity.MEDIUM,
+        metavar="SEVERITY",
+        help="threshold without a pack (default medium)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the full record")
-    parser.add_argument("--plot", type=Path, metavar="PNG",
-                        help="detection vs strength (needs the plots extra)")
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="detection vs strength (needs the plots extra)"
+    )
     parser.add_argument("--markdown", action="store_true", help="table in Markdown")
     parser.set_defaults(handler=run)
 
@@ -46,9 +60,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
-    ev = evaluate(args.model, names=args.attacks, seeds=args.seeds, pack=args.rules,
-                  fail_on=args.fail_on,
-                  progress=lambda line: sys.stderr.write(f"  {line}\n"))
+    ev = evaluate(
+        args.model,
+        names=args.attacks,
+        seeds=args.seeds,
+        pack=args.rules,
+        fail_on=args.fail_on,
+        progress=lambda line: sys.stderr.write(f"  {line}\n"),
+    )
     sys.stdout.write(render_table(ev, markdown=args.markdown))
     if args.json is not None:
         args.json.write_text(to_json(ev), encoding="utf-8")

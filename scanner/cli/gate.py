@@ -34,28 +34,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--public-key release.pub --rules strict -f sarif -o gate.sarif",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("deployed", type=Path, nargs="?",
-                        help="the artifact to gate (default: `deployed` in the configuration)")
-    parser.add_argument("--trusted", type=Path, metavar="PATH",
-                        help="the trusted artifact to diff against")
-    parser.add_argument("--signature", type=Path, metavar="model.sig",
-                        help="signature bundle of DEPLOYED (needs a trusted signer below)")
-    parser.add_argument("--attestations", type=Path, metavar="DIR",
-                        help="folder of step attestations (*.json) ending at DEPLOYED")
-    parser.add_argument("--chain-policy", type=Path, metavar="policy.toml",
-                        help="chain policy the attestations are verified against")
-    parser.add_argument("--artifact", type=Path, action="append", default=None,
-                        metavar="PATH", help="intermediate artifact, so chain claims can be "
-                        "re-derived (repeat)")
-    parser.add_argument("--claim", action="append", default=None, metavar="KIND[:PARAMS]",
-                        help="transformation DEPLOYED claims to be of TRUSTED (repeat)")
-    parser.add_argument("--allow", action="append", default=None, metavar="CLASS",
-                        help="accept a class of change in the diff analyzers (repeat)")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="gate configuration (default: modelseal.toml, else "
-                        "[tool.modelseal] in pyproject.toml, searched upwards from here)")
-    parser.add_argument("--no-config", action="store_true",
-                        help="ignore configuration files")
+    parser.add_argument(
+        "deployed",
+        type=Path,
+        nargs="?",
+        help="the artifact to gate (default: `deployed` in the configuration)",
+    )
+    parser.add_argument(
+        "--trusted", type=Path, metavar="PATH", help="the trusted artifact to diff against"
+    )
+    parser.add_argument(
+        "--signature",
+        type=Path,
+        metavar="model.sig",
+        help="signature bundle of DEPLOYED (needs a trusted signer below)",
+    )
+    parser.add_argument(
+        "--attestations",
+        type=Path,
+        metavar="DIR",
+        help="folder of step attestations (*.json) ending at DEPLOYED",
+    )
+    parser.add_argument(
+        "--chain-policy",
+        type=Path,
+        metavar="policy.toml",
+        help="chain policy the attestations are verified against",
+    )
+    parser.add_argument(
+        "--artifact",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="intermediate artifact, so chain claims can be re-derived (repeat)",
+    )
+    parser.add_argument(
+        "--claim",
+        action="append",
+        default=None,
+        metavar="KIND[:PARAMS]",
+        help="transformation DEPLOYED claims to be of TRUSTED (repeat)",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="CLASS",
+        help="accept a class of change in the diff analyzers (repeat)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="gate configuration (default: modelseal.toml, else "
+        "[tool.modelseal] in pyproject.toml, searched upwards from here)",
+    )
+    parser.add_argument("--no-config", action="store_true", help="ignore configuration files")
     add_verifier_options(parser)
     add_output_options(parser)
     parser.set_defaults(handler=run)
@@ -72,8 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 all pass, 1 a file fails, 2 a file could not be checked.",
     )
     hook.add_argument("files", type=Path, nargs="*", metavar="FILE")
-    hook.add_argument("--config", type=Path, metavar="FILE",
-                      help="gate configuration (default: searched upwards from here)")
+    hook.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="gate configuration (default: searched upwards from here)",
+    )
     hook.add_argument("--no-config", action="store_true", help="ignore configuration files")
     add_verifier_options(hook)
     add_output_options(hook)
@@ -97,8 +136,14 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _fill_verifier(args: argparse.Namespace, config: Any) -> None:
-    for key in ("public_key", "certificate_chain", "identity", "issuer", "trust_config",
-                "trusted_root"):
+    for key in (
+        "public_key",
+        "certificate_chain",
+        "identity",
+        "issuer",
+        "trust_config",
+        "trusted_root",
+    ):
         if getattr(args, key, None) in (None, []) and config.get(key):
             setattr(args, key, config.get(key))
 
@@ -117,19 +162,30 @@ def run_hook(args: argparse.Namespace) -> int:
     # A commit has no trusted reference or attestation folder per file; of the pack's
     # gate requirements only "signature" can be met here, so only it is kept.
     pack = dataclasses.replace(pack, require=tuple(r for r in pack.require if r == "signature"))
-    has_signer = any(getattr(args, k, None) for k in ("public_key", "certificate_chain",
-                                                       "identity"))
+    has_signer = any(
+        getattr(args, k, None) for k in ("public_key", "certificate_chain", "identity")
+    )
     worst = 0
     for path in args.files:
-        signature = next((s for s in (path.with_name(path.name + ".sig"),
-                                      path.with_name("model.sig")) if s.is_file()), None)
+        signature = next(
+            (
+                s
+                for s in (path.with_name(path.name + ".sig"), path.with_name("model.sig"))
+                if s.is_file()
+            ),
+            None,
+        )
         if signature is not None and not has_signer:
-            sys.stderr.write(f"{path}: signature {signature} found but no trusted signer "
-                             "configured; not verified\n")
+            sys.stderr.write(
+                f"{path}: signature {signature} found but no trusted signer "
+                "configured; not verified\n"
+            )
             signature = None
         try:
             request = GateRequest(
-                deployed=path, pack=pack, signature=signature,
+                deployed=path,
+                pack=pack,
+                signature=signature,
                 verifier=build_verifier(args) if signature is not None else None,
             )
             report = run_gate(request, progress=progress_for(True))
@@ -138,8 +194,9 @@ def run_hook(args: argparse.Namespace) -> int:
             worst = 2
             continue
         checked = "signature verified, scanned" if signature is not None else "scanned"
-        sys.stdout.write(f"{path}: {report.verdict.upper()} ({checked}, "
-                         f"{len(report.findings)} findings)\n")
+        sys.stdout.write(
+            f"{path}: {report.verdict.upper()} ({checked}, {len(report.findings)} findings)\n"
+        )
         if report.verdict != "pass" and not args.quiet:
             from scanner.report import render
 
@@ -166,8 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
     deployed = _pick(args, config, "deployed")
     if deployed is None:
-        raise UsageError("no deployed artifact: give DEPLOYED or set `deployed` in "
-                         "modelseal.toml")
+        raise UsageError("no deployed artifact: give DEPLOYED or set `deployed` in modelseal.toml")
     pack = args.rules or rules_option(config.get("rules") or "default")
     assert pack is not None
     pack = with_suppressions(pack, config.suppressions)

@@ -12,7 +12,8 @@ from scanner.errors import UsageError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "lifecycle", help="model a pipeline's steps and check which threats its evidence covers")
+        "lifecycle", help="model a pipeline's steps and check which threats its evidence covers"
+    )
     sub = parser.add_subparsers(dest="lifecycle_command", metavar="ACTION")
     check = sub.add_parser(
         "check",
@@ -29,12 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "not complete.",
     )
     check.add_argument("lifecycle", type=Path, help="lifecycle.toml")
-    check.add_argument("--attestations", type=Path, metavar="DIR",
-                       help="folder of signed step attestations (*.json)")
+    check.add_argument(
+        "--attestations",
+        type=Path,
+        metavar="DIR",
+        help="folder of signed step attestations (*.json)",
+    )
     check.add_argument("--format", choices=["text", "json"], default="text")
     check.add_argument("-o", "--output", type=Path, metavar="FILE")
-    check.add_argument("--fail-under", type=float, metavar="PCT",
-                       help="exit 1 when fewer than PCT%% of step threats are fully covered")
+    check.add_argument(
+        "--fail-under",
+        type=float,
+        metavar="PCT",
+        help="exit 1 when fewer than PCT%% of step threats are fully covered",
+    )
     add_verifier_options(check)
     check.set_defaults(handler=run)
     parser.set_defaults(handler=lambda _a: (parser.print_help(sys.stderr), 2)[1])

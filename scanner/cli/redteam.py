@@ -38,14 +38,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--transform", metavar="NAME", help="benign transformation to apply")
     what.add_argument("--list", action="store_true", help="list attacks and transforms")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--strength", type=float, metavar="X",
-                        help="the entry's strength parameter (see --list; default: its "
-                        "middle sweep value)")
-    parser.add_argument("--param", type=_param, action="append", default=[],
-                        metavar="KEY=VALUE", help="extra parameter, e.g. tensor=NAME (repeat)")
-    parser.add_argument("-o", "--output", type=Path, metavar="OUT",
-                        help="output model path (the ground truth goes to "
-                        "OUT.groundtruth.json)")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        metavar="X",
+        help="the entry's strength parameter (see --list; default: its middle sweep value)",
+    )
+    parser.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra parameter, e.g. tensor=NAME (repeat)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT",
+        help="output model path (the ground truth goes to OUT.groundtruth.json)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -54,28 +67,50 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         for row in registry.describe():
-            strength = (f" [{row['strength_name']}: {', '.join(f'{s:g}' for s in row['sweep'])}]"
-                        if row["strength_name"] else "")
-            sys.stdout.write(f"{row['kind']:9} {row['name']:17} {'/'.join(row['formats']):22} "
-                             f"{row['summary']}{strength}\n")
+            strength = (
+                f" [{row['strength_name']}: {', '.join(f'{s:g}' for s in row['sweep'])}]"
+                if row["strength_name"]
+                else ""
+            )
+            sys.stdout.write(
+                f"{row['kind']:9} {row['name']:17} {'/'.join(row['formats']):22} "
+                f"{row['summary']}{strength}\n"
+            )
         return 0
     name = args.attack or args.transform
     if args.model is None or name is None or args.output is None:
-        raise UsageError("give MODEL, --attack NAME or --transform NAME, and -o OUT "
-                         "(or --list)")
+        raise UsageError("give MODEL, --attack NAME or --transform NAME, and -o OUT (or --list)")
     entry = registry.get(name)
     wanted = "attack" if args.attack else "transform"
     if entry.kind != wanted:
         raise UsageError(f"{name} is a {entry.kind}; use --{entry.kind}")
-    truth = registry.plant(args.model, name, args.output, seed=args.seed,
-                           strength=args.strength, params=dict(args.param))
-    sys.stdout.write(json.dumps({"output": truth.output, "tensors": len(truth.tensors),
-                                 "nodes": len(truth.nodes), "claim": truth.claim,
-                                 "verification": dict(truth.verification)}, sort_keys=True)
-                     + "\n")
+    truth = registry.plant(
+        args.model,
+        name,
+        args.output,
+        seed=args.seed,
+        strength=args.strength,
+        params=dict(args.param),
+    )
+    sys.stdout.write(
+        json.dumps(
+            {
+                "output": truth.output,
+                "tensors": len(truth.tensors),
+                "nodes": len(truth.nodes),
+                "claim": truth.claim,
+                "verification": dict(truth.verification),
+            },
+            sort_keys=True,
+        )
+        + "\n"
+    )
     verification = truth.verification
-    if verification and not (verification.get("fires_on_trigger")
-                             and verification.get("clean_unchanged")):
-        sys.stderr.write("modelseal redteam: warning: the planted backdoor did not behave as "
-                         "planned under onnxruntime (see the ground truth)\n")
+    if verification and not (
+        verification.get("fires_on_trigger") and verification.get("clean_unchanged")
+    ):
+        sys.stderr.write(
+            "modelseal redteam: warning: the planted backdoor did not behave as "
+            "planned under onnxruntime (see the ground truth)\n"
+        )
     return 0

@@ -14,13 +14,19 @@ from scanner.rulebook import RULES, all_rules, rule_markdown, rules_markdown
 def _pack_option(parser: argparse.ArgumentParser) -> None:
     from scanner.cli.common import rules_option
 
-    parser.add_argument("--rules", type=rules_option, default="", metavar="PACK_OR_PATH",
-                        help="show severities and thresholds as this rules pack sets them")
+    parser.add_argument(
+        "--rules",
+        type=rules_option,
+        default="",
+        metavar="PACK_OR_PATH",
+        help="show severities and thresholds as this rules pack sets them",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "rules", help="list, show and document the rules findings refer to",
+        "rules",
+        help="list, show and document the rules findings refer to",
         description="Every finding names a rule; this command documents them. With --rules, "
         "severities and thresholds are those of a rules pack (default, strict, audit or a "
         "file).",
@@ -34,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _pack_option(show)
     show.set_defaults(handler=_show)
     docs = sub.add_parser("docs", help="write the rules reference (docs/rules.md)")
-    docs.add_argument("-o", "--output", type=Path, metavar="FILE",
-                      help="write to FILE instead of stdout")
+    docs.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout"
+    )
     _pack_option(docs)
     docs.set_defaults(handler=_docs)
 
@@ -51,8 +58,7 @@ def _list(args: argparse.Namespace) -> int:
                 severity = settings.severity
             if settings is not None and settings.enabled is False:
                 note = "  (disabled)"
-        sys.stdout.write(
-            f"{rule.id}  {severity!s:8}  {rule.name:34}  {rule.title}{note}\n")
+        sys.stdout.write(f"{rule.id}  {severity!s:8}  {rule.name:34}  {rule.title}{note}\n")
     return 0
 
 

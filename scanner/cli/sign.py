@@ -16,23 +16,51 @@ from signing.signers import KeySigner, Signer
 def add_signer_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing how to sign: a key (optionally certified) or Sigstore keyless."""
     group = parser.add_argument_group("signer (one of --key or --sigstore)")
-    group.add_argument("--key", type=Path, metavar="KEY.pem",
-                       help="PEM private key: ECDSA P-256/P-384 (verifiable by model_signing) "
-                       "or Ed25519 (modelseal only)")
-    group.add_argument("--password-env", metavar="VAR",
-                       help="environment variable holding the private key's password")
-    group.add_argument("--certificate", type=Path, metavar="LEAF.pem",
-                       help="sign with an X.509 certificate: the leaf certifying --key")
-    group.add_argument("--certificate-chain", type=Path, nargs="+", default=[],
-                       metavar="CERT.pem", help="intermediate certificates to embed")
-    group.add_argument("--sigstore", action="store_true",
-                       help="Sigstore keyless signing (CI with ambient OIDC credentials)")
-    group.add_argument("--identity-token", metavar="JWT",
-                       help="explicit OIDC token for --sigstore (default: detect CI credentials)")
-    group.add_argument("--trust-config", type=Path, metavar="FILE",
-                       help="Sigstore ClientTrustConfig for --sigstore (default: production)")
-    group.add_argument("--staging", action="store_true",
-                       help="use Sigstore staging with --sigstore (testing only)")
+    group.add_argument(
+        "--key",
+        type=Path,
+        metavar="KEY.pem",
+        help="PEM private key: ECDSA P-256/P-384 (verifiable by model_signing) "
+        "or Ed25519 (modelseal only)",
+    )
+    group.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="environment variable holding the private key's password",
+    )
+    group.add_argument(
+        "--certificate",
+        type=Path,
+        metavar="LEAF.pem",
+        help="sign with an X.509 certificate: the leaf certifying --key",
+    )
+    group.add_argument(
+        "--certificate-chain",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CERT.pem",
+        help="intermediate certificates to embed",
+    )
+    group.add_argument(
+        "--sigstore",
+        action="store_true",
+        help="Sigstore keyless signing (CI with ambient OIDC credentials)",
+    )
+    group.add_argument(
+        "--identity-token",
+        metavar="JWT",
+        help="explicit OIDC token for --sigstore (default: detect CI credentials)",
+    )
+    group.add_argument(
+        "--trust-config",
+        type=Path,
+        metavar="FILE",
+        help="Sigstore ClientTrustConfig for --sigstore (default: production)",
+    )
+    group.add_argument(
+        "--staging", action="store_true", help="use Sigstore staging with --sigstore (testing only)"
+    )
 
 
 def build_signer(args: argparse.Namespace) -> Signer:
@@ -42,25 +70,37 @@ def build_signer(args: argparse.Namespace) -> Signer:
     if args.sigstore:
         from signing.sigstore_keyless import KeylessSigner  # sigstore is slow to import
 
-        return KeylessSigner.create(trust_config=args.trust_config, staging=args.staging,
-                                    identity_token=args.identity_token)
+        return KeylessSigner.create(
+            trust_config=args.trust_config, staging=args.staging, identity_token=args.identity_token
+        )
     password = None
     if args.password_env:
         value = os.environ.get(args.password_env)
         if value is None:
             raise SigningError(f"environment variable {args.password_env} is not set")
         password = value.encode()
-    return KeySigner.from_files(args.key, password=password, certificate=args.certificate,
-                                chain=args.certificate_chain)
+    return KeySigner.from_files(
+        args.key, password=password, certificate=args.certificate, chain=args.certificate_chain
+    )
 
 
 def add_hashing_options(parser: argparse.ArgumentParser) -> None:
     """Ignore rules shared with model_signing."""
-    parser.add_argument("--ignore-paths", type=Path, nargs="+", default=[], metavar="PATH",
-                        help="files or folders to leave out (relative to the working "
-                        "directory, as in model_signing)")
-    parser.add_argument("--no-ignore-git-paths", dest="ignore_git_paths", action="store_false",
-                        help="also sign .git, .github, .gitattributes, .gitignore")
+    parser.add_argument(
+        "--ignore-paths",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files or folders to leave out (relative to the working "
+        "directory, as in model_signing)",
+    )
+    parser.add_argument(
+        "--no-ignore-git-paths",
+        dest="ignore_git_paths",
+        action="store_false",
+        help="also sign .git, .github, .gitattributes, .gitignore",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,15 +116,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 signed, 2 could not complete.",
     )
     parser.add_argument("path", type=Path, help="model folder or file")
-    parser.add_argument("-o", "--output", type=Path, default=Path("model.sig"),
-                        metavar="model.sig", help="where to write the bundle (default model.sig)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("model.sig"),
+        metavar="model.sig",
+        help="where to write the bundle (default model.sig)",
+    )
     add_signer_options(parser)
     add_hashing_options(parser)
-    parser.add_argument("--allow-symlinks", action="store_true",
-                        help="hash the targets of symbolic links instead of refusing them")
-    parser.add_argument("--tensors", action="store_true",
-                        help="also record per-tensor digests so verification can name the "
-                        "tensor that changed (reads every tensor once more)")
+    parser.add_argument(
+        "--allow-symlinks",
+        action="store_true",
+        help="hash the targets of symbolic links instead of refusing them",
+    )
+    parser.add_argument(
+        "--tensors",
+        action="store_true",
+        help="also record per-tensor digests so verification can name the "
+        "tensor that changed (reads every tensor once more)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -99,9 +151,14 @@ def run(args: argparse.Namespace) -> int:
             tensors = build_manifest(args.path)
         except ModelsealError as exc:
             raise SigningError(f"cannot compute tensor digests of {args.path}: {exc}") from None
-    signed = sign_model(args.path, signer, ignore_paths=ignore,
-                        ignore_git_paths=args.ignore_git_paths,
-                        allow_symlinks=args.allow_symlinks, tensor_manifest=tensors)
+    signed = sign_model(
+        args.path,
+        signer,
+        ignore_paths=ignore,
+        ignore_git_paths=args.ignore_git_paths,
+        allow_symlinks=args.allow_symlinks,
+        tensor_manifest=tensors,
+    )
     args.output.write_text(signed.bundle, encoding="utf-8")
     sys.stderr.write(
         f"signed {len(signed.manifest.resources)} files of '{signed.manifest.model_name}' "

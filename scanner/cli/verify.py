@@ -19,18 +19,37 @@ from signing.verifiers import CertificateVerifier, PublicKeyVerifier, Verifier
 def add_verifier_options(parser: argparse.ArgumentParser) -> None:
     """Options naming whom to trust."""
     group = parser.add_argument_group(
-        "trusted signer (one of --public-key, --certificate-chain, --identity)")
-    group.add_argument("--public-key", type=Path, metavar="PUB.pem",
-                       help="trusted public key (ECDSA or Ed25519)")
-    group.add_argument("--certificate-chain", type=Path, nargs="+", metavar="CA.pem",
-                       help="trusted CA certificate(s) for certificate-signed bundles")
+        "trusted signer (one of --public-key, --certificate-chain, --identity)"
+    )
+    group.add_argument(
+        "--public-key", type=Path, metavar="PUB.pem", help="trusted public key (ECDSA or Ed25519)"
+    )
+    group.add_argument(
+        "--certificate-chain",
+        type=Path,
+        nargs="+",
+        metavar="CA.pem",
+        help="trusted CA certificate(s) for certificate-signed bundles",
+    )
     group.add_argument("--identity", help="Sigstore: expected signer identity (certificate SAN)")
-    group.add_argument("--identity-provider", "--issuer", dest="issuer",
-                       help="Sigstore: expected OIDC issuer of --identity")
-    group.add_argument("--trust-config", type=Path, metavar="FILE",
-                       help="Sigstore ClientTrustConfig JSON (offline trust root)")
-    group.add_argument("--trusted-root", type=Path, metavar="FILE",
-                       help="Sigstore TrustedRoot JSON (offline trust root)")
+    group.add_argument(
+        "--identity-provider",
+        "--issuer",
+        dest="issuer",
+        help="Sigstore: expected OIDC issuer of --identity",
+    )
+    group.add_argument(
+        "--trust-config",
+        type=Path,
+        metavar="FILE",
+        help="Sigstore ClientTrustConfig JSON (offline trust root)",
+    )
+    group.add_argument(
+        "--trusted-root",
+        type=Path,
+        metavar="FILE",
+        help="Sigstore TrustedRoot JSON (offline trust root)",
+    )
 
 
 def build_verifier(args: argparse.Namespace) -> Verifier:
@@ -39,7 +58,8 @@ def build_verifier(args: argparse.Namespace) -> Verifier:
     if len(chosen) != 1:
         raise VerificationError(
             "choose exactly one trusted signer: --public-key, --certificate-chain or "
-            "--identity with --identity-provider")
+            "--identity with --identity-provider"
+        )
     if args.public_key:
         return PublicKeyVerifier(load_public_key(args.public_key))
     if args.certificate_chain:
@@ -64,8 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 verified, 1 verification failed, 2 could not complete.",
     )
     parser.add_argument("path", type=Path, help="model folder or file")
-    parser.add_argument("--signature", type=Path, required=True, metavar="model.sig",
-                        help="the Sigstore bundle to check")
+    parser.add_argument(
+        "--signature",
+        type=Path,
+        required=True,
+        metavar="model.sig",
+        help="the Sigstore bundle to check",
+    )
     add_verifier_options(parser)
     add_hashing_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -86,20 +111,35 @@ def run(args: argparse.Namespace) -> int:
         raise ModelsealError(f"cannot read signature {args.signature}: {exc.strerror}") from None
     ignore = resolve_cli_ignore_paths(args.path, [*args.ignore_paths, args.signature])
     try:
-        result = verify_model(args.path, bundle, verifier, ignore_paths=ignore,
-                              ignore_git_paths=args.ignore_git_paths,
-                              tensor_builder=_tensor_builder, source=str(args.signature))
+        result = verify_model(
+            args.path,
+            bundle,
+            verifier,
+            ignore_paths=ignore,
+            ignore_git_paths=args.ignore_git_paths,
+            tensor_builder=_tensor_builder,
+            source=str(args.signature),
+        )
     except VerificationError as exc:
         if args.json:
             sys.stdout.write(json.dumps({"verified": False, "error": str(exc)}) + "\n")
         raise
     if args.json:
-        sys.stdout.write(json.dumps({
-            "verified": True, "model": result.manifest.model_name,
-            "root_digest": result.manifest.root_digest, "files": len(result.manifest.resources),
-            "signer": result.signer.describe()}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "verified": True,
+                    "model": result.manifest.model_name,
+                    "root_digest": result.manifest.root_digest,
+                    "files": len(result.manifest.resources),
+                    "signer": result.signer.describe(),
+                }
+            )
+            + "\n"
+        )
     else:
         sys.stdout.write(
             f"verified: '{result.manifest.model_name}' ({len(result.manifest.resources)} files) "
-            f"signed by {result.signer.describe()}\n")
+            f"signed by {result.signer.describe()}\n"
+        )
     return 0

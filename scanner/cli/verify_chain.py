@@ -27,20 +27,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 pass, 1 fail, 2 could not complete.",
     )
     parser.add_argument("deployed", type=Path, help="the deployed artifact")
-    parser.add_argument("--attestations", type=Path, required=True, metavar="DIR",
-                        help="folder of attestation bundles (*.json)")
+    parser.add_argument(
+        "--attestations",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder of attestation bundles (*.json)",
+    )
     parser.add_argument("--policy", type=Path, required=True, metavar="policy.toml")
-    parser.add_argument("--artifact", type=Path, action="append", default=[], metavar="PATH",
-                        help="an intermediate artifact, so its claims can be re-checked (repeat)")
-    parser.add_argument("--trust-config", type=Path, metavar="FILE",
-                        help="Sigstore ClientTrustConfig for keyless attestations")
-    parser.add_argument("--trusted-root", type=Path, metavar="FILE",
-                        help="Sigstore TrustedRoot for keyless attestations")
-    parser.add_argument("--format", "-f", type=ChainOutputFormat,
-                        choices=list(ChainOutputFormat), default=ChainOutputFormat.TEXT,
-                        help="text (tree), json or sarif; default text")
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
-                        help="write the report to FILE instead of stdout")
+    parser.add_argument(
+        "--artifact",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an intermediate artifact, so its claims can be re-checked (repeat)",
+    )
+    parser.add_argument(
+        "--trust-config",
+        type=Path,
+        metavar="FILE",
+        help="Sigstore ClientTrustConfig for keyless attestations",
+    )
+    parser.add_argument(
+        "--trusted-root",
+        type=Path,
+        metavar="FILE",
+        help="Sigstore TrustedRoot for keyless attestations",
+    )
+    parser.add_argument(
+        "--format",
+        "-f",
+        type=ChainOutputFormat,
+        choices=list(ChainOutputFormat),
+        default=ChainOutputFormat.TEXT,
+        help="text (tree), json or sarif; default text",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the report to FILE instead of stdout",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -55,13 +84,21 @@ def run(args: argparse.Namespace) -> int:
     if trust_config or trusted_root_path:
         from signing.sigstore_keyless import load_trusted_root
 
-        root = load_trusted_root(trust_config=trust_config,
-                                 trusted_root=None if trust_config else trusted_root_path)
+        root = load_trusted_root(
+            trust_config=trust_config, trusted_root=None if trust_config else trusted_root_path
+        )
     deployed = build_manifest(args.deployed)
     artifacts = {build_manifest(p).root_digest: p for p in args.artifact}
-    report = verify_chain(deployed, texts, policy, checker=check_step, artifacts=artifacts,
-                          deployed_path=args.deployed, deployed_name=artifact_name(args.deployed),
-                          trusted_root=root)
+    report = verify_chain(
+        deployed,
+        texts,
+        policy,
+        checker=check_step,
+        artifacts=artifacts,
+        deployed_path=args.deployed,
+        deployed_name=artifact_name(args.deployed),
+        trusted_root=root,
+    )
     text = render(report, args.format)
     if args.output:
         args.output.write_text(text, encoding="utf-8")

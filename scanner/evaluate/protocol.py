@@ -89,12 +89,18 @@ class Evaluation:
         out = []
         for (entry, strength), cases in groups.items():
             n = len(cases)
-            out.append(Summary(
-                entry, cases[0].kind, cases[0].family, strength, n,
-                sum(c.detected for c in cases) / n,
-                sum(c.localized for c in cases) / n,
-                sum(c.seconds for c in cases) / n,
-            ))
+            out.append(
+                Summary(
+                    entry,
+                    cases[0].kind,
+                    cases[0].family,
+                    strength,
+                    n,
+                    sum(c.detected for c in cases) / n,
+                    sum(c.localized for c in cases) / n,
+                    sum(c.seconds for c in cases) / n,
+                )
+            )
         return out
 
     def totals(self) -> dict[str, float]:
@@ -123,8 +129,9 @@ def gate_case(pack: str | None = None, fail_on: Severity = Severity.MEDIUM) -> G
     ``pack`` when given (or the policy module is present), else the diff + scan pipeline
     with a ``fail_on`` threshold."""
 
-    def run(trusted: Path, deployed: Path, truth: GroundTruth) -> tuple[str, list[Finding],
-                                                                        str, float]:
+    def run(
+        trusted: Path, deployed: Path, truth: GroundTruth
+    ) -> tuple[str, list[Finding], str, float]:
         claims = (truth.claim,) if truth.claim else ()
         allow = tuple(truth.details.get("allow") or ())
         started = time.perf_counter()
@@ -137,10 +144,16 @@ def gate_case(pack: str | None = None, fail_on: Severity = Severity.MEDIUM) -> G
             loaded = load_pack(pack)
             # A pipeline step that expects this change class allows it in its pack.
             loaded = _replace(loaded, allow=tuple(dict.fromkeys((*loaded.allow, *allow))))
-            report = run_gate(GateRequest(deployed=deployed, pack=loaded,
-                                          trusted=trusted, claims=claims, allow=allow,
-                                          fail_on=fail_on if fail_on != Severity.MEDIUM
-                                          else None))
+            report = run_gate(
+                GateRequest(
+                    deployed=deployed,
+                    pack=loaded,
+                    trusted=trusted,
+                    claims=claims,
+                    allow=allow,
+                    fail_on=fail_on if fail_on != Severity.MEDIUM else None,
+                )
+            )
         else:
             from dataclasses import replace
 
@@ -173,7 +186,8 @@ def localized(findings: Sequence[Finding], truth: GroundTruth) -> bool:
             if isinstance(value, str) and (value in tensors or value in nodes):
                 return True
             if isinstance(value, (list, tuple)) and any(
-                    isinstance(v, str) and (v in tensors or v in nodes) for v in value):
+                isinstance(v, str) and (v in tensors or v in nodes) for v in value
+            ):
                 return True
     return False
 
@@ -210,26 +224,33 @@ def evaluate(
                 for seed in range(seeds):
                     out = Path(tmp, f"{name}-{strength:g}-{seed}{model.suffix}")
                     try:
-                        truth = registry.plant(model, name, out, seed=seed,
-                                               strength=strength)
+                        truth = registry.plant(model, name, out, seed=seed, strength=strength)
                     except registry.NotApplicableError as exc:
                         skipped[name] = str(exc)
                         break
                     verdict, failing, cls, seconds = gate(model, Path(truth.output), truth)
-                    cases.append(Case(
-                        entry=name, kind=entry.kind, family=entry.family,
-                        strength=strength, seed=seed, verdict=verdict,
-                        detected=verdict in ("fail", "error"),
-                        localized=localized(failing, truth),
-                        rules=tuple(sorted({f.rule_id for f in failing})),
-                        changed=len(truth.tensors) + len(truth.nodes),
-                        seconds=seconds, classification=cls,
-                    ))
+                    cases.append(
+                        Case(
+                            entry=name,
+                            kind=entry.kind,
+                            family=entry.family,
+                            strength=strength,
+                            seed=seed,
+                            verdict=verdict,
+                            detected=verdict in ("fail", "error"),
+                            localized=localized(failing, truth),
+                            rules=tuple(sorted({f.rule_id for f in failing})),
+                            changed=len(truth.tensors) + len(truth.nodes),
+                            seconds=seconds,
+                            classification=cls,
+                        )
+                    )
                     if progress:
                         progress(f"{name} strength={strength:g} seed={seed}: {verdict}")
                     Path(truth.output).unlink(missing_ok=True)
                 if name in skipped:
                     break
     label = f"rules pack {pack}" if pack else f"fail-on {fail_on}"
-    return Evaluation(str(model), fmt, seeds, label, tuple(cases), skipped,
-                      time.perf_counter() - started)
+    return Evaluation(
+        str(model), fmt, seeds, label, tuple(cases), skipped, time.perf_counter() - started
+    )

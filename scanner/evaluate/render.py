@@ -36,17 +36,25 @@ def render_table(ev: Evaluation, *, markdown: bool = False) -> str:
     head = ["kind", "name", "family", "strength", "n", "flagged", "localized", "s/case"]
     rows = []
     for s in ev.summaries():
-        rows.append([
-            s.kind, s.entry, s.family, f"{s.strength:g}", str(s.n),
-            f"{s.detection_rate:.0%}",
-            f"{s.localization_rate:.0%}" if s.kind == "attack" else "-",
-            f"{s.mean_seconds:.2f}",
-        ])
+        rows.append(
+            [
+                s.kind,
+                s.entry,
+                s.family,
+                f"{s.strength:g}",
+                str(s.n),
+                f"{s.detection_rate:.0%}",
+                f"{s.localization_rate:.0%}" if s.kind == "attack" else "-",
+                f"{s.mean_seconds:.2f}",
+            ]
+        )
     t = ev.totals()
-    foot = (f"attacks: {t['detection_rate']:.0%} detected, {t['localization_rate']:.0%} "
-            f"localized over {t['attack_cases']} cases; benign twins: "
-            f"{t['false_alarm_rate']:.0%} false alarms over {t['benign_cases']} cases "
-            f"({ev.gate}, {ev.seeds} seeds, {ev.seconds:.0f} s)")
+    foot = (
+        f"attacks: {t['detection_rate']:.0%} detected, {t['localization_rate']:.0%} "
+        f"localized over {t['attack_cases']} cases; benign twins: "
+        f"{t['false_alarm_rate']:.0%} false alarms over {t['benign_cases']} cases "
+        f"({ev.gate}, {ev.seeds} seeds, {ev.seconds:.0f} s)"
+    )
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -56,8 +64,11 @@ def render_table(ev: Evaluation, *, markdown: bool = False) -> str:
         fmt = "  ".join(f"{{:{w}}}" for w in widths)
         text = "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)]) + f"\n{foot}\n"
     if ev.not_applicable:
-        text += "not applicable: " + "; ".join(
-            f"{k} ({v})" for k, v in sorted(ev.not_applicable.items())) + "\n"
+        text += (
+            "not applicable: "
+            + "; ".join(f"{k} ({v})" for k, v in sorted(ev.not_applicable.items()))
+            + "\n"
+        )
     return text
 
 
@@ -83,8 +94,9 @@ def plot_detection(ev: Evaluation, out: Path) -> Path:
         ax = axes[0] if kind == "attack" else axes[1]
         xs, ys = zip(*sorted(pts), strict=True)
         ax.plot(xs, ys, marker="o", label=name)
-    for ax, title in zip(axes, ("attacks: detection rate", "benign twins: false-alarm rate"),
-                         strict=True):
+    for ax, title in zip(
+        axes, ("attacks: detection rate", "benign twins: false-alarm rate"), strict=True
+    ):
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("strength (entry's own parameter)")

@@ -96,18 +96,22 @@ class Const:
 
 
 def _kind(dtype: int) -> str:
-    if dtype in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                 onnx.TensorProto.BFLOAT16):
+    if dtype in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    ):
         return "f"
     return str(dtype)
 
 
-def const_from_array(value: np.ndarray, sources: tuple[str, ...], derivation: str,
-                     atol: np.ndarray | None = None) -> Const:
+def const_from_array(
+    value: np.ndarray, sources: tuple[str, ...], derivation: str, atol: np.ndarray | None = None
+) -> Const:
     arr = np.asarray(value)
     dtype = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-    return Const(int(dtype), tuple(int(d) for d in arr.shape), sources, derivation, arr,
-                 atol=atol)
+    return Const(int(dtype), tuple(int(d) for d in arr.shape), sources, derivation, arr, atol=atol)
 
 
 @dataclass
@@ -215,8 +219,9 @@ class _Builder:
 
         self.consts[tid] = Const(int(tensor.data_type), dims, (key,), "stored", None, load)
 
-    def walk(self, graph: onnx.GraphProto, scope: str, env: dict[str, str],
-             free: set[str] | None) -> None:
+    def walk(
+        self, graph: onnx.GraphProto, scope: str, env: dict[str, str], free: set[str] | None
+    ) -> None:
         local = dict(env)
         defined: set[str] = set()
 
@@ -246,8 +251,11 @@ class _Builder:
 
         for index, proto in enumerate(graph.node):
             name = proto.name or f"{proto.op_type}_{index}"
-            op = (proto.op_type if proto.domain in ("", "ai.onnx")
-                  else f"{proto.domain}::{proto.op_type}")
+            op = (
+                proto.op_type
+                if proto.domain in ("", "ai.onnx")
+                else f"{proto.domain}::{proto.op_type}"
+            )
             attrs: dict[str, Any] = {}
             sub: list[tuple[str, onnx.GraphProto]] = []
             for a in proto.attribute:
@@ -283,8 +291,9 @@ class _Builder:
                 if free is not None:
                     free.update(t for t in body_free if t not in defined)
 
-    def walk_body(self, g: onnx.GraphProto, scope: str, env: dict[str, str],
-                  free: set[str], parent: int) -> None:
+    def walk_body(
+        self, g: onnx.GraphProto, scope: str, env: dict[str, str], free: set[str], parent: int
+    ) -> None:
         self.walk(g, scope, env, free)
         ids = [f"{scope}::{i.name}" for i in g.input]
         outs = []
@@ -337,19 +346,30 @@ def canonicalize(model: onnx.ModelProto, loader: ValueLoader | None = None) -> C
         scope = f"function:{fn.domain}:{fn.name}"
         fake = onnx.helper.make_graph(list(fn.node), fn.name, [], [])
         b.walk(fake, scope, {}, set())
-        b.bodies[scope] = Body(-1, [f"{scope}::{i}" for i in fn.input],
-                               [f"{scope}::{o}" for o in fn.output])
+        b.bodies[scope] = Body(
+            -1, [f"{scope}::{i}" for i in fn.input], [f"{scope}::{o}" for o in fn.output]
+        )
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in init_names]
     input_types = {
-        i.name: (i.type.tensor_type.elem_type,
-                 tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                       for d in i.type.tensor_type.shape.dim))
-        for i in model.graph.input if i.name not in init_names
+        i.name: (
+            i.type.tensor_type.elem_type,
+            tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                for d in i.type.tensor_type.shape.dim
+            ),
+        )
+        for i in model.graph.input
+        if i.name not in init_names
     }
     g = CanonicalGraph(
-        b.nodes, b.consts, inputs, [o.name for o in model.graph.output],
-        [o.name for o in model.graph.output], b.bodies, input_types,
+        b.nodes,
+        b.consts,
+        inputs,
+        [o.name for o in model.graph.output],
+        [o.name for o in model.graph.output],
+        b.bodies,
+        input_types,
     )
     g.elem_types = _elem_types(model)
     from scanner.graph.rewrites import normalize
@@ -403,9 +423,11 @@ def attr_signature(node: Node) -> str:
         text = _attr_text(node.attrs[k])
         if defaults.get(k) == text:
             continue
-        if node.op in ("Conv", "MaxPool", "AveragePool", "ConvTranspose") and k in (
-            "pads", "dilations", "strides"
-        ) and set(text.strip("[]").split(",")) <= ({"0"} if k == "pads" else {"1"}):
+        if (
+            node.op in ("Conv", "MaxPool", "AveragePool", "ConvTranspose")
+            and k in ("pads", "dilations", "strides")
+            and set(text.strip("[]").split(",")) <= ({"0"} if k == "pads" else {"1"})
+        ):
             continue
         items.append((k, text))
     return _h(node.op, tuple(items))

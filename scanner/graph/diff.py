@@ -40,41 +40,127 @@ from scanner.graph.canonical import (
 )
 
 SELECTION_OPS = {
-    "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor",
-    "Not", "If", "Loop", "Scan", "BitwiseAnd", "BitwiseOr", "IsInf", "IsNaN",
+    "Where",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Not",
+    "If",
+    "Loop",
+    "Scan",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "IsInf",
+    "IsNaN",
 }
 MERGE_OPS = {"Add", "Mul", "Where", "Max", "Min", "Concat", "Sum", "Sub", "Div", "Mean"}
 FUSED_OPS = {
-    "Conv", "MatMul", "Gemm", "Split", "Add", "Mul", "Relu", "Sigmoid", "Clip", "HardSigmoid",
-    "Transpose", "Reshape", "LayerNormalization", "Softmax", "Erf", "Div", "Sub", "Pow",
-    "Sqrt", "ReduceMean", "Tanh", "Concat", "Slice", "Squeeze", "Unsqueeze", "Cast",
-    "com.microsoft::FusedConv", "com.microsoft::FusedGemm", "com.microsoft::FusedMatMul",
-    "com.microsoft::Gelu", "com.microsoft::FastGelu", "com.microsoft::BiasGelu",
-    "com.microsoft::SkipLayerNormalization", "com.microsoft::Attention",
-    "com.microsoft::MultiHeadAttention", "com.microsoft::BiasSoftmax",
-    "com.microsoft::QuickGelu", "com.microsoft::MatMulIntegerToFloat",
-    "com.microsoft::DynamicQuantizeMatMul", "com.microsoft::EmbedLayerNormalization",
-    "com.microsoft::BiasAdd", "com.microsoft::NhwcConv", "com.microsoft::QLinearConv",
-    "com.microsoft::RotaryEmbedding", "com.microsoft::GroupQueryAttention",
+    "Conv",
+    "MatMul",
+    "Gemm",
+    "Split",
+    "Add",
+    "Mul",
+    "Relu",
+    "Sigmoid",
+    "Clip",
+    "HardSigmoid",
+    "Transpose",
+    "Reshape",
+    "LayerNormalization",
+    "Softmax",
+    "Erf",
+    "Div",
+    "Sub",
+    "Pow",
+    "Sqrt",
+    "ReduceMean",
+    "Tanh",
+    "Concat",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Cast",
+    "com.microsoft::FusedConv",
+    "com.microsoft::FusedGemm",
+    "com.microsoft::FusedMatMul",
+    "com.microsoft::Gelu",
+    "com.microsoft::FastGelu",
+    "com.microsoft::BiasGelu",
+    "com.microsoft::SkipLayerNormalization",
+    "com.microsoft::Attention",
+    "com.microsoft::MultiHeadAttention",
+    "com.microsoft::BiasSoftmax",
+    "com.microsoft::QuickGelu",
+    "com.microsoft::MatMulIntegerToFloat",
+    "com.microsoft::DynamicQuantizeMatMul",
+    "com.microsoft::EmbedLayerNormalization",
+    "com.microsoft::BiasAdd",
+    "com.microsoft::NhwcConv",
+    "com.microsoft::QLinearConv",
+    "com.microsoft::RotaryEmbedding",
+    "com.microsoft::GroupQueryAttention",
 }
 """Operators an optimizer may put in place of an equivalent region (plus the ordinary ops
 such a region is made of). Selection and comparison operators are never among them."""
 SHAPE_OPS = {
-    "Shape", "Size", "Gather", "Slice", "Concat", "Cast", "Unsqueeze", "Squeeze", "Reshape",
-    "Mul", "Add", "Sub", "Div", "ConstantOfShape", "Range", "Equal", "Where", "Expand",
-    "ReduceProd", "Floor", "Ceil", "Max", "Min", "Neg", "Abs", "Identity", "Not", "If",
+    "Shape",
+    "Size",
+    "Gather",
+    "Slice",
+    "Concat",
+    "Cast",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Mul",
+    "Add",
+    "Sub",
+    "Div",
+    "ConstantOfShape",
+    "Range",
+    "Equal",
+    "Where",
+    "Expand",
+    "ReduceProd",
+    "Floor",
+    "Ceil",
+    "Max",
+    "Min",
+    "Neg",
+    "Abs",
+    "Identity",
+    "Not",
+    "If",
 }
 PARAMETER_SLOTS: dict[str, frozenset[int]] = {
-    op: frozenset(slots) for op, slots in {
-        "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
-        "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
-        "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
-        "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "PRelu": (1,),
-        "Gather": (0,), "Einsum": (0, 1, 2),
-        "com.microsoft::FusedConv": (1, 2), "com.microsoft::FusedGemm": (0, 1, 2),
-        "com.microsoft::FusedMatMul": (0, 1), "com.microsoft::SkipLayerNormalization": (2, 3, 4),
-        "com.microsoft::Attention": (1, 2), "com.microsoft::EmbedLayerNormalization":
-            (2, 3, 4, 5, 6),
+    op: frozenset(slots)
+    for op, slots in {
+        "Conv": (1, 2),
+        "ConvTranspose": (1, 2),
+        "Gemm": (0, 1, 2),
+        "MatMul": (0, 1),
+        "BatchNormalization": (1, 2, 3, 4),
+        "InstanceNormalization": (1, 2),
+        "LayerNormalization": (1, 2),
+        "GroupNormalization": (1, 2),
+        "LSTM": (1, 2, 3),
+        "GRU": (1, 2, 3),
+        "RNN": (1, 2, 3),
+        "PRelu": (1,),
+        "Gather": (0,),
+        "Einsum": (0, 1, 2),
+        "com.microsoft::FusedConv": (1, 2),
+        "com.microsoft::FusedGemm": (0, 1, 2),
+        "com.microsoft::FusedMatMul": (0, 1),
+        "com.microsoft::SkipLayerNormalization": (2, 3, 4),
+        "com.microsoft::Attention": (1, 2),
+        "com.microsoft::EmbedLayerNormalization": (2, 3, 4, 5, 6),
     }.items()
 }
 """Input slots of an operator that hold learned parameters (weights, biases, normalization
@@ -245,16 +331,22 @@ class _Matcher:
         def score(ti: int) -> tuple[int, int, int]:
             tn = t.nodes[ti]
             t_src = [t.consts[i].sources for i in tn.inputs if i in t.consts]
-            same_fp = bool(d_fp) and [_fingerprint(t.consts[i]) for i in tn.inputs
-                                      if i in t.consts] == d_fp
-            return (int(t.dhash.get(ti) == d.dhash.get(di)), int(bool(d_src) and t_src == d_src),
-                    int(same_fp))
+            same_fp = (
+                bool(d_fp)
+                and [_fingerprint(t.consts[i]) for i in tn.inputs if i in t.consts] == d_fp
+            )
+            return (
+                int(t.dhash.get(ti) == d.dhash.get(di)),
+                int(bool(d_src) and t_src == d_src),
+                int(same_fp),
+            )
 
         return max(bucket, key=score)  # max keeps the first of equals: stored order
 
     def anchors(self) -> None:
         """Pair nodes whose local form (operator, attributes, constant inputs) is unique on
         both sides: starting points when a wrapper changed every cone and every consumer."""
+
         def local(g: CanonicalGraph, n: Node) -> str:
             consts = tuple(g.consts[i].signature() if i in g.consts else "*" for i in n.inputs)
             return attr_signature(n) + repr(consts) + n.scope
@@ -350,9 +442,13 @@ class _Matcher:
                                 tn = t.nodes[p]
                                 if k < len(tn.outputs) and tn.outputs[k] == tin[cslot]:
                                     cands.append(p)
-                same = list(dict.fromkeys(
-                    c for c in cands
-                    if t_sig[c] == sig and self._consistent(t.nodes[c], dn, strict)))
+                same = list(
+                    dict.fromkeys(
+                        c
+                        for c in cands
+                        if t_sig[c] == sig and self._consistent(t.nodes[c], dn, strict)
+                    )
+                )
                 if same:
                     self.pair(same[0] if len(same) == 1 else self._closest(same, dn.id), dn.id)
                     progress = True
@@ -362,8 +458,9 @@ class _Matcher:
                 same_op = [c for c in cands if t.nodes[c].op == dn.op]
                 if same_op and self._inputs_correspond(t.nodes[same_op[0]], dn):
                     self.pair(same_op[0], dn.id)
-                    self.changed.append(ChangedNode(_ref(t.nodes[same_op[0]]), _ref(dn),
-                                                    "attributes changed"))
+                    self.changed.append(
+                        ChangedNode(_ref(t.nodes[same_op[0]]), _ref(dn), "attributes changed")
+                    )
                     progress = True
 
     def _inputs_correspond(self, tn: Node, dn: Node) -> bool:
@@ -402,8 +499,7 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
             ct, cd = t.consts.get(tt), d.consts.get(dt)
             if ct is None or cd is None:
                 continue
-            param = (is_parameter(tn.op, ci, ct) and ct.dtype == cd.dtype
-                     and ct.shape == cd.shape)
+            param = is_parameter(tn.op, ci, ct) and ct.dtype == cd.dtype and ct.shape == cd.shape
             if ct.sources == cd.sources and ct.derivation == cd.derivation == "stored":
                 if ct.signature() != cd.signature() and not param:
                     changed.append(ChangedNode(_ref(tn), _ref(dn), f"constant input {ci} differs"))
@@ -455,17 +551,24 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     explained = {k: v for k, v in explained.items() if k not in withheld}
     t_notes = list(t.notes)
     if noop:
-        t_notes.append(f"removed Clip/Relu made no-ops by the deployed QuantizeLinear range: "
-                       f"{len(noop)}")
+        t_notes.append(
+            f"removed Clip/Relu made no-ops by the deployed QuantizeLinear range: {len(noop)}"
+        )
     io: list[str] = []
     if list(t.inputs) != list(d.inputs):
         io.append(f"graph inputs {t.inputs} -> {d.inputs}")
     if t.output_names != d.output_names:
         io.append(f"graph outputs {t.output_names} -> {d.output_names}")
     return GraphDiff(
-        n_trusted=len(t.nodes), n_deployed=len(d.nodes), n_matched=len(m.d2t),
-        regions=tuple(regions), changed=tuple(changed), weight_checks=tuple(checks),
-        explained=explained, trusted_notes=tuple(t_notes), deployed_notes=tuple(d.notes),
+        n_trusted=len(t.nodes),
+        n_deployed=len(d.nodes),
+        n_matched=len(m.d2t),
+        regions=tuple(regions),
+        changed=tuple(changed),
+        weight_checks=tuple(checks),
+        explained=explained,
+        trusted_notes=tuple(t_notes),
+        deployed_notes=tuple(d.notes),
         io_changes=tuple(io),
     )
 
@@ -551,8 +654,9 @@ def _without_activations(t: CanonicalGraph, ids: list[int]) -> CanonicalGraph:
             c = t.consts.get(i)
             if c is not None:
                 absorbed.update(c.sources)
-    g = replace(t, nodes=nodes, absorbed=absorbed, uhash={}, nhash={}, dhash={},
-                producer={}, consumers={})
+    g = replace(
+        t, nodes=nodes, absorbed=absorbed, uhash={}, nhash={}, dhash={}, producer={}, consumers={}
+    )
     compute_hashes(g)
     return g
 
@@ -589,12 +693,19 @@ def _compare_values(ct: Any, cd: Any) -> WeightCheck:
         bound = sum(bounds) * (1 + 1e-3) + WEIGHT_RTOL * scale
         outside = np.abs(a64 - b64) > bound
         ok = not bool(outside.any())
-        return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, quantized=True,
-                           round_trip=trip, spread=None if ok else float(outside.mean()))
+        return WeightCheck(
+            ct.sources,
+            cd.sources,
+            derivation,
+            rel,
+            ok,
+            quantized=True,
+            round_trip=trip,
+            spread=None if ok else float(outside.mean()),
+        )
     ok = rel <= tol
     spread = None if ok else float((np.abs(a64 - b64) > tol * max(scale, 1e-30)).mean())
-    return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, round_trip=trip,
-                       spread=spread)
+    return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, round_trip=trip, spread=spread)
 
 
 # --------------------------------------------------------------------------- regions
@@ -646,8 +757,13 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
         ids = {n.id for n in comp}
         ext_in, ext_out = _boundary(d, comp)
         reads = tuple(i for i in ext_in if i in d.inputs)
-        taps = tuple(p for i in ext_in if i not in d.consts and i not in d.inputs
-                     for p in [m.tensor_partner(i)] if p)
+        taps = tuple(
+            p
+            for i in ext_in
+            if i not in d.consts and i not in d.inputs
+            for p in [m.tensor_partner(i)]
+            if p
+        )
         writes: list[str] = []
         merge_nodes: list[Node] = []
         for o in ext_out:
@@ -657,9 +773,7 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
             if producer not in merge_nodes:
                 merge_nodes.append(producer)
         ops = {n.op for n in comp}
-        input_is_stem = all(
-            all(c in ids for c, _ in d.consumers.get(i, ())) for i in reads
-        )
+        input_is_stem = all(all(c in ids for c, _ in d.consumers.get(i, ())) for i in reads)
         writes_inputs = bool(writes) and all(w in t.inputs for w in writes)
         on_outputs = bool(ext_out) and all(o in d.outputs for o in ext_out)
         taps_outputs = bool(taps) and all(tp in t.outputs for tp in taps)
@@ -680,10 +794,15 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
         else:
             kind, reason = "unexplained", "added structure with no known benign role"
         yield Region(
-            side="deployed", nodes=tuple(_ref(n) for n in comp), kind=kind,
-            reads_inputs=reads, taps=taps, writes_into=tuple(writes),
+            side="deployed",
+            nodes=tuple(_ref(n) for n in comp),
+            kind=kind,
+            reads_inputs=reads,
+            taps=taps,
+            writes_into=tuple(writes),
             merge_ops=tuple(dict.fromkeys(n.op for n in merge_nodes)),
-            merge_nodes=tuple(n.name for n in merge_nodes), reason=reason,
+            merge_nodes=tuple(n.name for n in merge_nodes),
+            reason=reason,
         )
     del t_inputs_readers
 
@@ -711,21 +830,32 @@ def _explain_removed(m: _Matcher, removed: list[Node]) -> Iterable[Region]:
         reads = tuple(i for i in ext_in if i in t.inputs)
         data_in = [i for i in ext_in if i not in t.consts]
         shape_only = all(
-            all(t.nodes[c].op in ("Shape", "Size") for c, _ in t.consumers.get(i, ())
-                if c in {n.id for n in comp})
+            all(
+                t.nodes[c].op in ("Shape", "Size")
+                for c, _ in t.consumers.get(i, ())
+                if c in {n.id for n in comp}
+            )
             for i in data_in
         )
-        folded = ops <= SHAPE_OPS and shape_only and all(
-            _replaced_by_const(m, o) for o in ext_out
-        )
+        folded = ops <= SHAPE_OPS and shape_only and all(_replaced_by_const(m, o) for o in ext_out)
         kind, reason = (
-            ("folding", "computes only from constants and tensor shapes; deployed holds "
-             "the result as a constant")
-            if folded else ("unexplained", "original structure missing from deployed")
+            (
+                "folding",
+                "computes only from constants and tensor shapes; deployed holds "
+                "the result as a constant",
+            )
+            if folded
+            else ("unexplained", "original structure missing from deployed")
         )
         yield Region(
-            side="trusted", nodes=tuple(_ref(n) for n in comp), kind=kind, reads_inputs=reads,
-            taps=tuple(data_in), writes_into=tuple(ext_out), merge_ops=(), merge_nodes=(),
+            side="trusted",
+            nodes=tuple(_ref(n) for n in comp),
+            kind=kind,
+            reads_inputs=reads,
+            taps=tuple(data_in),
+            writes_into=tuple(ext_out),
+            merge_ops=(),
+            merge_nodes=(),
             reason=reason,
         )
 
@@ -772,8 +902,9 @@ def _pair_fusions(m: _Matcher, regions: list[Region]) -> list[Region]:
             same_in = set(a.taps) <= set(r.taps) | set(m.t.inputs)
             new_sel = {op for op in a.ops if op in SELECTION_OPS} - set(r.ops)
             if same_out and same_in and not new_sel and set(a.ops) <= FUSED_OPS | set(r.ops):
-                reason = (f"same boundary as removed {', '.join(r.ops)}; replaced by "
-                          f"{', '.join(a.ops)}")
+                reason = (
+                    f"same boundary as removed {', '.join(r.ops)}; replaced by {', '.join(a.ops)}"
+                )
                 out[i] = replace(a, kind="fusion", reason=reason, replaces=r.nodes)
                 out[j] = replace(r, kind="fusion", reason=reason)
                 break

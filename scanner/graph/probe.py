@@ -102,9 +102,14 @@ def _session(model: str | Path | bytes) -> Any:
 
 
 _NP = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-    "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
 }
 
 
@@ -163,9 +168,11 @@ def probe_models(
     for name in out_names:
         s = struct[name]
         worst = max(s, default=(0.0, ""))
-        outputs.append(OutputDivergence(
-            name, random_max[name], worst[0], sum(1 for d, _ in s if d > tol), worst[1]
-        ))
+        outputs.append(
+            OutputDivergence(
+                name, random_max[name], worst[0], sum(1 for d, _ in s if d > tol), worst[1]
+            )
+        )
     if deployed_fails:
         verdict = "deployed-fails"
     elif counts["random"] == 0:
@@ -177,9 +184,16 @@ def probe_models(
     else:
         verdict = "equivalent"
     notes = [f"input {s.name}: {np.dtype(s.dtype).name}{list(s.shape)}" for s in specs]
-    return ProbeResult(budget_s, time.perf_counter() - started, counts["random"],
-                       counts["structured"], counts["skipped"], tuple(outputs), verdict,
-                       tuple(notes))
+    return ProbeResult(
+        budget_s,
+        time.perf_counter() - started,
+        counts["random"],
+        counts["structured"],
+        counts["skipped"],
+        tuple(outputs),
+        verdict,
+        tuple(notes),
+    )
 
 
 def _divergence(a: np.ndarray, b: np.ndarray) -> float:
@@ -196,8 +210,9 @@ def _divergence(a: np.ndarray, b: np.ndarray) -> float:
     return float(diff.max()) / max(scale, 1e-6)
 
 
-def _resolve_specs(sess: Any, rng: np.random.Generator, hints: Sequence[float],
-                   vocab: dict[str, int]) -> list[_Spec]:
+def _resolve_specs(
+    sess: Any, rng: np.random.Generator, hints: Sequence[float], vocab: dict[str, int]
+) -> list[_Spec]:
     """Concrete shapes for dynamic axes: batch 1, other free axes the first size the
     trusted model accepts; scalar integer inputs the first hinted value it accepts."""
     inputs = sess.get_inputs()
@@ -223,8 +238,12 @@ def _resolve_specs(sess: Any, rng: np.random.Generator, hints: Sequence[float],
             except Exception:
                 continue
             fixed = {k: v for k, v in scalar_vals.items()}
-            return [_Spec(s.name, s.dtype, s.shape, s.vocab) if s.name not in fixed
-                    else _Spec(s.name, s.dtype, (), int(fixed[s.name])) for s in trial]
+            return [
+                _Spec(s.name, s.dtype, s.shape, s.vocab)
+                if s.name not in fixed
+                else _Spec(s.name, s.dtype, (), int(fixed[s.name]))
+                for s in trial
+            ]
     return [_Spec(n, d, tuple(x or 1 for x in sh), v) for n, d, sh, v in specs]
 
 
@@ -247,8 +266,9 @@ def _random(s: _Spec, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal(s.shape).astype(s.dtype)
 
 
-def _probes(specs: list[_Spec], rng: np.random.Generator,
-            hints: Sequence[float]) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
+def _probes(
+    specs: list[_Spec], rng: np.random.Generator, hints: Sequence[float]
+) -> Iterator[tuple[str, str, dict[str, np.ndarray]]]:
     for k in range(8):
         yield "random", f"random#{k}", {s.name: _random(s, rng) for s in specs}
     base = {s.name: _random(s, rng) for s in specs}
@@ -257,8 +277,9 @@ def _probes(specs: list[_Spec], rng: np.random.Generator,
             yield "structured", f"{s.name}:{label}", {**base, s.name: value}
 
 
-def _structured(s: _Spec, rng: np.random.Generator,
-                hints: Sequence[float]) -> Iterator[tuple[str, np.ndarray]]:
+def _structured(
+    s: _Spec, rng: np.random.Generator, hints: Sequence[float]
+) -> Iterator[tuple[str, np.ndarray]]:
     kind = np.dtype(s.dtype).kind
     if not s.shape:
         return
@@ -281,9 +302,14 @@ def _structured(s: _Spec, rng: np.random.Generator,
     if len(s.shape) >= 2:
         h, w = s.shape[-2], s.shape[-1]
         for p in sorted({max(1, min(h, w) // 8), max(1, min(h, w) // 4)}):
-            for y, x in ((0, 0), (0, w - p), (h - p, 0), (h - p, w - p),
-                         ((h - p) // 2, (w - p) // 2)):
+            for y, x in (
+                (0, 0),
+                (0, w - p),
+                (h - p, 0),
+                (h - p, w - p),
+                ((h - p) // 2, (w - p) // 2),
+            ):
                 for v in [1.0, -1.0, 3.0, 1e3, *[float(hh) for hh in hints]]:
                     arr = rng.standard_normal(s.shape).astype(s.dtype)
-                    arr[..., y:y + p, x:x + p] = v
+                    arr[..., y : y + p, x : x + p] = v
                     yield f"patch {p}px @({y},{x}) = {v:g}", arr

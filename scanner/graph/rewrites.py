@@ -29,23 +29,56 @@ from scanner.graph.canonical import (
 )
 
 NON_FOLDABLE = {
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-    "Bernoulli", "If", "Loop", "Scan", "DynamicQuantizeLinear",
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "DynamicQuantizeLinear",
 }
 """Never evaluated even on constant inputs. (``Shape`` / ``Size`` of a constant are
 constants: exporters compute padding amounts that way, and optimizers fold them.)"""
 _BOOL = onnx.TensorProto.BOOL
 _FIXED_OUTPUT_TYPE = {
-    **dict.fromkeys(("Not", "And", "Or", "Xor", "Equal", "Less", "Greater", "LessOrEqual",
-                     "GreaterOrEqual", "IsNaN", "IsInf"), _BOOL),
-    "Shape": onnx.TensorProto.INT64, "Size": onnx.TensorProto.INT64,
+    **dict.fromkeys(
+        (
+            "Not",
+            "And",
+            "Or",
+            "Xor",
+            "Equal",
+            "Less",
+            "Greater",
+            "LessOrEqual",
+            "GreaterOrEqual",
+            "IsNaN",
+            "IsInf",
+        ),
+        _BOOL,
+    ),
+    "Shape": onnx.TensorProto.INT64,
+    "Size": onnx.TensorProto.INT64,
 }
 """Operators whose output element type never depends on their inputs: a Cast of their
 output to that type is a no-op in any scope, even where shape inference says nothing."""
 _INT64_MAX = np.iinfo(np.int64).max
 _AXES_TO_INPUT = {
-    "Squeeze", "Unsqueeze", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
-    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    "Squeeze",
+    "Unsqueeze",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
 }
 _ACTIVATIONS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Clip", "Elu", "Softplus"}
 
@@ -62,17 +95,38 @@ class _Editor:
         base = f"~{hint}:{self.next_tensor}"
         return f"{scope}::{base}" if scope else base
 
-    def const(self, scope: str, value: np.ndarray, sources: tuple[str, ...] = (),
-              derivation: str = "canonical", atol: np.ndarray | None = None) -> str:
+    def const(
+        self,
+        scope: str,
+        value: np.ndarray,
+        sources: tuple[str, ...] = (),
+        derivation: str = "canonical",
+        atol: np.ndarray | None = None,
+    ) -> str:
         tid = self.fresh(scope, "const")
         self.g.consts[tid] = const_from_array(np.asarray(value), sources, derivation, atol)
         return tid
 
-    def node(self, like: Node, op: str, inputs: list[str], outputs: list[str] | None = None,
-             attrs: dict[str, Any] | None = None, suffix: str = "") -> Node:
+    def node(
+        self,
+        like: Node,
+        op: str,
+        inputs: list[str],
+        outputs: list[str] | None = None,
+        attrs: dict[str, Any] | None = None,
+        suffix: str = "",
+    ) -> Node:
         outs = outputs if outputs is not None else [self.fresh(like.scope, op)]
-        n = Node(self.next_id, like.name + suffix, op, dict(attrs or {}), list(inputs), outs,
-                 like.scope, like.origin)
+        n = Node(
+            self.next_id,
+            like.name + suffix,
+            op,
+            dict(attrs or {}),
+            list(inputs),
+            outs,
+            like.scope,
+            like.origin,
+        )
         self.next_id += 1
         self.g.nodes[n.id] = n
         return n
@@ -194,9 +248,13 @@ def _aliases(ed: _Editor) -> None:
         if src_type is None and n.inputs and n.inputs[0] in g.producer:
             src_type = _FIXED_OUTPUT_TYPE.get(g.nodes[g.producer[n.inputs[0]]].op)
         redundant_cast = n.op == "Cast" and src_type is not None and src_type == n.attrs.get("to")
-        if n.op == "Identity" or redundant_cast or (
-            n.op == "Dropout" and (len(n.outputs) < 2 or not n.outputs[1]
-                                   or not g.consumers.get(n.outputs[1]))
+        if (
+            n.op == "Identity"
+            or redundant_cast
+            or (
+                n.op == "Dropout"
+                and (len(n.outputs) < 2 or not n.outputs[1] or not g.consumers.get(n.outputs[1]))
+            )
         ):
             src = n.inputs[0]
             out = n.outputs[0]
@@ -208,8 +266,9 @@ def _aliases(ed: _Editor) -> None:
             g.index()
 
 
-def _act_node(ed: _Editor, like: Node, act: str, params: list[float], x: str,
-              outputs: list[str]) -> Node:
+def _act_node(
+    ed: _Editor, like: Node, act: str, params: list[float], x: str, outputs: list[str]
+) -> Node:
     attrs: dict[str, Any] = {}
     inputs = [x]
     if act == "LeakyRelu" and params:
@@ -217,8 +276,10 @@ def _act_node(ed: _Editor, like: Node, act: str, params: list[float], x: str,
     elif act == "HardSigmoid" and params:
         attrs["alpha"], attrs["beta"] = params[0], params[1]
     elif act == "Clip" and len(params) >= 2:
-        inputs += [ed.const(like.scope, np.float32(params[0])),
-                   ed.const(like.scope, np.float32(params[1]))]
+        inputs += [
+            ed.const(like.scope, np.float32(params[0])),
+            ed.const(like.scope, np.float32(params[1])),
+        ]
     elif act in ("Elu",) and params:
         attrs["alpha"] = params[0]
     return ed.node(like, act, inputs, outputs, attrs, "/act")
@@ -261,8 +322,13 @@ def _unfuse(ed: _Editor) -> None:
                 bv = ed.cval(b)
                 if bv is None:
                     continue
-                b = ed.const(n.scope, np.swapaxes(bv, -1, -2), ed.csrc(b), "transpose",
-                             _moved_atol(ed.catol(b), bv.shape, lambda x: np.swapaxes(x, -1, -2)))
+                b = ed.const(
+                    n.scope,
+                    np.swapaxes(bv, -1, -2),
+                    ed.csrc(b),
+                    "transpose",
+                    _moved_atol(ed.catol(b), bv.shape, lambda x: np.swapaxes(x, -1, -2)),
+                )
             out = n.outputs[0]
             if alpha != 1.0:
                 mm = ed.node(n, "MatMul", [a, b])
@@ -295,9 +361,16 @@ def _unfuse(ed: _Editor) -> None:
                 x = ed.node(n, "Add", [x, n.inputs[4]]).outputs[0]
             if len(n.outputs) > 3 and n.outputs[3]:
                 ed.alias(n.outputs[3], x)
-            ln = Node(-1, n.name, "LayerNormalization", {"epsilon": n.attrs.get("epsilon", 1e-5)},
-                      [x, n.inputs[2], n.inputs[3] if len(n.inputs) > 3 else ""],
-                      n.outputs[:1], n.scope, n.origin)
+            ln = Node(
+                -1,
+                n.name,
+                "LayerNormalization",
+                {"epsilon": n.attrs.get("epsilon", 1e-5)},
+                [x, n.inputs[2], n.inputs[3] if len(n.inputs) > 3 else ""],
+                n.outputs[:1],
+                n.scope,
+                n.origin,
+            )
             _layer_norm(ed, ln, x, n.outputs[0])
             ed.remove(n)
             ed.counts["split SkipLayerNormalization"] += 1
@@ -313,8 +386,12 @@ def _div_to_mul(ed: _Editor) -> None:
         c = ed.cval(n.inputs[1])
         if c is None or c.dtype.kind != "f" or c.size > SMALL_CONST or not np.all(c != 0):
             continue
-        inv = ed.const(n.scope, (1.0 / c.astype(np.float64)).astype(c.dtype),
-                       ed.csrc(n.inputs[1]), "reciprocal")
+        inv = ed.const(
+            n.scope,
+            (1.0 / c.astype(np.float64)).astype(c.dtype),
+            ed.csrc(n.inputs[1]),
+            "reciprocal",
+        )
         n.op, n.inputs = "Mul", [n.inputs[0], inv]
         ed.counts["division by a constant as multiplication"] += 1
 
@@ -327,11 +404,14 @@ def _slice_params(ed: _Editor, n: Node) -> list[tuple[int, int, int, int]] | Non
         return None
     axes = ed.cval(ins[3]) if ins[3] else np.arange(starts.size)
     steps = ed.cval(ins[4]) if ins[4] else np.ones(starts.size, dtype=np.int64)
-    if axes is None or steps is None or not (starts.size == ends.size == axes.size
-                                             == steps.size):
+    if axes is None or steps is None or not (starts.size == ends.size == axes.size == steps.size):
         return None
-    return [(int(a), int(s), int(e), int(t)) for a, s, e, t
-            in zip(axes.ravel(), starts.ravel(), ends.ravel(), steps.ravel(), strict=True)]
+    return [
+        (int(a), int(s), int(e), int(t))
+        for a, s, e, t in zip(
+            axes.ravel(), starts.ravel(), ends.ravel(), steps.ravel(), strict=True
+        )
+    ]
 
 
 def _full(start: int, end: int, step: int) -> bool:
@@ -339,13 +419,18 @@ def _full(start: int, end: int, step: int) -> bool:
     return step == 1 and start == 0 and end >= _INT64_MAX // 2
 
 
-def _set_slice(ed: _Editor, n: Node, params: list[tuple[int, int, int, int]],
-               sources: tuple[str, ...]) -> None:
+def _set_slice(
+    ed: _Editor, n: Node, params: list[tuple[int, int, int, int]], sources: tuple[str, ...]
+) -> None:
     params = sorted(params)
     cols = list(zip(*params, strict=True))
-    n.inputs = [n.inputs[0], *(ed.const(n.scope, np.asarray(c, dtype=np.int64), sources,
-                                        "slice-merge")
-                               for c in (cols[1], cols[2], cols[0], cols[3]))]
+    n.inputs = [
+        n.inputs[0],
+        *(
+            ed.const(n.scope, np.asarray(c, dtype=np.int64), sources, "slice-merge")
+            for c in (cols[1], cols[2], cols[0], cols[3])
+        ),
+    ]
 
 
 def _slices(ed: _Editor) -> None:
@@ -386,8 +471,9 @@ def _slices(ed: _Editor) -> None:
             ed.counts["removed Slice axes keeping everything"] += 1
 
 
-def _compose(inner: list[tuple[int, int, int, int]], outer: list[tuple[int, int, int, int]]
-             ) -> list[tuple[int, int, int, int]] | None:
+def _compose(
+    inner: list[tuple[int, int, int, int]], outer: list[tuple[int, int, int, int]]
+) -> list[tuple[int, int, int, int]] | None:
     if len({a for a, *_ in inner}) != len(inner):
         return None
     out = {a: (s, e, t) for a, s, e, t in inner if not _full(s, e, t)}
@@ -425,8 +511,13 @@ def _pads(ed: _Editor) -> None:
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         pid = g.producer.get(n.inputs[0])
         first = g.nodes.get(pid) if pid is not None else None
-        if (mode not in ("constant", "edge") or first is None or first.op != "Pad"
-                or len(first.inputs) > 3 or ed.sole_user(n.inputs[0]) is not n):
+        if (
+            mode not in ("constant", "edge")
+            or first is None
+            or first.op != "Pad"
+            or len(first.inputs) > 3
+            or ed.sole_user(n.inputs[0]) is not n
+        ):
             continue
         f_mode = first.attrs.get("mode", b"constant")
         f_mode = f_mode.decode() if isinstance(f_mode, bytes) else str(f_mode)
@@ -435,14 +526,19 @@ def _pads(ed: _Editor) -> None:
             continue
         if (inner < 0).any() or (pads < 0).any():
             continue  # a crop followed by a pad is not a single pad
-        values = [ed.cval(x.inputs[2]) if len(x.inputs) > 2 and x.inputs[2] else np.zeros(1)
-                  for x in (first, n)]
-        if mode == "constant" and (values[0] is None or values[1] is None
-                                   or float(np.ravel(values[0])[0])
-                                   != float(np.ravel(values[1])[0])):
+        values = [
+            ed.cval(x.inputs[2]) if len(x.inputs) > 2 and x.inputs[2] else np.zeros(1)
+            for x in (first, n)
+        ]
+        if mode == "constant" and (
+            values[0] is None
+            or values[1] is None
+            or float(np.ravel(values[0])[0]) != float(np.ravel(values[1])[0])
+        ):
             continue
-        total = ed.const(n.scope, (inner + pads).astype(np.int64),
-                         ed.csrc(first.inputs[1], n.inputs[1]))
+        total = ed.const(
+            n.scope, (inner + pads).astype(np.int64), ed.csrc(first.inputs[1], n.inputs[1])
+        )
         n.inputs = [first.inputs[0], total, *n.inputs[2:]]
         n.origin = (*first.origin, *n.origin)
         ed.remove(first)
@@ -459,21 +555,29 @@ def _unfuse_gemm(ed: _Editor, n: Node) -> None:
     if int(n.attrs.get("transB", 0)):
         bv = ed.cval(b)
         if bv is not None:
-            b = ed.const(n.scope, np.ascontiguousarray(bv.T), ed.csrc(b), "transpose",
-                         _moved_atol(ed.catol(b), bv.shape, lambda x: x.T))
+            b = ed.const(
+                n.scope,
+                np.ascontiguousarray(bv.T),
+                ed.csrc(b),
+                "transpose",
+                _moved_atol(ed.catol(b), bv.shape, lambda x: x.T),
+            )
         else:
             b = ed.node(n, "Transpose", [b], None, {"perm": [1, 0]}).outputs[0]
     out = n.outputs[0]
     y = ed.node(n, "MatMul", [a, b], None if (c or alpha != 1.0) else [out]).outputs[0]
     if alpha != 1.0:
-        y = ed.node(n, "Mul", [y, ed.const(n.scope, np.float32(alpha))],
-                    None if c else [out]).outputs[0]
+        y = ed.node(
+            n, "Mul", [y, ed.const(n.scope, np.float32(alpha))], None if c else [out]
+        ).outputs[0]
     if c:
         if beta != 1.0:
             cv = ed.cval(c)
-            c = (ed.const(n.scope, (cv * beta).astype(cv.dtype), ed.csrc(c), "scale")
-                 if cv is not None else
-                 ed.node(n, "Mul", [c, ed.const(n.scope, np.float32(beta))]).outputs[0])
+            c = (
+                ed.const(n.scope, (cv * beta).astype(cv.dtype), ed.csrc(c), "scale")
+                if cv is not None
+                else ed.node(n, "Mul", [c, ed.const(n.scope, np.float32(beta))]).outputs[0]
+            )
         ed.node(n, "Add", [y, c], [out])
     ed.remove(n)
     ed.counts["split Gemm into MatMul+Add"] += 1
@@ -549,17 +653,21 @@ def _fold_constants(ed: _Editor) -> None:
         trip = _round_trip(ed, n)
         for k, (o, r) in enumerate(zip(n.outputs, results, strict=False)):
             if o:
-                g.consts[o] = const_from_array(np.asarray(r), src, derivation,
-                                               atol if k == 0 else None)
+                g.consts[o] = const_from_array(
+                    np.asarray(r), src, derivation, atol if k == 0 else None
+                )
                 g.consts[o].round_trip = trip
         ed.remove(n)
         ed.counts["folded constant expressions"] += 1
 
 
 _QRANGE = {
-    onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
-    onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767),
-    onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7),
+    onnx.TensorProto.UINT8: (0, 255),
+    onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT16: (0, 65535),
+    onnx.TensorProto.INT16: (-32768, 32767),
+    onnx.TensorProto.UINT4: (0, 15),
+    onnx.TensorProto.INT4: (-8, 7),
 }
 
 
@@ -575,8 +683,7 @@ def _representable(ed: _Editor, ql: Node) -> tuple[float, float, float] | None:
     if dtype not in _QRANGE:
         return None  # float8 and other saturating types: no simple range here
     qmin, qmax = _QRANGE[dtype]
-    zp = (np.asarray(zp_c.value(), dtype=np.float64) if zp_c is not None
-          else np.zeros(1))
+    zp = np.asarray(zp_c.value(), dtype=np.float64) if zp_c is not None else np.zeros(1)
     s = np.asarray(scale, dtype=np.float64)
     if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
         return None
@@ -639,8 +746,11 @@ def _collapse_quantization(ed: _Editor) -> None:
 def _collapsible(ed: _Editor, ql: Node) -> bool:
     """A QuantizeLinear read only by DequantizeLinear nodes (and not a graph output)."""
     users = ed.users(ql.outputs[0])
-    return (bool(users) and ql.outputs[0] not in ed.g.outputs
-            and all(ed.g.nodes[u].op == "DequantizeLinear" and s == 0 for u, s in users))
+    return (
+        bool(users)
+        and ql.outputs[0] not in ed.g.outputs
+        and all(ed.g.nodes[u].op == "DequantizeLinear" and s == 0 for u, s in users)
+    )
 
 
 def _collapse_dynamic(ed: _Editor, n: Node) -> None:
@@ -675,13 +785,18 @@ def _collapse_dynamic(ed: _Editor, n: Node) -> None:
     else:
         shape = (-1,) + (1,) * (wq.ndim - 1)
         scale = w_scale.astype(np.float32).reshape(shape if w_scale.size > 1 else (1,))
-        w = (wq.astype(np.float32) - wzp.astype(np.float32).reshape(shape if wzp.size > 1
-             else (1,))) * scale
+        w = (
+            wq.astype(np.float32) - wzp.astype(np.float32).reshape(shape if wzp.size > 1 else (1,))
+        ) * scale
         op, attrs = "Conv", dict(n.attrs)
     # round-to-nearest leaves each weight within half a step of the float one
-    wt = ed.const(n.scope, w.astype(np.float32), ed.csrc(n.inputs[1], w_scale_t,
-                                                          *(n.inputs[3:4] or [])), "dequantized",
-                  0.5 * np.abs(scale))
+    wt = ed.const(
+        n.scope,
+        w.astype(np.float32),
+        ed.csrc(n.inputs[1], w_scale_t, *(n.inputs[3:4] or [])),
+        "dequantized",
+        0.5 * np.abs(scale),
+    )
     ed.node(n, op, [dql.inputs[0], wt], mul.outputs[:1], attrs)
     for x in (n, cast, mul, sm):
         ed.remove(x)
@@ -737,7 +852,7 @@ def _fold_into_conv(ed: _Editor) -> None:
             # Quantized BN parameters (a QDQ model dequantizes them too) carry bounds:
             # first-order propagation through s = gamma / sqrt(var + eps).
             tols = [_tol(ed, t, p.shape) for t, p in zip(nxt.inputs[1:5], params, strict=True)]  # type: ignore[union-attr]
-            s_tol = tols[0] / root + np.abs(scale) * 0.5 * tols[3] / root ** 3
+            s_tol = tols[0] / root + np.abs(scale) * 0.5 * tols[3] / root**3
             w_atol = _product_tol(w64, w_tol, s.reshape(chan), s_tol.reshape(chan))
             b_atol = _product_tol(b64 - mean, b_tol + tols[2], s, s_tol) + tols[1]
             what = "folded BatchNormalization into Conv"
@@ -767,8 +882,14 @@ def _fold_into_conv(ed: _Editor) -> None:
             w_atol = b_atol = None  # exact on both: compared with the float tolerance
         wt = ed.const(n.scope, new_w.astype(w.dtype), srcs, "conv-fold", w_atol)
         bt = ed.const(n.scope, new_b.astype(w.dtype), srcs, "conv-fold", b_atol)
-        trip = tuple(dict.fromkeys(s for t in (*n.inputs[1:], *nxt.inputs[1:])
-                                   if t in g.consts for s in g.consts[t].round_trip))
+        trip = tuple(
+            dict.fromkeys(
+                s
+                for t in (*n.inputs[1:], *nxt.inputs[1:])
+                if t in g.consts
+                for s in g.consts[t].round_trip
+            )
+        )
         g.consts[wt].round_trip = g.consts[bt].round_trip = trip
         n.inputs = [n.inputs[0], wt, bt]
         n.outputs = list(nxt.outputs[:1])
@@ -783,13 +904,23 @@ def _fold_into_conv(ed: _Editor) -> None:
 # travels with the constant through the rewrites that move or scale it, so a fused and
 # quantized weight is still checked element by element against the trusted float one.
 
-_MOVES = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand",
-          "Slice", "Gather", "Concat", "Tile"}
+_MOVES = {
+    "Transpose",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Identity",
+    "Expand",
+    "Slice",
+    "Gather",
+    "Concat",
+    "Tile",
+}
 """Ops that only move elements: the same op applied to the bound moves it along."""
 
 
-def _moved_atol(atol: np.ndarray | None, shape: tuple[int, ...],
-                move: Any) -> np.ndarray | None:
+def _moved_atol(atol: np.ndarray | None, shape: tuple[int, ...], move: Any) -> np.ndarray | None:
     if atol is None:
         return None
     return np.ascontiguousarray(move(np.broadcast_to(atol, shape)))
@@ -806,14 +937,14 @@ def _tol(ed: _Editor, tensor: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape)
 
 
-def _product_tol(a: np.ndarray, a_tol: np.ndarray, b: np.ndarray,
-                 b_tol: np.ndarray) -> np.ndarray:
+def _product_tol(a: np.ndarray, a_tol: np.ndarray, b: np.ndarray, b_tol: np.ndarray) -> np.ndarray:
     """Bound on |a*b - a'*b'| when |a - a'| <= a_tol and |b - b'| <= b_tol."""
     return a_tol * np.abs(b) + np.abs(a) * b_tol + a_tol * b_tol
 
 
-def _folded_bound(ed: _Editor, n: Node, proto: onnx.NodeProto,
-                  results: list[Any]) -> tuple[str, np.ndarray | None]:
+def _folded_bound(
+    ed: _Editor, n: Node, proto: onnx.NodeProto, results: list[Any]
+) -> tuple[str, np.ndarray | None]:
     """Derivation and error bound of a folded node's first output."""
     from onnx.reference import ReferenceEvaluator
 
@@ -840,8 +971,9 @@ def _folded_bound(ed: _Editor, n: Node, proto: onnx.NodeProto,
     if v is None:
         return "folded", None
     feeds = {f"i{k}": ed.cval(i) for k, i in enumerate(n.inputs) if i}
-    feeds["i0"] = np.ascontiguousarray(
-        np.broadcast_to(ed.catol(n.inputs[0]), v.shape)).astype(v.dtype)
+    feeds["i0"] = np.ascontiguousarray(np.broadcast_to(ed.catol(n.inputs[0]), v.shape)).astype(
+        v.dtype
+    )
     try:
         moved = ReferenceEvaluator(proto).run(None, feeds)[0]
     except Exception:

@@ -30,9 +30,28 @@ COMPARE_OPS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 STEER_OPS = {"Where", "Mul", "Add", "Max", "Sub", "Sum"}
 MERGE_OPS = {"Add", "Mul", "Where", "Max", "Min", "Sum", "Concat", "Sub"}
 DATA_MOVEMENT = {
-    "Slice", "Gather", "GatherElements", "GatherND", "Reshape", "Flatten", "Squeeze",
-    "Unsqueeze", "Transpose", "Cast", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum",
-    "Abs", "Identity", "Split", "Sub", "Div", "Mul", "Add", "Neg",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Cast",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceSum",
+    "Abs",
+    "Identity",
+    "Split",
+    "Sub",
+    "Div",
+    "Mul",
+    "Add",
+    "Neg",
 }
 SHAPE_SOURCES = {"Shape", "Size"}
 NEAR_OUTPUT_HOPS = 4
@@ -75,8 +94,9 @@ def _has_weight(g: CanonicalGraph, n: Node) -> bool:
     return any(i in g.consts and g.consts[i].numel > SMALL_CONST for i in n.inputs)
 
 
-def _forward(g: CanonicalGraph, start: list[str], through: set[str] | None,
-             avoid_weights: bool = False) -> dict[int, list[int]]:
+def _forward(
+    g: CanonicalGraph, start: list[str], through: set[str] | None, avoid_weights: bool = False
+) -> dict[int, list[int]]:
     """Nodes reachable from tensors ``start`` (optionally only through ops in ``through``),
     each with the path of node ids that reached it."""
     seen: dict[int, list[int]] = {}
@@ -99,8 +119,19 @@ def _forward(g: CanonicalGraph, start: list[str], through: set[str] | None,
 
 
 MASK_PLUMBING = {
-    "Cast", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Transpose", "Not", "And", "Or",
-    "ReduceMax", "ReduceMin", "ReduceSum", "Flatten",
+    "Cast",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Expand",
+    "Transpose",
+    "Not",
+    "And",
+    "Or",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceSum",
+    "Flatten",
 }
 """Ops a comparison result passes through on its way to what it selects or scales."""
 SELECT_OPS = {"Where", "Mul"}
@@ -143,8 +174,9 @@ def _payload(g: CanonicalGraph, cmp: Node) -> tuple[int, int, list[int]] | None:
     return None
 
 
-def _merge_into_activation(g: CanonicalGraph, t: str, derived: set[str]
-                           ) -> tuple[int, list[int]] | None:
+def _merge_into_activation(
+    g: CanonicalGraph, t: str, derived: set[str]
+) -> tuple[int, list[int]] | None:
     """The first merge of ``t`` (through shape-only ops) with a tensor that is neither a
     constant nor derived from the comparison itself."""
     frontier: deque[tuple[str, list[int]]] = deque([(t, [])])
@@ -156,8 +188,9 @@ def _merge_into_activation(g: CanonicalGraph, t: str, derived: set[str]
             if slot < 0:
                 continue
             if n.op in PAYLOAD_MERGES:
-                others = [i for i in n.inputs if i and i != x and i not in g.consts
-                          and i not in derived]
+                others = [
+                    i for i in n.inputs if i and i != x and i not in g.consts and i not in derived
+                ]
                 if others:
                     return cid, [*path, cid]
             if n.op in MASK_PLUMBING | {"Mul"} and n.outputs and n.outputs[0] not in seen:
@@ -169,7 +202,9 @@ def _merge_into_activation(g: CanonicalGraph, t: str, derived: set[str]
 def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
     hops = _hops_to_output(g)
     data_inputs = [
-        i for i in g.inputs if g.input_types.get(i, (0, ()))[1] != ()  # scalars are controls
+        i
+        for i in g.inputs
+        if g.input_types.get(i, (0, ()))[1] != ()  # scalars are controls
     ]
     out: list[GraphFootprint] = []
     flagged: set[int] = set()
@@ -183,18 +218,25 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
             # steering means gating the result directly: a path through learned weights
             # (a pad mask entering attention, then the output projection) is computation
             steer = _forward(g, n.outputs, None, avoid_weights=True)
-            near = [s for s in steer if g.nodes[s].op in STEER_OPS
-                    and hops.get(s, 99) <= NEAR_OUTPUT_HOPS]
+            near = [
+                s
+                for s in steer
+                if g.nodes[s].op in STEER_OPS and hops.get(s, 99) <= NEAR_OUTPUT_HOPS
+            ]
             if near and not any(g.nodes[s].op == "If" for s in steer if s not in near):
                 m = min(near, key=lambda s: len(steer[s]))
                 path = [*thin[nid], *steer[m]]
                 flagged.update(path)
-                out.append(GraphFootprint(
-                    "trigger-comparison", tuple(g.nodes[p].name for p in path), (inp,),
-                    g.nodes[m].name,
-                    f"{inp!r} compared with a constant by {n.op} {n.name!r}, steering "
-                    f"{g.nodes[m].op} {g.nodes[m].name!r} {hops[m]} node(s) before an output",
-                ))
+                out.append(
+                    GraphFootprint(
+                        "trigger-comparison",
+                        tuple(g.nodes[p].name for p in path),
+                        (inp,),
+                        g.nodes[m].name,
+                        f"{inp!r} compared with a constant by {n.op} {n.name!r}, steering "
+                        f"{g.nodes[m].op} {g.nodes[m].name!r} {hops[m]} node(s) before an output",
+                    )
+                )
                 break
             payload = _payload(g, n)
             if payload is not None:
@@ -202,20 +244,25 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
                 path = [*thin[nid], *path]
                 flagged.update(path)
                 c = next(g.consts[i] for i in g.nodes[sel].inputs if _is_payload(g, i))
-                out.append(GraphFootprint(
-                    "trigger-comparison", tuple(g.nodes[p].name for p in path), (inp,),
-                    g.nodes[merge].name,
-                    f"{inp!r} compared with a constant by {n.op} {n.name!r} selects a "
-                    f"constant payload of {c.numel} values ({g.nodes[sel].op} "
-                    f"{g.nodes[sel].name!r}) merged into the activations by "
-                    f"{g.nodes[merge].op} {g.nodes[merge].name!r}",
-                ))
+                out.append(
+                    GraphFootprint(
+                        "trigger-comparison",
+                        tuple(g.nodes[p].name for p in path),
+                        (inp,),
+                        g.nodes[merge].name,
+                        f"{inp!r} compared with a constant by {n.op} {n.name!r} selects a "
+                        f"constant payload of {c.numel} values ({g.nodes[sel].op} "
+                        f"{g.nodes[sel].name!r}) merged into the activations by "
+                        f"{g.nodes[merge].op} {g.nodes[merge].name!r}",
+                    )
+                )
                 break
     # 2. side branch: a second consumer of the raw input that merges near an output
     total = max(1, len(g.nodes))
     for inp in data_inputs:
-        consumers = [c for c, s in g.consumers.get(inp, ()) if s >= 0
-                     and g.nodes[c].op not in SHAPE_SOURCES]
+        consumers = [
+            c for c, s in g.consumers.get(inp, ()) if s >= 0 and g.nodes[c].op not in SHAPE_SOURCES
+        ]
         if len(consumers) < 2:
             continue
         reach = {c: _forward(g, g.nodes[c].outputs, None) | {c: [c]} for c in consumers}
@@ -226,22 +273,32 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
             own = {n for n in reach[c] if n not in reach[stem]}
             # where the branch joins the stem: a merge fed by the branch's own nodes (once
             # joined, everything downstream is the stem's, and would "merge" anywhere)
-            merges = [n for n in reach[c] if n in reach[stem] and g.nodes[n].op in MERGE_OPS
-                      and hops.get(n, 99) <= NEAR_OUTPUT_HOPS
-                      and any(g.producer.get(i) in own for i in g.nodes[n].inputs)]
+            merges = [
+                n
+                for n in reach[c]
+                if n in reach[stem]
+                and g.nodes[n].op in MERGE_OPS
+                and hops.get(n, 99) <= NEAR_OUTPUT_HOPS
+                and any(g.producer.get(i) in own for i in g.nodes[n].inputs)
+            ]
             if merges and len(own) <= SMALL_BRANCH * total:
                 m = min(merges, key=lambda n: len(reach[c][n]))
                 flagged.update(own)
                 window = g.nodes[c].op == "Slice" and all(
-                    i in g.consts for i in g.nodes[c].inputs[1:] if i)
-                out.append(GraphFootprint(
-                    "side-branch", tuple(g.nodes[p].name for p in sorted(own)), (inp,),
-                    g.nodes[m].name,
-                    f"{inp!r} read a second time by {g.nodes[c].op} {g.nodes[c].name!r}"
-                    + (" (a constant window)" if window else "")
-                    + f", a {len(own)}-node branch beside the stem merging into "
-                    f"{g.nodes[m].op} {g.nodes[m].name!r} near an output",
-                ))
+                    i in g.consts for i in g.nodes[c].inputs[1:] if i
+                )
+                out.append(
+                    GraphFootprint(
+                        "side-branch",
+                        tuple(g.nodes[p].name for p in sorted(own)),
+                        (inp,),
+                        g.nodes[m].name,
+                        f"{inp!r} read a second time by {g.nodes[c].op} {g.nodes[c].name!r}"
+                        + (" (a constant window)" if window else "")
+                        + f", a {len(own)}-node branch beside the stem merging into "
+                        f"{g.nodes[m].op} {g.nodes[m].name!r} near an output",
+                    )
+                )
     # 3. parameter-free path from an input to a merge near an output
     for inp in data_inputs:
         free = _forward(g, [inp], None, avoid_weights=True)
@@ -249,15 +306,23 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
             n = g.nodes[nid]
             if nid in flagged or n.op not in MERGE_OPS or hops.get(nid, 99) > NEAR_OUTPUT_HOPS:
                 continue
-            others = [i for i in n.inputs if i and i not in g.consts
-                      and g.producer.get(i) not in free and i != inp]
+            others = [
+                i
+                for i in n.inputs
+                if i and i not in g.consts and g.producer.get(i) not in free and i != inp
+            ]
             if not others or len(path) < 2:
                 continue
             flagged.update(path)
-            out.append(GraphFootprint(
-                "parameter-free-path", tuple(g.nodes[p].name for p in path), (inp,), n.name,
-                f"{inp!r} reaches {n.op} {n.name!r} near an output through "
-                f"{' -> '.join(g.nodes[p].op for p in path)} with no weight on the way",
-            ))
+            out.append(
+                GraphFootprint(
+                    "parameter-free-path",
+                    tuple(g.nodes[p].name for p in path),
+                    (inp,),
+                    n.name,
+                    f"{inp!r} reaches {n.op} {n.name!r} near an output through "
+                    f"{' -> '.join(g.nodes[p].op for p in path)} with no weight on the way",
+                )
+            )
             break
     return out

@@ -93,8 +93,13 @@ class CoverageReport:
                     "evidence": list(s.evidence),
                     "attestation": None if s.attestation is None else s.attestation.__dict__,
                     "threats": [
-                        {"id": t.threat.id, "title": t.threat.title, "status": t.status,
-                         "covered_by": list(t.covered_by), "missing": list(t.missing)}
+                        {
+                            "id": t.threat.id,
+                            "title": t.threat.title,
+                            "status": t.status,
+                            "covered_by": list(t.covered_by),
+                            "missing": list(t.missing),
+                        }
                         for t in s.threats
                     ],
                     "recommendations": list(s.recommendations),
@@ -117,11 +122,13 @@ def _match(step: Step, pool: list[StepAttestation]) -> StepAttestation | None:
             return a
     kinds = _KIND_ALIASES.get(step.kind, (step.kind,))
     return next((a for a in ok if a.kind in kinds and not a.output), None) or next(
-        (a for a in ok if a.kind in kinds and (not step.outputs)), None)
+        (a for a in ok if a.kind in kinds and (not step.outputs)), None
+    )
 
 
-def check_lifecycle(lifecycle: Lifecycle,
-                    attestations: Sequence[StepAttestation] | None = None) -> CoverageReport:
+def check_lifecycle(
+    lifecycle: Lifecycle, attestations: Sequence[StepAttestation] | None = None
+) -> CoverageReport:
     """Coverage of ``lifecycle``; ``attestations`` are the verified ones supplied (``None``
     when no folder was given)."""
     pool = list(attestations or ())
@@ -133,8 +140,10 @@ def check_lifecycle(lifecycle: Lifecycle,
         recs: list[str] = []
         for check in step.checks:
             if check == "claim" and step.kind not in REDERIVABLE:
-                notes.append(f"'claim' is configured but a {step.kind} step cannot be "
-                             "re-derived; it is not counted")
+                notes.append(
+                    f"'claim' is configured but a {step.kind} step cannot be "
+                    "re-derived; it is not counted"
+                )
                 continue
             if check == "signature":
                 continue  # a signature is evidence only once a verified one is supplied
@@ -147,8 +156,10 @@ def check_lifecycle(lifecycle: Lifecycle,
                 evidence["claim"] = f"attestation {att.source} (re-derived)"
         elif step.attestation or "signature" in step.checks:
             what = "supplied" if attestations is None else "found"
-            recs.append(f"the signed attestation this step requires was not {what}: "
-                        f"`modelseal attest {step.kind} ...` by {step.performer}")
+            recs.append(
+                f"the signed attestation this step requires was not {what}: "
+                f"`modelseal attest {step.kind} ...` by {step.performer}"
+            )
         statuses = []
         for threat in CATALOGUE:
             if not applicable(threat, step.kind, step.format, step.third_party):
@@ -170,8 +181,11 @@ def check_lifecycle(lifecycle: Lifecycle,
                 rec = f"{threat.id} {threat.title}: {threat.recommendation}"
                 if rec not in recs:
                     recs.append(rec)
-        steps.append(StepCoverage(step, tuple(sorted(evidence)), att, tuple(statuses),
-                                  tuple(recs), tuple(notes)))
+        steps.append(
+            StepCoverage(
+                step, tuple(sorted(evidence)), att, tuple(statuses), tuple(recs), tuple(notes)
+            )
+        )
     unmatched = tuple(a.source for a in pool if a.source not in used)
     return CoverageReport(lifecycle, tuple(steps), tuple(pool), unmatched)
 
@@ -190,26 +204,37 @@ def read_attestations(folder: Path, verifier: Any) -> list[StepAttestation]:
             out.append(StepAttestation(path.name, "", error=str(exc)))
             continue
         st = step.statement
-        out.append(StepAttestation(path.name, st.kind, st.output.name, st.claim.value,
-                                   step.signer.describe()))
+        out.append(
+            StepAttestation(
+                path.name, st.kind, st.output.name, st.claim.value, step.signer.describe()
+            )
+        )
     return out
 
 
 def render_text(report: CoverageReport) -> str:
     marks = {COVERED: "covered", PARTIAL_STATUS: "PARTIAL", OPEN: "OPEN"}
-    lines = [f"lifecycle {report.lifecycle.name}"
-             + (f" ({report.lifecycle.model})" if report.lifecycle.model else "")]
+    lines = [
+        f"lifecycle {report.lifecycle.name}"
+        + (f" ({report.lifecycle.model})" if report.lifecycle.model else "")
+    ]
     for s in report.steps:
         st = s.step
         lines.append("")
-        lines.append(f"step {st.name} [{st.kind}] by {st.performer}"
-                     f"{' (third party)' if st.third_party else ''}: "
-                     f"{', '.join(st.inputs) or '-'} -> {', '.join(st.outputs) or '-'}")
-        lines.append(f"  evidence: {', '.join(s.evidence) or 'none'}"
-                     + (f"; attestation {s.attestation.source} ({s.attestation.kind}, claim "
-                        f"{s.attestation.claim}, signer {s.attestation.signer})"
-                        if s.attestation else
-                        ("; attestation required, none verified" if st.attestation else "")))
+        lines.append(
+            f"step {st.name} [{st.kind}] by {st.performer}"
+            f"{' (third party)' if st.third_party else ''}: "
+            f"{', '.join(st.inputs) or '-'} -> {', '.join(st.outputs) or '-'}"
+        )
+        lines.append(
+            f"  evidence: {', '.join(s.evidence) or 'none'}"
+            + (
+                f"; attestation {s.attestation.source} ({s.attestation.kind}, claim "
+                f"{s.attestation.claim}, signer {s.attestation.signer})"
+                if s.attestation
+                else ("; attestation required, none verified" if st.attestation else "")
+            )
+        )
         for t in s.threats:
             by = f" by {', '.join(t.covered_by)}" if t.covered_by else ""
             lines.append(f"  {marks[t.status]:8} {t.threat.id} {t.threat.title}{by}")
@@ -220,8 +245,10 @@ def render_text(report: CoverageReport) -> str:
     c = report.counts()
     total = sum(c.values())
     lines.append("")
-    lines.append(f"coverage: {c[COVERED]}/{total} step threats covered "
-                 f"({report.coverage:.0%}), {c[PARTIAL_STATUS]} partial, {c[OPEN]} open")
+    lines.append(
+        f"coverage: {c[COVERED]}/{total} step threats covered "
+        f"({report.coverage:.0%}), {c[PARTIAL_STATUS]} partial, {c[OPEN]} open"
+    )
     bad = [a for a in report.attestations if a.error]
     for a in bad:
         lines.append(f"attestation {a.source} rejected: {a.error}")

@@ -29,8 +29,18 @@ import tomllib
 
 from scanner.errors import UsageError
 
-STEP_KINDS = ("train", "export", "convert", "cast", "quantize", "prune", "fine-tune",
-              "merge", "optimize", "deploy")
+STEP_KINDS = (
+    "train",
+    "export",
+    "convert",
+    "cast",
+    "quantize",
+    "prune",
+    "fine-tune",
+    "merge",
+    "optimize",
+    "deploy",
+)
 CHECKS = ("signature", "claim", "pair", "scan", "probe")
 """Evidence the gate can be configured to collect for a step's output."""
 FORMATS = ("safetensors", "onnx", "gguf", "pytorch")
@@ -85,8 +95,17 @@ def parse_lifecycle(data: dict[str, Any], source: str = "") -> Lifecycle:
     raw_steps = data.get("step")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise LifecycleError(f"{source}: at least one [[step]] is required")
-    known = {"name", "kind", "performer", "third_party", "inputs", "outputs", "attestation",
-             "format", "checks"}
+    known = {
+        "name",
+        "kind",
+        "performer",
+        "third_party",
+        "inputs",
+        "outputs",
+        "attestation",
+        "format",
+        "checks",
+    }
     steps = []
     for i, raw in enumerate(raw_steps):
         where = f"{source}: step {i + 1}"
@@ -95,8 +114,9 @@ def parse_lifecycle(data: dict[str, Any], source: str = "") -> Lifecycle:
             raise LifecycleError(f"{where}: unknown key(s) {sorted(unknown)}")
         kind = raw.get("kind")
         if kind not in STEP_KINDS:
-            raise LifecycleError(f"{where}: kind must be one of {', '.join(STEP_KINDS)}, "
-                                 f"not {kind!r}")
+            raise LifecycleError(
+                f"{where}: kind must be one of {', '.join(STEP_KINDS)}, not {kind!r}"
+            )
         checks = _strings(raw.get("checks", []), f"{where}: checks")
         bad = [c for c in checks if c not in CHECKS]
         if bad:
@@ -104,19 +124,25 @@ def parse_lifecycle(data: dict[str, Any], source: str = "") -> Lifecycle:
         fmt = raw.get("format", "safetensors")
         if fmt not in FORMATS:
             raise LifecycleError(f"{where}: format must be one of {', '.join(FORMATS)}")
-        steps.append(Step(
-            name=str(raw.get("name") or kind),
-            kind=kind,
-            performer=str(raw.get("performer", "unspecified")),
-            third_party=bool(raw.get("third_party", False)),
-            inputs=_strings(raw.get("inputs", []), f"{where}: inputs"),
-            outputs=_strings(raw.get("outputs", []), f"{where}: outputs"),
-            attestation=bool(raw.get("attestation", False)),
-            format=fmt,
-            checks=checks,
-        ))
+        steps.append(
+            Step(
+                name=str(raw.get("name") or kind),
+                kind=kind,
+                performer=str(raw.get("performer", "unspecified")),
+                third_party=bool(raw.get("third_party", False)),
+                inputs=_strings(raw.get("inputs", []), f"{where}: inputs"),
+                outputs=_strings(raw.get("outputs", []), f"{where}: outputs"),
+                attestation=bool(raw.get("attestation", False)),
+                format=fmt,
+                checks=checks,
+            )
+        )
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise LifecycleError(f"{source}: step names must be unique")
-    return Lifecycle(str(head.get("name", Path(source).stem if source else "lifecycle")),
-                     str(head.get("model", "")), tuple(steps), source)
+    return Lifecycle(
+        str(head.get("name", Path(source).stem if source else "lifecycle")),
+        str(head.get("model", "")),
+        tuple(steps),
+        source,
+    )

@@ -15,8 +15,17 @@ from dataclasses import dataclass
 FULL = "full"
 PARTIAL = "partial"
 
-WEIGHT_STEPS = ("export", "convert", "cast", "quantize", "prune", "fine-tune", "merge",
-                "optimize", "deploy")
+WEIGHT_STEPS = (
+    "export",
+    "convert",
+    "cast",
+    "quantize",
+    "prune",
+    "fine-tune",
+    "merge",
+    "optimize",
+    "deploy",
+)
 REDERIVABLE = ("export", "convert", "cast", "quantize", "prune", "deploy")
 """Step kinds whose claim a checker can recompute (deploy: identical to its input)."""
 
@@ -36,56 +45,112 @@ class Threat:
 
 
 CATALOGUE: tuple[Threat, ...] = (
-    Threat("T1.1", "replaced subnetwork (SRA)", "1", WEIGHT_STEPS,
-           {"claim": FULL, "pair": FULL, "scan": PARTIAL},
-           recommendation="diff the output against the step's input (pair) or re-derive the "
-           "step's claim"),
-    Threat("T1.2", "handcrafted neuron path", "1", WEIGHT_STEPS,
-           {"claim": FULL, "pair": FULL, "scan": PARTIAL},
-           recommendation="diff against the step's input (pair)"),
-    Threat("T1.3", "knowledge edit (ROME / MEMIT / abliteration)", "1",
-           ("fine-tune", "merge", *REDERIVABLE),
-           {"claim": FULL, "pair": PARTIAL, "probe": PARTIAL},
-           recommendation="re-derive the step where possible; for fine-tunes and merges "
-           "run a behavioural probe suite and pair analysis"),
-    Threat("T1.4", "weight steganography and bit flips", "1", WEIGHT_STEPS,
-           {"claim": FULL, "pair": FULL, "scan": PARTIAL},
-           recommendation="pair analysis or a re-derived claim"),
-    Threat("T2.1", "graph backdoor (ShadowLogic, TrojanNet, architectural, ImpNet)", "2",
-           ("export", "convert", "quantize", "optimize", "deploy"),
-           {"pair": FULL, "scan": PARTIAL, "probe": PARTIAL}, graph_only=True,
-           recommendation="diff the graph against its source (pair): weight claims do "
-           "not cover graph structure"),
-    Threat("T3.1", "quantization-activated backdoor (box-constrained)", "3", ("quantize",),
-           {"scan": PARTIAL, "pair": PARTIAL, "probe": PARTIAL},
-           recommendation="scan the full-precision input for the quantization gap (MS409) "
-           "and probe the quantized model"),
-    Threat("T3.2", "pruning-activated backdoor", "3", ("prune",),
-           {"pair": PARTIAL, "probe": PARTIAL},
-           recommendation="pair analysis of the pre-pruning model against the trusted one "
-           "and a probe of the pruned model"),
-    Threat("T3.3", "unfaithful transformation (flipped codes)", "3",
-           ("export", "convert", "cast", "quantize", "prune"),
-           {"claim": FULL, "pair": PARTIAL},
-           recommendation="require a re-derived claim (attestation with claim=pass or "
-           "--claim in the gate): a signature alone does not make a claim true"),
-    Threat("T4.1", "regression or backdoor through continued training / adapters", "4",
-           ("fine-tune", "merge"),
-           {"pair": PARTIAL, "probe": PARTIAL, "signature": PARTIAL},
-           recommendation="classify the change (pair), run safety and trigger probes, and "
-           "require a signed attestation naming who trained"),
-    Threat("T5.1", "serialization attack (pickle, safetensors header, ONNX paths, GGUF "
-           "templates)", "5", ("train", *WEIGHT_STEPS),
-           {"scan": FULL},
-           recommendation="scan every artifact before it is loaded"),
-    Threat("T6.1", "artifact substituted between steps or at rest", "chain",
-           ("train", *WEIGHT_STEPS),
-           {"signature": FULL, "claim": PARTIAL, "pair": PARTIAL},
-           recommendation="sign the step's output (signed attestation) and verify it before "
-           "the next step consumes it"),
-    Threat("T6.2", "unaccountable third-party step", "chain", ("train", *WEIGHT_STEPS),
-           {"signature": FULL}, third_party_only=True,
-           recommendation="require a signed step attestation from the third party"),
+    Threat(
+        "T1.1",
+        "replaced subnetwork (SRA)",
+        "1",
+        WEIGHT_STEPS,
+        {"claim": FULL, "pair": FULL, "scan": PARTIAL},
+        recommendation="diff the output against the step's input (pair) or re-derive the "
+        "step's claim",
+    ),
+    Threat(
+        "T1.2",
+        "handcrafted neuron path",
+        "1",
+        WEIGHT_STEPS,
+        {"claim": FULL, "pair": FULL, "scan": PARTIAL},
+        recommendation="diff against the step's input (pair)",
+    ),
+    Threat(
+        "T1.3",
+        "knowledge edit (ROME / MEMIT / abliteration)",
+        "1",
+        ("fine-tune", "merge", *REDERIVABLE),
+        {"claim": FULL, "pair": PARTIAL, "probe": PARTIAL},
+        recommendation="re-derive the step where possible; for fine-tunes and merges "
+        "run a behavioural probe suite and pair analysis",
+    ),
+    Threat(
+        "T1.4",
+        "weight steganography and bit flips",
+        "1",
+        WEIGHT_STEPS,
+        {"claim": FULL, "pair": FULL, "scan": PARTIAL},
+        recommendation="pair analysis or a re-derived claim",
+    ),
+    Threat(
+        "T2.1",
+        "graph backdoor (ShadowLogic, TrojanNet, architectural, ImpNet)",
+        "2",
+        ("export", "convert", "quantize", "optimize", "deploy"),
+        {"pair": FULL, "scan": PARTIAL, "probe": PARTIAL},
+        graph_only=True,
+        recommendation="diff the graph against its source (pair): weight claims do "
+        "not cover graph structure",
+    ),
+    Threat(
+        "T3.1",
+        "quantization-activated backdoor (box-constrained)",
+        "3",
+        ("quantize",),
+        {"scan": PARTIAL, "pair": PARTIAL, "probe": PARTIAL},
+        recommendation="scan the full-precision input for the quantization gap (MS409) "
+        "and probe the quantized model",
+    ),
+    Threat(
+        "T3.2",
+        "pruning-activated backdoor",
+        "3",
+        ("prune",),
+        {"pair": PARTIAL, "probe": PARTIAL},
+        recommendation="pair analysis of the pre-pruning model against the trusted one "
+        "and a probe of the pruned model",
+    ),
+    Threat(
+        "T3.3",
+        "unfaithful transformation (flipped codes)",
+        "3",
+        ("export", "convert", "cast", "quantize", "prune"),
+        {"claim": FULL, "pair": PARTIAL},
+        recommendation="require a re-derived claim (attestation with claim=pass or "
+        "--claim in the gate): a signature alone does not make a claim true",
+    ),
+    Threat(
+        "T4.1",
+        "regression or backdoor through continued training / adapters",
+        "4",
+        ("fine-tune", "merge"),
+        {"pair": PARTIAL, "probe": PARTIAL, "signature": PARTIAL},
+        recommendation="classify the change (pair), run safety and trigger probes, and "
+        "require a signed attestation naming who trained",
+    ),
+    Threat(
+        "T5.1",
+        "serialization attack (pickle, safetensors header, ONNX paths, GGUF templates)",
+        "5",
+        ("train", *WEIGHT_STEPS),
+        {"scan": FULL},
+        recommendation="scan every artifact before it is loaded",
+    ),
+    Threat(
+        "T6.1",
+        "artifact substituted between steps or at rest",
+        "chain",
+        ("train", *WEIGHT_STEPS),
+        {"signature": FULL, "claim": PARTIAL, "pair": PARTIAL},
+        recommendation="sign the step's output (signed attestation) and verify it before "
+        "the next step consumes it",
+    ),
+    Threat(
+        "T6.2",
+        "unaccountable third-party step",
+        "chain",
+        ("train", *WEIGHT_STEPS),
+        {"signature": FULL},
+        third_party_only=True,
+        recommendation="require a signed step attestation from the third party",
+    ),
 )
 
 

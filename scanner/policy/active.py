@@ -42,8 +42,9 @@ def using(pack: Pack | None) -> Iterator[Pack | None]:
         activate(previous)
 
 
-def threshold(rule_id: str, key: str, default: Any,
-              options: Mapping[str, Any] | None = None) -> Any:
+def threshold(
+    rule_id: str, key: str, default: Any, options: Mapping[str, Any] | None = None
+) -> Any:
     """Threshold ``key`` of ``rule_id``: from ``options["policy"]`` when given, else the
     active pack, else ``default``."""
     pack = (options or {}).get("policy") or _active

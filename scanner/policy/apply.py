@@ -94,8 +94,14 @@ def _claimed(t: TensorDiff | None, f: Finding | None, attested: bool) -> bool:
     return f is not None and bool(f.evidence.get("claim"))
 
 
-def apply_pack(report: Report, pack: Pack, *, attested: bool = False,
-               today: dt.date | None = None, fail_on: Severity | None = None) -> PolicyReport:
+def apply_pack(
+    report: Report,
+    pack: Pack,
+    *,
+    attested: bool = False,
+    today: dt.date | None = None,
+    fail_on: Severity | None = None,
+) -> PolicyReport:
     """Judge ``report`` by ``pack``.
 
     ``attested`` says the deployed artifact's history verified as an attested chain of
@@ -125,7 +131,8 @@ def apply_pack(report: Report, pack: Pack, *, attested: bool = False,
         "source": pack.source,
         "disabled_findings": disabled,
         "unused_suppressions": [
-            s.describe() for s in pack.suppressions
+            s.describe()
+            for s in pack.suppressions
             if not any(x.suppression is s for x in suppressed) and s not in expired
         ],
     }
@@ -171,8 +178,9 @@ def _judge(f: Finding, ctx: _Context) -> Finding | None:
     allowance = _allowance(f, names, ctx)
     if allowance is not None and severity > Severity.INFO:
         cls, by = allowance
-        policy.update({"allowed_class": cls, "allowed_by": by,
-                       "severity_before_allow": str(severity)})
+        policy.update(
+            {"allowed_class": cls, "allowed_by": by, "severity_before_allow": str(severity)}
+        )
         severity = Severity.INFO
     if not policy:
         return f
@@ -199,8 +207,11 @@ def _allowance(f: Finding, names: list[str], ctx: _Context) -> tuple[str, str] |
     sources = []
     for name in names:
         t = ctx.tensors.get(name)
-        cls = cls_evidence if isinstance(cls_evidence, str) else (
-            tensor_class(t) if t is not None else None)
+        cls = (
+            cls_evidence
+            if isinstance(cls_evidence, str)
+            else (tensor_class(t) if t is not None else None)
+        )
         if cls is None:
             return None  # an unclassified change is never allowed by class
         allowed, by = ctx.pack.allowed_classes(name, claimed=_claimed(t, f, ctx.attested))
@@ -211,17 +222,18 @@ def _allowance(f: Finding, names: list[str], ctx: _Context) -> tuple[str, str] |
     return ", ".join(classes), ", ".join(sorted({b for _, b in sources}))
 
 
-def _unallowed_classes(tensors: tuple[TensorDiff, ...], judged: list[Finding],
-                       ctx: _Context) -> list[Finding]:
+def _unallowed_classes(
+    tensors: tuple[TensorDiff, ...], judged: list[Finding], ctx: _Context
+) -> list[Finding]:
     """MS805 for classified changes the pack does not allow and no finding reports yet."""
-    covered = {
-        name for f in judged if f.severity > Severity.INFO for name in finding_tensors(f)
-    }
+    covered = {name for f in judged if f.severity > Severity.INFO for name in finding_tensors(f)}
     min_rel = ctx.pack.threshold(CLASS_NOT_ALLOWED.id, "min_rel_change", 0.0)
     out = []
     for t in tensors:
-        if t.status is TensorStatus.IDENTICAL or t.name in covered or (
-            t.deployed_name and t.deployed_name in covered
+        if (
+            t.status is TensorStatus.IDENTICAL
+            or t.name in covered
+            or (t.deployed_name and t.deployed_name in covered)
         ):
             continue
         cls = tensor_class(t)
@@ -235,20 +247,27 @@ def _unallowed_classes(tensors: tuple[TensorDiff, ...], judged: list[Finding],
         settings = ctx.pack.settings(CLASS_NOT_ALLOWED.id, [t.name])
         if settings.enabled is False:
             continue
-        severity = (settings.severity if settings.severity is not None
-                    else CLASS_NOT_ALLOWED.severity)
+        severity = (
+            settings.severity if settings.severity is not None else CLASS_NOT_ALLOWED.severity
+        )
         for override in ctx.pack.overrides_for([t.name]):
             if override.severity is not None:
                 severity = override.severity
-        out.append(finding(
-            CLASS_NOT_ALLOWED,
-            f"{t.name}: {cls} is not allowed here by rules pack '{ctx.pack.name}' ({by} = "
-            f"{list(allowed)})",
-            [Location(artifact="deployed", tensor=t.deployed_name or t.name)],
-            evidence={"class": cls, "allowed": list(allowed), "decided_by": by,
-                      "status": t.status.value},
-            severity=severity,
-        ))
+        out.append(
+            finding(
+                CLASS_NOT_ALLOWED,
+                f"{t.name}: {cls} is not allowed here by rules pack '{ctx.pack.name}' ({by} = "
+                f"{list(allowed)})",
+                [Location(artifact="deployed", tensor=t.deployed_name or t.name)],
+                evidence={
+                    "class": cls,
+                    "allowed": list(allowed),
+                    "decided_by": by,
+                    "status": t.status.value,
+                },
+                severity=severity,
+            )
+        )
     return out
 
 
@@ -268,8 +287,9 @@ def _matches(s: Suppression, f: Finding) -> bool:
     return True
 
 
-def _suppress(findings: list[Finding], ctx: _Context
-              ) -> tuple[list[Finding], list[SuppressedFinding], list[Suppression]]:
+def _suppress(
+    findings: list[Finding], ctx: _Context
+) -> tuple[list[Finding], list[SuppressedFinding], list[Suppression]]:
     kept: list[Finding] = []
     suppressed: list[SuppressedFinding] = []
     expired: list[Suppression] = []
@@ -290,23 +310,30 @@ def _suppress(findings: list[Finding], ctx: _Context
     for s in expired:
         assert s.expires is not None
         days = (ctx.today - s.expires).days
-        kept.append(finding(
-            SUPPRESSION_EXPIRED,
-            f"suppression of {s.describe()} expired {days} day(s) ago; the finding it "
-            "covered is reported again",
-            evidence={"suppression": s.to_dict(), "days_expired": days},
-            severity=settings.severity,
-        ))
-    soon = {x.suppression for x in suppressed if x.suppression.expires is not None
-            and (x.suppression.expires - ctx.today).days <= warn_days}
+        kept.append(
+            finding(
+                SUPPRESSION_EXPIRED,
+                f"suppression of {s.describe()} expired {days} day(s) ago; the finding it "
+                "covered is reported again",
+                evidence={"suppression": s.to_dict(), "days_expired": days},
+                severity=settings.severity,
+            )
+        )
+    soon = {
+        x.suppression
+        for x in suppressed
+        if x.suppression.expires is not None
+        and (x.suppression.expires - ctx.today).days <= warn_days
+    }
     for s in sorted(soon, key=lambda s: (s.expires, s.rule)):  # type: ignore[arg-type,return-value]
         assert s.expires is not None
-        kept.append(finding(
-            SUPPRESSION_EXPIRED,
-            f"suppression of {s.describe()} expires in {(s.expires - ctx.today).days} day(s)",
-            evidence={"suppression": s.to_dict(),
-                      "days_left": (s.expires - ctx.today).days},
-            severity=Severity.INFO,
-            title="Suppression expires soon",
-        ))
+        kept.append(
+            finding(
+                SUPPRESSION_EXPIRED,
+                f"suppression of {s.describe()} expires in {(s.expires - ctx.today).days} day(s)",
+                evidence={"suppression": s.to_dict(), "days_left": (s.expires - ctx.today).days},
+                severity=Severity.INFO,
+                title="Suppression expires soon",
+            )
+        )
     return kept, suppressed, expired

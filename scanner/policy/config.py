@@ -21,8 +21,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CONFIG_FILES = ("modelseal.toml", "pyproject.toml")
-_PATH_KEYS = {"deployed", "trusted", "signature", "public_key", "attestations",
-              "chain_policy", "output", "trust_config", "trusted_root"}
+_PATH_KEYS = {
+    "deployed",
+    "trusted",
+    "signature",
+    "public_key",
+    "attestations",
+    "chain_policy",
+    "output",
+    "trust_config",
+    "trusted_root",
+}
 _PATH_LIST_KEYS = {"certificate_chain", "artifacts"}
 _STR_KEYS = {"rules", "identity", "issuer", "format", "fail_on"}
 _STR_LIST_KEYS = {"claims", "allow"}
@@ -49,8 +58,11 @@ def find_config(start: Path) -> Path | None:
         if own.is_file():
             return own
         pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and "tool" in _read(pyproject) and \
-                "modelseal" in _read(pyproject)["tool"]:
+        if (
+            pyproject.is_file()
+            and "tool" in _read(pyproject)
+            and "modelseal" in _read(pyproject)["tool"]
+        ):
             return pyproject
     return None
 
@@ -78,8 +90,9 @@ def load_config(path: Path) -> GateConfig:
         raise PackError(f"{where}: expected a table")
     unknown = sorted(set(table) - _KEYS)
     if unknown:
-        raise PackError(f"{where}: unknown key {unknown[0]!r} (allowed: "
-                        f"{', '.join(sorted(_KEYS))})")
+        raise PackError(
+            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_KEYS))})"
+        )
     base = path.parent
     values: dict[str, Any] = {}
     for key, value in table.items():

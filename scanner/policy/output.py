@@ -19,15 +19,18 @@ def policy_text(report: Report) -> str:
     """Lines appended to the text report: the pack and every suppressed finding."""
     if not isinstance(report, PolicyReport):
         return ""
-    lines = [f"\nrules pack: {report.rules_pack}"
-             + ("  (audit: findings never fail)" if report.never_fail else "")]
+    lines = [
+        f"\nrules pack: {report.rules_pack}"
+        + ("  (audit: findings never fail)" if report.never_fail else "")
+    ]
     if report.suppressed:
         lines.append(f"suppressed findings ({len(report.suppressed)}):")
         for s in report.suppressed:
             until = s.suppression.expires.isoformat() if s.suppression.expires else "no expiry"
             lines.append(f"  {s.finding.rule_id}  {s.finding.message}")
-            lines.append(f"      reason: {s.suppression.reason}  (until {until}; "
-                         f"{s.suppression.source})")
+            lines.append(
+                f"      reason: {s.suppression.reason}  (until {until}; {s.suppression.source})"
+            )
     return "\n".join(lines) + "\n"
 
 

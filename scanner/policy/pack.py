@@ -97,9 +97,7 @@ class Suppression:
         return self.expires is not None and self.expires < today
 
     def describe(self) -> str:
-        where = "".join(
-            f" {k}={v}" for k, v in (("tensor", self.tensor), ("file", self.file)) if v
-        )
+        where = "".join(f" {k}={v}" for k, v in (("tensor", self.tensor), ("file", self.file)) if v)
         until = f" until {self.expires.isoformat()}" if self.expires else ""
         return f"{self.rule}{where}{until} ({self.reason})"
 
@@ -213,8 +211,9 @@ def _load(path: Path, chain: tuple[str, ...]) -> Pack:
     return _build(data, str(path), path.parent, chain=(*chain, key))
 
 
-def _build(data: Mapping[str, Any], source: str, base_dir: Path | None,
-           chain: tuple[str, ...]) -> Pack:
+def _build(
+    data: Mapping[str, Any], source: str, base_dir: Path | None, chain: tuple[str, ...]
+) -> Pack:
     v = _Validator(source)
     v.keys(data, _TOP_KEYS, "the top level")
     meta = v.table(data, "pack")
@@ -248,8 +247,9 @@ def _build(data: Mapping[str, Any], source: str, base_dir: Path | None,
         require = tuple(v.str_list(gate["require"], "gate.require"))
         for item in require:
             if item not in GATE_INPUTS:
-                v.fail(f"gate.require: unknown input {item!r} (choose from "
-                       f"{', '.join(GATE_INPUTS)})")
+                v.fail(
+                    f"gate.require: unknown input {item!r} (choose from {', '.join(GATE_INPUTS)})"
+                )
 
     rules = dict(pack.rules)
     for rule_id, raw in v.table(data, "rules").items():
@@ -266,17 +266,21 @@ def _build(data: Mapping[str, Any], source: str, base_dir: Path | None,
         if not pattern:
             v.fail(f"{where}: 'pattern' is required (an fnmatch glob over tensor names)")
         assert pattern is not None
-        severity = (v.severity(raw["severity"], f"{where}.severity")
-                    if "severity" in raw else None)
+        severity = v.severity(raw["severity"], f"{where}.severity") if "severity" in raw else None
         sub_rules = {
             rid: v.rule_settings(rid, rs, f"{where}.rules.{rid}")
             for rid, rs in v.table(raw, "rules", where).items()
         }
-        overrides.append(TensorOverride(
-            pattern=pattern, allow=v.classes(raw, "allow", f"{where}.allow"), severity=severity,
-            rules=sub_rules, reason=v.string(raw, "reason", f"{where}.reason") or "",
-            source=source,
-        ))
+        overrides.append(
+            TensorOverride(
+                pattern=pattern,
+                allow=v.classes(raw, "allow", f"{where}.allow"),
+                severity=severity,
+                rules=sub_rules,
+                reason=v.string(raw, "reason", f"{where}.reason") or "",
+                source=source,
+            )
+        )
 
     suppressions = list(pack.suppressions)
     suppressions += parse_suppressions(v.array(data, "suppress"), source)
@@ -326,10 +330,16 @@ def parse_suppressions(items: Iterable[Any], source: str) -> list[Suppression]:
                     v.fail(f"{where}.expires: {expires!r} is not a date (YYYY-MM-DD)")
             elif not isinstance(expires, dt.date):
                 v.fail(f"{where}.expires: expected a date (YYYY-MM-DD), got {_type(expires)}")
-        out.append(Suppression(
-            rule=rule, reason=reason, tensor=v.string(raw, "tensor", f"{where}.tensor"),
-            file=v.string(raw, "file", f"{where}.file"), expires=expires, source=source,
-        ))
+        out.append(
+            Suppression(
+                rule=rule,
+                reason=reason,
+                tensor=v.string(raw, "tensor", f"{where}.tensor"),
+                file=v.string(raw, "file", f"{where}.file"),
+                expires=expires,
+                source=source,
+            )
+        )
     return out
 
 
@@ -345,8 +355,14 @@ def _rule_ids() -> set[str]:
 
 
 def _type(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 class _Validator:
@@ -361,14 +377,14 @@ class _Validator:
     def keys(self, table: Mapping[str, Any], allowed: set[str], where: str) -> None:
         unknown = sorted(set(table) - allowed)
         if unknown:
-            self.fail(f"unknown key {unknown[0]!r} in {where} (allowed: "
-                      f"{', '.join(sorted(allowed))})")
+            self.fail(
+                f"unknown key {unknown[0]!r} in {where} (allowed: {', '.join(sorted(allowed))})"
+            )
 
     def table(self, data: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any]:
         value = data.get(key, {})
         if not isinstance(value, Mapping):
-            self.fail(f"{where + '.' if where else ''}{key}: expected a table, got "
-                      f"{_type(value)}")
+            self.fail(f"{where + '.' if where else ''}{key}: expected a table, got {_type(value)}")
         return value
 
     def array(self, data: Mapping[str, Any], key: str) -> list[Any]:
@@ -391,8 +407,7 @@ class _Validator:
     def severity(self, value: Any, where: str, extra: str = "") -> Severity:
         names = [str(s) for s in Severity] + ([extra] if extra else [])
         if not isinstance(value, str):
-            self.fail(f"{where}: expected a string (one of {', '.join(names)}), got "
-                      f"{_type(value)}")
+            self.fail(f"{where}: expected a string (one of {', '.join(names)}), got {_type(value)}")
         try:
             return Severity.parse(value)
         except ValueError:
@@ -405,8 +420,9 @@ class _Validator:
         names = self.str_list(data[key], where)
         for name in names:
             if name not in CHANGE_CLASSES:
-                self.fail(f"{where}: unknown change class {name!r} (one of "
-                          f"{', '.join(CHANGE_CLASSES)})")
+                self.fail(
+                    f"{where}: unknown change class {name!r} (one of {', '.join(CHANGE_CLASSES)})"
+                )
         return tuple(names)
 
     def rule_settings(self, rule_id: str, raw: Any, where: str) -> RuleSettings:
@@ -417,8 +433,9 @@ class _Validator:
         if not isinstance(raw, Mapping):
             self.fail(f"{where}: expected a table, got {_type(raw)}")
         self.keys(raw, _RULE_KEYS, f"[{where}]")
-        severity = self.severity(raw["severity"], f"{where}.severity") if "severity" in raw \
-            else None
+        severity = (
+            self.severity(raw["severity"], f"{where}.severity") if "severity" in raw else None
+        )
         enabled = raw.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             self.fail(f"{where}.enabled: expected a boolean, got {_type(enabled)}")
@@ -428,12 +445,16 @@ class _Validator:
             spec = rule.threshold(key)
             if spec is None:
                 declared = ", ".join(t.key for t in rule.thresholds) or "none"
-                self.fail(f"{where}.thresholds: unknown threshold {key!r} for {rule_id} "
-                          f"(declared: {declared})")
+                self.fail(
+                    f"{where}.thresholds: unknown threshold {key!r} for {rule_id} "
+                    f"(declared: {declared})"
+                )
             assert spec is not None
             if not _same_kind(spec.default, value):
-                self.fail(f"{where}.thresholds.{key}: expected {_type(spec.default)} like "
-                          f"the default {spec.default!r}, got {_type(value)}")
+                self.fail(
+                    f"{where}.thresholds.{key}: expected {_type(spec.default)} like "
+                    f"the default {spec.default!r}, got {_type(value)}"
+                )
         return RuleSettings(severity=severity, enabled=enabled, thresholds=dict(thresholds))
 
 

@@ -69,8 +69,8 @@ SUPPRESSION_EXPIRED = define_rule(
     "reported once. Suppressions that expire within `warn_days` are reported at `info`.",
     why="Accepted risks must be re-reviewed; a suppression nobody revisits turns into a "
     "permanent blind spot.",
-    example="MS208 on `config.json` suppressed until 2025-01-31 (\"tokenizer update, "
-    "ticket SEC-12\"): expired 40 days ago.",
+    example='MS208 on `config.json` suppressed until 2025-01-31 ("tokenizer update, '
+    'ticket SEC-12"): expired 40 days ago.',
     fix="Re-review the finding, then extend the expiry with a fresh reason or remove the "
     "suppression.",
     thresholds=(
@@ -91,11 +91,12 @@ CLASS_NOT_ALLOWED = define_rule(
     example="`embeddings.word_embeddings.weight`: full fine-tune, forbidden by the pattern "
     "`embeddings.*` (allow = []).",
     fix="Allow the class for the tensors where it is expected (`[[tensors]] pattern = "
-    "\"lm_head.*\"`, `allow = [\"full fine-tune\"]`), claim the transformation, or reject.",
+    '"lm_head.*"`, `allow = ["full fine-tune"]`), claim the transformation, or reject.',
     references=("docs/rules-packs.md",),
     thresholds=(
         Threshold(
-            "min_rel_change", 0.0,
+            "min_rel_change",
+            0.0,
             "ignore classified changes whose relative L2 change is at most this value",
         ),
     ),

@@ -77,8 +77,9 @@ class _Planter:
     def reduce(self, op: str, x: str, axes: list[int], keepdims: int) -> str:
         """A reduction in the model's opset: ``axes`` became an input in opset 18."""
         if self.opset >= 18:
-            return self.node(op, [x, self.const(np.array(axes, dtype=np.int64), "axes")],
-                             keepdims=keepdims)
+            return self.node(
+                op, [x, self.const(np.array(axes, dtype=np.int64), "axes")], keepdims=keepdims
+            )
         return self.node(op, [x], axes=axes, keepdims=keepdims)
 
     def take_output(self, tensor: str) -> str:

@@ -114,7 +114,8 @@ def changed_tensors(source: Path, output: Path) -> list[str]:
                 continue
             try:
                 same = old.shape == info.shape and np.array_equal(
-                    a.to_float(name), b.to_float(name), equal_nan=True)
+                    a.to_float(name), b.to_float(name), equal_nan=True
+                )
             except Exception:
                 same = False
             if not same:
@@ -128,8 +129,7 @@ def _session(model: Any) -> Any:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def _image_shape(shape: tuple[Any, ...]) -> tuple[int, ...]:
@@ -139,8 +139,17 @@ def _image_shape(shape: tuple[Any, ...]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else fill[i] for i, d in enumerate(shape))
 
 
-def verify_image_trigger(clean: Any, planted: Any, x: Any, *, patch: int, value: float,
-                         target: int, seed: int, samples: int = 4) -> dict[str, Any]:
+def verify_image_trigger(
+    clean: Any,
+    planted: Any,
+    x: Any,
+    *,
+    patch: int,
+    value: float,
+    target: int,
+    seed: int,
+    samples: int = 4,
+) -> dict[str, Any]:
     """Run both models on seeded clean inputs and on the same inputs with the trigger
     patch: the planted model must match the clean one on clean inputs and move its
     output to ``target`` on triggered ones."""
@@ -167,8 +176,17 @@ def verify_image_trigger(clean: Any, planted: Any, x: Any, *, patch: int, value:
     }
 
 
-def verify_token_trigger(clean: Any, planted: Any, x: Any, *, token: int, vocab: int,
-                         seed: int, samples: int = 4, length: int = 16) -> dict[str, Any]:
+def verify_token_trigger(
+    clean: Any,
+    planted: Any,
+    x: Any,
+    *,
+    token: int,
+    vocab: int,
+    seed: int,
+    samples: int = 4,
+    length: int = 16,
+) -> dict[str, Any]:
     """Token-id trigger: outputs equal on sequences without ``token``, different with it."""
     rng = np.random.default_rng(seed)
     dtype = np.int64 if x.elem_type == 7 else np.int32
@@ -181,10 +199,14 @@ def verify_token_trigger(clean: Any, planted: Any, x: Any, *, token: int, vocab:
         trig[0, int(rng.integers(length))] = token
         ref = s_clean.run(None, {x.name: seq})[0]
         got = s_bad.run(None, {x.name: seq})[0]
-        max_clean_diff = max(max_clean_diff, float(np.max(np.abs(
-            ref.astype(np.float64) - got.astype(np.float64)))))
-        fired += int(not np.array_equal(s_clean.run(None, {x.name: trig})[0],
-                                        s_bad.run(None, {x.name: trig})[0]))
+        max_clean_diff = max(
+            max_clean_diff, float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
+        )
+        fired += int(
+            not np.array_equal(
+                s_clean.run(None, {x.name: trig})[0], s_bad.run(None, {x.name: trig})[0]
+            )
+        )
     return {
         "runtime": "onnxruntime",
         "samples": samples,

@@ -140,8 +140,9 @@ class ModelCopy:
         save_file(tensors, str(out), metadata=meta)
         return {}
 
-    def _save_onnx(self, out: Path, changed: Mapping[str, np.ndarray], text: str,
-                   model: Any) -> dict:
+    def _save_onnx(
+        self, out: Path, changed: Mapping[str, np.ndarray], text: str, model: Any
+    ) -> dict:
         import onnx
         from onnx import numpy_helper
 
@@ -176,8 +177,7 @@ class ModelCopy:
         arch = str(arch_field.contents()) if arch_field is not None else "unknown"
         writer = gguf.GGUFWriter(str(out), arch)
         for field in reader.fields.values():
-            if field.name.startswith("GGUF.") or field.name in ("general.architecture",
-                                                                 MARKER_KEY):
+            if field.name.startswith("GGUF.") or field.name in ("general.architecture", MARKER_KEY):
                 continue
             vtype = field.types[0]
             sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
@@ -188,13 +188,13 @@ class ModelCopy:
             qtype = gguf.GGMLQuantizationType(int(t.tensor_type))
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # numpy order
             if t.name not in changed:
-                writer.add_tensor(t.name, np.array(t.data), raw_shape=t.data.shape,
-                                  raw_dtype=qtype)
+                writer.add_tensor(t.name, np.array(t.data), raw_shape=t.data.shape, raw_dtype=qtype)
                 continue
             values = np.asarray(changed[t.name], dtype=np.float32).reshape(shape)
             if qtype.name in ("F32", "F16"):
-                writer.add_tensor(t.name, values.astype(np.float16 if qtype.name == "F16"
-                                                        else np.float32))
+                writer.add_tensor(
+                    t.name, values.astype(np.float16 if qtype.name == "F16" else np.float32)
+                )
             elif qtype.name in GGUF_REQUANTIZABLE:
                 blocks = gguf.quants.quantize(values, qtype)
                 writer.add_tensor(t.name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
@@ -216,7 +216,10 @@ def _as_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     import ml_dtypes
 
     target = {
-        "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+        "F64": np.float64,
+        "F32": np.float32,
+        "F16": np.float16,
+        "BF16": ml_dtypes.bfloat16,
     }.get(dtype)
     arr = np.asarray(values)
     # Planters edit in float32; a transform that chose another dtype (a cast to fp16,

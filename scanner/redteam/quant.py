@@ -154,8 +154,9 @@ def project_into_q4_0_boxes(w: np.ndarray, margin: float, seed: int = 0) -> np.n
     return _project_blocks(w, margin, seed, 15, 8.0)
 
 
-def tamper_onnx_codes(src: str | Path, dst: str | Path, initializer: str,
-                      indices: np.ndarray) -> np.ndarray:
+def tamper_onnx_codes(
+    src: str | Path, dst: str | Path, initializer: str, indices: np.ndarray
+) -> np.ndarray:
     """Write a copy of the quantized ONNX model ``src`` to ``dst`` whose integer
     initializer ``initializer`` has its codes negated around its zero point at the flat
     ``indices``: an unfaithful quantization twin, edited in the ModelProto itself (what an
@@ -182,8 +183,11 @@ def tamper_onnx_codes(src: str | Path, dst: str | Path, initializer: str,
             zp_name = ins[2]
         elif node.op_type in ("MatMulInteger", "ConvInteger") and pos == 1 and len(ins) > 3:
             zp_name = ins[3]
-    zp = numpy_helper.to_array(inits[zp_name]).reshape(-1) if zp_name in inits else \
-        np.zeros(1, dtype=codes.dtype)
+    zp = (
+        numpy_helper.to_array(inits[zp_name]).reshape(-1)
+        if zp_name in inits
+        else np.zeros(1, dtype=codes.dtype)
+    )
     if np.any(zp != zp[0]):
         raise ValueError(f"{initializer}: zero points differ per channel")
     info = np.iinfo(codes.dtype)

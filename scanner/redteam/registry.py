@@ -119,10 +119,14 @@ def _chain(copy: ModelCopy) -> list[Any]:
         while True:
             cur = path[-1]
             nxt = [
-                lg.layers[n] for n in lg.successors(cur.name)
-                if n in floats and lg.layers[n].order > cur.order
-                and (lg.layers[n].in_dim == cur.out_dim
-                     or (lg.layers[n].depthwise and lg.layers[n].out_dim == cur.out_dim))
+                lg.layers[n]
+                for n in lg.successors(cur.name)
+                if n in floats
+                and lg.layers[n].order > cur.order
+                and (
+                    lg.layers[n].in_dim == cur.out_dim
+                    or (lg.layers[n].depthwise and lg.layers[n].out_dim == cur.out_dim)
+                )
             ]
             if not nxt:
                 break
@@ -134,16 +138,24 @@ def _chain(copy: ModelCopy) -> list[Any]:
             best = path
     if len(best) < 3:
         raise NotApplicableError(f"{copy.path}: no chain of three linked layers")
-    return [ChainLayer(v.name, v.out_axis, v.in_axis,
-                       tuple(p for p in v.params if p in floats
-                             and copy.shape(p) and copy.shape(p)[0] > 2)) for v in best]
+    return [
+        ChainLayer(
+            v.name,
+            v.out_axis,
+            v.in_axis,
+            tuple(p for p in v.params if p in floats and copy.shape(p) and copy.shape(p)[0] > 2),
+        )
+        for v in best
+    ]
 
 
-def _matrices(copy: ModelCopy, *, min_size: int = 64, multiple: int = 1,
-              two_d: bool = False) -> list[str]:
+def _matrices(
+    copy: ModelCopy, *, min_size: int = 64, multiple: int = 1, two_d: bool = False
+) -> list[str]:
     """Weights of at least two axes (convolution kernels count as ``[out, in*k*k]``),
     largest first, with at least 8 rows and columns, whose last axis (2-D) or size
     (kernels) is a multiple of ``multiple``."""
+
     def ok(n: str) -> bool:
         shape = copy.shape(n)
         if len(shape) < 2 or (two_d and len(shape) != 2):
@@ -191,16 +203,23 @@ def _sra(last: bool) -> Planter:
         if last:
             chain = chain[-3:]
         width = int(ctx.strength)
-        too_narrow = [c.weight for c in chain[:-1] if copy.shape(c.weight)[0] <= width
-                      or (copy.shape(c.weight)[1] <= width and len(copy.shape(c.weight)) == 2)]
+        too_narrow = [
+            c.weight
+            for c in chain[:-1]
+            if copy.shape(c.weight)[0] <= width
+            or (copy.shape(c.weight)[1] <= width and len(copy.shape(c.weight)) == 2)
+        ]
         if too_narrow:
-            raise NotApplicableError(f"layers too narrow for a {width}-channel chain: "
-                                     f"{', '.join(too_narrow[:3])}")
+            raise NotApplicableError(
+                f"layers too narrow for a {width}-channel chain: {', '.join(too_narrow[:3])}"
+            )
         names = [c.weight for c in chain] + [p for c in chain for p in c.params]
         base = copy.weights(names)
         out, truth = plant_sra(base, chain, seed=ctx.seed, rescale=last, width=width)
-        return Plan({n: out[n] for n in names}, details={"chain": truth.details["chain"],
-                                                         "rescaled": last})
+        return Plan(
+            {n: out[n] for n in names}, details={"chain": truth.details["chain"], "rescaled": last}
+        )
+
     return run
 
 
@@ -217,8 +236,9 @@ def _handcrafted(copy: ModelCopy, ctx: Context) -> Plan:
         if w.ndim > 2 and all(d == 1 for d in w.shape[2:]):
             w = w.reshape(w.shape[:2])
         if w.ndim != 2:
-            raise NotApplicableError(f"{n}: the handcrafted path needs matrices or 1x1 "
-                                     f"convolutions, not {copy.shape(n)}")
+            raise NotApplicableError(
+                f"{n}: the handcrafted path needs matrices or 1x1 convolutions, not {copy.shape(n)}"
+            )
         squeezed[n] = w
     out, truth = plant_handcrafted(squeezed, chain, ctx.seed, suppress=ctx.strength)
     return Plan({n: out[n].reshape(copy.shape(n)) for n in names}, details=dict(truth.details))
@@ -246,8 +266,10 @@ def _abliteration(copy: ModelCopy, ctx: Context) -> Plan:
     # The residual stream is the output width most matrices share.
     width, names = max(widths.items(), key=lambda kv: (len(kv[1]), kv[0]), default=(0, []))
     if len(names) < 2:
-        raise NotApplicableError(f"{copy.path}: fewer than two matrices share an output "
-                                 "width (no residual stream to edit)")
+        raise NotApplicableError(
+            f"{copy.path}: fewer than two matrices share an output "
+            "width (no residual stream to edit)"
+        )
     names = sorted(names)
     out, _ = plant_abliteration({n: oriented[n] for n in names}, names, ctx.seed)
     changed = {n: (out[n].T.copy() if flips[n] else out[n]) for n in names}
@@ -259,11 +281,16 @@ def _lowbyte(copy: ModelCopy, ctx: Context) -> Plan:
 
     if copy.format == "gguf":
         raise NotApplicableError("low-byte payloads need float32 storage (not GGUF blocks)")
-    name = _pick(copy, ctx, sorted(_float32_weights(copy),
-                                   key=lambda n: -int(np.prod(copy.shape(n)))), "a payload")
+    name = _pick(
+        copy,
+        ctx,
+        sorted(_float32_weights(copy), key=lambda n: -int(np.prod(copy.shape(n)))),
+        "a payload",
+    )
     n_bytes = int(ctx.param("bytes", "2") or 2)
-    out, truth = plant_lowbyte_payload({name: copy.weight(name)}, name, ctx.seed,
-                                       fraction=ctx.strength, n_bytes=n_bytes)
+    out, truth = plant_lowbyte_payload(
+        {name: copy.weight(name)}, name, ctx.seed, fraction=ctx.strength, n_bytes=n_bytes
+    )
     return Plan({name: out[name]}, details={"tensor": name, **truth.details})
 
 
@@ -285,8 +312,9 @@ def _prune_activated(copy: ModelCopy, ctx: Context) -> Plan:
 
     name = _pick(copy, ctx, _matrices(copy, min_size=4096), "a prune-activated edit")
     sparsity = float(ctx.param("sparsity", "0.5") or 0.5)
-    out, truth = plant_prune_activated({name: copy.weight(name)}, name, ctx.seed,
-                                       sparsity=sparsity, rel=ctx.strength)
+    out, truth = plant_prune_activated(
+        {name: copy.weight(name)}, name, ctx.seed, sparsity=sparsity, rel=ctx.strength
+    )
     return Plan({name: out[name]}, details={"tensor": name, **truth.details})
 
 
@@ -298,7 +326,7 @@ def _gap(scheme: str) -> Planter:
         names = _matrices(copy, min_size=4096, multiple=multiple)
         count = int(ctx.param("tensors", "1") or 1)
         first = _pick(copy, ctx, names, "the quantization-gap attack")
-        chosen = [first, *[n for n in names if n != first][:count - 1]]
+        chosen = [first, *[n for n in names if n != first][: count - 1]]
         changed: dict[str, np.ndarray] = {}
         codes_equal: dict[str, bool] = {}
         for i, name in enumerate(chosen):
@@ -306,16 +334,22 @@ def _gap(scheme: str) -> Planter:
             if scheme == "int8":
                 new = quant.project_into_int8_boxes(w, ctx.strength, seed=ctx.seed + i)
             else:
-                project = (quant.project_into_q8_0_boxes if scheme == "q8_0"
-                           else quant.project_into_q4_0_boxes)
+                project = (
+                    quant.project_into_q8_0_boxes
+                    if scheme == "q8_0"
+                    else quant.project_into_q4_0_boxes
+                )
                 new = project(w, ctx.strength, seed=ctx.seed + i)
             new = _pin_codes(w, new, scheme)
             same = bool(np.array_equal(_codes(new, scheme), _codes(w, scheme)))
             changed[name] = new
             codes_equal[name] = same
-        return Plan(changed, details={"scheme": scheme, "margin": ctx.strength,
-                                      "tensors": chosen},
-                    verification={"codes_equal_malicious_quantization": codes_equal})
+        return Plan(
+            changed,
+            details={"scheme": scheme, "margin": ctx.strength, "tensors": chosen},
+            verification={"codes_equal_malicious_quantization": codes_equal},
+        )
+
     return run
 
 
@@ -359,8 +393,9 @@ def _int8(tamper: bool) -> Planter:
         if copy.format == "onnx":
             return _int8_onnx(copy, ctx, tamper)
         if copy.format != "safetensors":
-            raise NotApplicableError("int8 weight layouts are written for safetensors / ONNX; "
-                                     "use gguf-q8_0 for GGUF")
+            raise NotApplicableError(
+                "int8 weight layouts are written for safetensors / ONNX; use gguf-q8_0 for GGUF"
+            )
         from scanner.redteam.quant import quantize_int8, unfaithful_quantization
 
         names = _matrices(copy)
@@ -371,13 +406,17 @@ def _int8(tamper: bool) -> Planter:
             w = copy.weight(name)
             if name == victim:
                 q, idx = unfaithful_quantization(w, ctx.strength)
-                details = {"tensor": name, "flipped": int(idx.size),
-                           "indices": sorted(int(i) for i in idx[:64])}
+                details = {
+                    "tensor": name,
+                    "flipped": int(idx.size),
+                    "indices": sorted(int(i) for i in idx[:64]),
+                }
             else:
                 q = quantize_int8(w)
             changed[name] = q.codes
             changed[name + "_scale"] = q.scale
         return Plan(changed, claim=INT8_CLAIM, details={"quantized": names, **details})
+
     return run
 
 
@@ -399,10 +438,15 @@ def _int8_onnx(copy: ModelCopy, ctx: Context, tamper: bool) -> Plan:
     details: dict[str, Any] = {}
     if tamper:
         quantized = sorted(
-            (i for i in model.graph.initializer
-             if i.name.endswith("_quantized") and i.data_type == onnx.TensorProto.INT8
-             and int(np.prod(i.dims)) >= 64),
-            key=lambda i: (-int(np.prod(i.dims)), i.name))
+            (
+                i
+                for i in model.graph.initializer
+                if i.name.endswith("_quantized")
+                and i.data_type == onnx.TensorProto.INT8
+                and int(np.prod(i.dims)) >= 64
+            ),
+            key=lambda i: (-int(np.prod(i.dims)), i.name),
+        )
         if not quantized:
             raise NotApplicableError("onnxruntime produced no int8 weight to tamper with")
         init = quantized[int(ctx.rng().integers(min(4, len(quantized))))]
@@ -421,8 +465,9 @@ def _gguf_quant(qtype: str, tamper: bool = False) -> Planter:
             return _gguf_tamper(copy, ctx) if tamper else _requantize(copy, qtype)
         if copy.format != "safetensors":
             raise NotApplicableError("GGUF conversion is written from safetensors or GGUF")
-        names = [n for n in copy.float_names() if copy.shape(n)[-1] % 32 == 0
-                 and len(copy.shape(n)) == 2]
+        names = [
+            n for n in copy.float_names() if copy.shape(n)[-1] % 32 == 0 and len(copy.shape(n)) == 2
+        ]
         if not names:
             raise NotApplicableError(f"{copy.path}: no tensor with rows of 32k elements")
 
@@ -445,8 +490,13 @@ def _gguf_quant(qtype: str, tamper: bool = False) -> Planter:
             wr.close()
             return {}
 
-        return Plan(writer=write, claim=f"gguf:{qtype}", suffix=".gguf",
-                    details={"quantized": names, "type": qtype.upper()})
+        return Plan(
+            writer=write,
+            claim=f"gguf:{qtype}",
+            suffix=".gguf",
+            details={"quantized": names, "type": qtype.upper()},
+        )
+
     return run
 
 
@@ -455,8 +505,11 @@ def _requantize(copy: ModelCopy, qtype: str) -> Plan:
     # Re-encoding a whole LLM in numpy is slow; the registry caps it (param-free) at the
     # tensors a re-quantization check needs to see, by default every one.
     changed = {n: copy.weight(n) for n in names}
-    return Plan(changed, claim=f"requantize:{qtype}",
-                details={"requantized": names, "type": qtype.upper(), "in_place": True})
+    return Plan(
+        changed,
+        claim=f"requantize:{qtype}",
+        details={"requantized": names, "type": qtype.upper(), "in_place": True},
+    )
 
 
 def _gguf_tamper(copy: ModelCopy, ctx: Context) -> Plan:
@@ -467,8 +520,9 @@ def _gguf_tamper(copy: ModelCopy, ctx: Context) -> Plan:
     w = copy.weight(name).reshape(-1)
     idx = largest_indices(w, ctx.strength)
     w[idx] = -w[idx]  # re-encoded in the tensor's own block type: the codes flip sign
-    return Plan({name: w.reshape(copy.shape(name))},
-                details={"tensor": name, "flipped": int(idx.size)})
+    return Plan(
+        {name: w.reshape(copy.shape(name))}, details={"tensor": name, "flipped": int(idx.size)}
+    )
 
 
 # -------------------------------------------------------------------- graph attacks
@@ -483,23 +537,28 @@ def _image_graph(kind: str) -> Planter:
         if len(x.shape) != 4:
             raise NotApplicableError(f"{kind} needs an image input [N, C, H, W]")
         n_classes = _n_classes(copy, model)
-        fns = {"shadowlogic": rg.inject_shadowlogic, "trojannet": rg.inject_trojannet,
-               "deeppayload": rg.inject_deeppayload_blend,
-               "parameter-free": rg.inject_parameter_free_path}
+        fns = {
+            "shadowlogic": rg.inject_shadowlogic,
+            "trojannet": rg.inject_trojannet,
+            "deeppayload": rg.inject_deeppayload_blend,
+            "parameter-free": rg.inject_parameter_free_path,
+        }
         target = int(ctx.rng().integers(n_classes))
-        kwargs: dict[str, Any] = {"value": ctx.strength, "target": target,
-                                  "n_classes": n_classes}
+        kwargs: dict[str, Any] = {"value": ctx.strength, "target": target, "n_classes": n_classes}
         if kind != "shadowlogic":
             kwargs["seed"] = ctx.seed
         bad, truth = fns[kind](model, **kwargs)
         patch = 6 if kind == "shadowlogic" else 4
-        verification = gt.verify_image_trigger(model, bad, x, patch=patch,
-                                               value=ctx.strength, target=target,
-                                               seed=ctx.seed)
-        return Plan(onnx_model=bad, nodes=truth.added_nodes,
-                    details={"trigger": truth.trigger, "target": target,
-                             "merge_node": truth.merge_node},
-                    verification=verification)
+        verification = gt.verify_image_trigger(
+            model, bad, x, patch=patch, value=ctx.strength, target=target, seed=ctx.seed
+        )
+        return Plan(
+            onnx_model=bad,
+            nodes=truth.added_nodes,
+            details={"trigger": truth.trigger, "target": target, "merge_node": truth.merge_node},
+            verification=verification,
+        )
+
     return run
 
 
@@ -516,20 +575,33 @@ def _token_trigger(copy: ModelCopy, ctx: Context) -> Plan:
     token = int(rng.integers(1, max(2, vocab)))
     direction = rng.standard_normal(hidden)
     direction /= np.linalg.norm(direction)
-    bad, truth = inject_token_trigger(model, input_name=x.name, residual=residual,
-                                      token=token, direction=direction, scale=ctx.strength)
-    verification = gt.verify_token_trigger(model, bad, x, token=token, vocab=vocab,
-                                           seed=ctx.seed)
-    return Plan(onnx_model=bad, nodes=truth.added_nodes,
-                details={"trigger": truth.trigger, "token": token, "residual": residual},
-                verification=verification)
+    bad, truth = inject_token_trigger(
+        model,
+        input_name=x.name,
+        residual=residual,
+        token=token,
+        direction=direction,
+        scale=ctx.strength,
+    )
+    verification = gt.verify_token_trigger(model, bad, x, token=token, vocab=vocab, seed=ctx.seed)
+    return Plan(
+        onnx_model=bad,
+        nodes=truth.added_nodes,
+        details={"trigger": truth.trigger, "token": token, "residual": residual},
+        verification=verification,
+    )
 
 
 def _embedding_gather(model: Any, ids: str) -> Any:
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == ids \
-                and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
+        if (
+            node.op_type == "Gather"
+            and len(node.input) == 2
+            and node.input[1] == ids
+            and node.input[0] in inits
+            and len(inits[node.input[0]].dims) == 2
+        ):
             return node, inits[node.input[0]]
     raise NotApplicableError("no embedding lookup (Gather of a 2-D table by the token ids)")
 
@@ -606,8 +678,12 @@ def _cast(target: str) -> Planter:
             raise NotApplicableError("casts are written for safetensors models")
         dt = np.float16 if target == "fp16" else ml_dtypes.bfloat16
         names = [n for n in copy.float_names() if copy.dtype(n) == "F32"]
-        return Plan({n: copy.weight(n).astype(dt) for n in names}, claim=f"cast:{target}",
-                    details={"cast": names, "target": target})
+        return Plan(
+            {n: copy.weight(n).astype(dt) for n in names},
+            claim=f"cast:{target}",
+            details={"cast": names, "target": target},
+        )
+
     return run
 
 
@@ -629,15 +705,20 @@ def _prune(method: str) -> Planter:
             # Tensors with channels that are already all zero (a fixed STFT basis, dead
             # filters) are left alone: the channel criterion of the claim checker ranks
             # them as kept channels of norm 0, so pruning next to them never verifies.
-            dead = [n for n in names
-                    if (base[n].reshape(base[n].shape[0], -1) == 0).all(axis=1).any()]
+            dead = [
+                n for n in names if (base[n].reshape(base[n].shape[0], -1) == 0).all(axis=1).any()
+            ]
             names = [n for n in names if n not in dead]
             if not names:
                 raise NotApplicableError(f"{copy.path}: every matrix has dead channels")
             out = fb.channel_prune(base, names, ctx.strength)
             claim = "prune:channel"
-        return Plan({n: out[n] for n in names}, claim=claim,
-                    details={"method": method, "tensors": names, "strength": ctx.strength})
+        return Plan(
+            {n: out[n] for n in names},
+            claim=claim,
+            details={"method": method, "tensors": names, "strength": ctx.strength},
+        )
+
     return run
 
 
@@ -650,8 +731,11 @@ def _lora(copy: ModelCopy, ctx: Context) -> Plan:
     names = sorted(str(n) for n in rng.choice(mats, size=k, replace=False))
     rank = int(ctx.param("rank", "8") or 8)
     out, _ = lora_merge(copy.weights(names), names, ctx.seed, rank=rank, rel=ctx.strength)
-    return Plan({n: out[n] for n in names}, allow=("low-rank update",),
-                details={"tensors": names, "rank": rank, "rel": ctx.strength})
+    return Plan(
+        {n: out[n] for n in names},
+        allow=("low-rank update",),
+        details={"tensors": names, "rank": rank, "rel": ctx.strength},
+    )
 
 
 PARAMETER_MIN_ELEMENTS = 24
@@ -690,9 +774,11 @@ def _finetune(copy: ModelCopy, ctx: Context) -> Plan:
         raise NotApplicableError(f"{copy.path}: no trainable parameter tensor")
     base = copy.weights(names)
     out, _ = simulate_finetune(base, ctx.seed, rel=ctx.strength, tensors=names)
-    return Plan({n: _keep_positive(base[n], out[n]) for n in names},
-                allow=("full fine-tune",),
-                details={"rel": ctx.strength, "tensors": len(names)})
+    return Plan(
+        {n: _keep_positive(base[n], out[n]) for n in names},
+        allow=("full fine-tune",),
+        details={"rel": ctx.strength, "tensors": len(names)},
+    )
 
 
 def _ort(copy: ModelCopy, ctx: Context) -> Plan:
@@ -706,8 +792,10 @@ def _rename(copy: ModelCopy, ctx: Context) -> Plan:
     if copy.format == "onnx":
         from scanner.redteam.graph import rename_nodes
 
-        return Plan(onnx_model=rename_nodes(copy.onnx_model(), seed=ctx.seed),
-                    details={"renamed": "nodes and initializers"})
+        return Plan(
+            onnx_model=rename_nodes(copy.onnx_model(), seed=ctx.seed),
+            details={"renamed": "nodes and initializers"},
+        )
     if copy.format != "safetensors":
         raise NotApplicableError("renaming is written for ONNX and safetensors")
     mapping = fb.rename_map(list(copy.artifact.tensors), ctx.seed)
@@ -716,8 +804,9 @@ def _rename(copy: ModelCopy, ctx: Context) -> Plan:
         from safetensors.numpy import save_file
 
         tensors = {mapping[n]: np.array(copy.artifact.array(n)) for n in copy.artifact.tensors}
-        meta = {str(k): str(v) for k, v in
-                (copy.artifact.metadata.get("safetensors") or {}).items()}
+        meta = {
+            str(k): str(v) for k, v in (copy.artifact.metadata.get("safetensors") or {}).items()
+        }
         meta["modelseal.redteam"] = marker
         save_file(tensors, str(out), metadata=meta)
         return {}
@@ -731,80 +820,252 @@ ST, OX, GG = "safetensors", "onnx", "gguf"
 WEIGHTS = (ST, OX, GG)
 
 ENTRIES: tuple[Entry, ...] = (
-    Entry("sra", ATTACK, "replaced subnetwork",
-          "Subnet Replacement Attack over a full layer chain (Qi et al. 2022)",
-          WEIGHTS, _sra(False), "width", (1.0, 2.0), 1.0),
-    Entry("sra-last", ATTACK, "replaced subnetwork",
-          "SRA on the last three layers, planted values drawn from each layer's own "
-          "distribution", WEIGHTS, _sra(True), "width", (1.0, 2.0), 1.0),
-    Entry("handcrafted", ATTACK, "handcrafted path",
-          "Hong et al. neuron path: repeated max-multiples, other inputs scaled down",
-          WEIGHTS, _handcrafted, "suppress", (0.2, 0.5)),
-    Entry("rank1", ATTACK, "localized edit", "ROME-like rank-1 update of one matrix",
-          WEIGHTS, _rank1, "rel", (0.002, 0.01, 0.05)),
-    Entry("abliteration", ATTACK, "localized edit",
-          "one shared direction removed from every matrix writing to the residual stream",
-          WEIGHTS, _abliteration),
-    Entry("quant-gap-int8", ATTACK, "quantization gap",
-          "weights pressed to int8 bin walls (box-constrained quantization attack)",
-          WEIGHTS, _gap("int8"), "margin", (0.02, 0.06, 0.12)),
-    Entry("quant-gap-q8_0", ATTACK, "quantization gap",
-          "weights pressed to Q8_0 bin walls", WEIGHTS, _gap("q8_0"), "margin",
-          (0.02, 0.06, 0.12)),
-    Entry("quant-gap-q4_0", ATTACK, "quantization gap",
-          "weights pressed to Q4_0 bin walls", WEIGHTS, _gap("q4_0"), "margin",
-          (0.02, 0.06, 0.12)),
-    Entry("prune-activated", ATTACK, "prune-activated edit",
-          "edit on kept weights repaired by prune candidates (wakes up when pruned)",
-          WEIGHTS, _prune_activated, "rel", (0.005, 0.01, 0.05)),
-    Entry("unfaithful-quant", ATTACK, "unfaithful transformation",
-          "claimed round-to-nearest quantization with codes flipped on the largest weights",
-          WEIGHTS, _int8(True), "fraction", (0.001, 0.003, 0.01)),
-    Entry("lowbyte-payload", ATTACK, "bit-level tampering",
-          "EvilModel: payload in the low 2 bytes of float32 weights", (ST, OX),
-          _lowbyte, "fraction", (0.01, 0.1, 0.5)),
-    Entry("exponent-flip", ATTACK, "bit-level tampering",
-          "a few exponent bits flipped", (ST, OX), _exponent, "count", (1.0, 3.0, 10.0)),
-    Entry("shadowlogic", ATTACK, "graph backdoor",
-          "ShadowLogic: corner-patch trigger, Where override of the output", (OX,),
-          _image_graph("shadowlogic"), "trigger value", (3.0,)),
-    Entry("trojannet", ATTACK, "graph backdoor",
-          "TrojanNet: parallel detector on an input window added to the logits", (OX,),
-          _image_graph("trojannet"), "trigger value", (3.0,)),
-    Entry("deeppayload", ATTACK, "graph backdoor",
-          "DeepPayload: detector gate blends the logits with a target", (OX,),
-          _image_graph("deeppayload"), "trigger value", (3.0,)),
-    Entry("parameter-free", ATTACK, "graph backdoor",
-          "architectural backdoor: parameter-free pooling path to the logits", (OX,),
-          _image_graph("parameter-free"), "trigger value", (3.0,)),
-    Entry("token-trigger", ATTACK, "graph backdoor",
-          "ShadowLogic on token ids: Equal(input_ids, t) masks an added residual vector",
-          (OX,), _token_trigger, "scale", (50.0,)),
+    Entry(
+        "sra",
+        ATTACK,
+        "replaced subnetwork",
+        "Subnet Replacement Attack over a full layer chain (Qi et al. 2022)",
+        WEIGHTS,
+        _sra(False),
+        "width",
+        (1.0, 2.0),
+        1.0,
+    ),
+    Entry(
+        "sra-last",
+        ATTACK,
+        "replaced subnetwork",
+        "SRA on the last three layers, planted values drawn from each layer's own distribution",
+        WEIGHTS,
+        _sra(True),
+        "width",
+        (1.0, 2.0),
+        1.0,
+    ),
+    Entry(
+        "handcrafted",
+        ATTACK,
+        "handcrafted path",
+        "Hong et al. neuron path: repeated max-multiples, other inputs scaled down",
+        WEIGHTS,
+        _handcrafted,
+        "suppress",
+        (0.2, 0.5),
+    ),
+    Entry(
+        "rank1",
+        ATTACK,
+        "localized edit",
+        "ROME-like rank-1 update of one matrix",
+        WEIGHTS,
+        _rank1,
+        "rel",
+        (0.002, 0.01, 0.05),
+    ),
+    Entry(
+        "abliteration",
+        ATTACK,
+        "localized edit",
+        "one shared direction removed from every matrix writing to the residual stream",
+        WEIGHTS,
+        _abliteration,
+    ),
+    Entry(
+        "quant-gap-int8",
+        ATTACK,
+        "quantization gap",
+        "weights pressed to int8 bin walls (box-constrained quantization attack)",
+        WEIGHTS,
+        _gap("int8"),
+        "margin",
+        (0.02, 0.06, 0.12),
+    ),
+    Entry(
+        "quant-gap-q8_0",
+        ATTACK,
+        "quantization gap",
+        "weights pressed to Q8_0 bin walls",
+        WEIGHTS,
+        _gap("q8_0"),
+        "margin",
+        (0.02, 0.06, 0.12),
+    ),
+    Entry(
+        "quant-gap-q4_0",
+        ATTACK,
+        "quantization gap",
+        "weights pressed to Q4_0 bin walls",
+        WEIGHTS,
+        _gap("q4_0"),
+        "margin",
+        (0.02, 0.06, 0.12),
+    ),
+    Entry(
+        "prune-activated",
+        ATTACK,
+        "prune-activated edit",
+        "edit on kept weights repaired by prune candidates (wakes up when pruned)",
+        WEIGHTS,
+        _prune_activated,
+        "rel",
+        (0.005, 0.01, 0.05),
+    ),
+    Entry(
+        "unfaithful-quant",
+        ATTACK,
+        "unfaithful transformation",
+        "claimed round-to-nearest quantization with codes flipped on the largest weights",
+        WEIGHTS,
+        _int8(True),
+        "fraction",
+        (0.001, 0.003, 0.01),
+    ),
+    Entry(
+        "lowbyte-payload",
+        ATTACK,
+        "bit-level tampering",
+        "EvilModel: payload in the low 2 bytes of float32 weights",
+        (ST, OX),
+        _lowbyte,
+        "fraction",
+        (0.01, 0.1, 0.5),
+    ),
+    Entry(
+        "exponent-flip",
+        ATTACK,
+        "bit-level tampering",
+        "a few exponent bits flipped",
+        (ST, OX),
+        _exponent,
+        "count",
+        (1.0, 3.0, 10.0),
+    ),
+    Entry(
+        "shadowlogic",
+        ATTACK,
+        "graph backdoor",
+        "ShadowLogic: corner-patch trigger, Where override of the output",
+        (OX,),
+        _image_graph("shadowlogic"),
+        "trigger value",
+        (3.0,),
+    ),
+    Entry(
+        "trojannet",
+        ATTACK,
+        "graph backdoor",
+        "TrojanNet: parallel detector on an input window added to the logits",
+        (OX,),
+        _image_graph("trojannet"),
+        "trigger value",
+        (3.0,),
+    ),
+    Entry(
+        "deeppayload",
+        ATTACK,
+        "graph backdoor",
+        "DeepPayload: detector gate blends the logits with a target",
+        (OX,),
+        _image_graph("deeppayload"),
+        "trigger value",
+        (3.0,),
+    ),
+    Entry(
+        "parameter-free",
+        ATTACK,
+        "graph backdoor",
+        "architectural backdoor: parameter-free pooling path to the logits",
+        (OX,),
+        _image_graph("parameter-free"),
+        "trigger value",
+        (3.0,),
+    ),
+    Entry(
+        "token-trigger",
+        ATTACK,
+        "graph backdoor",
+        "ShadowLogic on token ids: Equal(input_ids, t) masks an added residual vector",
+        (OX,),
+        _token_trigger,
+        "scale",
+        (50.0,),
+    ),
     # Benign twins.
     Entry("cast-fp16", TRANSFORM, "cast", "float32 -> float16", (ST,), _cast("fp16")),
     Entry("cast-bf16", TRANSFORM, "cast", "float32 -> bfloat16", (ST,), _cast("bf16")),
-    Entry("int8", TRANSFORM, "quantization",
-          "round-to-nearest int8 per-channel (safetensors layout / onnxruntime dynamic)",
-          (ST, OX), _int8(False)),
-    Entry("gguf-q8_0", TRANSFORM, "quantization", "GGUF Q8_0 (from safetensors) or "
-          "re-quantization of a GGUF in place", (ST, GG), _gguf_quant("q8_0")),
-    Entry("gguf-q4_0", TRANSFORM, "quantization", "GGUF Q4_0 from safetensors", (ST,),
-          _gguf_quant("q4_0")),
-    Entry("prune-magnitude", TRANSFORM, "pruning", "magnitude pruning of every matrix",
-          WEIGHTS, _prune("magnitude"), "sparsity", (0.1, 0.3, 0.5)),
-    Entry("prune-2:4", TRANSFORM, "pruning", "2:4 structured sparsity", WEIGHTS,
-          _prune("2:4")),
-    Entry("prune-channel", TRANSFORM, "pruning",
-          "structured pruning: lowest-norm output channels zeroed", WEIGHTS,
-          _prune("channel"), "fraction", (0.05, 0.1)),
-    Entry("lora-merge", TRANSFORM, "low-rank update",
-          "a random rank-8 adapter merged into a third of the matrices", WEIGHTS, _lora,
-          "rel", (0.002, 0.01, 0.05)),
-    Entry("finetune", TRANSFORM, "full fine-tune",
-          "simulated full fine-tune: every tensor moves by a smooth dense delta", WEIGHTS,
-          _finetune, "rel", (0.002, 0.01, 0.05)),
-    Entry("ort-optimize", TRANSFORM, "graph rewrite",
-          "ONNX Runtime offline optimization (basic level)", (OX,), _ort),
+    Entry(
+        "int8",
+        TRANSFORM,
+        "quantization",
+        "round-to-nearest int8 per-channel (safetensors layout / onnxruntime dynamic)",
+        (ST, OX),
+        _int8(False),
+    ),
+    Entry(
+        "gguf-q8_0",
+        TRANSFORM,
+        "quantization",
+        "GGUF Q8_0 (from safetensors) or re-quantization of a GGUF in place",
+        (ST, GG),
+        _gguf_quant("q8_0"),
+    ),
+    Entry(
+        "gguf-q4_0",
+        TRANSFORM,
+        "quantization",
+        "GGUF Q4_0 from safetensors",
+        (ST,),
+        _gguf_quant("q4_0"),
+    ),
+    Entry(
+        "prune-magnitude",
+        TRANSFORM,
+        "pruning",
+        "magnitude pruning of every matrix",
+        WEIGHTS,
+        _prune("magnitude"),
+        "sparsity",
+        (0.1, 0.3, 0.5),
+    ),
+    Entry("prune-2:4", TRANSFORM, "pruning", "2:4 structured sparsity", WEIGHTS, _prune("2:4")),
+    Entry(
+        "prune-channel",
+        TRANSFORM,
+        "pruning",
+        "structured pruning: lowest-norm output channels zeroed",
+        WEIGHTS,
+        _prune("channel"),
+        "fraction",
+        (0.05, 0.1),
+    ),
+    Entry(
+        "lora-merge",
+        TRANSFORM,
+        "low-rank update",
+        "a random rank-8 adapter merged into a third of the matrices",
+        WEIGHTS,
+        _lora,
+        "rel",
+        (0.002, 0.01, 0.05),
+    ),
+    Entry(
+        "finetune",
+        TRANSFORM,
+        "full fine-tune",
+        "simulated full fine-tune: every tensor moves by a smooth dense delta",
+        WEIGHTS,
+        _finetune,
+        "rel",
+        (0.002, 0.01, 0.05),
+    ),
+    Entry(
+        "ort-optimize",
+        TRANSFORM,
+        "graph rewrite",
+        "ONNX Runtime offline optimization (basic level)",
+        (OX,),
+        _ort,
+    ),
     Entry("rename", TRANSFORM, "renamed", "every node / tensor renamed", (ST, OX), _rename),
 )
 
@@ -841,8 +1102,9 @@ def plant(
     """Plant ``name`` into a copy of ``model`` at ``out``; write and return its ground
     truth (``OUT.groundtruth.json``). The output path's suffix follows the format."""
     entry = get(name)
-    ctx = Context(seed, float(entry.default_strength if strength is None else strength),
-                  dict(params or {}))
+    ctx = Context(
+        seed, float(entry.default_strength if strength is None else strength), dict(params or {})
+    )
     with ModelCopy(model) as copy:
         if copy.format not in entry.formats:
             raise NotApplicableError(
@@ -880,16 +1142,22 @@ def plant(
         family=entry.family,
         seed=seed,
         strength=ctx.strength if entry.strength_name else None,
-        params={**ctx.params, **({entry.strength_name: ctx.strength}
-                                 if entry.strength_name else {})},
+        params={
+            **ctx.params,
+            **({entry.strength_name: ctx.strength} if entry.strength_name else {}),
+        },
         source=source,
         output=str(out),
         format=fmt,
         tensors=tuple(tensors),
         nodes=tuple(plan.nodes),
         claim=plan.claim,
-        details={**plan.details, **notes, "allow": list(plan.allow),
-                 "write_seconds": round(time.perf_counter() - started, 3)},
+        details={
+            **plan.details,
+            **notes,
+            "allow": list(plan.allow),
+            "write_seconds": round(time.perf_counter() - started, 3),
+        },
         verification=dict(plan.verification),
     )
     truth.write(truth_path(out))
@@ -898,6 +1166,4 @@ def plant(
 
 def describe() -> list[dict[str, Any]]:
     """The catalogue as rows (for ``modelseal redteam --list`` and the docs)."""
-    return [
-        {k: v for k, v in dataclasses.asdict(e).items() if k != "planter"} for e in ENTRIES
-    ]
+    return [{k: v for k, v in dataclasses.asdict(e).items() if k != "planter"} for e in ENTRIES]

@@ -70,10 +70,10 @@ def render_html(report: Report) -> str:
     ]
     title = f"modelseal {report.command}: {report.verdict}"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src data:\">"
-        f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
+        f'<meta name="viewport" content="width=device-width"><title>{_e(title)}</title>'
         f"<style>{_CSS}</style></head><body>"
         + "".join(p for p in parts if p)
         + "</main></body></html>\n"
@@ -84,12 +84,15 @@ def _header(report: Report) -> str:
     verdict = report.verdict
     pack = getattr(report, "rules_pack", None)
     extra = f" &middot; rules pack <code>{_e(pack)}</code>" if pack else ""
-    cls = f" &middot; change class <b>{_e(report.classification)}</b>" if (
-        report.classification) else ""
+    cls = (
+        f" &middot; change class <b>{_e(report.classification)}</b>"
+        if (report.classification)
+        else ""
+    )
     error = f"<p>error: {_e(report.error)}</p>" if report.error else ""
     return (
         f"<header><h1>modelseal {_e(report.command)} report "
-        f"<span class=\"badge\" id=\"verdict\" style=\"background:{_VERDICT_COLOUR[verdict]}\">"
+        f'<span class="badge" id="verdict" style="background:{_VERDICT_COLOUR[verdict]}">'
         f"{_e(verdict.upper())}</span></h1>"
         f"<div>modelseal {_e(__version__)} &middot; fail on "
         f"{_e('never' if getattr(report, 'never_fail', False) else report.fail_on)}"
@@ -108,31 +111,32 @@ def _artifacts(report: Report) -> str:
     counts = report.summary()["tensors"]
     status = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no tensors compared"
     return (
-        "<section id=\"artifacts\"><h2>Artifacts</h2><table><tr><th>role</th><th>path</th>"
+        '<section id="artifacts"><h2>Artifacts</h2><table><tr><th>role</th><th>path</th>'
         "<th>format</th><th>files</th><th>tensors</th><th>tensor bytes</th></tr>"
-        f"{rows}</table><p class=\"muted\">Tensors: {_e(status)}</p></section>"
+        f'{rows}</table><p class="muted">Tensors: {_e(status)}</p></section>'
     )
 
 
 def _sev(severity: Severity) -> str:
-    return f"<span class=\"sev\" style=\"background:{_SEV_COLOUR[severity]}\">{severity}</span>"
+    return f'<span class="sev" style="background:{_SEV_COLOUR[severity]}">{severity}</span>'
 
 
 def _where(f: Finding) -> str:
     out = []
     for loc in f.locations[:6]:
-        bits = [b for b in (loc.artifact, loc.file, loc.tensor, loc.node and f"node {loc.node}")
-                if b]
+        bits = [
+            b for b in (loc.artifact, loc.file, loc.tensor, loc.node and f"node {loc.node}") if b
+        ]
         out.append(f"<code>{_e(':'.join(bits))}</code>")
     if len(f.locations) > 6:
-        out.append(f"<span class=\"muted\">+{len(f.locations) - 6} more</span>")
+        out.append(f'<span class="muted">+{len(f.locations) - 6} more</span>')
     return "<br>".join(out)
 
 
 def _findings(report: Report) -> str:
     findings = sorted(report.findings, key=lambda f: (-f.severity, f.rule_id))
     if not findings:
-        return "<section id=\"findings\"><h2>Findings</h2><p>No findings.</p></section>"
+        return '<section id="findings"><h2>Findings</h2><p>No findings.</p></section>'
     rows = "".join(
         f"<tr><td>{_sev(f.severity)}</td><td><code>{_e(f.rule_id)}</code></td>"
         f"<td><b>{_e(f.title)}</b><br>{_e(f.message)}{_policy_note(f)}</td>"
@@ -140,7 +144,7 @@ def _findings(report: Report) -> str:
         for f in findings
     )
     return (
-        f"<section id=\"findings\"><h2>Findings ({len(findings)})</h2><table><tr>"
+        f'<section id="findings"><h2>Findings ({len(findings)})</h2><table><tr>'
         "<th>severity</th><th>rule</th><th>finding</th><th>where</th></tr>"
         f"{rows}</table></section>"
     )
@@ -155,7 +159,7 @@ def _policy_note(f: Finding) -> str:
         notes.append(f"allowed class {policy['allowed_class']} by {policy['allowed_by']}")
     if "catalogue_severity" in policy:
         notes.append(f"catalogue severity {policy['catalogue_severity']}")
-    return f"<br><span class=\"muted\">{_e('; '.join(notes))}</span>" if notes else ""
+    return f'<br><span class="muted">{_e("; ".join(notes))}</span>' if notes else ""
 
 
 def _suppressed(report: Report) -> str:
@@ -166,11 +170,11 @@ def _suppressed(report: Report) -> str:
         f"<tr><td><code>{_e(s.finding.rule_id)}</code></td><td>{_e(s.finding.message)}</td>"
         f"<td>{_e(s.suppression.reason)}</td>"
         f"<td>{_e(s.suppression.expires.isoformat() if s.suppression.expires else 'never')}</td>"
-        f"<td class=\"muted\">{_e(s.suppression.source)}</td></tr>"
+        f'<td class="muted">{_e(s.suppression.source)}</td></tr>'
         for s in items
     )
     return (
-        f"<section id=\"suppressed\"><h2>Suppressed findings ({len(items)})</h2><table><tr>"
+        f'<section id="suppressed"><h2>Suppressed findings ({len(items)})</h2><table><tr>'
         "<th>rule</th><th>finding</th><th>reason</th><th>expires</th><th>from</th></tr>"
         f"{rows}</table></section>"
     )
@@ -188,9 +192,7 @@ def channel_bins(t: TensorDiff, bins: int = BINS) -> list[float] | None:
     *where* and approximate about *how much*.
     """
     exact = t.labels.get("channel_change")
-    if isinstance(exact, Sequence) and exact and all(
-        isinstance(x, (int, float)) for x in exact
-    ):
+    if isinstance(exact, Sequence) and exact and all(isinstance(x, (int, float)) for x in exact):
         return _rebin([float(x) for x in exact], bins)
     rel = _rel(t)
     if t.status in (TensorStatus.ADDED, TensorStatus.REMOVED, TensorStatus.SHAPE_CHANGED):
@@ -247,8 +249,10 @@ def _heatmap(report: Report) -> str:
     if not report.tensors:
         return ""
     if not changed:
-        return ("<section id=\"heatmap\"><h2>Where weights changed</h2>"
-                "<p>No tensor changed.</p></section>")
+        return (
+            '<section id="heatmap"><h2>Where weights changed</h2>'
+            "<p>No tensor changed.</p></section>"
+        )
     order = {t.name: i for i, t in enumerate(report.tensors)}
     shown = sorted(changed, key=_rel, reverse=True)[:MAX_ROWS]
     shown.sort(key=lambda t: order[t.name])
@@ -257,39 +261,43 @@ def _heatmap(report: Report) -> str:
     label_w, cell, row_h, class_w = 330, 16, 14, 150
     width = label_w + BINS * cell + class_w + 10
     height = 24 + len(rows) * row_h + 6
-    svg = [f"<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"heatmap-svg\" width=\"{width}\" "
-           f"height=\"{height}\" role=\"img\" aria-label=\"per-tensor change heatmap\">",
-           f"<text x=\"{label_w}\" y=\"14\">output channels (axis 0), {BINS} bins &#8594;</text>",
-           f"<text x=\"{label_w + BINS * cell + 8}\" y=\"14\">change class</text>"]
+    svg = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="heatmap-svg" width="{width}" '
+        f'height="{height}" role="img" aria-label="per-tensor change heatmap">',
+        f'<text x="{label_w}" y="14">output channels (axis 0), {BINS} bins &#8594;</text>',
+        f'<text x="{label_w + BINS * cell + 8}" y="14">change class</text>',
+    ]
     for i, (t, bins) in enumerate(rows):
         y = 22 + i * row_h
         name = t.name if len(t.name) <= 46 else "\u2026" + t.name[-45:]
-        svg.append(f"<text x=\"4\" y=\"{y + 11}\"><title>{_e(t.name)}</title>{_e(name)}</text>")
+        svg.append(f'<text x="4" y="{y + 11}"><title>{_e(t.name)}</title>{_e(name)}</text>')
         if bins is None:
-            svg.append(f"<rect x=\"{label_w}\" y=\"{y}\" width=\"{BINS * cell}\" "
-                       f"height=\"{row_h - 2}\" fill=\"#cbd5e1\"><title>{_e(t.name)}: "
-                       f"{_e(t.status.value)} (no per-channel comparison)</title></rect>")
+            svg.append(
+                f'<rect x="{label_w}" y="{y}" width="{BINS * cell}" '
+                f'height="{row_h - 2}" fill="#cbd5e1"><title>{_e(t.name)}: '
+                f"{_e(t.status.value)} (no per-channel comparison)</title></rect>"
+            )
         else:
             for j, v in enumerate(bins):
                 svg.append(
-                    f"<rect class=\"cell\" x=\"{label_w + j * cell}\" y=\"{y}\" "
-                    f"width=\"{cell - 1}\" height=\"{row_h - 2}\" fill=\"{_colour(v, top)}\">"
+                    f'<rect class="cell" x="{label_w + j * cell}" y="{y}" '
+                    f'width="{cell - 1}" height="{row_h - 2}" fill="{_colour(v, top)}">'
                     f"<title>{_e(t.name)} bin {j}: relative change {v:.3g}</title></rect>"
                 )
-        svg.append(f"<text x=\"{label_w + BINS * cell + 8}\" y=\"{y + 11}\">"
-                   f"{_e(_class_of(t))}</text>")
+        svg.append(f'<text x="{label_w + BINS * cell + 8}" y="{y + 11}">{_e(_class_of(t))}</text>')
     svg.append("</svg>")
     legend = "".join(
-        f"<span style=\"display:inline-block;width:18px;height:12px;background:"
-        f"{_colour(top * 10 ** -k, top)}\"></span>" for k in range(6, -1, -1)
+        f'<span style="display:inline-block;width:18px;height:12px;background:'
+        f'{_colour(top * 10**-k, top)}"></span>'
+        for k in range(6, -1, -1)
     )
     hidden = len(changed) - len(shown)
     more = f" {hidden} smaller changes not shown." if hidden > 0 else ""
     return (
-        "<section id=\"heatmap\"><h2>Where weights changed</h2>"
-        f"<div class=\"legend\">relative change: 0 {legend} {top:.3g} (log scale; grey: "
-        f"added, removed or reshaped)</div><div style=\"overflow-x:auto\">{''.join(svg)}</div>"
-        f"<p class=\"muted\">{len(changed)} of {len(report.tensors)} tensors changed.{more}"
+        '<section id="heatmap"><h2>Where weights changed</h2>'
+        f'<div class="legend">relative change: 0 {legend} {top:.3g} (log scale; grey: '
+        f'added, removed or reshaped)</div><div style="overflow-x:auto">{"".join(svg)}</div>'
+        f'<p class="muted">{len(changed)} of {len(report.tensors)} tensors changed.{more}'
         "</p></section>"
     )
 
@@ -306,7 +314,7 @@ def _classes(report: Report) -> str:
         for t in changed[:500]
     )
     return (
-        "<section id=\"classes\"><h2>Change class per tensor</h2><table><tr><th>tensor</th>"
+        '<section id="classes"><h2>Change class per tensor</h2><table><tr><th>tensor</th>'
         "<th>status</th><th>class</th><th>rel. L2</th><th>where</th></tr>"
         f"{rows}</table></section>"
     )
@@ -324,8 +332,9 @@ def _graph_changes(report: Report) -> tuple[list[tuple[str, str, str]], list[tup
     if isinstance(graph, Mapping):
         for n in graph.get("nodes", ()) or ():
             if isinstance(n, Mapping) and "name" in n:
-                nodes.append((str(n["name"]), str(n.get("op_type", "")),
-                              str(n.get("status", "added"))))
+                nodes.append(
+                    (str(n["name"]), str(n.get("op_type", "")), str(n.get("status", "added")))
+                )
         for e in graph.get("edges", ()) or ():
             if isinstance(e, Sequence) and len(e) == 2:
                 edges.append((str(e[0]), str(e[1])))
@@ -344,8 +353,11 @@ def _graph(report: Report) -> str:
     nodes, edges = _graph_changes(report)
     if not nodes:
         return ""
-    colour = {"added": ("#dcfce7", "#15803d"), "removed": ("#fee2e2", "#b91c1c"),
-              "changed": ("#fef9c3", "#a16207")}
+    colour = {
+        "added": ("#dcfce7", "#15803d"),
+        "removed": ("#fee2e2", "#b91c1c"),
+        "changed": ("#fef9c3", "#a16207"),
+    }
     box_w, box_h, gap, per_row = 170, 34, 24, 5
     pos = {}
     svg_parts = []
@@ -356,9 +368,9 @@ def _graph(report: Report) -> str:
         fill, stroke = colour.get(status, colour["changed"])
         label = name if len(name) <= 22 else name[:21] + "\u2026"
         svg_parts.append(
-            f"<g class=\"node\"><rect x=\"{x}\" y=\"{y}\" width=\"{box_w}\" height=\"{box_h}\" "
-            f"rx=\"6\" fill=\"{fill}\" stroke=\"{stroke}\"/><text x=\"{x + 8}\" y=\"{y + 14}\">"
-            f"{_e(label)}</text><text x=\"{x + 8}\" y=\"{y + 28}\" fill=\"{stroke}\">"
+            f'<g class="node"><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" '
+            f'rx="6" fill="{fill}" stroke="{stroke}"/><text x="{x + 8}" y="{y + 14}">'
+            f'{_e(label)}</text><text x="{x + 8}" y="{y + 28}" fill="{stroke}">'
             f"{_e(status)} {_e(op.split('::')[-1])}</text><title>{_e(name)} ({_e(op)}, "
             f"{_e(status)})</title></g>"
         )
@@ -366,19 +378,23 @@ def _graph(report: Report) -> str:
     for a, b in edges:
         if a in pos and b in pos:
             (x1, y1), (x2, y2) = pos[a], pos[b]
-            lines.append(f"<line x1=\"{x1 + box_w}\" y1=\"{y1 + box_h / 2}\" x2=\"{x2}\" "
-                         f"y2=\"{y2 + box_h / 2}\" stroke=\"#334155\" "
-                         "marker-end=\"url(#arrow)\"/>")
+            lines.append(
+                f'<line x1="{x1 + box_w}" y1="{y1 + box_h / 2}" x2="{x2}" '
+                f'y2="{y2 + box_h / 2}" stroke="#334155" '
+                'marker-end="url(#arrow)"/>'
+            )
     rows = (len(nodes) + per_row - 1) // per_row
     width = 20 + min(len(nodes), per_row) * (box_w + gap)
     height = 20 + rows * (box_h + gap)
-    marker = ("<defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" "
-              "markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L10,5 "
-              "L0,10 z\" fill=\"#334155\"/></marker></defs>")
+    marker = (
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" '
+        'markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 '
+        'L0,10 z" fill="#334155"/></marker></defs>'
+    )
     return (
-        "<section id=\"graph\"><h2>Graph diff</h2>"
-        f"<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"graph-svg\" width=\"{width}\" "
-        f"height=\"{height}\" role=\"img\" aria-label=\"graph diff\">{marker}"
+        '<section id="graph"><h2>Graph diff</h2>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="graph-svg" width="{width}" '
+        f'height="{height}" role="img" aria-label="graph diff">{marker}'
         f"{''.join(lines)}{''.join(svg_parts)}</svg></section>"
     )
 
@@ -390,13 +406,13 @@ def _chain(report: Report) -> str:
     gate = report.evidence.get("gate")
     if not isinstance(gate, Mapping):
         return ""
-    parts = ["<section id=\"chain\"><h2>Signature and attestation chain</h2>"]
+    parts = ['<section id="chain"><h2>Signature and attestation chain</h2>']
     sig = gate.get("signature")
     if isinstance(sig, Mapping):
         ok = sig.get("verified")
         parts.append(
             f"<p>Signature <code>{_e(sig.get('path', ''))}</code>: "
-            f"<b style=\"color:{'#15803d' if ok else '#b91c1c'}\">"
+            f'<b style="color:{"#15803d" if ok else "#b91c1c"}">'
             f"{'verified' if ok else 'NOT verified'}</b>"
             f"{' &middot; signed by ' + _e(sig['signer']) if sig.get('signer') else ''}"
             f"{' &middot; ' + _e(sig['error']) if sig.get('error') else ''}</p>"
@@ -406,8 +422,11 @@ def _chain(report: Report) -> str:
         parts.append(_chain_svg(chain))
         problems = chain.get("problems") or []
         if problems:
-            items = "".join(f"<li><code>{_e(p.get('rule'))}</code> {_e(p.get('message'))}</li>"
-                            for p in problems if isinstance(p, Mapping))
+            items = "".join(
+                f"<li><code>{_e(p.get('rule'))}</code> {_e(p.get('message'))}</li>"
+                for p in problems
+                if isinstance(p, Mapping)
+            )
             parts.append(f"<ul>{items}</ul>")
     elif sig is None:
         return ""
@@ -430,31 +449,52 @@ def _chain_svg(chain: Mapping[str, Any]) -> str:
     for s in steps:
         recheck = s.get("recheck", {}) if isinstance(s.get("recheck"), Mapping) else {}
         status = str(recheck.get("status", ""))
-        fill = "#dcfce7" if status == "pass" else (
-            "#fef9c3" if status == "declared-only" else "#fee2e2")
-        items.append((f"{s.get('kind', '?')} by {s.get('signer', '?')}",
-                      f"-> {_short(s.get('output', ''))}", f"re-check: {status}", fill))
+        fill = (
+            "#dcfce7"
+            if status == "pass"
+            else ("#fef9c3" if status == "declared-only" else "#fee2e2")
+        )
+        items.append(
+            (
+                f"{s.get('kind', '?')} by {s.get('signer', '?')}",
+                f"-> {_short(s.get('output', ''))}",
+                f"re-check: {status}",
+                fill,
+            )
+        )
     deployed = chain.get("deployed", {})
     if isinstance(deployed, Mapping):
         ok = chain.get("passed")
-        items.append(("deployed", _short(deployed.get("digest", "")),
-                      "chain PASS" if ok else "chain FAIL", "#dcfce7" if ok else "#fee2e2"))
+        items.append(
+            (
+                "deployed",
+                _short(deployed.get("digest", "")),
+                "chain PASS" if ok else "chain FAIL",
+                "#dcfce7" if ok else "#fee2e2",
+            )
+        )
     width = 20 + len(items) * (box_w + gap)
-    svg = [f"<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"chain-svg\" width=\"{width}\" "
-           f"height=\"{box_h + 20}\" role=\"img\" aria-label=\"attestation chain\">"
-           "<defs><marker id=\"carrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" "
-           "markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" "
-           "fill=\"#334155\"/></marker></defs>"]
+    svg = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="chain-svg" width="{width}" '
+        f'height="{box_h + 20}" role="img" aria-label="attestation chain">'
+        '<defs><marker id="carrow" viewBox="0 0 10 10" refX="9" refY="5" '
+        'markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" '
+        'fill="#334155"/></marker></defs>'
+    ]
     for i, (title, line2, line3, fill) in enumerate(items):
         x = 10 + i * (box_w + gap)
-        svg.append(f"<g class=\"step\"><rect x=\"{x}\" y=\"10\" width=\"{box_w}\" "
-                   f"height=\"{box_h}\" rx=\"6\" fill=\"{fill}\" stroke=\"#334155\"/>"
-                   f"<text x=\"{x + 8}\" y=\"27\">{_e(title[:28])}</text>"
-                   f"<text x=\"{x + 8}\" y=\"43\">{_e(line2)}</text>"
-                   f"<text x=\"{x + 8}\" y=\"59\">{_e(line3)}</text></g>")
+        svg.append(
+            f'<g class="step"><rect x="{x}" y="10" width="{box_w}" '
+            f'height="{box_h}" rx="6" fill="{fill}" stroke="#334155"/>'
+            f'<text x="{x + 8}" y="27">{_e(title[:28])}</text>'
+            f'<text x="{x + 8}" y="43">{_e(line2)}</text>'
+            f'<text x="{x + 8}" y="59">{_e(line3)}</text></g>'
+        )
         if i:
-            svg.append(f"<line x1=\"{x - gap}\" y1=\"{10 + box_h / 2}\" x2=\"{x - 2}\" "
-                       f"y2=\"{10 + box_h / 2}\" stroke=\"#334155\" "
-                       "marker-end=\"url(#carrow)\"/>")
+            svg.append(
+                f'<line x1="{x - gap}" y1="{10 + box_h / 2}" x2="{x - 2}" '
+                f'y2="{10 + box_h / 2}" stroke="#334155" '
+                'marker-end="url(#carrow)"/>'
+            )
     svg.append("</svg>")
-    return f"<div style=\"overflow-x:auto\">{''.join(svg)}</div>"
+    return f'<div style="overflow-x:auto">{"".join(svg)}</div>'

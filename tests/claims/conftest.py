@@ -16,8 +16,11 @@ FRACTION = 0.003
 
 
 def _weights2d(tensors: dict[str, np.ndarray]) -> list[str]:
-    return [n for n, a in tensors.items() if a.ndim == 2 and a.dtype == np.float32
-            and n.endswith(".weight")]
+    return [
+        n
+        for n, a in tensors.items()
+        if a.ndim == 2 and a.dtype == np.float32 and n.endswith(".weight")
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +38,14 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("claims")
 
 
-def int8_artifact(base: dict[str, np.ndarray], path: Path, *, per_channel: bool,
-                  symmetric: bool = True, tamper: str | None = None) -> Path:
+def int8_artifact(
+    base: dict[str, np.ndarray],
+    path: Path,
+    *,
+    per_channel: bool,
+    symmetric: bool = True,
+    tamper: str | None = None,
+) -> Path:
     """MiniLM with every 2-D weight stored as ``x.weight`` I8 + ``x.weight_scale``
     (+ ``x.weight_zero_point`` when asymmetric). ``tamper`` names one tensor whose codes
     are flipped on its 0.3% largest-magnitude weights."""
@@ -46,15 +55,15 @@ def int8_artifact(base: dict[str, np.ndarray], path: Path, *, per_channel: bool,
             out[name] = arr
             continue
         if name == tamper:
-            q, _ = unfaithful_quantization(arr, FRACTION, per_channel=per_channel,
-                                           symmetric=symmetric)
+            q, _ = unfaithful_quantization(
+                arr, FRACTION, per_channel=per_channel, symmetric=symmetric
+            )
         else:
             q = quantize_int8(arr, per_channel=per_channel, symmetric=symmetric)
         out[name] = q.codes
         out[name + "_scale"] = q.scale if per_channel else q.scale.reshape(())
         if not symmetric:
-            out[name + "_zero_point"] = q.zero_point if per_channel else \
-                q.zero_point.reshape(())
+            out[name + "_zero_point"] = q.zero_point if per_channel else q.zero_point.reshape(())
     save_file(out, str(path))
     return path
 
@@ -124,12 +133,19 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             rng = np.random.default_rng(0)
-            self.items = iter([{"x": rng.random((1, 3, 48, 192), dtype=np.float32)}
-                               for _ in range(2)])
+            self.items = iter(
+                [{"x": rng.random((1, 3, 48, 192), dtype=np.float32)} for _ in range(2)]
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
-    quantize_static(str(src), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(src),
+        str(qdq),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+    )
     return {"float": src, "dynamic": dyn, "qdq": qdq}

@@ -31,13 +31,22 @@ SCHEMES = ("int8-per-channel", "q8_0", "q4_0")
 
 def test_grammar_parses_and_rejects() -> None:
     c = parse_claim("quantize:int8:per-channel:symmetric")
-    assert dict(c.params) == {"dtype": "int8", "granularity": "per-channel",
-                              "scheme": "symmetric", "algorithm": "rtn"}
+    assert dict(c.params) == {
+        "dtype": "int8",
+        "granularity": "per-channel",
+        "scheme": "symmetric",
+        "algorithm": "rtn",
+    }
     assert parse_claim("prune:2:4").params["n"] == "2"
     assert parse_claim("cast:bf16").params["target"] == "BF16"
-    for bad, msg in [("quantise:int8", "unknown kind"), ("cast", "target"),
-                     ("prune:4:2", "0 < N < M"), ("quantize:int9", "not a valid"),
-                     ("gguf:q9_9", "not a valid"), ("prune:magnitude:1.5", "not a valid")]:
+    for bad, msg in [
+        ("quantise:int8", "unknown kind"),
+        ("cast", "target"),
+        ("prune:4:2", "0 < N < M"),
+        ("quantize:int9", "not a valid"),
+        ("gguf:q9_9", "not a valid"),
+        ("prune:magnitude:1.5", "not a valid"),
+    ]:
         with pytest.raises(UsageError, match=msg):
             parse_claim(bad)
 
@@ -48,8 +57,9 @@ def test_int8_per_channel_and_per_tensor(build, minilm_path: Path) -> None:
     assert r.holds, r.message
     assert len(r.tensors) == 40
     pt = build("pt_asym", per_channel=False, symmetric=False)
-    assert check_claim("quantize", {"granularity": "per-tensor", "scheme": "asymmetric"},
-                       minilm_path, pt).holds
+    assert check_claim(
+        "quantize", {"granularity": "per-tensor", "scheme": "asymmetric"}, minilm_path, pt
+    ).holds
     # The wrong granularity is named, not accepted.
     wrong = check_claim("quantize", "int8:per-tensor", minilm_path, pc)
     assert not wrong.holds and {f.rule_id for f in wrong.findings} == {"MS403"}
@@ -82,8 +92,7 @@ def test_cast_fp16_bf16_exact_and_tampered(work: Path, minilm, minilm_path: Path
         w = minilm[TAMPER_TENSOR]
         # The neighbouring representable value: within one ulp, but not the nearest.
         up = (w.astype(npd).view(np.uint16) + np.uint16(1)).view(npd)
-        out[TAMPER_TENSOR] = np.where(np.abs(w) > np.quantile(np.abs(w), 0.999), up,
-                                      w.astype(npd))
+        out[TAMPER_TENSOR] = np.where(np.abs(w) > np.quantile(np.abs(w), 0.999), up, w.astype(npd))
         tpath = work / f"cast_{target}_t.safetensors"
         save_file(out, str(tpath))
         r = check_claim("cast", target, minilm_path, tpath)
@@ -95,8 +104,17 @@ def test_cast_fp16_bf16_exact_and_tampered(work: Path, minilm, minilm_path: Path
     half = work / "cast_fp16.safetensors"
     back = work / "cast_back.safetensors"
     with open_artifact(half) as a:
-        save_file({n: (a.array(n).astype(np.float32) if a.tensors[n].dtype.name == "F16"
-                       else np.array(a.array(n))) for n in a.tensors}, str(back))
+        save_file(
+            {
+                n: (
+                    a.array(n).astype(np.float32)
+                    if a.tensors[n].dtype.name == "F16"
+                    else np.array(a.array(n))
+                )
+                for n in a.tensors
+            },
+            str(back),
+        )
     assert check_claim("cast", "fp32", half, back).holds
 
 
@@ -144,8 +162,9 @@ def test_prune_magnitude_nm_and_tampered(work: Path, minilm, minilm_path: Path) 
     assert abs(v.violations[0].trusted_value) == pytest.approx(float(np.abs(w).max()))
 
 
-def test_prune_sparsegpt_updates_reported_not_tampering(work: Path, minilm,
-                                                         minilm_path: Path) -> None:
+def test_prune_sparsegpt_updates_reported_not_tampering(
+    work: Path, minilm, minilm_path: Path
+) -> None:
     rng = np.random.default_rng(7)
     out = dict(minilm)
     for n in [n for n, a in minilm.items() if a.ndim == 2 and n.startswith("encoder.layer.0")]:
@@ -187,18 +206,24 @@ def test_onnxruntime_dynamic_and_qdq(onnx_quantized: dict[str, Path]) -> None:
     assert any(v.problem == "granularity" for v in wrong.tensors if not v.ok)
 
 
-@pytest.mark.parametrize("name", ["encoder.layer.2.intermediate.dense.weight",
-                                  "encoder.layer.4.attention.self.key.weight"])
+@pytest.mark.parametrize(
+    "name",
+    ["encoder.layer.2.intermediate.dense.weight", "encoder.layer.4.attention.self.key.weight"],
+)
 def test_quantization_gap(minilm, name: str) -> None:
     w = minilm[name]
     margin = float(np.random.default_rng(11).uniform(0.02, 0.15))
-    for scheme, attack in zip(SCHEMES, (project_into_int8_boxes, project_into_q8_0_boxes,
-                                        project_into_q4_0_boxes), strict=True):
+    for scheme, attack in zip(
+        SCHEMES,
+        (project_into_int8_boxes, project_into_q8_0_boxes, project_into_q4_0_boxes),
+        strict=True,
+    ):
         hit = gap_tensor(name, attack(w, margin, seed=5), scheme, 10**6)
         assert hit.flagged and hit.flip_fraction > 2 * hit.flip_expected
         assert not gap_tensor(name, w, scheme, 10**6).flagged
-        tuned = w + np.random.default_rng(3).standard_normal(w.shape).astype(np.float32) \
-            * np.float32(w.std() * 0.01)
+        tuned = w + np.random.default_rng(3).standard_normal(w.shape).astype(
+            np.float32
+        ) * np.float32(w.std() * 0.01)
         assert not gap_tensor(name, tuned, scheme, 10**6).flagged
     q = quantize_int8(w)
     on_grid = q.codes.astype(np.float32) * q.scale[:, None]
@@ -206,8 +231,9 @@ def test_quantization_gap(minilm, name: str) -> None:
     assert not r.flagged and r.skipped == "on the grid"
 
 
-def test_scan_flags_gap_attack_and_cli_claims(work: Path, minilm, minilm_path: Path,
-                                              build, run_cli) -> None:
+def test_scan_flags_gap_attack_and_cli_claims(
+    work: Path, minilm, minilm_path: Path, build, run_cli
+) -> None:
     attacked = dict(minilm)
     attacked[TAMPER_TENSOR] = project_into_int8_boxes(minilm[TAMPER_TENSOR], 0.07, seed=2)
     path = work / "gap_attack.safetensors"
@@ -220,13 +246,39 @@ def test_scan_flags_gap_attack_and_cli_claims(work: Path, minilm, minilm_path: P
     pc = build("pc", per_channel=True)
     bad = build("pc_tampered", per_channel=True, tamper=TAMPER_TENSOR)
     out = work / "diff.json"
-    assert run_cli("diff", minilm_path, pc, "--claim", "quantize:int8:per-channel:symmetric",
-                   "--format", "json", "-o", out).code == 0
-    assert run_cli("diff", minilm_path, bad, "--claim", "quantize:int8:per-channel:symmetric",
-                   "--format", "json", "-o", out).code == 1
+    assert (
+        run_cli(
+            "diff",
+            minilm_path,
+            pc,
+            "--claim",
+            "quantize:int8:per-channel:symmetric",
+            "--format",
+            "json",
+            "-o",
+            out,
+        ).code
+        == 0
+    )
+    assert (
+        run_cli(
+            "diff",
+            minilm_path,
+            bad,
+            "--claim",
+            "quantize:int8:per-channel:symmetric",
+            "--format",
+            "json",
+            "-o",
+            out,
+        ).code
+        == 1
+    )
     report = json.loads(out.read_text())
-    assert any(f["rule_id"] == "MS402" and f["locations"][0]["tensor"] == TAMPER_TENSOR
-               for f in report["findings"])
+    assert any(
+        f["rule_id"] == "MS402" and f["locations"][0]["tensor"] == TAMPER_TENSOR
+        for f in report["findings"]
+    )
     assert run_cli("diff", minilm_path, pc, "--claim", "quantize:int9").code == 2
     # Without a claim the transformation is inferred and explained.
     assert run_cli("diff", minilm_path, pc, "--format", "json", "-o", out).code == 0
@@ -240,8 +292,9 @@ def test_flip_codes_is_an_involution() -> None:
     assert flip_codes(flip_codes(c, idx), idx).tolist() == c.tolist()
 
 
-def test_convert_safetensors_to_gguf_f32_with_renames(work: Path, minilm,
-                                                      minilm_path: Path) -> None:
+def test_convert_safetensors_to_gguf_f32_with_renames(
+    work: Path, minilm, minilm_path: Path
+) -> None:
     import gguf
 
     path = work / "minilm_f32.gguf"

@@ -20,8 +20,13 @@ from scanner.redteam.quant import (
 from tests.claims.conftest import TAMPER_TENSOR
 
 STORAGE = {"bf16": ml_dtypes.bfloat16, "fp16": np.float16}
-ATTACKS = dict(zip(SCHEMES, (project_into_int8_boxes, project_into_q8_0_boxes,
-                             project_into_q4_0_boxes), strict=True))
+ATTACKS = dict(
+    zip(
+        SCHEMES,
+        (project_into_int8_boxes, project_into_q8_0_boxes, project_into_q4_0_boxes),
+        strict=True,
+    )
+)
 
 
 def _stored(w: np.ndarray, storage: str) -> np.ndarray:
@@ -31,8 +36,9 @@ def _stored(w: np.ndarray, storage: str) -> np.ndarray:
 @pytest.mark.parametrize("storage", ["bf16", "fp16"])
 def test_gap_on_low_precision_tensors(minilm, storage: str) -> None:
     rng = np.random.default_rng(17)
-    names = [n for n, a in minilm.items() if a.ndim == 2 and a.size >= 4096
-             and n.startswith("encoder.")]
+    names = [
+        n for n, a in minilm.items() if a.ndim == 2 and a.size >= 4096 and n.startswith("encoder.")
+    ]
     for scheme in SCHEMES:
         # Honest: every encoder matrix, cast to the storage format.
         for n in names:
@@ -56,8 +62,9 @@ def test_scan_bf16_and_fp16_models(work: Path, minilm, run_cli) -> None:
         res = run_cli("scan", path, "--format", "json")
         assert "MS409" not in [f["rule_id"] for f in res.json()["findings"]], storage
         attacked = dict(honest)
-        attacked[TAMPER_TENSOR] = project_into_int8_boxes(minilm[TAMPER_TENSOR], 0.07,
-                                                          seed=2).astype(npd)
+        attacked[TAMPER_TENSOR] = project_into_int8_boxes(
+            minilm[TAMPER_TENSOR], 0.07, seed=2
+        ).astype(npd)
         apath = work / f"gap_{storage}_attacked.safetensors"
         save_file(attacked, str(apath))
         res = run_cli("scan", apath, "--format", "json")

@@ -29,8 +29,7 @@ def write_gguf(path: Path, arch: str, tensors: dict[str, tuple[np.ndarray, str]]
         if qt in ("F32", "F16"):
             wr.add_tensor(name, data)
         else:
-            wr.add_tensor(name, data, raw_shape=data.shape,
-                          raw_dtype=gguf.GGMLQuantizationType[qt])
+            wr.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType[qt])
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
     wr.write_tensors_to_file()
@@ -51,8 +50,11 @@ def _negate_largest(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def minilm_k_subset(work: Path, minilm) -> tuple[Path, list[str]]:
     """MiniLM's 2-D encoder weights whose rows fill 256-element K-quant super-blocks."""
-    names = [n for n, a in minilm.items() if a.ndim == 2 and a.shape[1] % 256 == 0
-             and n.startswith("encoder.layer.")]
+    names = [
+        n
+        for n, a in minilm.items()
+        if a.ndim == 2 and a.shape[1] % 256 == 0 and n.startswith("encoder.layer.")
+    ]
     assert TAMPER_TENSOR in names
     path = work / "minilm_gguf_subset.safetensors"
     save_file({n: minilm[n] for n in names}, str(path))
@@ -60,19 +62,20 @@ def minilm_k_subset(work: Path, minilm) -> tuple[Path, list[str]]:
 
 
 @pytest.mark.parametrize("qt", TYPES)
-def test_gguf_faithful_and_tampered_twin(work: Path, minilm, minilm_k_subset,
-                                         qt: str) -> None:
+def test_gguf_faithful_and_tampered_twin(work: Path, minilm, minilm_k_subset, qt: str) -> None:
     trusted, names = minilm_k_subset
     faithful = {n: (quantize_rows(minilm[n], qt), qt) for n in names}
     tampered_w, idx = _negate_largest(minilm[TAMPER_TENSOR])
     twin = {**faithful, TAMPER_TENSOR: (quantize_rows(tampered_w, qt), qt)}
-    ok = check_claim("gguf", qt.lower(),
-                     trusted, write_gguf(work / f"minilm_{qt}.gguf", "bert", faithful))
+    ok = check_claim(
+        "gguf", qt.lower(), trusted, write_gguf(work / f"minilm_{qt}.gguf", "bert", faithful)
+    )
     assert ok.holds and len(ok.tensors) == len(names), (qt, ok.message)
     check = "reference-bytes" if qt in REFERENCE_TYPES else "within-one-step"
     assert all(v.stats["check"] == check for v in ok.tensors)
-    bad = check_claim("gguf", qt.lower(),
-                      trusted, write_gguf(work / f"minilm_{qt}_t.gguf", "bert", twin))
+    bad = check_claim(
+        "gguf", qt.lower(), trusted, write_gguf(work / f"minilm_{qt}_t.gguf", "bert", twin)
+    )
     assert not bad.holds
     failed = [v for v in bad.tensors if not v.ok]
     assert [v.tensor for v in failed] == [TAMPER_TENSOR], (qt, bad.message)
@@ -81,8 +84,7 @@ def test_gguf_faithful_and_tampered_twin(work: Path, minilm, minilm_k_subset,
     shape = minilm[TAMPER_TENSOR].shape
     rows = set(np.unravel_index(idx, shape)[0].tolist())
     assert set(failed[0].rows) == rows
-    negated = {tuple(int(i) for i in t) for t in zip(*np.unravel_index(idx, shape),
-                                                     strict=True)}
+    negated = {tuple(int(i) for i in t) for t in zip(*np.unravel_index(idx, shape), strict=True)}
     block = 32 if qt in REFERENCE_TYPES else 256
     blocks = {(r, c // block) for r, c in negated}
     assert failed[0].violations
@@ -117,8 +119,7 @@ def test_k_encoder_layout_round_trips(minilm, qt: str) -> None:
     """``gguf.quants.dequantize`` of the encoder's blocks is exactly the encoder's own
     reconstruction, so the bit layout (scales, mins, hmask, 2-bit codes) is ggml's."""
     w = minilm[TAMPER_TENSOR]
-    w = np.concatenate([w, np.zeros((1, w.shape[1]), np.float32),
-                        np.abs(w[:1]), -np.abs(w[1:2])])
+    w = np.concatenate([w, np.zeros((1, w.shape[1]), np.float32), np.abs(w[:1]), -np.abs(w[1:2])])
     blocks = quantize_rows(w, qt)
     bb = 84 if qt == "Q2_K" else 110
     assert blocks.shape == (w.shape[0], w.shape[1] // 256 * bb)
@@ -137,8 +138,7 @@ def _smollm_subset(work: Path) -> tuple[Path, dict[str, np.ndarray], list[str]]:
         for n in names:
             info = a.tensors[n]
             rows = info.shape[0]
-            raw[n] = (np.frombuffer(a.raw(n), dtype=np.uint8).reshape(rows, -1).copy(),
-                      "Q4_1")
+            raw[n] = (np.frombuffer(a.raw(n), dtype=np.uint8).reshape(rows, -1).copy(), "Q4_1")
             values[n] = a.to_float(n).reshape(rows, -1)
     return write_gguf(work / "smollm_q4_1_subset.gguf", "llama", raw), values, names
 
@@ -148,8 +148,9 @@ def test_requantize_explicit_and_inferred(work: Path) -> None:
     q8 = {n: (quantize_rows(values[n], "Q8_0"), "Q8_0") for n in names}
     out = write_gguf(work / "smollm_q8_0.gguf", "llama", q8)
     tw, _ = _negate_largest(values[names[3]])
-    bad = write_gguf(work / "smollm_q8_0_t.gguf", "llama",
-                     {**q8, names[3]: (quantize_rows(tw, "Q8_0"), "Q8_0")})
+    bad = write_gguf(
+        work / "smollm_q8_0_t.gguf", "llama", {**q8, names[3]: (quantize_rows(tw, "Q8_0"), "Q8_0")}
+    )
     r = check_claim("requantize", "q8_0", trusted, out)
     assert r.holds and len(r.tensors) == 12, r.message
     r = check_claim("requantize", "q8_0", trusted, bad)
@@ -157,12 +158,10 @@ def test_requantize_explicit_and_inferred(work: Path) -> None:
     # Without --claim: the pair's footprint (Q4_1 source, Q8_0 result) suggests
     # requantization, which is re-derived, reported as MS408 and explains every tensor.
     report_path = work / "smollm_requant.json"
-    assert main(["diff", str(trusted), str(out), "--format", "json",
-                 "-o", str(report_path)]) == 0
+    assert main(["diff", str(trusted), str(out), "--format", "json", "-o", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     inferred = [f for f in report["findings"] if f["rule_id"] == "MS408"]
     assert inferred and inferred[0]["evidence"]["claim"] == "requantize:q8_0"
     assert inferred[0]["evidence"]["tensors"] == 12 and inferred[0]["evidence"]["holds"]
     # ... and the tampered twin is not explained by it.
-    assert main(["diff", str(trusted), str(bad), "--format", "json",
-                 "-o", str(report_path)]) == 1
+    assert main(["diff", str(trusted), str(bad), "--format", "json", "-o", str(report_path)]) == 1

@@ -20,8 +20,7 @@ from tests.claims.conftest import FRACTION
 
 TAMPERED = "conv11_se_1_weights"
 """The largest quantized weight of the classifier (50 x 200 x 1 x 1)."""
-CLAIMS = {"dynamic": "quantize:int8:symmetric",
-          "qdq": "quantize:int8:per-channel:symmetric"}
+CLAIMS = {"dynamic": "quantize:int8:symmetric", "qdq": "quantize:int8:per-channel:symmetric"}
 """onnxruntime's dynamic quantizer writes ConvInteger weights per-tensor even when asked
 for per-channel (only MatMulInteger weights get one scale per column), so its claim leaves
 the granularity open; the QDQ quantizer honours per-channel for every Conv weight."""
@@ -33,8 +32,9 @@ def _float_weight(path: Path, name: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("flavour", ["dynamic", "qdq"])
-def test_tampered_onnx_twin_fails_and_is_localized(onnx_quantized: dict[str, Path],
-                                                   work: Path, flavour: str) -> None:
+def test_tampered_onnx_twin_fails_and_is_localized(
+    onnx_quantized: dict[str, Path], work: Path, flavour: str
+) -> None:
     src = onnx_quantized["float"]
     w = _float_weight(src, TAMPERED)
     idx = largest_indices(w, FRACTION)
@@ -51,8 +51,7 @@ def test_tampered_onnx_twin_fails_and_is_localized(onnx_quantized: dict[str, Pat
     assert f.evidence["stats"]["non_nearest"] == idx.size
     # Every flipped element is named (the count is under the reporting cap) with the
     # code the claim predicts and the one stored.
-    expected = {tuple(int(i) for i in t) for t in zip(*np.unravel_index(idx, w.shape),
-                                                      strict=True)}
+    expected = {tuple(int(i) for i in t) for t in zip(*np.unravel_index(idx, w.shape), strict=True)}
     assert {tuple(e["index"]) for e in f.evidence["elements"]} == expected
     assert all(e["found"] == -e["expected"] for e in f.evidence["elements"])
     # Rows along the channel axis (output channels, axis 0 for Conv weights).
@@ -60,27 +59,47 @@ def test_tampered_onnx_twin_fails_and_is_localized(onnx_quantized: dict[str, Pat
     assert not any(f.rule_id == "MS401" for f in result.findings)
     # The same pair through the CLI: exit 1 and the finding in the JSON report.
     out = work / f"cls_{flavour}_tampered.json"
-    assert main(["diff", str(src), str(bad), "--claim", claim, "--format", "json",
-                 "-o", str(out)]) == 1
+    assert (
+        main(["diff", str(src), str(bad), "--claim", claim, "--format", "json", "-o", str(out)])
+        == 1
+    )
     report = json.loads(out.read_text())
-    assert any(x["rule_id"] == "MS402" and x["locations"][0]["tensor"] == TAMPERED + "_quantized"
-               for x in report["findings"])
+    assert any(
+        x["rule_id"] == "MS402" and x["locations"][0]["tensor"] == TAMPERED + "_quantized"
+        for x in report["findings"]
+    )
 
 
 @pytest.mark.parametrize("flavour", ["dynamic", "qdq"])
-def test_faithful_onnx_quantization_diff_exits_0(onnx_quantized: dict[str, Path], work: Path,
-                                                 flavour: str) -> None:
+def test_faithful_onnx_quantization_diff_exits_0(
+    onnx_quantized: dict[str, Path], work: Path, flavour: str
+) -> None:
     src = onnx_quantized["float"]
     claim = CLAIMS[flavour]
     out = work / f"cls_{flavour}_faithful.json"
-    code = main(["diff", str(src), str(onnx_quantized[flavour]), "--claim", claim,
-                 "--format", "json", "-o", str(out)])
+    code = main(
+        [
+            "diff",
+            str(src),
+            str(onnx_quantized[flavour]),
+            "--claim",
+            claim,
+            "--format",
+            "json",
+            "-o",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     findings = report["findings"]
     # The claim side first, so that a failure names the analyzer responsible.
     assert any(x["rule_id"] == "MS401" for x in findings), "claim not verified"
     assert not [x for x in findings if x["rule_id"] in ("MS402", "MS403", "MS407")]
-    blocking = sorted({(x["rule_id"], x["severity"]) for x in findings
-                       if x["severity"].lower() in ("medium", "high", "critical")})
-    assert code == 0, f"non-claim findings block the faithful {flavour} quantization: " \
-                      f"{blocking}"
+    blocking = sorted(
+        {
+            (x["rule_id"], x["severity"])
+            for x in findings
+            if x["severity"].lower() in ("medium", "high", "critical")
+        }
+    )
+    assert code == 0, f"non-claim findings block the faithful {flavour} quantization: {blocking}"

@@ -14,15 +14,15 @@ from scanner.evaluate import evaluate, plot_detection, render_table, to_json
 from scanner.evaluate.protocol import gate_case, localized
 from scanner.redteam import registry
 
-NAMES = ["sra", "rank1", "exponent-flip", "quant-gap-int8", "cast-fp16", "prune-2:4",
-         "lora-merge"]
+NAMES = ["sra", "rank1", "exponent-flip", "quant-gap-int8", "cast-fp16", "prune-2:4", "lora-merge"]
 STRENGTHS = {"rank1": [0.002, 0.05], "lora-merge": [0.01], "quant-gap-int8": [0.06]}
 
 
 @pytest.fixture(scope="module")
 def result():
-    return evaluate(real_model(SILERO_ST), names=NAMES, seeds=2, strengths=STRENGTHS,
-                    pack="default")
+    return evaluate(
+        real_model(SILERO_ST), names=NAMES, seeds=2, strengths=STRENGTHS, pack="default"
+    )
 
 
 def test_every_case_is_scored(result) -> None:
@@ -42,8 +42,13 @@ def test_scores_match_the_diff_case_by_case(result, tmp_path: Path) -> None:
     gate = gate_case("default")
     src = real_model(SILERO_ST)
     for c in result.cases:
-        truth = registry.plant(src, c.entry, tmp_path / f"{c.entry}-{c.seed}.safetensors",
-                               seed=c.seed, strength=c.strength)
+        truth = registry.plant(
+            src,
+            c.entry,
+            tmp_path / f"{c.entry}-{c.seed}.safetensors",
+            seed=c.seed,
+            strength=c.strength,
+        )
         verdict, failing, _cls, _s = gate(src, Path(truth.output), truth)
         assert verdict == c.verdict, c
         assert (verdict in ("fail", "error")) == c.detected
@@ -83,14 +88,33 @@ def test_outputs(result, tmp_path: Path) -> None:
 
 
 def test_fail_on_without_pack_and_cli(tmp_path: Path, capsys) -> None:
-    ev = evaluate(real_model(SILERO_ST), names=["exponent-flip", "rename"], seeds=1,
-                  strengths={"exponent-flip": [3.0]})
+    ev = evaluate(
+        real_model(SILERO_ST),
+        names=["exponent-flip", "rename"],
+        seeds=1,
+        strengths={"exponent-flip": [3.0]},
+    )
     assert ev.gate == "fail-on medium"
     assert {c.entry: c.detected for c in ev.cases} == {"exponent-flip": True, "rename": False}
     out = tmp_path / "ev.json"
-    assert main(["evaluate", str(real_model(SILERO_ST)), "--attacks", "rank1",
-                 "shadowlogic", "--seeds", "1", "--rules", "default", "--json",
-                 str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(real_model(SILERO_ST)),
+                "--attacks",
+                "rank1",
+                "shadowlogic",
+                "--seeds",
+                "1",
+                "--rules",
+                "default",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["not_applicable"]["shadowlogic"].startswith("applies to onnx")
     assert "rank1" in capsys.readouterr().out

@@ -46,17 +46,21 @@ def test_finetune_passes_default_with_an_allow_rule_and_fails_strict(tmp_path: P
     assert audit.verdict == "pass" and len(audit.findings) == 3  # reported, not failing
     assert all(f.severity is Severity.INFO for f in audit.findings)
     # a pack that extends default can forbid a fine-tune where it must not happen
-    forbidding = _pack(tmp_path, """
+    forbidding = _pack(
+        tmp_path,
+        """
 [pack]
 extends = "default"
 [[tensors]]
 pattern = "encoder.*"
 allow = ["identical", "cast"]
-""")
+""",
+    )
     judged = apply_pack(report, forbidding, today=TODAY)
     assert judged.verdict == "fail"
     assert [f.locations[0].tensor for f in judged.findings if f.severity > Severity.INFO] == [
-        "encoder.0.weight"]
+        "encoder.0.weight"
+    ]
 
 
 def test_tensor_patterns_allow_lm_head_and_forbid_embeddings(tmp_path: Path) -> None:
@@ -70,14 +74,18 @@ def test_tensor_patterns_allow_lm_head_and_forbid_embeddings(tmp_path: Path) -> 
 
 
 def test_unexplained_change_finding_is_downgraded_only_where_its_class_is_allowed(
-        tmp_path: Path) -> None:
-    pack = _pack(tmp_path, """
+    tmp_path: Path,
+) -> None:
+    pack = _pack(
+        tmp_path,
+        """
 [pack]
 extends = "strict"
 [[tensors]]
 pattern = "lm_head.*"
 allow = ["full fine-tune"]
-""")
+""",
+    )
     report = pair_report(
         [tensor("lm_head.weight", "full fine-tune"), tensor("encoder.0.weight", "full fine-tune")],
         [changed_finding("lm_head.weight"), changed_finding("encoder.0.weight")],
@@ -85,8 +93,7 @@ allow = ["full fine-tune"]
     judged = apply_pack(report, pack, today=TODAY)
     by_tensor = {f.locations[0].tensor: f for f in judged.findings}
     assert by_tensor["lm_head.weight"].severity is Severity.INFO
-    assert by_tensor["lm_head.weight"].evidence["policy"]["allowed_by"] == \
-        "tensors['lm_head.*']"
+    assert by_tensor["lm_head.weight"].evidence["policy"]["allowed_by"] == "tensors['lm_head.*']"
     assert by_tensor["encoder.0.weight"].severity is Severity.HIGH
     assert judged.verdict == "fail"
     # no MS805 duplicate for a tensor a failing finding already reports
@@ -107,8 +114,7 @@ def test_claimed_quantization_passes_default_and_strict_but_not_unclaimed() -> N
         assert apply_pack(claimed, load_pack(name), today=TODAY).verdict == "pass"
         assert apply_pack(unclaimed, load_pack(name), today=TODAY).verdict == "fail"
     # an attested chain of re-derived steps counts as a claim for every tensor
-    assert apply_pack(unclaimed, load_pack("strict"), attested=True,
-                      today=TODAY).verdict == "pass"
+    assert apply_pack(unclaimed, load_pack("strict"), attested=True, today=TODAY).verdict == "pass"
 
 
 def test_cast_and_rename_on_the_three_packs() -> None:
@@ -116,14 +122,15 @@ def test_cast_and_rename_on_the_three_packs() -> None:
     renamed = tensor("v", None, status=TensorStatus.RENAMED)
     rename_finding = changed_finding("v", "MS204", Severity.LOW)
     report = pair_report([cast, renamed], [rename_finding])
-    verdicts = {n: apply_pack(report, load_pack(n), today=TODAY).verdict
-                for n in ("default", "strict", "audit")}
+    verdicts = {
+        n: apply_pack(report, load_pack(n), today=TODAY).verdict
+        for n in ("default", "strict", "audit")
+    }
     assert verdicts == {"default": "pass", "strict": "fail", "audit": "pass"}
 
 
 def test_disabled_rule_and_severity_override() -> None:
-    pack = parse_pack({"rules": {"MS201": {"enabled": False}, "MS208": {"severity": "high"}}},
-                      "p")
+    pack = parse_pack({"rules": {"MS201": {"enabled": False}, "MS208": {"severity": "high"}}}, "p")
     meta = changed_finding("x", "MS208", Severity.LOW)
     report = pair_report([], [changed_finding("w"), meta])
     judged = apply_pack(report, pack, today=TODAY)
@@ -136,8 +143,10 @@ def test_disabled_rule_and_severity_override() -> None:
 def test_explicit_fail_on_wins_over_the_pack() -> None:
     report = pair_report([], [changed_finding("x", "MS208", Severity.LOW)])
     assert apply_pack(report, load_pack("strict"), today=TODAY).verdict == "fail"
-    assert apply_pack(report, load_pack("strict"), today=TODAY,
-                      fail_on=Severity.HIGH).verdict == "pass"
+    assert (
+        apply_pack(report, load_pack("strict"), today=TODAY, fail_on=Severity.HIGH).verdict
+        == "pass"
+    )
 
 
 SUPPRESS = """
@@ -156,8 +165,10 @@ reason = "tokenizer metadata bump"
 
 def test_suppression_hides_and_is_reported_with_reason(tmp_path: Path) -> None:
     pack = _pack(tmp_path, SUPPRESS.format(expires="2026-06-30"))
-    report = pair_report([tensor("lm_head.weight", None), tensor("enc.weight", None)],
-                         [changed_finding("lm_head.weight"), changed_finding("enc.weight")])
+    report = pair_report(
+        [tensor("lm_head.weight", None), tensor("enc.weight", None)],
+        [changed_finding("lm_head.weight"), changed_finding("enc.weight")],
+    )
     judged = apply_pack(report, pack, today=TODAY)
     assert isinstance(judged, PolicyReport)
     assert [f.locations[0].tensor for f in judged.findings] == ["enc.weight"]

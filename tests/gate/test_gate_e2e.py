@@ -32,11 +32,19 @@ from signing.verifiers import PublicKeyVerifier
 
 
 def _standin_classifier(ctx: PairContext) -> Analysis:
-    dense = [t for t in ctx.tensors if t.status is TensorStatus.CHANGED and t.delta is not None
-             and t.delta.fraction_changed > 0.5 and t.delta.rel_l2 < 0.05]
-    return Analysis(labels={t.name: {"class": "full fine-tune"} for t in dense},
-                    explained={t.name: "full fine-tune" for t in dense},
-                    classification="full fine-tune" if dense else None)
+    dense = [
+        t
+        for t in ctx.tensors
+        if t.status is TensorStatus.CHANGED
+        and t.delta is not None
+        and t.delta.fraction_changed > 0.5
+        and t.delta.rel_l2 < 0.05
+    ]
+    return Analysis(
+        labels={t.name: {"class": "full fine-tune"} for t in dense},
+        explained={t.name: "full fine-tune" for t in dense},
+        classification="full fine-tune" if dense else None,
+    )
 
 
 def _analyzers():
@@ -55,8 +63,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rng = np.random.default_rng(11)
 
     def tune(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: (v + (5e-4 * np.abs(v).mean() * rng.standard_normal(v.shape)).astype(v.dtype))
-                if v.dtype == np.float32 else v for k, v in tensors.items()}
+        return {
+            k: (v + (5e-4 * np.abs(v).mean() * rng.standard_normal(v.shape)).astype(v.dtype))
+            if v.dtype == np.float32
+            else v
+            for k, v in tensors.items()
+        }
 
     first = tune(load_file(str(src)))
     save_file(first, str(staging / "model.safetensors"))
@@ -67,28 +79,79 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["sign", str(deployed), "--key", str(priv), "-o", str(sig)]) == 0
     atts = tmp / "atts"
     atts.mkdir()
-    assert main(["attest", "fine-tune", "--input", str(trusted), "--output", str(staging),
-                 "--key", str(priv), "-o", str(atts / "1-copy.json"), "--chain", "urn:e2e"]) == 0
-    assert main(["attest", "fine-tune", "--input", str(staging), "--output", str(deployed),
-                 "--parent", str(atts / "1-copy.json"), "--key", str(priv),
-                 "-o", str(atts / "2-tune.json")]) == 0
+    assert (
+        main(
+            [
+                "attest",
+                "fine-tune",
+                "--input",
+                str(trusted),
+                "--output",
+                str(staging),
+                "--key",
+                str(priv),
+                "-o",
+                str(atts / "1-copy.json"),
+                "--chain",
+                "urn:e2e",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "attest",
+                "fine-tune",
+                "--input",
+                str(staging),
+                "--output",
+                str(deployed),
+                "--parent",
+                str(atts / "1-copy.json"),
+                "--key",
+                str(priv),
+                "-o",
+                str(atts / "2-tune.json"),
+            ]
+        )
+        == 0
+    )
     policy = tmp / "chain.toml"
     policy.write_text(
         'allowed_kinds = ["fine-tune"]\n'
         f'[roots]\ndigests = ["{build_manifest(trusted).root_digest}"]\n'
-        f'[[signers]]\nname = "ml"\npublic_key = "{pub}"\nkinds = ["fine-tune"]\n')
+        f'[[signers]]\nname = "ml"\npublic_key = "{pub}"\nkinds = ["fine-tune"]\n'
+    )
     allow = tmp / "ours.toml"
-    allow.write_text('[pack]\nname = "ours"\nextends = "default"\n'
-                     '[[tensors]]\npattern = "*"\nallow = ["identical", "full fine-tune"]\n')
-    return {"trusted": trusted, "staging": staging, "deployed": deployed, "sig": sig,
-            "pub": pub, "atts": atts, "policy": policy, "allow": allow, "tmp": tmp}
+    allow.write_text(
+        '[pack]\nname = "ours"\nextends = "default"\n'
+        '[[tensors]]\npattern = "*"\nallow = ["identical", "full fine-tune"]\n'
+    )
+    return {
+        "trusted": trusted,
+        "staging": staging,
+        "deployed": deployed,
+        "sig": sig,
+        "pub": pub,
+        "atts": atts,
+        "policy": policy,
+        "allow": allow,
+        "tmp": tmp,
+    }
 
 
 def _request(s: dict[str, Path], pack: str | Path) -> GateRequest:
     return GateRequest(
-        deployed=s["deployed"], pack=load_pack(pack), trusted=s["trusted"],
-        signature=s["sig"], verifier=PublicKeyVerifier(load_public_key(s["pub"])),
-        attestations=s["atts"], chain_policy=s["policy"], artifacts=(s["staging"],))
+        deployed=s["deployed"],
+        pack=load_pack(pack),
+        trusted=s["trusted"],
+        signature=s["sig"],
+        verifier=PublicKeyVerifier(load_public_key(s["pub"])),
+        attestations=s["atts"],
+        chain_policy=s["policy"],
+        artifacts=(s["staging"],),
+    )
 
 
 def test_finetune_passes_an_allowing_pack_and_fails_strict(setup: dict[str, Path]) -> None:
@@ -104,14 +167,16 @@ def test_finetune_passes_an_allowing_pack_and_fails_strict(setup: dict[str, Path
     assert "MS805" in {f.rule_id for f in strict.failing()}  # the fine-tune itself
 
 
-def test_cli_gate_with_config_tampered_signature_and_html(setup: dict[str, Path],
-                                                          monkeypatch, capsys) -> None:
+def test_cli_gate_with_config_tampered_signature_and_html(
+    setup: dict[str, Path], monkeypatch, capsys
+) -> None:
     s = setup
     monkeypatch.chdir(s["tmp"])
     (s["tmp"] / "modelseal.toml").write_text(
         'deployed = "deployed"\ntrusted = "trusted"\nsignature = "model.sig"\n'
         'public_key = "k.pub.pem"\nattestations = "atts"\nchain_policy = "chain.toml"\n'
-        'artifacts = ["staging"]\nrules = "ours.toml"\n')
+        'artifacts = ["staging"]\nrules = "ours.toml"\n'
+    )
     # With the weight-analysis classifier in the tree the noise is classed a full
     # fine-tune, which ours.toml allows everywhere.
     rc = main(["gate", "-f", "html", "-o", "gate.html", "--quiet"])
@@ -122,7 +187,23 @@ def test_cli_gate_with_config_tampered_signature_and_html(setup: dict[str, Path]
     # a signature by another key: MS801, whatever the rest says
     other = s["tmp"] / "other.pub.pem"
     write_key_pair(generate_private_key(KeyType.ECDSA_P256), s["tmp"] / "o.pem", other)
-    assert main(["gate", "deployed", "--no-config", "--signature", "model.sig",
-                 "--public-key", str(other), "-f", "json", "-o", "g.json"]) == 1
+    assert (
+        main(
+            [
+                "gate",
+                "deployed",
+                "--no-config",
+                "--signature",
+                "model.sig",
+                "--public-key",
+                str(other),
+                "-f",
+                "json",
+                "-o",
+                "g.json",
+            ]
+        )
+        == 1
+    )
     rules = {f["rule_id"] for f in json.loads((s["tmp"] / "g.json").read_text())["findings"]}
     assert "MS801" in rules

@@ -27,10 +27,19 @@ def _judged():
 
     pack = replace(pack, suppressions=(Suppression("MS208", "metadata bump, SEC-1"),))
     report = pair_report(
-        [tensor(f"encoder.layer.{i}.weight", "full fine-tune", rel=10 ** -(i + 1),
-                rows=tuple(range(i, 8, 2))) for i in range(4)],
-        [changed_finding("encoder.layer.0.weight"),
-         changed_finding("encoder.layer.1.weight", "MS208", title="x")],
+        [
+            tensor(
+                f"encoder.layer.{i}.weight",
+                "full fine-tune",
+                rel=10 ** -(i + 1),
+                rows=tuple(range(i, 8, 2)),
+            )
+            for i in range(4)
+        ],
+        [
+            changed_finding("encoder.layer.0.weight"),
+            changed_finding("encoder.layer.1.weight", "MS208", title="x"),
+        ],
     )
     return apply_pack(report, pack)
 
@@ -56,8 +65,9 @@ def test_sarif_validates_against_the_official_schema() -> None:
         uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
         assert not uri.startswith("/")  # repository-relative
     again = json.loads(render(_judged(), OutputFormat.SARIF))
-    assert [r["partialFingerprints"] for r in again["runs"][0]["results"]] == \
-        [r["partialFingerprints"] for r in run["results"]]
+    assert [r["partialFingerprints"] for r in again["runs"][0]["results"]] == [
+        r["partialFingerprints"] for r in run["results"]
+    ]
 
 
 def test_sarif_with_a_broken_result_fails_the_schema() -> None:
@@ -90,20 +100,32 @@ def _chromium() -> str:
 def test_html_is_self_contained_and_renders_in_chromium(tmp_path: Path) -> None:
     report = _judged()
     page = render(report, OutputFormat.HTML)
-    assert "<script" not in page and "http://" not in page.replace(
-        "http://www.w3.org/2000/svg", "")
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert 'id="heatmap-svg"' in page and page.count('class="cell"') == 4 * 32
     assert "full fine-tune" in page and "metadata bump, SEC-1" in page
     html_path = tmp_path / "report.html"
     html_path.write_text(page, encoding="utf-8")
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
-         "--window-size=1280,2000", html_path.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -114,9 +136,20 @@ def test_html_is_self_contained_and_renders_in_chromium(tmp_path: Path) -> None:
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><script>undefined_fn()</script></body></html>")
     proc = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'profile2'}", "--enable-logging=stderr", "--v=0",
-         f"--screenshot={tmp_path / 'bad.png'}", bad.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={tmp_path / 'bad.png'}",
+            bad.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert any("CONSOLE" in line and "undefined_fn" in line for line in proc.stderr.splitlines())

@@ -35,7 +35,9 @@ def _write(tmp_path: Path, text: str, name: str = "pack.toml") -> Path:
 
 
 def test_user_pack_extends_and_overrides(tmp_path: Path) -> None:
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 [pack]
 name = "ours"
 extends = "default"
@@ -46,7 +48,8 @@ thresholds = { warn_days = 3 }
 [[tensors]]
 pattern = "lm_head.*"
 allow = ["full fine-tune"]
-""")
+""",
+    )
     pack = load_pack(path)
     assert pack.lineage == ("default", "ours")
     assert pack.allow == load_pack("default").allow  # inherited
@@ -66,27 +69,39 @@ def test_extends_a_file_relative_to_the_pack(tmp_path: Path) -> None:
     assert pack.require == ("trusted",)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[rules.MS999]\nseverity = 'high'\n", r"\[rules.MS999\]: unknown rule id 'MS999'"),
-    ("[rules.MS201]\nseverity = 3\n", r"rules.MS201.severity: expected a string .* got an "
-     "integer"),
-    ("[rules.MS201]\nseverity = 'severe'\n", r"unknown severity 'severe'"),
-    ("[rules.MS201]\nseverty = 'high'\n", r"unknown key 'severty' in \[rules.MS201\]"),
-    ("[rules.MS201]\nenabled = 'no'\n", r"rules.MS201.enabled: expected a boolean"),
-    ("[rules.MS804]\nthresholds = { warn = 3 }\n",
-     r"unknown threshold 'warn' for MS804 \(declared: warn_days\)"),
-    ("[rules.MS804]\nthresholds = { warn_days = 'soon' }\n",
-     r"thresholds.warn_days: expected an integer like the default 14, got a string"),
-    ("[classes]\nallow = ['finetune']\n", r"classes.allow: unknown change class 'finetune'"),
-    ("[gate]\nrequire = ['sbom']\n", r"gate.require: unknown input 'sbom'"),
-    ("[surprise]\n", r"unknown key 'surprise' in the top level"),
-    ("[[tensors]]\nallow = []\n", r"tensors\[0\]: 'pattern' is required"),
-    ("[[suppress]]\nrule = 'MS208'\n", r"suppress\[0\]: 'reason' is required"),
-    ("[[suppress]]\nrule = 'MS208'\nreason = 'x'\nexpires = 'soon'\n",
-     r"suppress\[0\].expires: 'soon' is not a date"),
-    ("[pack]\nextends = 'nosuch'\n", r"no shipped rules pack named 'nosuch'"),
-    ("[pack]\nfail_on = 'sometimes'\n", r"pack.fail_on: unknown severity"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[rules.MS999]\nseverity = 'high'\n", r"\[rules.MS999\]: unknown rule id 'MS999'"),
+        (
+            "[rules.MS201]\nseverity = 3\n",
+            r"rules.MS201.severity: expected a string .* got an "
+            "integer",
+        ),
+        ("[rules.MS201]\nseverity = 'severe'\n", r"unknown severity 'severe'"),
+        ("[rules.MS201]\nseverty = 'high'\n", r"unknown key 'severty' in \[rules.MS201\]"),
+        ("[rules.MS201]\nenabled = 'no'\n", r"rules.MS201.enabled: expected a boolean"),
+        (
+            "[rules.MS804]\nthresholds = { warn = 3 }\n",
+            r"unknown threshold 'warn' for MS804 \(declared: warn_days\)",
+        ),
+        (
+            "[rules.MS804]\nthresholds = { warn_days = 'soon' }\n",
+            r"thresholds.warn_days: expected an integer like the default 14, got a string",
+        ),
+        ("[classes]\nallow = ['finetune']\n", r"classes.allow: unknown change class 'finetune'"),
+        ("[gate]\nrequire = ['sbom']\n", r"gate.require: unknown input 'sbom'"),
+        ("[surprise]\n", r"unknown key 'surprise' in the top level"),
+        ("[[tensors]]\nallow = []\n", r"tensors\[0\]: 'pattern' is required"),
+        ("[[suppress]]\nrule = 'MS208'\n", r"suppress\[0\]: 'reason' is required"),
+        (
+            "[[suppress]]\nrule = 'MS208'\nreason = 'x'\nexpires = 'soon'\n",
+            r"suppress\[0\].expires: 'soon' is not a date",
+        ),
+        ("[pack]\nextends = 'nosuch'\n", r"no shipped rules pack named 'nosuch'"),
+        ("[pack]\nfail_on = 'sometimes'\n", r"pack.fail_on: unknown severity"),
+    ],
+)
 def test_validation_errors_are_precise(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(PackError, match=message) as err:
@@ -109,6 +124,5 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_parse_pack_from_data() -> None:
-    pack = parse_pack({"pack": {"name": "inline"}, "classes": {"allow": ["identical"]}},
-                      "inline")
+    pack = parse_pack({"pack": {"name": "inline"}, "classes": {"allow": ["identical"]}}, "inline")
     assert pack.name == "inline" and pack.allow == ("identical",)

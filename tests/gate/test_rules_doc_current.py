@@ -11,4 +11,5 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
 
 def test_docs_rules_md_is_current() -> None:
     assert DOC.read_text(encoding="utf-8") == rules_markdown(), (
-        "docs/rules.md is stale: run `modelseal rules docs -o docs/rules.md`")
+        "docs/rules.md is stale: run `modelseal rules docs -o docs/rules.md`"
+    )

@@ -24,8 +24,9 @@ def test_violated_cast_claim_fails_every_pack_that_allows_casts(
     deployed = tmp_path / "deployed.safetensors"
     save_file(cast, str(deployed))
     for pack in ("default", "audit", "strict"):
-        result = run_cli("diff", trusted, deployed, "--claim", "cast:fp16", "--rules", pack,
-                         "--format", "json")
+        result = run_cli(
+            "diff", trusted, deployed, "--claim", "cast:fp16", "--rules", pack, "--format", "json"
+        )
         data = result.json()
         violated = [f for f in data["findings"] if f["evidence"].get("claimed_class") == "cast"]
         assert violated, pack

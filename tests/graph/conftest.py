@@ -117,55 +117,85 @@ class _Exporter:
         d = self.op(scope, "Sub", [x, mean])
         p = self.op(scope, "Pow", [d, self.const(scope, np.float32(2.0))])
         var = self.op(scope, "ReduceMean", [p], axes=[-1], keepdims=1)
-        s = self.op(scope, "Sqrt", [self.op(scope, "Add", [var, self.const(scope,
-                                                                    np.float32(eps))])])
+        s = self.op(
+            scope, "Sqrt", [self.op(scope, "Add", [var, self.const(scope, np.float32(eps))])]
+        )
         y = self.op(scope, "Div", [d, s])
         return self.op(scope, "Add", [self.op(scope, "Mul", [y, gamma]), beta])
 
     def gelu(self, scope: str, x: str) -> str:
         # torch.onnx's exact GELU, which ONNX Runtime fuses into com.microsoft::Gelu
-        e = self.op(scope, "Erf", [self.op(scope, "Div", [x, self.const(
-            scope, np.float32(math.sqrt(2.0)))])])
+        e = self.op(
+            scope,
+            "Erf",
+            [self.op(scope, "Div", [x, self.const(scope, np.float32(math.sqrt(2.0)))])],
+        )
         a = self.op(scope, "Add", [e, self.const(scope, np.float32(1.0))])
-        return self.op(scope, "Mul", [self.op(scope, "Mul", [x, a]),
-                                      self.const(scope, np.float32(0.5))])
+        return self.op(
+            scope, "Mul", [self.op(scope, "Mul", [x, a]), self.const(scope, np.float32(0.5))]
+        )
 
 
-def build_token_model(w: dict[str, np.ndarray], *, layers: int = 2, heads: int = 12,
-                      pad_mask: bool = False) -> tuple[onnx.ModelProto, str]:
+def build_token_model(
+    w: dict[str, np.ndarray], *, layers: int = 2, heads: int = 12, pad_mask: bool = False
+) -> tuple[onnx.ModelProto, str]:
     """A BERT encoder (MiniLM weights) with a token-classification head; returns the model
     and the name of the residual stream after layer 0."""
     ex = _Exporter()
     emb = w["embeddings.word_embeddings.weight"]
     hidden = emb.shape[1]
     ids = "input_ids"
-    word = ex.op("/embeddings/word_embeddings", "Gather",
-                 [ex.weight(emb, "embeddings.word_embeddings.weight"), ids])
+    word = ex.op(
+        "/embeddings/word_embeddings",
+        "Gather",
+        [ex.weight(emb, "embeddings.word_embeddings.weight"), ids],
+    )
     # position ids: position_ids[:, :seq_len], seq_len read from the input's shape
     shape = ex.op("/embeddings", "Shape", [ids])
     seq = ex.op("/embeddings", "Gather", [shape, ex.const("/embeddings", np.int64(1))], axis=0)
-    end = ex.op("/embeddings", "Unsqueeze", [seq, ex.const("/embeddings",
-                                                           np.array([0], np.int64))])
-    pos_ids = ex.op("/embeddings", "Slice", [
-        ex.weight(w["embeddings.position_ids"], "embeddings.position_ids"),
-        ex.const("/embeddings", np.array([0], np.int64)), end,
-        ex.const("/embeddings", np.array([1], np.int64)),
-        ex.const("/embeddings", np.array([1], np.int64))])
-    pos = ex.op("/embeddings/position_embeddings", "Gather", [
-        ex.weight(w["embeddings.position_embeddings.weight"],
-                  "embeddings.position_embeddings.weight"), pos_ids])
+    end = ex.op("/embeddings", "Unsqueeze", [seq, ex.const("/embeddings", np.array([0], np.int64))])
+    pos_ids = ex.op(
+        "/embeddings",
+        "Slice",
+        [
+            ex.weight(w["embeddings.position_ids"], "embeddings.position_ids"),
+            ex.const("/embeddings", np.array([0], np.int64)),
+            end,
+            ex.const("/embeddings", np.array([1], np.int64)),
+            ex.const("/embeddings", np.array([1], np.int64)),
+        ],
+    )
+    pos = ex.op(
+        "/embeddings/position_embeddings",
+        "Gather",
+        [
+            ex.weight(
+                w["embeddings.position_embeddings.weight"], "embeddings.position_embeddings.weight"
+            ),
+            pos_ids,
+        ],
+    )
     x = ex.op("/embeddings", "Add", [word, pos])
     # token_type_ids default to zeros: torch folds their embedding into one row
-    x = ex.op("/embeddings", "Add", [x, ex.weight(w["embeddings.token_type_embeddings.weight"][0],
-                                                  "onnx::Add_999")])
-    h = ex.layer_norm("/embeddings/LayerNorm", x,
-                      ex.weight(w["embeddings.LayerNorm.weight"], "embeddings.LayerNorm.weight"),
-                      ex.weight(w["embeddings.LayerNorm.bias"], "embeddings.LayerNorm.bias"))
+    x = ex.op(
+        "/embeddings",
+        "Add",
+        [x, ex.weight(w["embeddings.token_type_embeddings.weight"][0], "onnx::Add_999")],
+    )
+    h = ex.layer_norm(
+        "/embeddings/LayerNorm",
+        x,
+        ex.weight(w["embeddings.LayerNorm.weight"], "embeddings.LayerNorm.weight"),
+        ex.weight(w["embeddings.LayerNorm.bias"], "embeddings.LayerNorm.bias"),
+    )
     mask = ""
     if pad_mask:
         eq = ex.op("", "Equal", [ids, ex.const("", np.int64(PAD_ID))])
-        neg = ex.op("", "Where", [eq, ex.const("", np.float32(np.finfo(np.float32).min)),
-                                  ex.const("", np.float32(0.0))])
+        neg = ex.op(
+            "",
+            "Where",
+            [eq, ex.const("", np.float32(np.finfo(np.float32).min)), ex.const("", np.float32(0.0))],
+        )
         mask = ex.op("", "Unsqueeze", [neg, ex.const("", np.array([1, 2], np.int64))])
     dh = hidden // heads
     residual = ""
@@ -174,20 +204,21 @@ def build_token_model(w: dict[str, np.ndarray], *, layers: int = 2, heads: int =
         s = f"/encoder/layer.{li}"
 
         def lin(scope: str, x: str, key: str, p: str = p) -> str:
-            return ex.linear(scope, x, w[p + key + ".weight"], w[p + key + ".bias"],
-                             p + key + ".bias")
+            return ex.linear(
+                scope, x, w[p + key + ".weight"], w[p + key + ".bias"], p + key + ".bias"
+            )
 
         def heads_of(t: str, scope: str, perm: list[int]) -> str:
-            r = ex.op(scope, "Reshape", [t, ex.const(scope, np.array([0, 0, heads, dh],
-                                                                     np.int64))])
+            r = ex.op(scope, "Reshape", [t, ex.const(scope, np.array([0, 0, heads, dh], np.int64))])
             return ex.op(scope, "Transpose", [r], perm=perm)
 
         a = f"{s}/attention/self"
         q = heads_of(lin(f"{a}/query", h, "attention.self.query"), a, [0, 2, 1, 3])
         k = heads_of(lin(f"{a}/key", h, "attention.self.key"), a, [0, 2, 3, 1])
         v = heads_of(lin(f"{a}/value", h, "attention.self.value"), a, [0, 2, 1, 3])
-        scores = ex.op(a, "Div", [ex.op(a, "MatMul", [q, k]),
-                                  ex.const(a, np.float32(math.sqrt(dh)))])
+        scores = ex.op(
+            a, "Div", [ex.op(a, "MatMul", [q, k]), ex.const(a, np.float32(math.sqrt(dh)))]
+        )
         if mask:
             scores = ex.op(a, "Add", [scores, mask])
         probs = ex.op(a, "Softmax", [scores], axis=-1)
@@ -195,15 +226,23 @@ def build_token_model(w: dict[str, np.ndarray], *, layers: int = 2, heads: int =
         ctx = ex.op(a, "Reshape", [ctx, ex.const(a, np.array([0, 0, hidden], np.int64))])
         o = f"{s}/attention/output"
         att = ex.op(o, "Add", [lin(f"{o}/dense", ctx, "attention.output.dense"), h])
-        h = ex.layer_norm(f"{o}/LayerNorm", att,
-                          ex.param(w, p + "attention.output.LayerNorm.weight"),
-                          ex.param(w, p + "attention.output.LayerNorm.bias"))
-        inter = ex.gelu(f"{s}/intermediate/intermediate_act_fn",
-                        lin(f"{s}/intermediate/dense", h, "intermediate.dense"))
+        h = ex.layer_norm(
+            f"{o}/LayerNorm",
+            att,
+            ex.param(w, p + "attention.output.LayerNorm.weight"),
+            ex.param(w, p + "attention.output.LayerNorm.bias"),
+        )
+        inter = ex.gelu(
+            f"{s}/intermediate/intermediate_act_fn",
+            lin(f"{s}/intermediate/dense", h, "intermediate.dense"),
+        )
         out = ex.op(f"{s}/output", "Add", [lin(f"{s}/output/dense", inter, "output.dense"), h])
-        h = ex.layer_norm(f"{s}/output/LayerNorm", out,
-                          ex.param(w, p + "output.LayerNorm.weight"),
-                          ex.param(w, p + "output.LayerNorm.bias"))
+        h = ex.layer_norm(
+            f"{s}/output/LayerNorm",
+            out,
+            ex.param(w, p + "output.LayerNorm.weight"),
+            ex.param(w, p + "output.LayerNorm.bias"),
+        )
         if li == 0:
             residual = h
     # token-classification head: label words' embeddings as the classifier (tied weights)
@@ -211,14 +250,22 @@ def build_token_model(w: dict[str, np.ndarray], *, layers: int = 2, heads: int =
     logits = ex.op("/classifier", "MatMul", [h, ex.weight(labels.T.copy(), "classifier.weight")])
     ex.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/Identity"))
     graph = helper.make_graph(
-        ex.nodes, "main_graph",
+        ex.nodes,
+        "main_graph",
         [helper.make_tensor_value_info(ids, onnx.TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
-                                       ["batch", "sequence", N_LABELS])],
+        [
+            helper.make_tensor_value_info(
+                "logits", onnx.TensorProto.FLOAT, ["batch", "sequence", N_LABELS]
+            )
+        ],
         ex.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)],
-                              producer_name="pytorch", producer_version="2.13.0")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 14)],
+        producer_name="pytorch",
+        producer_version="2.13.0",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model, residual
@@ -232,8 +279,12 @@ def token_models(graph_dir: Path) -> TokenModels:
     clean, residual = build_token_model(w)
     padded, residual_p = build_token_model(w, pad_mask=True)
     assert residual == residual_p
-    twins = {"clean": clean, "padded": padded, "basic": rg.ort_optimize(clean, "basic"),
-             "extended": rg.ort_optimize(clean, "extended")}
+    twins = {
+        "clean": clean,
+        "padded": padded,
+        "basic": rg.ort_optimize(clean, "basic"),
+        "extended": rg.ort_optimize(clean, "extended"),
+    }
     paths = {k: graph_dir / f"token-{k}.onnx" for k in twins}
     for k, m in twins.items():
         onnx.save(m, paths[k])
@@ -257,9 +308,15 @@ def torch_cnn(graph_dir: Path) -> dict[str, Path]:
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1))
+                nn.Conv2d(3, 16, 3, padding=1),
+                nn.BatchNorm2d(16),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.BatchNorm2d(32),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+            )
             self.classifier = nn.Linear(32, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,9 +334,15 @@ def torch_cnn(graph_dir: Path) -> dict[str, Path]:
     with warnings.catch_warnings():
         # the TorchScript exporter: the dynamo one needs onnxscript, which is not a dependency
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 48, 192),), str(path), input_names=["x"],
-                          output_names=["prob"], dynamic_axes={"x": {0: "N"}, "prob": {0: "N"}},
-                          dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 48, 192),),
+            str(path),
+            input_names=["x"],
+            output_names=["prob"],
+            dynamic_axes={"x": {0: "N"}, "prob": {0: "N"}},
+            dynamo=False,
+        )
     opt = graph_dir / "torch-cnn-extended.onnx"
     onnx.save(rg.ort_optimize(onnx.load(str(path)), "extended"), opt)
     return {"model": path, "extended": opt}

@@ -56,8 +56,9 @@ def test_clean_real_models_have_no_footprints() -> None:
 
 
 @pytest.mark.parametrize("twin", ["basic", "extended", "renamed", "reordered"])
-def test_equivalent_twins(twin: str, cls_model: onnx.ModelProto,
-                          cls_twins: dict[str, Path]) -> None:
+def test_equivalent_twins(
+    twin: str, cls_model: onnx.ModelProto, cls_twins: dict[str, Path]
+) -> None:
     gd = diff_graphs(canonicalize(cls_model), canonicalize(onnx.load(str(cls_twins[twin]))))
     assert not [r for r in gd.regions if r.kind in ("injected", "unexplained")]
     assert not gd.changed
@@ -68,12 +69,14 @@ def test_equivalent_twins(twin: str, cls_model: onnx.ModelProto,
 
 def test_wrapper_is_benign(cls_model: onnx.ModelProto, cls_twins: dict[str, Path]) -> None:
     gd = diff_graphs(canonicalize(cls_model), canonicalize(onnx.load(str(cls_twins["wrapped"]))))
-    assert sorted(r.kind for r in gd.regions) == ["post-processing", "post-processing",
-                                                   "pre-processing"]
+    assert sorted(r.kind for r in gd.regions) == [
+        "post-processing",
+        "post-processing",
+        "pre-processing",
+    ]
 
 
-def test_tampered_fusion_is_caught(cls_model: onnx.ModelProto,
-                                   cls_twins: dict[str, Path]) -> None:
+def test_tampered_fusion_is_caught(cls_model: onnx.ModelProto, cls_twins: dict[str, Path]) -> None:
     m = onnx.load(str(cls_twins["basic"]))
     w = next(i for i in m.graph.initializer if len(i.dims) == 4 and i.dims[0] >= 8)
     arr = onnx.numpy_helper.to_array(w).copy()
@@ -83,8 +86,9 @@ def test_tampered_fusion_is_caught(cls_model: onnx.ModelProto,
     assert any(not c.ok for c in gd.weight_checks)
 
 
-def test_cli_diff_and_scan(cls_model: onnx.ModelProto, cls_twins: dict[str, Path],
-                           tmp_path: Path) -> None:
+def test_cli_diff_and_scan(
+    cls_model: onnx.ModelProto, cls_twins: dict[str, Path], tmp_path: Path
+) -> None:
     trusted = str(real_model(RAPIDOCR_CLS))
     bad, truth = rg.inject_shadowlogic(cls_model)
     bad_path = tmp_path / "bad.onnx"
@@ -95,8 +99,9 @@ def test_cli_diff_and_scan(cls_model: onnx.ModelProto, cls_twins: dict[str, Path
     ms501 = [f for f in report["findings"] if f["rule_id"] == "MS501"]
     assert ms501 and {loc["node"] for loc in ms501[0]["locations"]} == set(truth.added_nodes)
     for twin in ("basic", "extended", "renamed"):
-        code = main(["diff", trusted, str(cls_twins[twin]), "--format", "json", "-o", str(out),
-                     "-q"])
+        code = main(
+            ["diff", trusted, str(cls_twins[twin]), "--format", "json", "-o", str(out), "-q"]
+        )
         assert code == 0, (twin, json.loads(out.read_text())["findings"])
         rules = {f["rule_id"] for f in json.loads(out.read_text())["findings"]}
         assert not rules & {"MS501", "MS209", "MS503"}
@@ -104,8 +109,9 @@ def test_cli_diff_and_scan(cls_model: onnx.ModelProto, cls_twins: dict[str, Path
     assert main(["scan", trusted, "--format", "json", "-o", str(out), "-q"]) == 0
 
 
-def test_probe_trigger_vs_equivalent(cls_model: onnx.ModelProto,
-                                     cls_twins: dict[str, Path], tmp_path: Path) -> None:
+def test_probe_trigger_vs_equivalent(
+    cls_model: onnx.ModelProto, cls_twins: dict[str, Path], tmp_path: Path
+) -> None:
     from scanner.graph.probe import probe_models
 
     trusted = real_model(RAPIDOCR_CLS)

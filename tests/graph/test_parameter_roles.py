@@ -17,8 +17,9 @@ from scanner.graph.diff import diff_graphs
 C = 8
 
 
-def _conv_bn_clip(w: np.ndarray, var: np.ndarray, hi: float = 6.0,
-                  gamma: np.ndarray | None = None) -> onnx.ModelProto:
+def _conv_bn_clip(
+    w: np.ndarray, var: np.ndarray, hi: float = 6.0, gamma: np.ndarray | None = None
+) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(w, "W"),
@@ -32,13 +33,16 @@ def _conv_bn_clip(w: np.ndarray, var: np.ndarray, hi: float = 6.0,
     ]
     nodes = [
         helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv"),
-        helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["b"],
-                         name="bn"),
+        helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["b"], name="bn"),
         helper.make_node("Clip", ["b", "lo", "hi"], ["y"], name="clip"),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                    [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -54,8 +58,9 @@ def test_changed_parameters_with_same_structure_are_no_graph_change() -> None:
     var = np.ones(C, np.float32)
     w = _w()
     tuned = w + 0.01 * _w(1)
-    gd = _diff(_conv_bn_clip(w, var), _conv_bn_clip(tuned, var * 1.1, gamma=np.full(C, 1.2,
-                                                                                  np.float32)))
+    gd = _diff(
+        _conv_bn_clip(w, var), _conv_bn_clip(tuned, var * 1.1, gamma=np.full(C, 1.2, np.float32))
+    )
     assert not gd.changed and not gd.regions
     assert not [c for c in gd.weight_checks if not c.ok]  # no fold to verify: same structure
 
@@ -82,20 +87,30 @@ def _relu_model(quantized: bool, zero_point: int = 0, lo: float | None = None) -
     inits = [w]
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv")]
     if quantized:
-        inits += [numpy_helper.from_array(np.float32(6.0 / 255), "s"),
-                  numpy_helper.from_array(np.uint8(zero_point), "zp")]
-        nodes += [helper.make_node("QuantizeLinear", ["c", "s", "zp"], ["q"], name="ql"),
-                  helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["r"], name="dq")]
+        inits += [
+            numpy_helper.from_array(np.float32(6.0 / 255), "s"),
+            numpy_helper.from_array(np.uint8(zero_point), "zp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["c", "s", "zp"], ["q"], name="ql"),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["r"], name="dq"),
+        ]
     elif lo is None:
         nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
     else:
-        inits += [numpy_helper.from_array(np.float32(lo), "lo"),
-                  numpy_helper.from_array(np.float32(6.0), "hi")]
+        inits += [
+            numpy_helper.from_array(np.float32(lo), "lo"),
+            numpy_helper.from_array(np.float32(6.0), "hi"),
+        ]
         nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"))
     nodes.append(helper.make_node("Sigmoid", ["r"], ["y"], name="out"))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                    [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 

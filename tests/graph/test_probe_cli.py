@@ -16,16 +16,29 @@ from scanner.redteam import graph as rg
 BUDGET = 10
 
 
-def _probe_diff(trusted: Path | str, deployed: Path | str, out: Path,
-                budget: int = BUDGET) -> tuple[int, dict]:
-    code = main(["diff", str(trusted), str(deployed), "--probe", "--probe-budget", str(budget),
-                 "--format", "json", "-o", str(out)])
+def _probe_diff(
+    trusted: Path | str, deployed: Path | str, out: Path, budget: int = BUDGET
+) -> tuple[int, dict]:
+    code = main(
+        [
+            "diff",
+            str(trusted),
+            str(deployed),
+            "--probe",
+            "--probe-budget",
+            str(budget),
+            "--format",
+            "json",
+            "-o",
+            str(out),
+        ]
+    )
     return code, json.loads(out.read_text())
 
 
-def test_probe_cli_trojannet_vs_optimized_twin(cls_model: onnx.ModelProto,
-                                               cls_twins: dict[str, Path],
-                                               tmp_path: Path) -> None:
+def test_probe_cli_trojannet_vs_optimized_twin(
+    cls_model: onnx.ModelProto, cls_twins: dict[str, Path], tmp_path: Path
+) -> None:
     trusted = real_model(RAPIDOCR_CLS)
     bad, _ = rg.inject_trojannet(cls_model)
     bad_path = tmp_path / "trojannet.onnx"
@@ -57,15 +70,23 @@ def test_probe_cli_finds_the_trigger_token(token_models: object, tmp_path: Path)
     token among 30,522 is found within the budget, not by luck of the sweep."""
     tm = token_models
     direction = np.random.default_rng(5).standard_normal(tm.hidden)  # type: ignore[attr-defined]
-    bad, _ = rg.inject_token_trigger(tm.clean, input_name="input_ids",  # type: ignore[attr-defined]
-                                     residual=tm.residual,  # type: ignore[attr-defined]
-                                     token=7592, direction=direction / np.linalg.norm(direction),
-                                     spread=False)
+    bad, _ = rg.inject_token_trigger(
+        tm.clean,
+        input_name="input_ids",  # type: ignore[attr-defined]
+        residual=tm.residual,  # type: ignore[attr-defined]
+        token=7592,
+        direction=direction / np.linalg.norm(direction),
+        spread=False,
+    )
     bad_path = tmp_path / "token-bad.onnx"
     onnx.save(bad, bad_path)
     # a short budget: the token sweep would otherwise use all of it
-    code, report = _probe_diff(tm.paths["clean"], bad_path, tmp_path / "t.json",  # type: ignore[attr-defined]
-                               budget=3)
+    code, report = _probe_diff(
+        tm.paths["clean"],
+        bad_path,
+        tmp_path / "t.json",  # type: ignore[attr-defined]
+        budget=3,
+    )
     assert code == 1
     probe = report["evidence"]["graph"]["probe"]
     assert probe["verdict"] == "trigger" and probe["budget_s"] == 3

@@ -51,8 +51,9 @@ def test_dynamic_quantization_is_an_equivalent_structure(
     assert not any(k.endswith("_quantized") for k in gd.explained)
 
 
-def test_edited_quantized_code_is_caught(cls_model: onnx.ModelProto,
-                                         cls_twins: dict[str, Path], tmp_path: Path) -> None:
+def test_edited_quantized_code_is_caught(
+    cls_model: onnx.ModelProto, cls_twins: dict[str, Path], tmp_path: Path
+) -> None:
     bad = tmp_path / "q-edit.onnx"
     _tamper_code(cls_twins["quantized"], bad, "conv3_expand_weights_quantized")
     gd = diff_graphs(canonicalize(cls_model), canonicalize(onnx.load(str(bad))))
@@ -62,22 +63,45 @@ def test_edited_quantized_code_is_caught(cls_model: onnx.ModelProto,
 
 def test_quantized_diff_with_claim(cls_twins: dict[str, Path], tmp_path: Path) -> None:
     trusted = real_model(RAPIDOCR_CLS)
-    res = diff_artifacts(trusted, cls_twins["quantized"],
-                         options={"claims": [ORT_DYNAMIC_CLAIM]})
+    res = diff_artifacts(trusted, cls_twins["quantized"], options={"claims": [ORT_DYNAMIC_CLAIM]})
     rules = {f.rule_id for f in res.findings}
     assert not rules & {"MS209", "MS501", "MS503"}, [f.message for f in res.findings]
     assert "MS401" in rules  # the claim was re-derived on the weights
     out = tmp_path / "q.json"
-    code = main(["diff", str(trusted), str(cls_twins["quantized"]), "--claim",
-                 ORT_DYNAMIC_CLAIM, "--format", "json", "-o", str(out), "-q"])
+    code = main(
+        [
+            "diff",
+            str(trusted),
+            str(cls_twins["quantized"]),
+            "--claim",
+            ORT_DYNAMIC_CLAIM,
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     report = json.loads(out.read_text())
     assert code == 0, [(f["rule_id"], f["message"]) for f in report["findings"]]
     ms502 = [f for f in report["findings"] if f["rule_id"] == "MS502"]
     assert ms502 and "half a quantization step" in ms502[0]["message"]
     bad = tmp_path / "q-edit.onnx"
     _tamper_code(cls_twins["quantized"], bad, "conv3_expand_weights_quantized")
-    code = main(["diff", str(trusted), str(bad), "--claim", ORT_DYNAMIC_CLAIM,
-                 "--format", "json", "-o", str(out), "-q"])
+    code = main(
+        [
+            "diff",
+            str(trusted),
+            str(bad),
+            "--claim",
+            ORT_DYNAMIC_CLAIM,
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert code == 1
     rules = {f["rule_id"] for f in json.loads(out.read_text())["findings"]}
     assert "MS503" in rules

@@ -24,10 +24,15 @@ BIG = np.iinfo(np.int64).max
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray]) -> onnx.ModelProto:
     g = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 9, 12])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 9, 12])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, None, None])],
-        [numpy_helper.from_array(np.asarray(v, dtype=np.int64 if k[0] != "v" else np.float32),
-                                 k) for k, v in inits.items()])
+        [
+            numpy_helper.from_array(np.asarray(v, dtype=np.int64 if k[0] != "v" else np.float32), k)
+            for k, v in inits.items()
+        ],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(m)
     return m
@@ -61,8 +66,12 @@ def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
 
 def _same_values(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     x = np.random.default_rng(0).standard_normal((2, 9, 12)).astype(np.float32)
-    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-           .run(None, {"x": x})[0] for m in (a, b)]
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        for m in (a, b)
+    ]
     return run[0].shape == run[1].shape and np.array_equal(run[0], run[1])
 
 
@@ -100,14 +109,21 @@ def test_pad_chains() -> None:
         a, b = _pads([(p1, mode, v), (p2, mode, v)]), _pads([(total, mode, v)])
         assert _same_values(a, b) and _same_structure(a, b), mode
     # reflection of a reflection is not one reflection; fills of two values are not one
-    for chain in ([(p1, "reflect", 0.0), (p2, "reflect", 0.0)],
-                  [(p1, "constant", 0.0), (p2, "constant", 1.0)]):
+    for chain in (
+        [(p1, "reflect", 0.0), (p2, "reflect", 0.0)],
+        [(p1, "constant", 0.0), (p2, "constant", 1.0)],
+    ):
         a, b = _pads(chain), _pads([(total, chain[1][1], chain[1][2])])
         assert not _same_values(a, b) and not _same_structure(a, b)
     # a Pad of zeros is the identity
     relu = _model([helper.make_node("Relu", ["x"], ["y"])], {})
-    padded = _model([helper.make_node("Pad", ["x", "p", "v"], ["h"], mode="reflect"),
-                     helper.make_node("Relu", ["h"], ["y"])], {"p": [0] * 6, "v": 0.0})
+    padded = _model(
+        [
+            helper.make_node("Pad", ["x", "p", "v"], ["h"], mode="reflect"),
+            helper.make_node("Relu", ["h"], ["y"]),
+        ],
+        {"p": [0] * 6, "v": 0.0},
+    )
     assert _same_values(padded, relu) and _same_structure(padded, relu)
 
 

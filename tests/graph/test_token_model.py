@@ -24,16 +24,20 @@ PAD_ID = 0
 def _plant(tm: object, spread: bool) -> tuple[onnx.ModelProto, rg.GroundTruth]:
     direction = np.random.default_rng(3).standard_normal(tm.hidden)  # type: ignore[attr-defined]
     direction /= np.linalg.norm(direction)
-    return rg.inject_token_trigger(tm.clean, input_name="input_ids",  # type: ignore[attr-defined]
-                                   residual=tm.residual,  # type: ignore[attr-defined]
-                                   token=TRIGGER_ID, direction=direction, spread=spread)
+    return rg.inject_token_trigger(
+        tm.clean,
+        input_name="input_ids",  # type: ignore[attr-defined]
+        residual=tm.residual,  # type: ignore[attr-defined]
+        token=TRIGGER_ID,
+        direction=direction,
+        spread=spread,
+    )
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def _sequences(vocab: int, n: int = 6, length: int = 24) -> np.ndarray:
@@ -71,8 +75,9 @@ def test_token_trigger_fires_only_on_the_token(token_models: object, spread: boo
 
 
 @pytest.mark.parametrize("spread", [False, True], ids=["per-position", "whole-sequence"])
-def test_diff_and_scan_flag_the_token_trigger(token_models: object, spread: bool,
-                                              tmp_path: Path) -> None:
+def test_diff_and_scan_flag_the_token_trigger(
+    token_models: object, spread: bool, tmp_path: Path
+) -> None:
     tm = token_models
     bad, truth = _plant(tm, spread)
     bad_path = tmp_path / "bad.onnx"
@@ -102,8 +107,9 @@ def test_diff_and_scan_flag_the_token_trigger(token_models: object, spread: bool
     assert not [f for f in findings if f["rule_id"] in ("MS209", "MS503")]
 
 
-def test_pad_mask_is_benign_in_scan_and_a_change_in_diff(token_models: object,
-                                                         tmp_path: Path) -> None:
+def test_pad_mask_is_benign_in_scan_and_a_change_in_diff(
+    token_models: object, tmp_path: Path
+) -> None:
     tm = token_models
     paths = tm.paths  # type: ignore[attr-defined]
     out = tmp_path / "r.json"
@@ -115,30 +121,55 @@ def test_pad_mask_is_benign_in_scan_and_a_change_in_diff(token_models: object,
     # the mask does what a pad mask does: only sequences holding PAD change
     ids = _sequences(tm.vocab)  # type: ignore[attr-defined]
     clean_s, pad_s = _session(tm.clean), _session(tm.padded)  # type: ignore[attr-defined]
-    assert np.array_equal(clean_s.run(None, {"input_ids": ids})[0],
-                          pad_s.run(None, {"input_ids": ids})[0])
+    assert np.array_equal(
+        clean_s.run(None, {"input_ids": ids})[0], pad_s.run(None, {"input_ids": ids})[0]
+    )
     padded_ids = ids.copy()
     padded_ids[:, 18:] = PAD_ID
-    assert not np.allclose(clean_s.run(None, {"input_ids": padded_ids})[0][:, :18],
-                           pad_s.run(None, {"input_ids": padded_ids})[0][:, :18], atol=1e-3)
+    assert not np.allclose(
+        clean_s.run(None, {"input_ids": padded_ids})[0][:, :18],
+        pad_s.run(None, {"input_ids": padded_ids})[0][:, :18],
+        atol=1e-3,
+    )
     # Added between trusted and deployed, a mask is a real change of behaviour (any token
     # id can be "masked": that is also how a token-suppression backdoor looks), so the
     # diff reports the branch; the comparison constant is named in the evidence.
-    code = main(["diff", str(paths["clean"]), str(paths["padded"]), "--format", "json",
-                 "-o", str(out), "-q"])
+    code = main(
+        [
+            "diff",
+            str(paths["clean"]),
+            str(paths["padded"]),
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert code == 1
     ms501 = [f for f in _report(out)["findings"] if f["rule_id"] == "MS501"]
     assert len(ms501) == 1 and ms501[0]["evidence"]["reads_inputs"] == ["input_ids"]
     assert set(ms501[0]["evidence"]["ops"]) == {"Add", "Equal", "Unsqueeze", "Where"}
     # the same mask on both sides is no difference at all
-    code = main(["diff", str(paths["padded"]), str(paths["padded"]), "--format", "json",
-                 "-o", str(out), "-q"])
+    code = main(
+        [
+            "diff",
+            str(paths["padded"]),
+            str(paths["padded"]),
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert code == 0
 
 
 @pytest.mark.parametrize("level", ["basic", "extended"])
-def test_ort_optimized_token_model_is_equivalent(token_models: object, level: str,
-                                                 tmp_path: Path) -> None:
+def test_ort_optimized_token_model_is_equivalent(
+    token_models: object, level: str, tmp_path: Path
+) -> None:
     tm = token_models
     paths = tm.paths  # type: ignore[attr-defined]
     opt = onnx.load(str(paths[level]))
@@ -146,8 +177,9 @@ def test_ort_optimized_token_model_is_equivalent(token_models: object, level: st
     if level == "extended":  # the fusions really happened
         assert {"LayerNormalization", "BiasGelu", "FusedMatMul"} <= ops
     out = tmp_path / "r.json"
-    code = main(["diff", str(paths["clean"]), str(paths[level]), "--format", "json", "-o",
-                 str(out), "-q"])
+    code = main(
+        ["diff", str(paths["clean"]), str(paths[level]), "--format", "json", "-o", str(out), "-q"]
+    )
     findings = _report(out)["findings"]
     assert code == 0, [(f["rule_id"], f["message"]) for f in findings]
     rules = {f["rule_id"] for f in findings}

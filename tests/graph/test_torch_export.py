@@ -49,13 +49,24 @@ def test_shadowlogic_on_a_torch_export(torch_cnn: dict[str, Path], tmp_path: Pat
     assert {n.name for n in injected.nodes} == set(opt_truth.added_nodes)
 
 
-def test_ort_optimized_torch_export_is_equivalent(torch_cnn: dict[str, Path],
-                                                  tmp_path: Path) -> None:
+def test_ort_optimized_torch_export_is_equivalent(
+    torch_cnn: dict[str, Path], tmp_path: Path
+) -> None:
     opt = onnx.load(str(torch_cnn["extended"]))
     assert any(n.domain == "com.microsoft" for n in opt.graph.node)  # fusions happened
     out = tmp_path / "r.json"
-    code = main(["diff", str(torch_cnn["model"]), str(torch_cnn["extended"]), "--format",
-                 "json", "-o", str(out), "-q"])
+    code = main(
+        [
+            "diff",
+            str(torch_cnn["model"]),
+            str(torch_cnn["extended"]),
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     findings = json.loads(out.read_text())["findings"]
     assert code == 0, [(f["rule_id"], f["message"]) for f in findings]
     assert not {f["rule_id"] for f in findings} & {"MS501", "MS209", "MS503"}

@@ -17,6 +17,7 @@ from tests.hostile import make_corpus
 CORPUS = make_corpus.CORPUS
 EXPECTED: dict[str, dict] = json.loads((CORPUS / "expected.json").read_text())
 
+
 @pytest.fixture(autouse=True)
 def _no_marker():
     marker = Path(make_corpus.MARKER)

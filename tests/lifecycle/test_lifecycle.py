@@ -23,8 +23,9 @@ T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 def _manifest(name: str) -> Manifest:
     data = name.encode()
-    return Manifest(name, files=(FileDigest("model.bin", len(data),
-                                            hashlib.sha256(data).hexdigest()),))
+    return Manifest(
+        name, files=(FileDigest("model.bin", len(data), hashlib.sha256(data).hexdigest()),)
+    )
 
 
 def _passing(_st, _i, _o) -> CheckResult:
@@ -47,10 +48,17 @@ def _attest_all(lifecycle_path: Path, folder: Path, signer: KeySigner) -> list[s
             continue
         kind = "convert" if step.kind == "export" else step.kind
         att = attest_step(
-            kind, [(_manifest(x), x) for x in step.inputs],
-            (_manifest(step.outputs[0]), step.outputs[0]), signer, checker=_passing,
-            parents=[parent] if parent else [], chain_id=None if parent else "urn:chain:t",
-            started_at=T0, clock=lambda: T0, tool_version="0.1.0")
+            kind,
+            [(_manifest(x), x) for x in step.inputs],
+            (_manifest(step.outputs[0]), step.outputs[0]),
+            signer,
+            checker=_passing,
+            parents=[parent] if parent else [],
+            chain_id=None if parent else "urn:chain:t",
+            started_at=T0,
+            clock=lambda: T0,
+            tool_version="0.1.0",
+        )
         parent = att
         path = folder / f"{i}-{step.name}.json"
         path.write_text(att.bundle, encoding="utf-8")
@@ -59,8 +67,7 @@ def _attest_all(lifecycle_path: Path, folder: Path, signer: KeySigner) -> list[s
 
 
 @pytest.mark.parametrize("example", ["llm.toml", "vision.toml"])
-def test_examples_without_and_with_attestations(example: str, tmp_path: Path,
-                                                capsys) -> None:
+def test_examples_without_and_with_attestations(example: str, tmp_path: Path, capsys) -> None:
     path = EXAMPLES / example
     lifecycle = load_lifecycle(path)
     bare = check_lifecycle(lifecycle)
@@ -69,8 +76,24 @@ def test_examples_without_and_with_attestations(example: str, tmp_path: Path,
     written = _attest_all(path, tmp_path / "att", signer)
     assert written
     json_out = tmp_path / "cov.json"
-    assert main(["lifecycle", "check", str(path), "--attestations", str(tmp_path / "att"),
-                 "--public-key", str(pub), "--format", "json", "-o", str(json_out)]) == 0
+    assert (
+        main(
+            [
+                "lifecycle",
+                "check",
+                str(path),
+                "--attestations",
+                str(tmp_path / "att"),
+                "--public-key",
+                str(pub),
+                "--format",
+                "json",
+                "-o",
+                str(json_out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(json_out.read_text())
     assert data["coverage"] > bare.coverage
     assert data["counts"]["open"] < bare.counts()["open"]
@@ -109,8 +132,22 @@ def test_wrong_key_is_rejected_not_counted(tmp_path: Path, capsys) -> None:
     other = tmp_path / "other"
     other.mkdir()
     _s, other_pub = _keys(other)
-    assert main(["lifecycle", "check", str(path), "--attestations", str(tmp_path / "att"),
-                 "--public-key", str(other_pub), "--fail-under", "99"]) == 1
+    assert (
+        main(
+            [
+                "lifecycle",
+                "check",
+                str(path),
+                "--attestations",
+                str(tmp_path / "att"),
+                "--public-key",
+                str(other_pub),
+                "--fail-under",
+                "99",
+            ]
+        )
+        == 1
+    )
     text = capsys.readouterr().out
     assert "rejected" in text
     assert "attestation required, none verified" in text
@@ -129,6 +166,5 @@ def test_invalid_lifecycles(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[step]\n")
     assert main(["lifecycle", "check", str(bad)]) == 2
-    note = check_lifecycle(parse_lifecycle({"step": [{"kind": "fine-tune",
-                                                      "checks": ["claim"]}]}))
+    note = check_lifecycle(parse_lifecycle({"step": [{"kind": "fine-tune", "checks": ["claim"]}]}))
     assert note.steps[0].notes and "claim" not in note.steps[0].evidence

@@ -40,8 +40,11 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_finetune_leaves_structural_constants_alone(finetuned: tuple[Path, Path]) -> None:
     src, out = finetuned
     before, after = _constants(src), _constants(out)
-    changed = [k for k in before if k in after and before[k].dtype.kind == "f"
-               and not np.array_equal(before[k], after[k])]
+    changed = [
+        k
+        for k in before
+        if k in after and before[k].dtype.kind == "f" and not np.array_equal(before[k], after[k])
+    ]
     assert changed, "the fine-tune twin changed nothing"
     for k in changed:
         assert before[k].ndim >= 2 or before[k].size >= PARAMETER_MIN_ELEMENTS, k
@@ -60,11 +63,25 @@ def test_weight_only_twin_is_no_graph_change(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.onnx"
     registry.plant(src, name, out, seed=1)
     report = tmp_path / "r.json"
-    code = main(["diff", str(src), str(out), "--allow", "finetune", "--allow", "lora",
-                 "--format", "json", "-o", str(report)])
+    code = main(
+        [
+            "diff",
+            str(src),
+            str(out),
+            "--allow",
+            "finetune",
+            "--allow",
+            "lora",
+            "--format",
+            "json",
+            "-o",
+            str(report),
+        ]
+    )
     import json
 
     findings = json.loads(report.read_text())["findings"]
-    assert not [f for f in findings if f["rule_id"] in ("MS209", "MS503")], \
-        [f["message"] for f in findings if f["rule_id"] in ("MS209", "MS503")][:5]
+    assert not [f for f in findings if f["rule_id"] in ("MS209", "MS503")], [
+        f["message"] for f in findings if f["rule_id"] in ("MS209", "MS503")
+    ][:5]
     assert code == 0

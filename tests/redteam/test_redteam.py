@@ -29,8 +29,16 @@ MODEL_FOR = {
     "token-trigger": TASHKEEL_INT8,
     "ort-optimize": RAPIDOCR_CLS,
 }
-ONNX_TOO = ("sra", "sra-last", "rank1", "int8", "unfaithful-quant", "rename",
-            "prune-magnitude", "lowbyte-payload")
+ONNX_TOO = (
+    "sra",
+    "sra-last",
+    "rank1",
+    "int8",
+    "unfaithful-quant",
+    "rename",
+    "prune-magnitude",
+    "lowbyte-payload",
+)
 
 
 def _plant(name: str, key: str, tmp_path: Path, seed: int = 3) -> tuple[Path, GroundTruth]:
@@ -85,8 +93,9 @@ def test_sra_chain_is_isolated(tmp_path: Path) -> None:
             rows, cols = np.nonzero(diff)
             allowed_rows = set(step.get("out") or [])
             allowed_cols = set(step.get("in") or [])
-            assert all(r in allowed_rows or c in allowed_cols for r, c in zip(rows, cols,
-                                                                                strict=True))
+            assert all(
+                r in allowed_rows or c in allowed_cols for r, c in zip(rows, cols, strict=True)
+            )
         layer_names = {s["tensor"] for s in chain}
         for name in truth.tensors:  # besides the chain layers, only per-channel vectors
             assert name in layer_names or len(a.tensors[name].shape) == 1, name
@@ -110,10 +119,10 @@ def test_quantization_gap_codes_equal_the_malicious_quantization(tmp_path: Path)
             assert np.mean(np.abs(r) > 0.5 - truth.strength - 1e-4) > 0.95
 
 
-@pytest.mark.parametrize("name", ["shadowlogic", "trojannet", "deeppayload",
-                                  "parameter-free", "token-trigger"])
-def test_graph_backdoor_fires_on_trigger_and_is_silent_on_clean(name: str,
-                                                                tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name", ["shadowlogic", "trojannet", "deeppayload", "parameter-free", "token-trigger"]
+)
+def test_graph_backdoor_fires_on_trigger_and_is_silent_on_clean(name: str, tmp_path: Path) -> None:
     _src, truth = _plant(name, MODEL_FOR[name], tmp_path)
     v = truth.verification
     assert v["runtime"] == "onnxruntime"
@@ -129,18 +138,28 @@ def test_unfaithful_quantization_fails_its_claim_and_int8_twin_holds(tmp_path: P
 
     src = real_model(SILERO_ST)
     honest = registry.plant(src, "int8", tmp_path / "honest.safetensors", seed=2)
-    bad = registry.plant(src, "unfaithful-quant", tmp_path / "bad.safetensors", seed=2,
-                         strength=0.003)
+    bad = registry.plant(
+        src, "unfaithful-quant", tmp_path / "bad.safetensors", seed=2, strength=0.003
+    )
     assert honest.claim == bad.claim
-    assert check_claim("quantize", honest.claim.split(":", 1)[1], src,
-                       Path(honest.output)).holds
+    assert check_claim("quantize", honest.claim.split(":", 1)[1], src, Path(honest.output)).holds
     result = check_claim("quantize", bad.claim.split(":", 1)[1], src, Path(bad.output))
     assert not result.holds
     assert [v.tensor for v in result.tensors if not v.ok] == [bad.details["tensor"]]
 
 
-@pytest.mark.parametrize("name", ["cast-fp16", "cast-bf16", "prune-magnitude", "prune-2:4",
-                                  "prune-channel", "gguf-q8_0", "gguf-q4_0"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cast-fp16",
+        "cast-bf16",
+        "prune-magnitude",
+        "prune-2:4",
+        "prune-channel",
+        "gguf-q8_0",
+        "gguf-q4_0",
+    ],
+)
 def test_benign_twin_claims_hold(name: str, tmp_path: Path) -> None:
     from scanner.claims import check_claim
 
@@ -179,15 +198,53 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     listed = capsys.readouterr().out
     assert "sra-last" in listed and "ort-optimize" in listed
     out = tmp_path / "bad.onnx"
-    assert main(["redteam", str(real_model(RAPIDOCR_CLS)), "--attack", "shadowlogic",
-                 "--seed", "1", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "redteam",
+                str(real_model(RAPIDOCR_CLS)),
+                "--attack",
+                "shadowlogic",
+                "--seed",
+                "1",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["verification"]["fires_on_trigger"]
     assert truth_path(out).is_file()
-    assert main(["redteam", str(real_model(SILERO_ST)), "--attack", "int8",
-                 "-o", str(tmp_path / "x.safetensors")]) == 2
-    assert main(["redteam", str(real_model(SILERO_ST)), "--attack", "rank1",
-                 "--strength", "0.02", "--param", "tensor=lstm_cell.weight_ih",
-                 "-o", str(tmp_path / "r.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "redteam",
+                str(real_model(SILERO_ST)),
+                "--attack",
+                "int8",
+                "-o",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "redteam",
+                str(real_model(SILERO_ST)),
+                "--attack",
+                "rank1",
+                "--strength",
+                "0.02",
+                "--param",
+                "tensor=lstm_cell.weight_ih",
+                "-o",
+                str(tmp_path / "r.safetensors"),
+            ]
+        )
+        == 0
+    )
     truth = GroundTruth.read(truth_path(tmp_path / "r.safetensors"))
     assert truth.tensors == ("lstm_cell.weight_ih",) and truth.params["rel"] == 0.02

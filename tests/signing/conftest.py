@@ -16,7 +16,6 @@ from cryptography.x509.oid import NameOID
 from signing.keys import KeyType, generate_private_key, write_key_pair
 
 
-
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """The OMS interop vectors of the reference implementation, kept in the repository
@@ -64,13 +63,21 @@ def cert_chain() -> dict[str, object]:
     later = now + dt.timedelta(days=30)
 
     def build(subject, issuer, key, signer_key, ca, usage_sign=False):
-        b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now).not_valid_after(later)
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(_name(subject))
+            .issuer_name(_name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if usage_sign:
-            b = b.add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
-                                              False, False), critical=True)
+            b = b.add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+                critical=True,
+            )
         return b.sign(signer_key, hashes.SHA256())
 
     root_key = ec.generate_private_key(ec.SECP256R1())
@@ -81,5 +88,10 @@ def cert_chain() -> dict[str, object]:
     leaf = build("test-leaf", "test-int", leaf_key, int_key, False, usage_sign=True)
     other_root_key = ec.generate_private_key(ec.SECP256R1())
     other_root = build("other-root", "other-root", other_root_key, other_root_key, True)
-    return {"root": root, "int": inter, "leaf": leaf, "leaf_key": leaf_key,
-            "other_root": other_root}
+    return {
+        "root": root,
+        "int": inter,
+        "leaf": leaf,
+        "leaf_key": leaf_key,
+        "other_root": other_root,
+    }

@@ -31,9 +31,17 @@ from signing.verifiers import PublicKeyVerifier
 def file_manifest(path: Path) -> Manifest:
     """File-only manifest of a folder (the scanner would add tensors; not needed here)."""
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    return Manifest("files", files=tuple(
-        FileDigest(p.relative_to(path).as_posix(), p.stat().st_size,
-                   hashlib.sha256(p.read_bytes()).hexdigest()) for p in files))
+    return Manifest(
+        "files",
+        files=tuple(
+            FileDigest(
+                p.relative_to(path).as_posix(),
+                p.stat().st_size,
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+            )
+            for p in files
+        ),
+    )
 
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -54,8 +62,11 @@ class Setup:
         self.trainer = KeySigner(load_private_key(tr_priv))
         self.ci_pub = ci_pub
         self.arts = {}
-        for name, data in (("root", b"fp32" * 1000), ("mid", b"fp16" * 500),
-                           ("deployed", b"int8" * 250)):
+        for name, data in (
+            ("root", b"fp32" * 1000),
+            ("mid", b"fp16" * 500),
+            ("deployed", b"int8" * 250),
+        ):
             d = tmp / name
             d.mkdir()
             (d / "model.bin").write_bytes(data)
@@ -71,27 +82,49 @@ class Setup:
             ],
         }
         self.cast = self.step("cast", "root", "mid", self.ci)
-        self.quant = self.step("quantize", "mid", "deployed", self.ci, parents=[self.cast],
-                               params={"bits": "8", "scheme": "rtn"})
+        self.quant = self.step(
+            "quantize",
+            "mid",
+            "deployed",
+            self.ci,
+            parents=[self.cast],
+            params={"bits": "8", "scheme": "rtn"},
+        )
 
-    def step(self, kind, src, dst, signer, parents=(), params=None, chain_id=None,
-             checker=passing):
+    def step(self, kind, src, dst, signer, parents=(), params=None, chain_id=None, checker=passing):
         return attest_step(
-            kind, [(file_manifest(self.arts[src]), src)], (file_manifest(self.arts[dst]), dst),
-            signer, checker=checker, parameters=params or {}, parents=parents,
+            kind,
+            [(file_manifest(self.arts[src]), src)],
+            (file_manifest(self.arts[dst]), dst),
+            signer,
+            checker=checker,
+            parameters=params or {},
+            parents=parents,
             chain_id=chain_id or (None if parents else "urn:chain:test"),
-            started_at=T0, clock=lambda: T0 + dt.timedelta(minutes=1), tool_version="0.1.0",
+            started_at=T0,
+            clock=lambda: T0 + dt.timedelta(minutes=1),
+            tool_version="0.1.0",
         )
 
     def policy(self, **overrides):
         return parse_policy({**self.policy_data, **overrides}, self.tmp)
 
     def verify(self, files=None, policy=None, checker=passing, now=T0 + dt.timedelta(days=1)):
-        files = files if files is not None else {"1-cast.json": self.cast.bundle,
-                                                 "2-quantize.json": self.quant.bundle}
-        return verify_chain(file_manifest(self.arts["deployed"]), files, policy or self.policy(),
-                            checker=checker, artifacts={}, deployed_path=self.arts["deployed"],
-                            deployed_name="deployed", now=now)
+        files = (
+            files
+            if files is not None
+            else {"1-cast.json": self.cast.bundle, "2-quantize.json": self.quant.bundle}
+        )
+        return verify_chain(
+            file_manifest(self.arts["deployed"]),
+            files,
+            policy or self.policy(),
+            checker=checker,
+            artifacts={},
+            deployed_path=self.arts["deployed"],
+            deployed_name="deployed",
+            now=now,
+        )
 
 
 @pytest.fixture
@@ -173,8 +206,12 @@ def test_step_signed_by_key_not_allowed_for_kind(chain: Setup) -> None:
 
 def test_unknown_signer_rejected(chain: Setup, key_files) -> None:
     stranger = KeySigner(load_private_key(key_files(KeyType.ECDSA_P384)[0]))
-    report = chain.verify({"1-cast.json": chain.step("cast", "root", "mid", stranger).bundle,
-                           "2-quantize.json": chain.quant.bundle})
+    report = chain.verify(
+        {
+            "1-cast.json": chain.step("cast", "root", "mid", stranger).bundle,
+            "2-quantize.json": chain.quant.bundle,
+        }
+    )
     assert "MSC003" in _rules(report)
 
 
@@ -211,8 +248,10 @@ def test_uncheckable_claim_fails_closed(chain: Setup) -> None:
 
 @pytest.mark.parametrize(
     ("window", "match"),
-    [({"not_after": "2025-06-01T00:00:00Z"}, "policy expired"),
-     ({"not_before": "2025-07-01T00:00:00Z"}, "not yet valid")],
+    [
+        ({"not_after": "2025-06-01T00:00:00Z"}, "policy expired"),
+        ({"not_before": "2025-07-01T00:00:00Z"}, "not yet valid"),
+    ],
 )
 def test_policy_validity_window(chain: Setup, window, match) -> None:
     report = chain.verify(policy=chain.policy(**window))
@@ -222,23 +261,38 @@ def test_policy_validity_window(chain: Setup, window, match) -> None:
 
 def test_attestation_refuses_a_failing_claim(chain: Setup) -> None:
     with pytest.raises(ClaimRefusedError, match="claim fail: codes differ"):
-        chain.step("quantize", "mid", "deployed", chain.ci,
-                   checker=lambda *_: CheckResult(CheckStatus.FAIL, "codes differ"))
+        chain.step(
+            "quantize",
+            "mid",
+            "deployed",
+            chain.ci,
+            checker=lambda *_: CheckResult(CheckStatus.FAIL, "codes differ"),
+        )
 
 
 def test_uncheckable_claim_needs_declared_only(chain: Setup) -> None:
     uncheckable = lambda *_: CheckResult(CheckStatus.UNCHECKABLE, "no checker")  # noqa: E731
     with pytest.raises(ClaimRefusedError, match="--declared-only"):
         chain.step("prune", "mid", "deployed", chain.ci, checker=uncheckable)
-    att = attest_step("prune", [(file_manifest(chain.arts["mid"]), "mid")],
-                      (file_manifest(chain.arts["deployed"]), "deployed"), chain.ci,
-                      checker=uncheckable, declared_only=True)
+    att = attest_step(
+        "prune",
+        [(file_manifest(chain.arts["mid"]), "mid")],
+        (file_manifest(chain.arts["deployed"]), "deployed"),
+        chain.ci,
+        checker=uncheckable,
+        declared_only=True,
+    )
     assert att.statement.claim is CheckStatus.DECLARED_ONLY
 
 
 def test_non_rederivable_kind_is_declared_only(chain: Setup) -> None:
-    att = chain.step("fine-tune", "root", "mid", chain.trainer,
-                     checker=lambda *_: pytest.fail("train claims are not re-checked"))
+    att = chain.step(
+        "fine-tune",
+        "root",
+        "mid",
+        chain.trainer,
+        checker=lambda *_: pytest.fail("train claims are not re-checked"),
+    )
     assert att.statement.claim is CheckStatus.DECLARED_ONLY
 
 

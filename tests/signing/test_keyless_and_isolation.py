@@ -14,8 +14,14 @@ from signing.sigstore_keyless import KeylessSigner, load_trust_config
 
 REPO = Path(__file__).resolve().parents[2]
 _CI_TOKEN_VARS = (
-    "GITHUB_ACTIONS", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-    "SIGSTORE_ID_TOKEN", "GOOGLE_SERVICE_ACCOUNT_NAME", "BUILDKITE", "GITLAB_CI", "CIRCLECI",
+    "GITHUB_ACTIONS",
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "SIGSTORE_ID_TOKEN",
+    "GOOGLE_SERVICE_ACCOUNT_NAME",
+    "BUILDKITE",
+    "GITLAB_CI",
+    "CIRCLECI",
 )
 
 
@@ -32,10 +38,14 @@ def test_missing_identity_token_is_a_clear_error(vectors: Path, monkeypatch) -> 
     for var in _CI_TOKEN_VARS:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(SigningError, match="no OIDC identity token for keyless signing"):
-        _offline_signer(vectors).sign(b'{"_type": "https://in-toto.io/Statement/v1", '
-                                      b'"subject": [{"name": "m", "digest": {"sha256": "'
-                                      + b"0" * 64 + b'"}}], "predicateType": "x", '
-                                      b'"predicate": {}}')
+        _offline_signer(vectors).sign(
+            b'{"_type": "https://in-toto.io/Statement/v1", '
+            b'"subject": [{"name": "m", "digest": {"sha256": "'
+            + b"0"
+            * 64
+            + b'"}}], "predicateType": "x", '
+            b'"predicate": {}}'
+        )
 
 
 def test_malformed_identity_token_is_rejected_before_any_network(vectors: Path) -> None:
@@ -56,6 +66,7 @@ def test_signing_never_imports_scanner() -> None:
         "bad = sorted(m for m in sys.modules if m == 'scanner' or m.startswith('scanner.'))\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

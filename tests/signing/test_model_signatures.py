@@ -60,8 +60,10 @@ def test_certificate_chain_round_trip(model_dir: Path, cert_chain, tmp_path: Pat
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: (d / "weights.bin").write_bytes(b"x" + (d / "weights.bin").read_bytes()[1:]),
-         r"file 'weights.bin' modified"),
+        (
+            lambda d: (d / "weights.bin").write_bytes(b"x" + (d / "weights.bin").read_bytes()[1:]),
+            r"file 'weights.bin' modified",
+        ),
         (lambda d: (d / "extra.txt").write_text("hi"), r"file 'extra.txt' added"),
         (lambda d: (d / "a" / "b").unlink(), r"file 'a/b' missing"),
     ],
@@ -95,17 +97,26 @@ def test_forged_statement_under_old_signature(model_dir: Path, key_files) -> Non
 
 
 def test_modified_tensor_is_named(model_dir: Path, key_files) -> None:
-    tensors = Manifest("test", tensors=(TensorDigest("layer.0.weight", "F32", (2,), "sha256:"
-                                                      + "1" * 64, "weights.bin"),))
+    tensors = Manifest(
+        "test",
+        tensors=(TensorDigest("layer.0.weight", "F32", (2,), "sha256:" + "1" * 64, "weights.bin"),),
+    )
     priv, pub = key_files(KeyType.ECDSA_P256)
-    bundle = sign_model(model_dir, KeySigner(load_private_key(priv)),
-                        tensor_manifest=tensors).bundle
+    bundle = sign_model(
+        model_dir, KeySigner(load_private_key(priv)), tensor_manifest=tensors
+    ).bundle
     (model_dir / "weights.bin").write_bytes(b"changed")
-    changed = Manifest("test", tensors=(TensorDigest("layer.0.weight", "F32", (2,), "sha256:"
-                                                      + "2" * 64, "weights.bin"),))
+    changed = Manifest(
+        "test",
+        tensors=(TensorDigest("layer.0.weight", "F32", (2,), "sha256:" + "2" * 64, "weights.bin"),),
+    )
     with pytest.raises(ModelMismatchError, match=r"tensor 'layer.0.weight' modified"):
-        verify_model(model_dir, bundle, PublicKeyVerifier(load_public_key(pub)),
-                     tensor_builder=lambda _p: changed)
+        verify_model(
+            model_dir,
+            bundle,
+            PublicKeyVerifier(load_public_key(pub)),
+            tensor_builder=lambda _p: changed,
+        )
 
 
 # --- interop with model_signing, both ways ------------------------------------------
@@ -128,8 +139,11 @@ def test_model_signing_signature_verifies_with_modelseal(model_dir, key_files, t
 def test_modelseal_signature_verifies_with_model_signing(model_dir, key_files, tmp_path, kind):
     priv, pub = key_files(kind)
     sig = tmp_path / "model.sig"
-    sig.write_text(sign_model(model_dir, KeySigner(load_private_key(priv)),
-                              ignore_paths=["weights.bin"]).bundle)
+    sig.write_text(
+        sign_model(
+            model_dir, KeySigner(load_private_key(priv)), ignore_paths=["weights.bin"]
+        ).bundle
+    )
     config = ms_verifying.Config().use_elliptic_key_verifier(public_key=pub)
     config.verify(model_dir, sig)  # raises on failure
     (model_dir / "a" / "b").write_bytes(b"tampered")
@@ -166,8 +180,12 @@ VECTORS = ["v1.1.0-sigstore", "v1.0.1-sigstore", "v1.1.0-elliptic-key", "v1.1.0-
 @pytest.mark.parametrize("name", VECTORS)
 def test_vector_verifies_offline(vectors: Path, name: str) -> None:
     folder = vectors / name
-    result = verify_model(folder, (folder / "model.sig").read_text(),
-                          _vector_verifier(vectors, name), ignore_paths=["ignore-me", "model.sig"])
+    result = verify_model(
+        folder,
+        (folder / "model.sig").read_text(),
+        _vector_verifier(vectors, name),
+        ignore_paths=["ignore-me", "model.sig"],
+    )
     assert {r.name for r in result.manifest.resources} == {"signme-1", "signme-2"}
 
 
@@ -179,8 +197,12 @@ def test_vector_fails_after_one_byte_change(vectors: Path, name: str, tmp_path: 
     data[0] ^= 0x01
     (folder / "signme-2").write_bytes(bytes(data))
     with pytest.raises(ModelMismatchError, match="file 'signme-2' modified"):
-        verify_model(folder, (folder / "model.sig").read_text(),
-                     _vector_verifier(vectors, name), ignore_paths=["ignore-me", "model.sig"])
+        verify_model(
+            folder,
+            (folder / "model.sig").read_text(),
+            _vector_verifier(vectors, name),
+            ignore_paths=["ignore-me", "model.sig"],
+        )
 
 
 def test_vector_wrong_sigstore_identity(vectors: Path) -> None:
@@ -188,12 +210,12 @@ def test_vector_wrong_sigstore_identity(vectors: Path) -> None:
     root = load_trusted_root(trust_config=vectors / "custom_trust_config.json")
     wrong = SigstoreVerifier(root, (IdentityPolicy("mallory@example.com", IBM.issuer),))
     with pytest.raises(WrongSignerError, match=r"wrong identity: signed by stefanb@us\.ibm\.com"):
-        verify_model(folder, (folder / "model.sig").read_text(), wrong,
-                     ignore_paths=["ignore-me"])
+        verify_model(folder, (folder / "model.sig").read_text(), wrong, ignore_paths=["ignore-me"])
     wrong_issuer = SigstoreVerifier(root, (IdentityPolicy(IBM.identity, "https://evil"),))
     with pytest.raises(WrongSignerError, match="wrong identity"):
-        verify_model(folder, (folder / "model.sig").read_text(), wrong_issuer,
-                     ignore_paths=["ignore-me"])
+        verify_model(
+            folder, (folder / "model.sig").read_text(), wrong_issuer, ignore_paths=["ignore-me"]
+        )
 
 
 def test_vector_key_bundle_rejected_by_sigstore_verifier(vectors: Path) -> None:

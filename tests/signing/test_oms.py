@@ -27,7 +27,8 @@ def test_root_digest_names_and_order_match_model_signing(model_dir: Path) -> Non
     assert ours["subject"] == ref["subject"]
     assert ours["predicate"]["resources"] == ref["predicate"]["resources"]
     assert set(ours["predicate"]["serialization"]["ignore_paths"]) == set(
-        ref["predicate"]["serialization"]["ignore_paths"])
+        ref["predicate"]["serialization"]["ignore_paths"]
+    )
     # path-component order: a/b before a-c (string order would say the opposite)
     assert [r["name"] for r in ours["predicate"]["resources"]] == ["a/b", "a-c"]
 

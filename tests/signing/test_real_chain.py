@@ -59,14 +59,22 @@ TAMPERED = "blk.1.ffn_up.weight"
 STAGES = ("root", "f32", "pruned", "q8_0", "merged")
 
 # Hugging Face BERT names -> llama.cpp GGUF names (as convert_hf_to_gguf.py maps them).
-_EMBD = {"embeddings.position_embeddings.weight": "position_embd.weight",
-         "embeddings.token_type_embeddings.weight": "token_types.weight",
-         "embeddings.LayerNorm.weight": "token_embd_norm.weight",
-         "embeddings.LayerNorm.bias": "token_embd_norm.bias"}
-_LAYER = {"attention.self.query": "attn_q", "attention.self.key": "attn_k",
-          "attention.self.value": "attn_v", "attention.output.dense": "attn_output",
-          "attention.output.LayerNorm": "attn_output_norm", "intermediate.dense": "ffn_up",
-          "output.dense": "ffn_down", "output.LayerNorm": "layer_output_norm"}
+_EMBD = {
+    "embeddings.position_embeddings.weight": "position_embd.weight",
+    "embeddings.token_type_embeddings.weight": "token_types.weight",
+    "embeddings.LayerNorm.weight": "token_embd_norm.weight",
+    "embeddings.LayerNorm.bias": "token_embd_norm.bias",
+}
+_LAYER = {
+    "attention.self.query": "attn_q",
+    "attention.self.key": "attn_k",
+    "attention.self.value": "attn_v",
+    "attention.output.dense": "attn_output",
+    "attention.output.LayerNorm": "attn_output_norm",
+    "intermediate.dense": "ffn_up",
+    "output.dense": "ffn_down",
+    "output.LayerNorm": "layer_output_norm",
+}
 
 
 def gguf_name(hf: str) -> str:
@@ -132,8 +140,9 @@ def cli(*args: str | Path) -> int:
     return main([str(a) for a in args])
 
 
-def merge_lora(q8: dict[str, np.ndarray], adapter: dict[str, np.ndarray],
-               matrices: frozenset[str]) -> dict[str, np.ndarray]:
+def merge_lora(
+    q8: dict[str, np.ndarray], adapter: dict[str, np.ndarray], matrices: frozenset[str]
+) -> dict[str, np.ndarray]:
     merged = dict(q8)
     for layer in (0, 1):
         for target, short in (("query", "attn_q"), ("value", "attn_v")):
@@ -150,39 +159,117 @@ def attest_head(lc: Lifecycle, atts: Path) -> None:
     """Steps 1 (convert) and 2 (prune) through ``modelseal attest``."""
     atts.mkdir(exist_ok=True)
     arts, ci = lc.arts, lc.keys["ci"]
-    assert cli("attest", "convert", "--input", arts["root"], "--output", arts["f32"],
-               "--chain", CHAIN, "--key", ci, "-o", atts / "1-convert.json") == 0
-    assert cli("attest", "prune", "--input", arts["f32"], "--output", arts["pruned"],
-               "--param", "method=magnitude", "--param", "sparsity=0.3",
-               "--parent", atts / "1-convert.json", "--key", ci,
-               "-o", atts / "2-prune.json") == 0
+    assert (
+        cli(
+            "attest",
+            "convert",
+            "--input",
+            arts["root"],
+            "--output",
+            arts["f32"],
+            "--chain",
+            CHAIN,
+            "--key",
+            ci,
+            "-o",
+            atts / "1-convert.json",
+        )
+        == 0
+    )
+    assert (
+        cli(
+            "attest",
+            "prune",
+            "--input",
+            arts["f32"],
+            "--output",
+            arts["pruned"],
+            "--param",
+            "method=magnitude",
+            "--param",
+            "sparsity=0.3",
+            "--parent",
+            atts / "1-convert.json",
+            "--key",
+            ci,
+            "-o",
+            atts / "2-prune.json",
+        )
+        == 0
+    )
 
 
 def attest_quantize(lc: Lifecycle, atts: Path, q8_dir: Path, key: str = "ci") -> int:
     """Step 3 (quantize, re-checked as GGUF Q8_0) through ``modelseal attest``."""
-    return cli("attest", "quantize", "--input", lc.arts["pruned"], "--output", q8_dir,
-               "--param", "type=q8_0", "--parent", atts / "2-prune.json",
-               "--key", lc.keys[key], "-o", atts / "3-quantize.json")
+    return cli(
+        "attest",
+        "quantize",
+        "--input",
+        lc.arts["pruned"],
+        "--output",
+        q8_dir,
+        "--param",
+        "type=q8_0",
+        "--parent",
+        atts / "2-prune.json",
+        "--key",
+        lc.keys[key],
+        "-o",
+        atts / "3-quantize.json",
+    )
 
 
-def attest_tail(lc: Lifecycle, atts: Path, q8_dir: Path, merged_dir: Path,
-                deploy_dir: Path) -> None:
+def attest_tail(
+    lc: Lifecycle, atts: Path, q8_dir: Path, merged_dir: Path, deploy_dir: Path
+) -> None:
     """Steps 4 (lora-merge, two inputs) and 5 (the identical deployed copy)."""
-    assert cli("attest", "lora-merge", "--input", q8_dir, "--input", lc.adapter,
-               "--output", merged_dir, "--param", f"rank={LORA_RANK}",
-               "--param", f"alpha={LORA_ALPHA}", "--parent", atts / "3-quantize.json",
-               "--key", lc.keys["trainer"], "-o", atts / "4-lora-merge.json") == 0
-    assert cli("attest", "identical", "--input", merged_dir, "--output", deploy_dir,
-               "--parent", atts / "4-lora-merge.json",
-               "--key", lc.keys["release"], "-o", atts / "5-deploy.json") == 0
+    assert (
+        cli(
+            "attest",
+            "lora-merge",
+            "--input",
+            q8_dir,
+            "--input",
+            lc.adapter,
+            "--output",
+            merged_dir,
+            "--param",
+            f"rank={LORA_RANK}",
+            "--param",
+            f"alpha={LORA_ALPHA}",
+            "--parent",
+            atts / "3-quantize.json",
+            "--key",
+            lc.keys["trainer"],
+            "-o",
+            atts / "4-lora-merge.json",
+        )
+        == 0
+    )
+    assert (
+        cli(
+            "attest",
+            "identical",
+            "--input",
+            merged_dir,
+            "--output",
+            deploy_dir,
+            "--parent",
+            atts / "4-lora-merge.json",
+            "--key",
+            lc.keys["release"],
+            "-o",
+            atts / "5-deploy.json",
+        )
+        == 0
+    )
 
 
 def load_attestation(path: Path) -> Attestation:
     """An attestation file as the library's value (to cite it as a parent)."""
     text = path.read_text()
     envelope = parse_bundle(text, path.name).envelope
-    verified = parse_verified(envelope.payload_type, envelope.payload,
-                              None, path.name)  # type: ignore[arg-type]
+    verified = parse_verified(envelope.payload_type, envelope.payload, None, path.name)  # type: ignore[arg-type]
     return Attestation(text, verified.statement)
 
 
@@ -190,9 +277,13 @@ def load_attestation(path: Path) -> Attestation:
 def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Lifecycle:
     base = tmp_path_factory.mktemp("lifecycle")
     source = load_file(str(real_model("minilm")))
-    hf = {n: a for n, a in source.items()
-          if a.dtype == np.float32 and n != "embeddings.word_embeddings.weight"
-          and n.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))}
+    hf = {
+        n: a
+        for n, a in source.items()
+        if a.dtype == np.float32
+        and n != "embeddings.word_embeddings.weight"
+        and n.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))
+    }
     assert len(hf) == 36
     arts = {stage: base / stage for stage in STAGES}
     arts["root"].mkdir()
@@ -220,14 +311,15 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Lifecycle:
         for target in LORA_TARGETS:
             prefix = f"base_model.model.encoder.layer.{layer}.attention.self.{target}"
             adapter_weights[f"{prefix}.lora_A.weight"] = (
-                0.02 * rng.standard_normal((LORA_RANK, 384))).astype(np.float32)
+                0.02 * rng.standard_normal((LORA_RANK, 384))
+            ).astype(np.float32)
             adapter_weights[f"{prefix}.lora_B.weight"] = (
-                0.02 * rng.standard_normal((384, LORA_RANK))).astype(np.float32)
+                0.02 * rng.standard_normal((384, LORA_RANK))
+            ).astype(np.float32)
     adapter = base / "adapter"
     adapter.mkdir()
     save_file(adapter_weights, str(adapter / "adapter_model.safetensors"))
-    write_gguf(arts["merged"] / "model.gguf", merge_lora(q8, adapter_weights, matrices),
-               matrices)
+    write_gguf(arts["merged"] / "model.gguf", merge_lora(q8, adapter_weights, matrices), matrices)
     deployed = base / "deploy"
     shutil.copytree(arts["merged"], deployed)
 
@@ -238,10 +330,10 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Lifecycle:
         write_key_pair(generate_private_key(KeyType.ECDSA_P256), keys[who], pubs[who])
     policy = base / "policy.toml"
     policy.write_text(
-        'version = 1\n'
+        "version = 1\n"
         'allowed_kinds = ["convert", "prune", "quantize", "lora-merge", "identical"]\n'
-        'require_recheck = true\n'
-        '[roots]\n'
+        "require_recheck = true\n"
+        "[roots]\n"
         f'digests = ["{build_manifest(arts["root"]).root_digest}", '
         f'"{build_manifest(adapter).root_digest}"]\n'
         '[[signers]]\nname = "ci"\npublic_key = "ci.pub.pem"\n'
@@ -249,7 +341,8 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Lifecycle:
         '[[signers]]\nname = "trainer"\npublic_key = "trainer.pub.pem"\n'
         'kinds = ["lora-merge"]\n'
         '[[signers]]\nname = "release"\npublic_key = "release.pub.pem"\n'
-        'kinds = ["identical"]\n')
+        'kinds = ["identical"]\n'
+    )
     lc = Lifecycle(base, arts, keys, policy, base / "atts", adapter, deployed, pruned, matrices)
     attest_head(lc, lc.atts)
     assert attest_quantize(lc, lc.atts, arts["q8_0"]) == 0
@@ -278,11 +371,24 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
     return call
 
 
-def verify(run: Run, lc: Lifecycle, atts: Path, *extra: str | Path,
-           deployed: Path | None = None, artifacts: list[str] | None = None) -> CliOutcome:
-    return run("verify-chain", deployed or lc.deployed, "--attestations", atts,
-               "--policy", lc.policy, *(lc.artifact_args() if artifacts is None else artifacts),
-               *extra)
+def verify(
+    run: Run,
+    lc: Lifecycle,
+    atts: Path,
+    *extra: str | Path,
+    deployed: Path | None = None,
+    artifacts: list[str] | None = None,
+) -> CliOutcome:
+    return run(
+        "verify-chain",
+        deployed or lc.deployed,
+        "--attestations",
+        atts,
+        "--policy",
+        lc.policy,
+        *(lc.artifact_args() if artifacts is None else artifacts),
+        *extra,
+    )
 
 
 def problems(outcome: CliOutcome) -> list[str]:
@@ -302,8 +408,13 @@ def test_five_step_chain_verifies_with_real_rechecks(lifecycle: Lifecycle, run: 
     assert lines[0] == f"PASS: chain {CHAIN}"
     assert not problems(text)
     steps = [line.strip() for line in lines if "<- " in line]
-    assert [s.split()[1] for s in steps] == ["identical", "lora-merge", "quantize", "prune",
-                                            "convert"]
+    assert [s.split()[1] for s in steps] == [
+        "identical",
+        "lora-merge",
+        "quantize",
+        "prune",
+        "convert",
+    ]
     assert "signed by release; claim pass  (5-deploy.json)" in steps[0]
     assert "signed by trainer; claim declared-only  (4-lora-merge.json)" in steps[1]
     assert "{'type': 'q8_0'}  signed by ci; claim pass  (3-quantize.json)" in steps[2]
@@ -313,14 +424,25 @@ def test_five_step_chain_verifies_with_real_rechecks(lifecycle: Lifecycle, run: 
     assert data["passed"] is True and data["chain"] == CHAIN and data["problems"] == []
     assert sorted(data["roots"]) == sorted([digest(lc.arts["root"]), digest(lc.adapter)])
     by_kind = {s["kind"]: s for s in data["steps"]}
-    assert [s["kind"] for s in data["steps"]] == ["convert", "prune", "quantize", "lora-merge",
-                                                 "identical"]
+    assert [s["kind"] for s in data["steps"]] == [
+        "convert",
+        "prune",
+        "quantize",
+        "lora-merge",
+        "identical",
+    ]
     assert {k: s["recheck"]["status"] for k, s in by_kind.items()} == {
-        "convert": "pass", "prune": "pass", "quantize": "pass",
-        "lora-merge": "declared-only", "identical": "pass"}
+        "convert": "pass",
+        "prune": "pass",
+        "quantize": "pass",
+        "lora-merge": "declared-only",
+        "identical": "pass",
+    }
     assert by_kind["convert"]["recheck"]["detail"] == "convert holds on 36 tensors"
-    assert by_kind["prune"]["recheck"]["detail"] == \
-        "prune:method=magnitude:sparsity=0.3 holds on 12 tensors"
+    assert (
+        by_kind["prune"]["recheck"]["detail"]
+        == "prune:method=magnitude:sparsity=0.3 holds on 12 tensors"
+    )
     assert by_kind["quantize"]["recheck"]["detail"] == "gguf:type=q8_0 holds on 12 tensors"
     assert by_kind["lora-merge"]["inputs"] == [digest(lc.arts["q8_0"]), digest(lc.adapter)]
     assert by_kind["identical"]["output"] == data["deployed"]["digest"] == digest(lc.deployed)
@@ -332,27 +454,32 @@ def test_unsigned_step_rejected(lifecycle: Lifecycle, run: Run, tmp_path: Path) 
     (atts / "3-quantize.json").write_bytes(base64.b64decode(envelope["payload"]))
     out = verify(run, lifecycle, atts)
     assert out.code == 1
-    assert problems(out)[0] == \
-        "MSC001 3-quantize.json is a bare in-toto statement with no signature (unsigned)"
+    assert (
+        problems(out)[0]
+        == "MSC001 3-quantize.json is a bare in-toto statement with no signature (unsigned)"
+    )
     # the chain is broken there: the merge's input has no verified producer
     assert any(p.startswith("MSC007 4-lora-merge.json: input q8_0 ") for p in problems(out))
 
 
-def test_forged_statement_under_old_signature_rejected(lifecycle: Lifecycle, run: Run,
-                                                       tmp_path: Path) -> None:
+def test_forged_statement_under_old_signature_rejected(
+    lifecycle: Lifecycle, run: Run, tmp_path: Path
+) -> None:
     """The statement is edited (claimed as Q4_0) and re-attached to the old signature."""
     atts = lifecycle.copy_atts(tmp_path / "atts")
     data = json.loads((atts / "3-quantize.json").read_text())
     payload = base64.b64decode(data["dsseEnvelope"]["payload"])
     assert payload.count(b'"type": "q8_0"') == 1
     data["dsseEnvelope"]["payload"] = base64.b64encode(
-        payload.replace(b'"type": "q8_0"', b'"type": "q4_0"')).decode()
+        payload.replace(b'"type": "q8_0"', b'"type": "q4_0"')
+    ).decode()
     (atts / "3-quantize.json").write_text(json.dumps(data))
     out = verify(run, lifecycle, atts)
     assert out.code == 1
     assert problems(out)[0] == (
         "MSC002 3-quantize.json: signature does not match the signed statement: the "
-        "statement was altered after signing, or it was signed by a different key")
+        "statement was altered after signing, or it was signed by a different key"
+    )
 
 
 def test_missing_link_rejected(lifecycle: Lifecycle, run: Run, tmp_path: Path) -> None:
@@ -363,13 +490,15 @@ def test_missing_link_rejected(lifecycle: Lifecycle, run: Run, tmp_path: Path) -
     pruned = digest(lifecycle.arts["pruned"])
     assert problems(out)[0] == (
         f"MSC007 3-quantize.json: input pruned {pruned} of the 'quantize' step is neither a "
-        "trusted root nor the output of a verified step (missing link)")
+        "trusted root nor the output of a verified step (missing link)"
+    )
     assert problems(out)[1].startswith("MSC014 3-quantize.json: parent attestation sha256:")
     assert "note: 1-convert.json: not on the path to the deployed artifact; ignored" in out.out
 
 
-def test_step_signed_by_key_not_allowed_for_its_kind(lifecycle: Lifecycle, run: Run,
-                                                     tmp_path: Path) -> None:
+def test_step_signed_by_key_not_allowed_for_its_kind(
+    lifecycle: Lifecycle, run: Run, tmp_path: Path
+) -> None:
     """The trainer's key (allowed: lora-merge) signs the quantize step."""
     lc = lifecycle
     atts = lc.copy_atts(tmp_path / "atts")
@@ -379,31 +508,48 @@ def test_step_signed_by_key_not_allowed_for_its_kind(lifecycle: Lifecycle, run: 
     out = verify(run, lc, atts)
     assert out.code == 1
     assert len(problems(out)) == 1
-    assert problems(out)[0].startswith(
-        "MSC004 3-quantize.json: signer 'trainer' (key ")
+    assert problems(out)[0].startswith("MSC004 3-quantize.json: signer 'trainer' (key ")
     assert problems(out)[0].endswith(
-        "is not allowed to sign 'quantize' steps (allowed: ['lora-merge'])")
+        "is not allowed to sign 'quantize' steps (allowed: ['lora-merge'])"
+    )
 
 
-def test_replayed_attestation_from_another_chain_rejected(lifecycle: Lifecycle, run: Run,
-                                                          tmp_path: Path) -> None:
+def test_replayed_attestation_from_another_chain_rejected(
+    lifecycle: Lifecycle, run: Run, tmp_path: Path
+) -> None:
     """A genuine convert attestation of the same weights, made for another release."""
     lc = lifecycle
     atts = lc.copy_atts(tmp_path / "atts")
     other = tmp_path / "other-convert.json"
-    assert run("attest", "convert", "--input", lc.arts["root"], "--output", lc.arts["f32"],
-               "--chain", "urn:modelseal:other-release", "--key", lc.keys["ci"],
-               "-o", other).code == 0
+    assert (
+        run(
+            "attest",
+            "convert",
+            "--input",
+            lc.arts["root"],
+            "--output",
+            lc.arts["f32"],
+            "--chain",
+            "urn:modelseal:other-release",
+            "--key",
+            lc.keys["ci"],
+            "-o",
+            other,
+        ).code
+        == 0
+    )
     shutil.copyfile(other, atts / "1-convert.json")
     out = verify(run, lc, atts)
     assert out.code == 1
     assert problems(out)[0] == (
         "MSC009 1-convert.json: 'convert' attestation belongs to chain "
-        f"urn:modelseal:other-release, not {CHAIN} (replayed from another chain)")
+        f"urn:modelseal:other-release, not {CHAIN} (replayed from another chain)"
+    )
 
 
-def test_deployed_artifact_edited_after_last_attestation(lifecycle: Lifecycle, run: Run,
-                                                         tmp_path: Path) -> None:
+def test_deployed_artifact_edited_after_last_attestation(
+    lifecycle: Lifecycle, run: Run, tmp_path: Path
+) -> None:
     lc = lifecycle
     edited = tmp_path / "deploy"
     shutil.copytree(lc.deployed, edited)
@@ -418,18 +564,19 @@ def test_deployed_artifact_edited_after_last_attestation(lifecycle: Lifecycle, r
     assert problems(out) == [
         f"MSC006 deployed artifact {digest(edited)} is not the output of any verified "
         "attestation: it was changed after the last attestation ('identical'): file "
-        f"'model.gguf' modified (signed {before[:12]}.., now {after[:12]}..)"]
+        f"'model.gguf' modified (signed {before[:12]}.., now {after[:12]}..)"
+    ]
 
 
-def test_malicious_quantizer_caught_by_the_recheck(lifecycle: Lifecycle, run: Run,
-                                                   tmp_path: Path) -> None:
+def test_malicious_quantizer_caught_by_the_recheck(
+    lifecycle: Lifecycle, run: Run, tmp_path: Path
+) -> None:
     """The quantizer flips the codes of the 8 largest weights of one matrix and signs its
     step with the genuine CI key. ``modelseal attest`` refuses to sign that output; the
     attacker signs the statement through the library with the re-check bypassed, the later
     steps are attested honestly on top of it, and only verify-chain's re-check catches it."""
     lc = lifecycle
-    q8 = {n: quantize(w, Q8_0) if n in lc.matrices else w
-          for n, w in lc.pruned_weights.items()}
+    q8 = {n: quantize(w, Q8_0) if n in lc.matrices else w for n, w in lc.pruned_weights.items()}
     q8[TAMPERED] = flip_largest_codes(q8[TAMPERED], lc.pruned_weights[TAMPERED], 8)
     bad_q8 = tmp_path / "q8_0"
     write_gguf(bad_q8 / "model.gguf", q8, lc.matrices)
@@ -439,19 +586,37 @@ def test_malicious_quantizer_caught_by_the_recheck(lifecycle: Lifecycle, run: Ru
     shutil.copytree(bad_merged, bad_deploy)
 
     atts = tmp_path / "atts"
-    refused = run("attest", "quantize", "--input", lc.arts["pruned"], "--output", bad_q8,
-                  "--param", "type=q8_0", "--key", lc.keys["ci"], "-o", tmp_path / "no.json")
+    refused = run(
+        "attest",
+        "quantize",
+        "--input",
+        lc.arts["pruned"],
+        "--output",
+        bad_q8,
+        "--param",
+        "type=q8_0",
+        "--key",
+        lc.keys["ci"],
+        "-o",
+        tmp_path / "no.json",
+    )
     assert refused.code == 1 and not (tmp_path / "no.json").exists()
-    assert refused.err == ("modelseal: error: refusing to attest 'quantize': claim fail: "
-                           f"gguf:type=q8_0 fails: 1 tensors violate it (e.g. {TAMPERED})\n")
+    assert refused.err == (
+        "modelseal: error: refusing to attest 'quantize': claim fail: "
+        f"gguf:type=q8_0 fails: 1 tensors violate it (e.g. {TAMPERED})\n"
+    )
 
     attest_head(lc, atts)
     forged = attest_step(
-        "quantize", [(build_manifest(lc.arts["pruned"]), "pruned")],
-        (build_manifest(bad_q8), "q8_0"), KeySigner(load_private_key(lc.keys["ci"])),
+        "quantize",
+        [(build_manifest(lc.arts["pruned"]), "pruned")],
+        (build_manifest(bad_q8), "q8_0"),
+        KeySigner(load_private_key(lc.keys["ci"])),
         checker=lambda *_: CheckResult(CheckStatus.PASS, "gguf:type=q8_0 holds on 12 tensors"),
-        parameters={"type": "q8_0"}, parents=[load_attestation(atts / "2-prune.json")],
-        tool_version="0.1.0")
+        parameters={"type": "q8_0"},
+        parents=[load_attestation(atts / "2-prune.json")],
+        tool_version="0.1.0",
+    )
     (atts / "3-quantize.json").write_text(forged.bundle)
     attest_tail(lc, atts, bad_q8, bad_merged, bad_deploy)
 
@@ -460,18 +625,21 @@ def test_malicious_quantizer_caught_by_the_recheck(lifecycle: Lifecycle, run: Ru
     assert out.code == 1
     assert problems(out) == [
         "MSC010 3-quantize.json: 'quantize' claim does not hold: gguf:type=q8_0 fails: "
-        f"1 tensors violate it (e.g. {TAMPERED})"]
+        f"1 tensors violate it (e.g. {TAMPERED})"
+    ]
     # without the quantizer's output to re-derive from, the chain still fails closed
     withheld = lc.artifact_args(q8_0=None, merged=bad_merged)
     out = verify(run, lc, atts, deployed=bad_deploy, artifacts=withheld)
     assert out.code == 1
     assert problems(out) == [
         "MSC011 3-quantize.json: 'quantize' claim could not be re-checked: input or output "
-        "artifact not supplied (--artifact)"]
+        "artifact not supplied (--artifact)"
+    ]
 
 
 def test_deployed_copy_is_the_last_step_even_when_signed_in_the_same_instant(
-        lifecycle: Lifecycle, run: Run, tmp_path: Path) -> None:
+    lifecycle: Lifecycle, run: Run, tmp_path: Path
+) -> None:
     """The merge and its identical deployed copy share the output digest; with equal
     timestamps the parent link, not the clock, says which step is last."""
     lc = lifecycle
@@ -479,16 +647,26 @@ def test_deployed_copy_is_the_last_step_even_when_signed_in_the_same_instant(
     when = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
     merged, deployed = build_manifest(lc.arts["merged"]), build_manifest(lc.deployed)
     merge = attest_step(
-        "lora-merge", [(build_manifest(lc.arts["q8_0"]), "q8_0"),
-                       (build_manifest(lc.adapter), "adapter")], (merged, "merged"),
-        KeySigner(load_private_key(lc.keys["trainer"])), checker=None,
+        "lora-merge",
+        [(build_manifest(lc.arts["q8_0"]), "q8_0"), (build_manifest(lc.adapter), "adapter")],
+        (merged, "merged"),
+        KeySigner(load_private_key(lc.keys["trainer"])),
+        checker=None,
         parameters={"rank": str(LORA_RANK), "alpha": str(LORA_ALPHA)},
-        parents=[load_attestation(atts / "3-quantize.json")], started_at=when,
-        clock=lambda: when)
+        parents=[load_attestation(atts / "3-quantize.json")],
+        started_at=when,
+        clock=lambda: when,
+    )
     deploy = attest_step(
-        "identical", [(merged, "merged")], (deployed, "deploy"),
-        KeySigner(load_private_key(lc.keys["release"])), checker=check_step, parents=[merge],
-        started_at=when, clock=lambda: when)
+        "identical",
+        [(merged, "merged")],
+        (deployed, "deploy"),
+        KeySigner(load_private_key(lc.keys["release"])),
+        checker=check_step,
+        parents=[merge],
+        started_at=when,
+        clock=lambda: when,
+    )
     (atts / "4-lora-merge.json").write_text(merge.bundle)
     (atts / "5-deploy.json").write_text(deploy.bundle)
     data = json.loads(verify(run, lc, atts, "--format", "json").out)
