@@ -189,7 +189,7 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
     from signing.attest import CheckStatus
     from signing.chain import read_attestations, verify_chain
     from signing.chain_output import to_dict
-    from signing.policy import load_policy
+    from signing.chain_policy import load_policy
 
     assert request.attestations is not None
     if request.chain_policy is None:

@@ -21,10 +21,10 @@ from signing.attest import (
     parse_verified,
 )
 from signing.bundle import MaterialKind, ParsedBundle, UnsignedError, parse_bundle
+from signing.chain_policy import ChainPolicy, PolicySigner
 from signing.errors import ModelsealError, VerificationError
 from signing.manifest import Manifest
 from signing.oms import Discrepancy
-from signing.policy import ChainPolicy, PolicySigner
 from signing.verifiers import (
     PublicKeyVerifier,
     VerifiedPayload,
@@ -177,14 +177,56 @@ def verify_chain(
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     problems: list[ChainProblem] = []
-    notes: list[str] = []
     paths = dict(artifacts or {})
     if deployed_path is not None:
         paths[deployed.root_digest] = deployed_path
     if why := policy.time_problem(now):
         problems.append(ChainProblem("MSC012", why))
 
-    verified: dict[str, tuple[VerifiedStep, PolicySigner]] = {}
+    verified = _verify_signatures(attestations, policy, trusted_root, problems)
+    target = deployed.root_digest
+    finals = _final_steps(verified, target)
+    if not finals:
+        problems.append(ChainProblem("MSC006", _edited_message(deployed, verified)))
+        return ChainReport(
+            target, deployed_name, policy.chain_id, (), (), tuple(problems), (), True, now
+        )
+
+    chain_id = _drop_replayed(verified, finals[0], policy, problems)
+    walk = _ChainWalk(verified, policy, problems)
+    walk.visit(finals[0])
+    notes = [
+        f"{source}: not on the path to the deployed artifact; ignored"
+        for source in sorted(set(verified) - set(walk.order))
+    ]
+    steps = [
+        _judge_step(source, *verified[source], policy, paths, checker, problems)
+        for source in walk.order
+    ]
+    return ChainReport(
+        target,
+        deployed_name,
+        chain_id,
+        tuple(steps),
+        tuple(dict.fromkeys(walk.roots)),
+        tuple(problems),
+        tuple(notes),
+        True,
+        now,
+    )
+
+
+_Verified = dict[str, tuple[VerifiedStep, PolicySigner]]
+
+
+def _verify_signatures(
+    attestations: Mapping[str, str],
+    policy: ChainPolicy,
+    trusted_root: object | None,
+    problems: list[ChainProblem],
+) -> _Verified:
+    """Every attestation whose signature verifies under a policy signer, by source."""
+    verified: _Verified = {}
     for source in sorted(attestations):
         try:
             bundle = parse_bundle(attestations[source], source)
@@ -208,34 +250,38 @@ def verify_chain(
             problems.append(ChainProblem("MSC015", str(exc), source))
             continue
         verified[source] = (step, signer)
+    return verified
 
-    by_output: dict[str, list[str]] = {}
-    for source, (step, _) in verified.items():
-        by_output.setdefault(step.statement.output.digest, []).append(source)
 
-    target = deployed.root_digest
+def _final_steps(verified: _Verified, target: str) -> list[str]:
+    """The steps whose output is ``target``, the last one first.
+
+    Several steps may output the deployed digest (a step and its ``identical`` copy):
+    the last is the one no other of them cites as its parent, whatever the clocks say.
+    """
     finals = sorted(
-        by_output.get(target, []), key=lambda s: verified[s][0].statement.finished_at, reverse=True
+        (s for s, (step, _) in verified.items() if step.statement.output.digest == target),
+        key=lambda s: verified[s][0].statement.finished_at,
+        reverse=True,
     )
-    # Several steps may output the deployed digest (a step and its ``identical`` copy):
-    # the last is the one no other of them cites as its parent, whatever the clocks say.
     cited = {p for s in finals for p in verified[s][0].statement.parents}
     finals.sort(key=lambda s: verified[s][0].payload_digest in cited)
-    if not finals:
-        problems.append(ChainProblem("MSC006", _edited_message(deployed, verified)))
-        return ChainReport(
-            target, deployed_name, policy.chain_id, (), (), tuple(problems), tuple(notes), True, now
-        )
+    return finals
 
-    final_step = verified[finals[0]][0].statement
+
+def _drop_replayed(
+    verified: _Verified, final: str, policy: ChainPolicy, problems: list[ChainProblem]
+) -> str:
+    """Remove the steps of other chains from ``verified``; returns the chain id."""
+    final_step = verified[final][0].statement
     chain_id = policy.chain_id or final_step.chain_id
     if policy.chain_id and final_step.chain_id != policy.chain_id:
         problems.append(
             ChainProblem(
                 "MSC009",
-                f"{finals[0]}: last step belongs to chain {final_step.chain_id}, the "
+                f"{final}: last step belongs to chain {final_step.chain_id}, the "
                 f"policy pins {policy.chain_id}",
-                finals[0],
+                final,
             )
         )
     for source, (step, _) in list(verified.items()):
@@ -249,32 +295,44 @@ def verify_chain(
                 )
             )
             del verified[source]
-            by_output[step.statement.output.digest].remove(source)
-    payloads = {step.payload_digest for step, _ in verified.values()}
+    return chain_id
 
-    # Walk back from the deployed artifact; colours detect cycles.
-    order: list[str] = []
-    roots: list[str] = []
-    state: dict[str, str] = {}
 
-    def visit(source: str) -> None:
-        if state.get(source) == "done":
+class _ChainWalk:
+    """Walk back from the deployed artifact to trusted roots; colours detect cycles."""
+
+    def __init__(
+        self, verified: _Verified, policy: ChainPolicy, problems: list[ChainProblem]
+    ) -> None:
+        self.verified = verified
+        self.policy = policy
+        self.problems = problems
+        self.by_output: dict[str, list[str]] = {}
+        for source, (step, _) in verified.items():
+            self.by_output.setdefault(step.statement.output.digest, []).append(source)
+        self.payloads = {step.payload_digest for step, _ in verified.values()}
+        self.order: list[str] = []
+        self.roots: list[str] = []
+        self.state: dict[str, str] = {}
+
+    def visit(self, source: str) -> None:
+        if self.state.get(source) == "done":
             return
-        if state.get(source) == "active":
-            problems.append(
+        if self.state.get(source) == "active":
+            self.problems.append(
                 ChainProblem(
                     "MSC008", f"{source}: attestations form a cycle through this step", source
                 )
             )
             return
-        state[source] = "active"
-        step, signer = verified[source]
+        self.state[source] = "active"
+        step, signer = self.verified[source]
         st = step.statement
         if not st.inputs:
-            if signer.name in policy.root_signers:
-                roots.append(st.output.digest)
+            if signer.name in self.policy.root_signers:
+                self.roots.append(st.output.digest)
             else:
-                problems.append(
+                self.problems.append(
                     ChainProblem(
                         "MSC007",
                         f"{source}: '{st.kind}' step has no inputs and its signer "
@@ -283,13 +341,13 @@ def verify_chain(
                     )
                 )
         for ref in st.inputs:
-            producers = [s for s in by_output.get(ref.digest, []) if s != source]
-            if ref.digest in policy.root_digests:
-                roots.append(ref.digest)
+            producers = [s for s in self.by_output.get(ref.digest, []) if s != source]
+            if ref.digest in self.policy.root_digests:
+                self.roots.append(ref.digest)
             elif producers:
-                visit(producers[0])
+                self.visit(producers[0])
             else:
-                problems.append(
+                self.problems.append(
                     ChainProblem(
                         "MSC007",
                         f"{source}: input {ref.name or ''} {ref.digest} of the "
@@ -299,8 +357,8 @@ def verify_chain(
                     )
                 )
         for parent in st.parents:
-            if parent not in payloads:
-                problems.append(
+            if parent not in self.payloads:
+                self.problems.append(
                     ChainProblem(
                         "MSC014",
                         f"{source}: parent attestation {parent} is not among the "
@@ -308,65 +366,56 @@ def verify_chain(
                         source,
                     )
                 )
-        state[source] = "done"
-        order.append(source)
+        self.state[source] = "done"
+        self.order.append(source)
 
-    visit(finals[0])
-    for source in sorted(set(verified) - set(order)):
-        notes.append(f"{source}: not on the path to the deployed artifact; ignored")
 
-    steps: list[ChainStep] = []
-    for source in order:
-        step, signer = verified[source]
-        st = step.statement
-        if st.kind not in policy.allowed_kinds:
-            problems.append(
-                ChainProblem(
-                    "MSC005",
-                    f"{source}: step kind '{st.kind}' is not allowed by the policy",
-                    source,
-                )
+def _judge_step(
+    source: str,
+    step: VerifiedStep,
+    signer: PolicySigner,
+    policy: ChainPolicy,
+    paths: Mapping[str, Path],
+    checker: ClaimChecker | None,
+    problems: list[ChainProblem],
+) -> ChainStep:
+    """Policy checks and the claim re-check of one step on the path."""
+    st = step.statement
+    if st.kind not in policy.allowed_kinds:
+        problems.append(
+            ChainProblem(
+                "MSC005", f"{source}: step kind '{st.kind}' is not allowed by the policy", source
             )
-        if not signer.may_sign(st.kind):
-            problems.append(
-                ChainProblem(
-                    "MSC004",
-                    f"{source}: signer '{signer.name}' ({step.signer.describe()}) is "
-                    f"not allowed to sign '{st.kind}' steps (allowed: {sorted(signer.kinds)})",
-                    source,
-                )
+        )
+    if not signer.may_sign(st.kind):
+        problems.append(
+            ChainProblem(
+                "MSC004",
+                f"{source}: signer '{signer.name}' ({step.signer.describe()}) is "
+                f"not allowed to sign '{st.kind}' steps (allowed: {sorted(signer.kinds)})",
+                source,
             )
-        if why := policy.time_problem(st.finished_at):
-            problems.append(ChainProblem("MSC013", f"{source}: attestation time: {why}", source))
-        result = _recheck(st, paths, checker)
-        if result.status is CheckStatus.FAIL:
-            problems.append(
-                ChainProblem(
-                    "MSC010", f"{source}: '{st.kind}' claim does not hold: {result.detail}", source
-                )
+        )
+    if why := policy.time_problem(st.finished_at):
+        problems.append(ChainProblem("MSC013", f"{source}: attestation time: {why}", source))
+    result = _recheck(st, paths, checker)
+    if result.status is CheckStatus.FAIL:
+        problems.append(
+            ChainProblem(
+                "MSC010", f"{source}: '{st.kind}' claim does not hold: {result.detail}", source
             )
-        elif result.status is CheckStatus.UNCHECKABLE or (
-            result.status is CheckStatus.NO_ARTIFACTS and policy.require_recheck
-        ):
-            problems.append(
-                ChainProblem(
-                    "MSC011",
-                    f"{source}: '{st.kind}' claim could not be re-checked: {result.detail}",
-                    source,
-                )
+        )
+    elif result.status is CheckStatus.UNCHECKABLE or (
+        result.status is CheckStatus.NO_ARTIFACTS and policy.require_recheck
+    ):
+        problems.append(
+            ChainProblem(
+                "MSC011",
+                f"{source}: '{st.kind}' claim could not be re-checked: {result.detail}",
+                source,
             )
-        steps.append(ChainStep(source, step, signer.name, result))
-    return ChainReport(
-        target,
-        deployed_name,
-        chain_id,
-        tuple(steps),
-        tuple(dict.fromkeys(roots)),
-        tuple(problems),
-        tuple(notes),
-        True,
-        now,
-    )
+        )
+    return ChainStep(source, step, signer.name, result)
 
 
 def _recheck(

@@ -10,7 +10,7 @@ from scanner.claims_bridge import check_step
 from scanner.cli.attest import artifact_name
 from signing.chain import read_attestations, verify_chain
 from signing.chain_output import ChainOutputFormat, render
-from signing.policy import load_policy
+from signing.chain_policy import load_policy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

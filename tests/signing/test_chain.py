@@ -21,9 +21,9 @@ from signing.attest import (
 )
 from signing.chain import RULES, verify_chain
 from signing.chain_output import FORMATTERS, ChainOutputFormat, render
+from signing.chain_policy import PolicyError, parse_policy
 from signing.keys import KeyType, load_private_key, load_public_key
 from signing.manifest import FileDigest, Manifest
-from signing.policy import PolicyError, parse_policy
 from signing.signers import KeySigner
 from signing.verifiers import PublicKeyVerifier
 
