@@ -26,7 +26,10 @@ CAST_TARGETS = {
     "f32": "F32",
     "float32": "F32",
 }
-QUANT_DTYPES = ("int8", "uint8")
+QUANT_DTYPES = ("int8", "uint8", "int4", "nf4", "fp4")
+# Vendor layouts: bitsandbytes (int8 + SCB, NF4/FP4 + absmax), packed GPTQ / AWQ
+# integers (the gptq/awq algorithm tokens also name their layout), plain integer codes.
+QUANT_LAYOUTS = ("bnb", "gptq", "awq", "int")
 GRANULARITIES = ("per-channel", "per-tensor")
 SCHEMES = ("symmetric", "asymmetric")
 # Round-to-nearest must match code for code; the others legitimately choose non-nearest
@@ -118,7 +121,7 @@ def _join_nm(tokens: list[str]) -> list[str]:
 
 _KEYS: dict[str, tuple[str, ...]] = {
     "cast": ("target",),
-    "quantize": ("dtype", "granularity", "scheme", "algorithm", "axis"),
+    "quantize": ("dtype", "granularity", "scheme", "algorithm", "axis", "layout", "bits", "group"),
     "gguf": ("type", "algorithm"),
     "requantize": ("type",),
     "prune": ("method", "sparsity", "n", "m", "scope", "axis"),
@@ -147,6 +150,8 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
         ):
             if low in values:
                 return key, low
+        if low == "bnb":
+            return "layout", low
     if kind in ("gguf", "requantize") and low in GGUF_TYPES:
         return "type", low
     if kind == "gguf" and low in ALGORITHMS:
@@ -190,6 +195,12 @@ def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
         params.setdefault("algorithm", "rtn")
         if "axis" in params and not params["axis"].lstrip("-").isdigit():
             raise bad("axis must be an integer")
+        if params.get("layout", "int") not in QUANT_LAYOUTS:
+            raise bad(f"layout must be one of {', '.join(QUANT_LAYOUTS)}")
+        if "bits" in params and params["bits"] not in ("2", "4", "8"):
+            raise bad("bits must be 2, 4 or 8")
+        if "group" in params and not params["group"].lstrip("-").isdigit():
+            raise bad("group must be an integer (-1: one group per row)")
     elif kind in ("gguf", "requantize"):
         if params.get("type") not in GGUF_TYPES:
             raise bad(f"{kind} needs a GGUF type ({', '.join(GGUF_TYPES)})")
