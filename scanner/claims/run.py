@@ -113,9 +113,7 @@ def infer(
                 continue
         outcome = run_claim(claim, trusted, deployed, diffs)
         tried.append(outcome)
-        if outcome.holds and outcome.verdicts:
-            held[family] = outcome
-        elif claim.kind == "quantize" and outcome.applicable and outcome.verdicts:
+        if (outcome.holds and outcome.verdicts) or (claim.kind == "quantize" and outcome.applicable and outcome.verdicts):
             held[family] = outcome
     return tried, list(held.values())
 
