@@ -113,7 +113,8 @@ def infer(
                 continue
         outcome = run_claim(claim, trusted, deployed, diffs)
         tried.append(outcome)
-        if (outcome.holds and outcome.verdicts) or (claim.kind == "quantize" and outcome.applicable and outcome.verdicts):
+        strictest = claim.kind == "quantize" and outcome.applicable
+        if outcome.verdicts and (outcome.holds or strictest):
             held[family] = outcome
     return tried, list(held.values())
 
