@@ -37,7 +37,7 @@ SCHEMES = ("symmetric", "asymmetric")
 ALGORITHMS = ("rtn", "gptq", "awq", "adaround", "search")
 GGUF_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 PRUNE_METHODS = ("magnitude", "nm", "channel", "sparsegpt")
-PRUNE_SCOPES = ("per-tensor", "per-row")
+PRUNE_SCOPES = ("per-tensor", "per-row", "global")
 
 _FRACTION = re.compile(r"^(0(\.\d+)?|1(\.0+)?)$")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -124,7 +124,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "quantize": ("dtype", "granularity", "scheme", "algorithm", "axis", "layout", "bits", "group"),
     "gguf": ("type", "algorithm"),
     "requantize": ("type",),
-    "prune": ("method", "sparsity", "n", "m", "scope", "axis"),
+    "prune": ("method", "sparsity", "n", "m", "scope", "axis", "remove"),
     "convert": ("transpose",),
 }
 
@@ -165,6 +165,9 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
             return "sparsity", low
         if _NM.match(low):
             return "nm", low
+        if low == "remove":
+            # Structured pruning that deletes channels (shapes shrink along a chain).
+            return "remove", "yes"
     if kind == "convert" and low in ("transpose", "no-transpose"):
         return "transpose", "allow" if low == "transpose" else "deny"
     raise UsageError(

@@ -21,8 +21,9 @@ accumulates, chunk by chunk, per-line counts of non-nearest codes and per-row er
   other keep the sum small; a shifted row adds up);
 * whole tensors whose non-nearest share is several times the file's typical tensor.
 
-The thresholds are statements about mechanisms (an effect of 3x the reference and a
-tail probability under 1e-6 over every line tested), not fits to a model.
+The thresholds are statements about mechanisms (an effect of 3x the reference share, or
+60% of the codes the reference leaves nearest, whichever is smaller, and a tail
+probability under 1e-6 over every line tested), not fits to a model.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ BLOCK = 16
 SALIENT_SHARE = 0.01
 ALPHA = 1e-6
 EFFECT = 3.0
-"""A line is out of line when its share is at least EFFECT times the reference share."""
+"""A line is out of line when its share is at least EFFECT times the reference share ...
+"""
+HEADROOM = 0.6
+"""... or, for algorithms that already move a large share of codes (GPTQ moves about a
+third), when it takes this fraction of the codes the reference leaves nearest."""
 MIN_CODES = 3
 """Fewer non-nearest codes than this never make a line stand out."""
 RMS_FACTOR = 3.0
@@ -189,10 +194,19 @@ def _reference(k: np.ndarray, n: np.ndarray, total_k: int, total_n: int) -> floa
     return max(float(np.quantile(rates, 0.9)), total_k / max(total_n, 1), 1.0 / max(total_n, 1))
 
 
+def effect_threshold(ref: float) -> float:
+    """The share a line must reach to stand out against a reference share ``ref``."""
+    return min(EFFECT * ref, ref + HEADROOM * (1 - ref))
+
+
 def _outliers(k: np.ndarray, n: np.ndarray, ref: float, tests: int) -> np.ndarray:
     rate = np.divide(k, n, out=np.zeros(k.shape, np.float64), where=n > 0)
     logp = binomial_tail(k, n, ref)
-    return (k >= MIN_CODES) & (rate >= EFFECT * ref) & (logp < math.log10(ALPHA / max(tests, 1)))
+    return (
+        (k >= MIN_CODES)
+        & (rate >= effect_threshold(ref))
+        & (logp < math.log10(ALPHA / max(tests, 1)))
+    )
 
 
 def judge(profile: LineProfile, file_share: float | None = None) -> LineJudgement:
@@ -209,8 +223,8 @@ def judge(profile: LineProfile, file_share: float | None = None) -> LineJudgemen
         rows = _outliers(p.rows_nn, p.rows_n, ref, tests)
         if rows.any():
             reasons.append(
-                f"{int(rows.sum())} rows with non-nearest shares >= {EFFECT:g}x the "
-                f"tensor's ({ref:.3%})"
+                f"{int(rows.sum())} rows with non-nearest shares >= "
+                f"{effect_threshold(ref):.2%} where the tensor's rows reach {ref:.2%}"
             )
         ref_c = _reference(p.cols_nn, p.cols_n, total_k, total_n)
         cols = _outliers(p.cols_nn, p.cols_n, ref_c, tests) if p.n_rows >= BLOCK else cols
@@ -226,7 +240,7 @@ def judge(profile: LineProfile, file_share: float | None = None) -> LineJudgemen
     if p.salient_nn >= MIN_CODES and rest_n > 0:
         base = max((total_k - p.salient_nn) / rest_n, 1.0 / max(total_n, 1))
         logp = float(binomial_tail(np.array(p.salient_nn), np.array(p.salient_n), base))
-        if p.salient_nn >= EFFECT * base * p.salient_n and logp < math.log10(ALPHA):
+        if p.salient_nn >= effect_threshold(base) * p.salient_n and logp < math.log10(ALPHA):
             salient = True
             reasons.append(
                 f"{p.salient_nn} of the {p.salient_n} largest weights are not the nearest "
@@ -255,11 +269,11 @@ def judge(profile: LineProfile, file_share: float | None = None) -> LineJudgemen
     tensor = False
     if file_share is not None and total_k >= MIN_CODES:
         logp = float(binomial_tail(np.array(total_k), np.array(total_n), max(file_share, 1e-9)))
-        if total_k >= EFFECT * file_share * total_n and logp < math.log10(ALPHA):
+        if total_k >= effect_threshold(file_share) * total_n and logp < math.log10(ALPHA):
             tensor = True
             reasons.append(
-                f"non-nearest share {total_k / total_n:.2%} is {EFFECT:g}x or more the "
-                f"file's typical tensor ({file_share:.2%})"
+                f"non-nearest share {total_k / total_n:.2%} against the file's typical "
+                f"tensor's {file_share:.2%}"
             )
     flagged_rows = set(np.flatnonzero(rows).tolist()) | set(np.flatnonzero(bad_err).tolist())
     return LineJudgement(
