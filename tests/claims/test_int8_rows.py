@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from scanner.claims import check_claim
 from scanner.diff import diff_artifacts
@@ -129,7 +129,7 @@ def _matrix(
                 rows = set(np.flatnonzero(mask.reshape(c.shape[0], -1).any(axis=1)).tolist())
                 named = bad and {v.tensor for v in bad} == {tampered_name}
                 localized = named and (
-                    region == "column" or set(bad[0].rows) <= rows and set(bad[0].rows) & rows
+                    region == "column" or (set(bad[0].rows) <= rows and set(bad[0].rows) & rows)
                 )
                 hits += bool(not r.holds and localized)
             rates[(region, how)] = hits / len(names)
