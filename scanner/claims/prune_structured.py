@@ -59,8 +59,9 @@ def check_removal(
     verdicts: list[TensorVerdict] = []
     pending: list[TensorDiff] = []
     for t in shrunk:
-        w = trusted.to_float(t.name)
-        d = deployed.to_float(t.deployed_name or t.name)
+        d_name = t.deployed_name or t.name
+        w = trusted.to_float(t.name).reshape(trusted.tensors[t.name].shape)
+        d = deployed.to_float(d_name).reshape(deployed.tensors[d_name].shape)
         arrays[t.name] = (w, d)
         axes = _shrunk_axes(w.shape, d.shape)
         if axes is None:

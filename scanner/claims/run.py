@@ -106,7 +106,7 @@ def infer(
         family = claim.kind + ":" + (claim.param("type") or "")
         if family in held:
             continue
-        if claim.kind == "prune":
+        if claim.kind == "prune" and not claim.param("remove"):
             if pruned is None:
                 pruned = _looks_pruned(trusted, deployed, diffs)
             if not pruned:
