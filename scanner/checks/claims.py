@@ -219,10 +219,14 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
     for o in outcomes:
         evidence[o.claim] = _summary(o)
         if inferred:
+            n_bad = sum(1 for v in o.verdicts if not v.ok)
             findings.append(
                 finding(
                     INFERRED,
-                    f"inferred {o.claim}: verified on {len(o.verdicts)} tensors",
+                    f"inferred {o.claim}: verified on {len(o.verdicts)} tensors"
+                    if not n_bad
+                    else f"inferred {o.claim}: {n_bad} of {len(o.verdicts)} tensors "
+                    "break it (see the findings that name them)",
                     evidence={**_summary(o), "class": _class_of(o)},
                 )
             )
@@ -270,9 +274,7 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
     from scanner.diff.model import class_rank
 
     classification = (
-        "unexplained change"
-        if failed and not inferred
-        else (max(classes, key=class_rank) if classes else None)
+        "unexplained change" if failed else (max(classes, key=class_rank) if classes else None)
     )
     return Analysis(
         findings=tuple(findings),

@@ -97,6 +97,8 @@ class CodeStats:
     """Largest |trusted - dequantized| in steps among unclipped elements."""
     samples: list[Violation] = field(default_factory=list)
     bad_rows: set[int] = field(default_factory=set)
+    n_violations: int = 0
+    """Codes outside what the comparison accepts (strict: every non-tie mismatch)."""
 
     def merge_rows(self, rows: Iterable[int]) -> None:
         self.bad_rows.update(int(r) for r in rows)
@@ -124,12 +126,20 @@ def compare_codes(
     strict: bool,
     index_offset: tuple[int, ...] = (),
     index_map: Any = None,
+    rel_tie: float = 0.0,
+    profile: Any = None,
+    max_steps: int = 1,
 ) -> None:
     """Compare ``codes`` with ``clip(round(w / step) + zero, qmin, qmax)`` (all broadcast).
 
     ``strict`` (round-to-nearest claims): every non-tie mismatch is a violation.
-    Otherwise only codes more than one step away are. ``index_offset`` is added to the
-    reported indices; ``index_map(flat_positions) -> list of index tuples`` overrides it.
+    Otherwise only codes more than ``max_steps`` away are. ``index_offset`` is added to
+    the reported indices; ``index_map(flat_positions) -> list of index tuples`` overrides
+    it. ``rel_tie`` widens the tie band by that fraction of |w / step| (the precision of a
+    stored scale: a toolchain that divided by the unrounded scale lands on the other side
+    of a wall only that close to it). ``profile`` (a :class:`scanner.claims.lines.
+    LineProfile` for this chunk's rows, ``index_offset[0]`` being the first) accumulates
+    per-line counts for the line-by-line judgement of search algorithms.
     """
     w = np.asarray(w, dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -154,13 +164,15 @@ def compare_codes(
         d_bad = diff.reshape(-1)[pos]
         frac = np.abs(s_bad - np.floor(s_bad) - 0.5)
         # A tie: the value sits on a bin wall and the other neighbour was chosen.
-        tie = (np.abs(d_bad) == 1) & (frac < TIE_TOLERANCE)
+        band = TIE_TOLERANCE + rel_tie * np.abs(s_bad)
+        tie = (np.abs(d_bad) == 1) & (frac < band)
         stats.n_ties += int(tie.sum())
         real = ~tie
         stats.n_mismatch += int(real.sum())
-        beyond = np.abs(d_bad) > 1
-        stats.n_beyond_one += int(beyond.sum())
+        beyond = np.abs(d_bad) > max_steps
+        stats.n_beyond_one += int((np.abs(d_bad) > 1).sum())
         viol = pos[real if strict else beyond]
+        stats.n_violations += int(viol.size)
         if viol.size:
             room = max(0, MAX_REPORTED - len(stats.samples))
             first_axis = np.unravel_index(viol, w.shape)[0] if w.ndim else np.zeros_like(viol)
@@ -186,6 +198,21 @@ def compare_codes(
                 )
     # Error bound in steps, on elements that did not clip.
     inside = (nearest > qmin) & (nearest < qmax)
+    if profile is not None:
+        rows = w.shape[0] if w.ndim >= 1 else 1
+        nonnearest = np.zeros(w.size, bool)
+        if n_bad:
+            nonnearest[pos[real]] = True
+        zero_b = np.broadcast_to(np.asarray(zero, dtype=np.float32), w.shape)
+        err = found - scaled - zero_b
+        counted = inside & np.isfinite(err)
+        profile.add(
+            index_offset[0] if index_offset else 0,
+            nonnearest.reshape(rows, -1),
+            err.reshape(rows, -1),
+            counted.reshape(rows, -1),
+            np.abs(w).reshape(rows, -1),
+        )
     if inside.any():
         err = np.abs(scaled + np.asarray(zero, dtype=np.float32) - found)
         m = float(np.max(err, where=inside & np.isfinite(err), initial=0.0))

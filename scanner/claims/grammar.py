@@ -26,7 +26,10 @@ CAST_TARGETS = {
     "f32": "F32",
     "float32": "F32",
 }
-QUANT_DTYPES = ("int8", "uint8")
+QUANT_DTYPES = ("int8", "uint8", "int4", "nf4", "fp4")
+# Vendor layouts: bitsandbytes (int8 + SCB, NF4/FP4 + absmax), packed GPTQ / AWQ
+# integers (the gptq/awq algorithm tokens also name their layout), plain integer codes.
+QUANT_LAYOUTS = ("bnb", "gptq", "awq", "int")
 GRANULARITIES = ("per-channel", "per-tensor")
 SCHEMES = ("symmetric", "asymmetric")
 # Round-to-nearest must match code for code; the others legitimately choose non-nearest
@@ -34,7 +37,7 @@ SCHEMES = ("symmetric", "asymmetric")
 ALGORITHMS = ("rtn", "gptq", "awq", "adaround", "search")
 GGUF_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 PRUNE_METHODS = ("magnitude", "nm", "channel", "sparsegpt")
-PRUNE_SCOPES = ("per-tensor", "per-row")
+PRUNE_SCOPES = ("per-tensor", "per-row", "global")
 
 _FRACTION = re.compile(r"^(0(\.\d+)?|1(\.0+)?)$")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -118,10 +121,10 @@ def _join_nm(tokens: list[str]) -> list[str]:
 
 _KEYS: dict[str, tuple[str, ...]] = {
     "cast": ("target",),
-    "quantize": ("dtype", "granularity", "scheme", "algorithm", "axis"),
+    "quantize": ("dtype", "granularity", "scheme", "algorithm", "axis", "layout", "bits", "group"),
     "gguf": ("type", "algorithm"),
     "requantize": ("type",),
-    "prune": ("method", "sparsity", "n", "m", "scope", "axis"),
+    "prune": ("method", "sparsity", "n", "m", "scope", "axis", "remove"),
     "convert": ("transpose",),
 }
 
@@ -147,6 +150,8 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
         ):
             if low in values:
                 return key, low
+        if low == "bnb":
+            return "layout", low
     if kind in ("gguf", "requantize") and low in GGUF_TYPES:
         return "type", low
     if kind == "gguf" and low in ALGORITHMS:
@@ -160,6 +165,9 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
             return "sparsity", low
         if _NM.match(low):
             return "nm", low
+        if low == "remove":
+            # Structured pruning that deletes channels (shapes shrink along a chain).
+            return "remove", "yes"
     if kind == "convert" and low in ("transpose", "no-transpose"):
         return "transpose", "allow" if low == "transpose" else "deny"
     raise UsageError(
@@ -190,6 +198,12 @@ def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
         params.setdefault("algorithm", "rtn")
         if "axis" in params and not params["axis"].lstrip("-").isdigit():
             raise bad("axis must be an integer")
+        if params.get("layout", "int") not in QUANT_LAYOUTS:
+            raise bad(f"layout must be one of {', '.join(QUANT_LAYOUTS)}")
+        if "bits" in params and params["bits"] not in ("2", "4", "8"):
+            raise bad("bits must be 2, 4 or 8")
+        if "group" in params and not params["group"].lstrip("-").isdigit():
+            raise bad("group must be an integer (-1: one group per row)")
     elif kind in ("gguf", "requantize"):
         if params.get("type") not in GGUF_TYPES:
             raise bad(f"{kind} needs a GGUF type ({', '.join(GGUF_TYPES)})")

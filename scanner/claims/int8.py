@@ -11,12 +11,14 @@ one step of the nearest code, and the fraction of non-nearest codes is reported.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from scanner.artifact import Artifact
 from scanner.claims.base import (
+    MAX_REPORTED,
     ClaimOutcome,
     CodeStats,
     TensorVerdict,
@@ -28,6 +30,7 @@ from scanner.claims.base import (
 )
 from scanner.claims.grammar import Claim
 from scanner.claims.layouts import CODE_DTYPES, FLOAT_DTYPES, QuantGroup, _stems, find_groups
+from scanner.claims.lines import LineProfile, file_share, judge
 
 CHUNK = 1 << 18
 """Elements per comparison chunk: small enough to stay in cache, large enough for numpy."""
@@ -50,9 +53,28 @@ def _eps(dtype_name: str) -> float:
     )
 
 
+def unit_roundoff(dtype_name: str) -> float:
+    """Half the spacing of a stored scale's dtype, relative: how far a code computed with
+    the unrounded scale can sit from one computed with the stored scale, in steps per
+    step of code."""
+    return {"F16": 2.0**-11, "BF16": 2.0**-8, "F32": 2.0**-24, "F64": 0.0}.get(dtype_name, 0.0)
+
+
+SOURCE_PRECISIONS = ("F16", "BF16")
+"""Vendors often quantize from a half-precision copy of the float weights; a round-to-
+nearest claim that fails from the float32 values is re-derived from these as well."""
+
+
 def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> ClaimOutcome:
-    groups = find_groups(deployed)
-    verdicts: list[TensorVerdict] = []
+    """Re-derive every quantized weight of ``deployed``: integer codes with scales
+    (:mod:`scanner.claims.layouts`) and the vendor layouts of bitsandbytes, GPTQ and AWQ
+    (:mod:`scanner.claims.vendor`)."""
+    from scanner.claims.vendor import check_vendor, vendor_groups
+
+    vgroups = vendor_groups(deployed)
+    taken = {n for g in vgroups for n in g.names}
+    groups = [g for g in find_groups(deployed) if g.codes not in taken]
+    results: list[tuple[TensorVerdict, LineProfile | None]] = []
     notes: list[str] = []
     used: set[str] = set()
     for g in groups:
@@ -61,15 +83,61 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
             notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
             continue
         used.add(origin)
-        verdicts.append(check_group(trusted, origin, deployed, g, perm, claim))
-    layouts = sorted({_layout_name(g) for g in groups})
+        results.append(check_group(trusted, origin, deployed, g, perm, claim))
+    v_results, v_notes = check_vendor(trusted, deployed, vgroups, claim, used)
+    results += v_results
+    notes += v_notes
+    verdicts = judge_lines(results)
+    layouts = sorted({_layout_name(g) for g in groups} | {g.layout for g in vgroups})
     return ClaimOutcome(
         str(claim),
         tuple(verdicts),
         tuple(notes),
-        evidence={"layouts": layouts, "groups": len(groups)},
-        applicable=bool(groups),
+        evidence={"layouts": layouts, "groups": len(groups) + len(vgroups)},
+        applicable=bool(groups or vgroups),
     )
+
+
+def judge_lines(results: list[tuple[TensorVerdict, LineProfile | None]]) -> list[TensorVerdict]:
+    """Verdicts after the line-by-line judgement of search-algorithm claims: a tensor
+    whose codes are each within the algorithm's reach still fails when rows, columns,
+    blocks or its largest weights stand out from the rest of the tensor and the file."""
+    share = file_share([p for _, p in results if p is not None])
+    out = []
+    for verdict, profile in results:
+        if profile is None or not verdict.ok:
+            out.append(verdict)
+            continue
+        j = judge(profile, share)
+        stats = {**verdict.stats, "non_nearest_reference_file": share}
+        if j.ok:
+            out.append(replace(verdict, stats=stats))
+            continue
+        stats.update(
+            {
+                "rows_out_of_line": list(j.rows[:256]),
+                "columns_out_of_line": list(j.columns[:256]),
+                "blocks_out_of_line": [list(b) for b in j.blocks[:256]],
+                "salient_concentration": j.salient,
+                "tensor_out_of_line": j.tensor,
+            }
+        )
+        where = j.all_rows()
+        out.append(
+            replace(
+                verdict,
+                ok=False,
+                message=f"{verdict.tensor}: codes are not spread like the claimed "
+                f"algorithm's: {'; '.join(j.reasons)}",
+                stats=stats,
+                rows=where if where else verdict.rows,
+                problem="codes",
+                violations=tuple(
+                    Violation((r, c), float("nan"), float("nan")) for r, c in j.salient_elements
+                )[:MAX_REPORTED],
+            )
+        )
+    return out
 
 
 def _layout_name(g: QuantGroup) -> str:
@@ -138,8 +206,9 @@ def check_group(
     g: QuantGroup,
     perm: tuple[int, ...] | None,
     claim: Claim,
-) -> TensorVerdict:
-    """Re-derive one quantized weight from its trusted float tensor."""
+) -> tuple[TensorVerdict, LineProfile | None]:
+    """Re-derive one quantized weight from its trusted float tensor; the line profile
+    is returned for search-algorithm claims (None for round-to-nearest)."""
     c_info = deployed.tensors[g.codes]
     qmin, qmax = CODE_DTYPES[c_info.dtype.name]
     names = g.names
@@ -151,10 +220,10 @@ def check_group(
     )
     shape = c_info.shape
 
-    def fail(problem: str, message: str, **kw: Any) -> TensorVerdict:
+    def fail(problem: str, message: str, **kw: Any) -> tuple[TensorVerdict, None]:
         return TensorVerdict(
             origin, names, False, "quantization", f"{origin}: {message}", problem=problem, **kw
-        )
+        ), None
 
     dt = {"I8": "int8", "U8": "uint8"}.get(c_info.dtype.name, c_info.dtype.name.lower())
     # int32 codes are biases whose scale is derived (input scale x weight scale), as
@@ -162,6 +231,8 @@ def check_group(
     derived = c_info.dtype.name == "I32"
     if claim.param("dtype") and claim.param("dtype") != dt and not derived:
         return fail("dtype", f"stored as {dt}, claim says {claim.param('dtype')}")
+    if claim.param("layout") and claim.param("layout") != "int":
+        return fail("layout", f"stored as plain integer codes, claim says {claim.param('layout')}")
     axes = _channel_axis(g, shape, scale.size, claim)
     if not axes:
         return fail("layout", f"{scale.size} scales fit no axis of shape {list(shape)}")
@@ -195,49 +266,71 @@ def check_group(
         w_full = np.transpose(w_full, perm)
     codes_full = read_tensor(deployed, g.codes)
     strict = claim.param("algorithm", "rtn") == "rtn"
+    scale_dtype = deployed.tensors[g.scale].dtype.name
+    sources: list[str | None] = [None]
+    if strict and trusted.tensors[origin].dtype.name in ("F32", "F64"):
+        sources += list(SOURCE_PRECISIONS)
     best: TensorVerdict | None = None
-    for axis, scheme in [(a, sc) for a in axes for sc in schemes]:
-        if best is not None and best.ok:
-            break
-        verdict = _verify(
-            origin,
-            names,
-            w_full,
-            codes_full,
-            scale,
-            zp,
-            axis,
-            qmin,
-            qmax,
-            scheme,
-            strict,
-            _eps(deployed.tensors[g.scale].dtype.name),
-            c_info.dtype.name == "I32",
-        )
-        verdict = TensorVerdict(
-            **{
-                **verdict.__dict__,
-                "stats": {
+    best_profile: LineProfile | None = None
+    for source in sources:
+        w_src = w_full if source is None else _round_to(w_full, source)
+        for axis, scheme in [(a, sc) for a in axes for sc in schemes]:
+            if best is not None and best.ok:
+                break
+            profile = None if strict else LineProfile.for_tensor(_front(w_src, axis))
+            verdict = _verify(
+                origin,
+                names,
+                w_src,
+                codes_full,
+                scale,
+                zp,
+                axis,
+                qmin,
+                qmax,
+                scheme,
+                strict,
+                _eps(scale_dtype),
+                derived,
+                unit_roundoff(scale_dtype),
+                profile,
+            )
+            verdict = replace(
+                verdict,
+                stats={
                     **verdict.stats,
                     "granularity": granularity,
                     "scheme": scheme,
                     "dtype": dt,
                     "transposed": perm is not None and perm != tuple(range(len(perm))),
                     "layout": _layout_name(g),
+                    **({"source_precision": source} if source else {}),
                 },
-            }
-        )
-        if (
-            best is None
-            or (verdict.ok and not best.ok)
-            or (
-                verdict.ok == best.ok
-                and verdict.stats.get("non_nearest", 0) < best.stats.get("non_nearest", 0)
             )
-        ):
-            best = verdict
+            if (
+                best is None
+                or (verdict.ok and not best.ok)
+                or (
+                    verdict.ok == best.ok
+                    and verdict.stats.get("non_nearest", 0) < best.stats.get("non_nearest", 0)
+                )
+            ):
+                best, best_profile = verdict, profile
+        if best is not None and best.ok:
+            break
     assert best is not None
-    return best
+    return best, best_profile
+
+
+def _round_to(w: np.ndarray, dtype_name: str) -> np.ndarray:
+    from scanner.values import numpy_dtype
+
+    npd = numpy_dtype(dtype_name)
+    return w.astype(npd).astype(np.float32)
+
+
+def _front(w: np.ndarray, axis: int | None) -> np.ndarray:
+    return np.moveaxis(w, axis, 0) if axis is not None and axis != 0 and w.ndim else w
 
 
 def _verify(
@@ -254,6 +347,8 @@ def _verify(
     strict: bool,
     eps: float,
     derived_scale: bool,
+    rel_tie: float = 0.0,
+    profile: LineProfile | None = None,
 ) -> TensorVerdict:
     # Bring the channel axis to the front so chunks of rows are chunks of channels.
     if axis is not None and axis != 0:
@@ -300,7 +395,19 @@ def _verify(
         cc = codes[r0:r1] if codes.ndim else codes
         sc = step_all[r0:r1] if axis is not None else step_all
         zc = zero_all[r0:r1] if axis is not None else zero_all
-        compare_codes(stats, wc, cc, sc, zc, qmin, qmax, strict=strict, index_offset=(r0,))
+        compare_codes(
+            stats,
+            wc,
+            cc,
+            sc,
+            zc,
+            qmin,
+            qmax,
+            strict=strict,
+            index_offset=(r0,),
+            rel_tie=rel_tie,
+            profile=profile,
+        )
     if axis is not None and axis != 0:
         # Report indices in the deployed tensor's own axis order.
         def back(ix: tuple[int, ...]) -> tuple[int, ...]:

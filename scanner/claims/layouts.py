@@ -8,7 +8,10 @@ Recognized layouts (``docs/claims.md`` has the table):
   ``x.weight`` + ``x.scales`` / ``x.scale`` / ``x.zeros`` / ``x.zp`` variants;
 * ONNX graph references: ``DequantizeLinear``, ``QLinearConv``, ``QLinearMatMul``,
   ``MatMulInteger``, ``ConvInteger`` and ``DynamicQuantizeLSTM`` name their weight, scale
-  and zero-point inputs explicitly, and the node type fixes the channel axis.
+  and zero-point inputs explicitly, and the node type fixes the channel axis;
+* weight-only int8 dequantized in the graph by hand: integer codes -> ``Cast`` to float
+  [-> ``Sub`` zero point] -> ``Mul`` by a float scale initializer (``X_q`` + ``X_scale``
+  as some vendors export); the scale's shape (e.g. ``[rows, 1]``) gives the axis.
 
 The per-channel axis is the axis whose length equals the number of scales; a graph node
 that states it (``axis`` attribute, or QLinearMatMul's output columns) decides when
@@ -33,7 +36,7 @@ CODE_DTYPES = {
 }
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
-_CODE_SUFFIXES = ("_quantized", ".qweight", "_qweight", ".weight_quantized")
+_CODE_SUFFIXES = ("_quantized", ".qweight", "_qweight", ".weight_quantized", "_q", "_int8")
 _SCALE_SUFFIXES = ("_scale", ".scale", "_scales", ".scales", ".weight_scale", "_weight_scale")
 _ZP_SUFFIXES = (
     "_zero_point",
@@ -136,6 +139,8 @@ def find_groups(deployed: Artifact) -> list[QuantGroup]:
                         groups[code] = QuantGroup(
                             code, scale, zp, _stems(code)[0], axis, node.op_type
                         )
+        for g in _cast_mul_groups(deployed):
+            groups.setdefault(g.codes, g)
     for name, info in tensors.items():
         if name in groups or info.dtype.name not in CODE_DTYPES or not info.shape:
             continue
@@ -147,6 +152,44 @@ def find_groups(deployed: Artifact) -> list[QuantGroup]:
     # A zero point or scale is never itself a weight.
     side = {n for g in groups.values() for n in (g.scale, g.zero_point) if n}
     return [g for n, g in sorted(groups.items()) if n not in side]
+
+
+def _cast_mul_groups(deployed: Artifact) -> list[QuantGroup]:
+    """Codes -> Cast -> [Sub zero point ->] Mul scale, all initializers."""
+    tensors = deployed.tensors
+    graph = deployed.graph
+    assert graph is not None
+    consumers: dict[str, list] = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            consumers.setdefault(i, []).append(node)
+    out: list[QuantGroup] = []
+    for node in graph.nodes:
+        if node.op_type != "Cast" or not node.inputs or not node.outputs:
+            continue
+        code = node.inputs[0]
+        info = tensors.get(code)
+        if info is None or info.dtype.name not in ("I8", "U8", "I4", "U4", "I16", "U16"):
+            continue
+        value, zp = node.outputs[0], None
+        nxt = consumers.get(value, [])
+        if len(nxt) == 1 and nxt[0].op_type == "Sub" and nxt[0].inputs[0] == value:
+            other = nxt[0].inputs[1] if len(nxt[0].inputs) > 1 else ""
+            if other in tensors:
+                zp, value = other, nxt[0].outputs[0]
+                nxt = consumers.get(value, [])
+        if len(nxt) != 1 or nxt[0].op_type != "Mul":
+            continue
+        scale = next((i for i in nxt[0].inputs if i != value and i in tensors), None)
+        if scale is None or tensors[scale].dtype.name not in FLOAT_DTYPES:
+            continue
+        s_shape = tensors[scale].shape
+        axis = None
+        if len(s_shape) == len(info.shape):
+            wide = [a for a, n in enumerate(s_shape) if n > 1]
+            axis = wide[0] if len(wide) == 1 else None
+        out.append(QuantGroup(code, scale, zp, _stems(code)[0], axis, "Cast+Mul"))
+    return out
 
 
 def _attr_axis(art: Artifact, node_name: str, default: int) -> int:

@@ -3,10 +3,17 @@ follow the claimed criterion.
 
 * ``magnitude`` (unstructured): the pruned set is the k smallest |w| of the tensor (or of
   each row with ``per-row``), k = number of new zeros; ties at the threshold go either way.
+  ``global`` (one threshold over every pruned tensor, as global magnitude pruning does):
+  no zeroed weight of any tensor is larger than a kept weight of any other. Without a
+  scope, a per-tensor explanation is tried first and the global one when it fails.
 * ``nm`` (N:M, e.g. 2:4): in every group of M consecutive weights along the last axis at
   most N are nonzero and the zeros are the group's smallest |w|.
 * ``channel``: whole output channels (axis 0) are zeroed, and they are the channels of
-  smallest norm (L1 or L2, the two criteria in use).
+  smallest norm (L1 or L2, the two criteria in use) among the channels still in use
+  (channels that were already all zero in the trusted model are neither). A vector
+  (bias, normalization parameter) may lose exactly the entries of channels pruned in a
+  weight with as many channels. ``remove`` (structured pruning that deletes channels):
+  see :mod:`scanner.claims.prune_structured`.
 * ``sparsegpt``: kept weights may change (the OBS update compensates removed ones), but
   only in rows that lost weights, since the update of a row is driven by that row's
   pruned weights; the zero criterion is data-dependent and is reported, not enforced.
@@ -33,17 +40,99 @@ SPARSITY_TOLERANCE = 0.01
 def check_prune(
     trusted: Artifact, deployed: Artifact, claim: Claim, diffs: Sequence[TensorDiff]
 ) -> ClaimOutcome:
-    verdicts: list[TensorVerdict] = []
-    for t in diffs:
-        if t.status is not TensorStatus.CHANGED or t.trusted_dtype not in FLOATS:
+    if claim.param("remove"):
+        from scanner.claims.prune_structured import check_removal
+
+        return check_removal(trusted, deployed, claim, diffs)
+    changed = [t for t in diffs if t.status is TensorStatus.CHANGED and t.trusted_dtype in FLOATS]
+    method = claim.param("method") or "magnitude"
+    scope = claim.param("scope")
+    evidence: dict[str, Any] = {"method": method}
+    if method == "channel":
+        verdicts = _channel_verdicts(trusted, deployed, claim, changed)
+    elif method == "magnitude" and scope == "global":
+        verdicts = _global_verdicts(trusted, deployed, claim, changed)
+        evidence["scope"] = "global"
+    else:
+        verdicts = [
+            check_tensor(trusted, t.name, deployed, t.deployed_name or t.name, claim)
+            for t in changed
+        ]
+        if (
+            method == "magnitude"
+            and scope is None
+            and any(v.problem == "criterion" for v in verdicts)
+        ):
+            # One threshold over all tensors explains what per-tensor thresholds cannot.
+            glob = _global_verdicts(trusted, deployed, claim, changed)
+            if all(v.ok for v in glob):
+                verdicts = glob
+                evidence["scope"] = "global"
+    return ClaimOutcome(str(claim), tuple(verdicts), applicable=bool(verdicts), evidence=evidence)
+
+
+def _global_verdicts(
+    trusted: Artifact, deployed: Artifact, claim: Claim, changed: Sequence[TensorDiff]
+) -> list[TensorVerdict]:
+    """Magnitude pruning with one threshold: the smallest kept |w| over every pruned
+    tensor bounds every zeroed |w|."""
+    kept_min = np.inf
+    for t in changed:
+        w = trusted.to_float(t.name)
+        d = deployed.to_float(t.deployed_name or t.name)
+        if np.count_nonzero((d == 0) & (w != 0)) == 0:
             continue
-        verdicts.append(check_tensor(trusted, t.name, deployed, t.deployed_name or t.name, claim))
-    return ClaimOutcome(
-        str(claim),
-        tuple(verdicts),
-        applicable=bool(verdicts),
-        evidence={"method": claim.param("method")},
-    )
+        kept = np.abs(w[(d != 0) & (w != 0)])
+        if kept.size:
+            kept_min = min(kept_min, float(kept.min()))
+    return [
+        check_tensor(
+            trusted, t.name, deployed, t.deployed_name or t.name, claim, threshold=kept_min
+        )
+        for t in changed
+    ]
+
+
+def _channel_verdicts(
+    trusted: Artifact, deployed: Artifact, claim: Claim, changed: Sequence[TensorDiff]
+) -> list[TensorVerdict]:
+    """Channel pruning: weights first, then vectors that follow a pruned channel set."""
+    multi = [t for t in changed if len(trusted.tensors[t.name].shape) >= 2]
+    vectors = [t for t in changed if len(trusted.tensors[t.name].shape) < 2]
+    verdicts = []
+    pruned_sets: list[tuple[int, set[int]]] = []
+    for t in multi:
+        d_name = t.deployed_name or t.name
+        v = check_tensor(trusted, t.name, deployed, d_name, claim)
+        verdicts.append(v)
+        if v.ok:
+            d = deployed.to_float(d_name)
+            w = trusted.to_float(t.name)
+            rows = (d.reshape(d.shape[0], -1) == 0).all(axis=1) & (
+                w.reshape(w.shape[0], -1) != 0
+            ).any(axis=1)
+            pruned_sets.append((d.shape[0], set(np.flatnonzero(rows).tolist())))
+    for t in vectors:
+        d_name = t.deployed_name or t.name
+        w = trusted.to_float(t.name).reshape(-1)
+        d = deployed.to_float(d_name).reshape(-1)
+        zeroed = set(np.flatnonzero((d == 0) & (w != 0)).tolist())
+        other = np.flatnonzero((d != w) & ~((d == 0) & (w != 0)))
+        follows = not other.size and any(n == w.size and zeroed <= s for n, s in pruned_sets)
+        if follows:
+            verdicts.append(
+                TensorVerdict(
+                    t.name,
+                    (d_name,),
+                    True,
+                    "pruning",
+                    f"{t.name}: {len(zeroed)} entries zeroed with their pruned channels",
+                    stats={"newly_pruned": len(zeroed), "method": "channel"},
+                )
+            )
+        else:
+            verdicts.append(check_tensor(trusted, t.name, deployed, d_name, claim))
+    return verdicts
 
 
 def _viol(
@@ -68,8 +157,15 @@ def _viol(
 
 
 def check_tensor(
-    trusted: Artifact, name: str, deployed: Artifact, d_name: str, claim: Claim
+    trusted: Artifact,
+    name: str,
+    deployed: Artifact,
+    d_name: str,
+    claim: Claim,
+    threshold: float | None = None,
 ) -> TensorVerdict:
+    """One pruned tensor; ``threshold`` (global magnitude pruning): the smallest kept |w|
+    over all pruned tensors, which no zeroed |w| may exceed."""
     w = trusted.to_float(name)
     d = deployed.to_float(d_name)
     shape = w.shape
@@ -140,7 +236,12 @@ def check_tensor(
             "intended)",
             changed_kept,
         )
-    bad = _criterion(method, w, pruned, claim, stats)
+    if threshold is not None:
+        stats["scope"] = "global"
+        stats["global_threshold"] = threshold
+        bad: np.ndarray | str = pruned & (np.abs(w).astype(np.float64) > threshold)
+    else:
+        bad = _criterion(method, w, pruned, claim, stats)
     if isinstance(bad, str):
         return fail("layout", bad, np.zeros(shape, bool))
     if bad.any():
@@ -213,10 +314,12 @@ def _criterion(
         if partial.any():
             return np.broadcast_to(partial[:, None], rows.shape).copy().reshape(w.shape) & pruned
         pr = p.any(axis=1)
+        # Channels already dead in the trusted model are neither pruned nor kept.
+        live = (np.asarray(rows) != 0).any(axis=1)
         bad_any = np.zeros(rows.shape[0], bool)
         for order in (1, 2):
             norm = np.linalg.norm(rows.astype(np.float64), ord=order, axis=1)
-            keep_min = norm[~pr].min(initial=np.inf)
+            keep_min = norm[~pr & live].min(initial=np.inf)
             bad_o = pr & (norm > keep_min)
             if not bad_o.any():
                 stats["channel_norm"] = f"L{order}"

@@ -40,16 +40,20 @@ def candidate_claims(
 ) -> list[str]:
     """Claims worth trying on a pair nobody described, most specific first.
 
-    Driven by what the pair shows: integer tensors with stored scales suggest int8
-    quantization (round-to-nearest first, then a one-step search algorithm); ggml block
-    types suggest GGUF quantization of their type; many new exact zeros with unchanged
-    kept weights suggest pruning; a container change suggests conversion.
+    Driven by what the pair shows: integer tensors with stored scales, and the vendor
+    layouts of bitsandbytes, GPTQ and AWQ, suggest quantization, and only round-to-
+    nearest is inferred (a search algorithm's freedom to pick non-nearest codes is
+    accepted only when claimed); ggml block types suggest GGUF quantization of their
+    type; many new exact zeros with unchanged kept weights suggest pruning (one
+    threshold per tensor, per row, over all tensors, N:M, channels); a container change
+    suggests conversion.
     """
     from scanner.claims.layouts import find_groups
+    from scanner.claims.vendor import vendor_groups
 
     out: list[str] = []
-    if find_groups(deployed):
-        out += ["quantize", "quantize:algorithm=gptq"]
+    if find_groups(deployed) or vendor_groups(deployed):
+        out.append("quantize")
     t_block = any(i.dtype.is_block_quantized for i in trusted.tensors.values())
     d_types = sorted(
         {i.dtype.name for i in deployed.tensors.values() if i.dtype.is_block_quantized}
@@ -68,9 +72,12 @@ def candidate_claims(
             "prune:2:4",
             "prune:magnitude",
             "prune:magnitude:per-row",
+            "prune:magnitude:global",
             "prune:channel",
             "prune:sparsegpt",
         ]
+    if any(t.status is TensorStatus.SHAPE_CHANGED for t in diffs):
+        out.append("prune:channel:remove")
     if trusted.format != deployed.format or any(
         t.status in (TensorStatus.RENAMED, TensorStatus.REMOVED) for t in diffs
     ):
@@ -85,6 +92,11 @@ def infer(
 
     Families: int8 quantization, each ggml type, pruning, conversion. Quantization and
     pruning candidates are only tried when the pair shows their footprint.
+
+    Quantized layouts are unambiguous footprints: when round-to-nearest, the strictest
+    explanation, does not hold for every quantized tensor, its outcome is returned
+    anyway, so the tensors that break it are reported and localized (rows, elements)
+    instead of falling through as unexplained changes of dtype.
     """
     tried: list[ClaimOutcome] = []
     held: dict[str, ClaimOutcome] = {}
@@ -94,14 +106,15 @@ def infer(
         family = claim.kind + ":" + (claim.param("type") or "")
         if family in held:
             continue
-        if claim.kind == "prune":
+        if claim.kind == "prune" and not claim.param("remove"):
             if pruned is None:
                 pruned = _looks_pruned(trusted, deployed, diffs)
             if not pruned:
                 continue
         outcome = run_claim(claim, trusted, deployed, diffs)
         tried.append(outcome)
-        if outcome.holds and outcome.verdicts:
+        strictest = claim.kind == "quantize" and outcome.applicable
+        if outcome.verdicts and (outcome.holds or strictest):
             held[family] = outcome
     return tried, list(held.values())
 
