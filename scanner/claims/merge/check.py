@@ -11,6 +11,7 @@ output and tested for chance (:mod:`scanner.claims.merge.dare`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -35,6 +36,7 @@ MERGED_CLASS = "full fine-tune"
 """The change class of a verified merge: the deltas the other inputs bring are
 fine-tunes of the base, now re-derived."""
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
+MAX_TIED_INPUTS = 6
 _POST = ("lm_head", "norm", "final", "pooler", "classifier", "score", "ln_f", "output")
 
 # method -> (normalize, rescale, sparsification, consensus) defaults, as mergekit has them.
@@ -306,28 +308,50 @@ def _check_tensor(
     if any(mk is not None and mk[1].any() for mk in masks):
         stats["threshold_ties"] = int(sum(int(mk[1].sum()) for mk in masks if mk is not None))
 
+    rescaled = rescale and any(mk is not None for mk in masks)
+
+    def ties_at(sl: slice, mks: list[np.ndarray | None], b, ds) -> list[m.Candidate]:
+        return m.task_arithmetic(
+            b,
+            ds,
+            weights,
+            mks,
+            scales,
+            consensus=consensus,
+            normalize=normalize,
+            lam=lam,
+            r=rnd,
+            rescaled=rescaled,
+        )
+
     def chunk(sl: slice) -> list[m.Candidate]:
         b = base[sl].astype(np.float64)
         ds = [d[sl].astype(np.float64) for d in deltas]
-        out: list[m.Candidate] = []
-        variants = [True, False] if "threshold_ties" in stats else [True]
-        for keep_ties in variants:
-            mks = [
-                None if mk is None else (mk[0][sl] | mk[1][sl] if keep_ties else mk[0][sl])
-                for mk in masks
-            ]
-            out += m.task_arithmetic(
-                b,
-                ds,
-                weights,
-                mks,
-                scales,
-                consensus=consensus,
-                normalize=normalize,
-                lam=lam,
-                r=rnd,
-                rescaled=rescale and any(mk is not None for mk in masks),
-            )
+        out = ties_at(sl, [None if mk is None else mk[0][sl] | mk[1][sl] for mk in masks], b, ds)
+        tied = [i for i, mk in enumerate(masks) if mk is not None and mk[1][sl].any()]
+        if not tied:
+            return out
+        # Elements on a sparsification threshold: the tool's sort kept some of them and
+        # dropped others. Try every keep/drop choice of the tied inputs on those elements.
+        where = np.flatnonzero(np.any([masks[i][1][sl] for i in tied], axis=0))
+        if len(tied) > MAX_TIED_INPUTS:
+            raise UsageError(f"{p.output}: threshold ties in {len(tied)} inputs at once")
+        sub_b, sub_d = b[where], [d[where] for d in ds]
+        for choice in itertools.product((True, False), repeat=len(tied)):
+            mks: list[np.ndarray | None] = []
+            for i, mk in enumerate(masks):
+                if mk is None:
+                    mks.append(None)
+                    continue
+                keep_tied = choice[tied.index(i)] if i in tied else True
+                kept = mk[0][sl][where]
+                mks.append(kept | mk[1][sl][where] if keep_tied else kept)
+            for c in ties_at(sl, mks, sub_b, sub_d):
+                e = out[0].expected.copy()
+                bnd = out[0].bound.copy()
+                e[where] = c.expected
+                bnd[where] = c.bound
+                out.append(m.Candidate(e, bnd))
         return out
 
     return _compare(p, trusted_name, found, chunk, stats)

@@ -232,14 +232,15 @@ class DareSolver:
                 self._ratios[j].append(r[:: max(1, r.size // FIT_SAMPLE)])
 
     def settle(self) -> None:
-        """Each free factor becomes the median of its ratios (robust to elements whose
-        combination was misread under the previous factors, and to tampered ones)."""
+        """Each free factor becomes the centre of the tightest large cluster of its
+        ratios: elements read right all give the same ratio up to rounding, those whose
+        combination was misread under the previous factors (or tampered) scatter."""
         for j, i in enumerate(self.free):
             if self._ratios[j]:
                 r = np.concatenate(self._ratios[j])
                 r = r[np.isfinite(r)]
                 if r.size:
-                    self.scales[i] = float(np.median(r))
+                    self.scales[i] = _mode(r)
             self._ratios[j] = []
 
     def final(
@@ -305,12 +306,25 @@ class DareSolver:
         return out
 
 
-FIT_ROUNDS = 2
+FIT_ROUNDS = 4
 """Fitting rounds: the first reads the combinations under 1 / density, the second under
 the first fit."""
 FIT_SAMPLE = 1 << 18
 """Ratios kept per chunk and input for the median."""
 SCALE_TOLERANCE = 1e-3
+CLUSTER_WIDTH = 1e-3
+"""Relative half-width of the window in which ratios count as one value."""
+
+
+def _mode(r: np.ndarray) -> float:
+    """The median of the most populated ``CLUSTER_WIDTH`` window of ``r``."""
+    r = np.sort(r)
+    lo = np.searchsorted(r, r - np.abs(r) * CLUSTER_WIDTH, side="left")
+    hi = np.searchsorted(r, r + np.abs(r) * CLUSTER_WIDTH, side="right")
+    k = int(np.argmax(hi - lo))
+    return float(np.median(r[lo[k] : hi[k]]))
+
+
 """Relative slack of the L1 consistency check (float32 sums of the tool)."""
 
 
