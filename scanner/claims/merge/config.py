@@ -127,7 +127,10 @@ def read_config(path: Path, models_root: Path | None = None) -> MergeConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{where}: cannot read as UTF-8 text ({exc})") from None
     _refuse_aliases(text, where)
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{where}: not valid YAML ({_first_line(exc)})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a mapping at the top level")
     root = (models_root or path.parent).resolve()

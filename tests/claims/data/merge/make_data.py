@@ -57,10 +57,14 @@ def base_weights() -> dict[str, np.ndarray]:
         src, dst = f"encoder.layer.{i}.", f"model.layers.{i}."
         inter = m[src + "intermediate.dense.weight"]
         out |= {
-            dst + "self_attn.q_proj.weight": m[src + "attention.self.query.weight"][:HIDDEN, :HIDDEN],
+            dst + "self_attn.q_proj.weight": m[src + "attention.self.query.weight"][
+                :HIDDEN, :HIDDEN
+            ],
             dst + "self_attn.k_proj.weight": m[src + "attention.self.key.weight"][:KV, :HIDDEN],
             dst + "self_attn.v_proj.weight": m[src + "attention.self.value.weight"][:KV, :HIDDEN],
-            dst + "self_attn.o_proj.weight": m[src + "attention.output.dense.weight"][:HIDDEN, :HIDDEN],
+            dst + "self_attn.o_proj.weight": m[src + "attention.output.dense.weight"][
+                :HIDDEN, :HIDDEN
+            ],
             dst + "mlp.gate_proj.weight": inter[:INTER, :HIDDEN],
             dst + "mlp.up_proj.weight": inter[INTER : 2 * INTER, :HIDDEN],
             dst + "mlp.down_proj.weight": m[src + "output.dense.weight"][:HIDDEN, :INTER],
@@ -79,7 +83,12 @@ def twin(base: dict[str, np.ndarray], seed: int, scale: float, rank: int) -> dic
         sd = float(v.std()) or 1.0
         d = rng.standard_normal(v.shape) * sd * scale
         if v.ndim == 2 and rank:
-            d += (rng.standard_normal((v.shape[0], rank)) @ rng.standard_normal((rank, v.shape[1]))) * sd * scale / rank
+            d += (
+                (rng.standard_normal((v.shape[0], rank)) @ rng.standard_normal((rank, v.shape[1])))
+                * sd
+                * scale
+                / rank
+            )
         out[k] = (v + d).astype(np.float32)
     return out
 
@@ -101,7 +110,14 @@ def main(mergekit_yaml: str) -> None:
     for cfg in sorted(HERE.glob("*.yml")):
         out = HERE / f"out_{cfg.stem}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [mergekit_yaml, cfg.name, str(out), "--no-write-model-card", "--no-copy-tokenizer", "--quiet"]
+        cmd = [
+            mergekit_yaml,
+            cfg.name,
+            str(out),
+            "--no-write-model-card",
+            "--no-copy-tokenizer",
+            "--quiet",
+        ]
         method = cfg.stem.split("-")[0]
         if method in SEEDS:
             cmd += ["--random-seed", str(SEEDS[method])]
