@@ -286,3 +286,51 @@ def test_dare_random_masks_pass_and_chosen_masks_fail(dare_case) -> None:
     off = [rng.random(base.shape) < 0.6, honest[1]]
     _, problems, _ = _check(base, deltas, _dare(base, deltas, weights, off), weights, densities)
     assert any("keep rate" in p for p in problems)
+
+
+def test_attest_merge_rechecks_the_claim(tmp_path: Path, run_cli) -> None:
+    from signing.keys import KeyType, generate_private_key, write_key_pair
+
+    priv, pub = tmp_path / "k.pem", tmp_path / "k.pub"
+    write_key_pair(generate_private_key(KeyType.ECDSA_P256), priv, pub)
+    args = ["--input", BASE, "--input", DATA / "tune1", "--input", DATA / "tune2"]
+    cfg = f"config={DATA / 'ties.yml'}"
+    out = tmp_path / "ok.att.json"
+    res = run_cli(
+        "attest",
+        "merge",
+        *args,
+        "--output",
+        output("ties").parent,
+        "--param",
+        cfg,
+        "--key",
+        priv,
+        "-o",
+        out,
+    )
+    assert res.code == 0, res.err
+    assert "attested merge (pass)" in res.err
+
+    def edit(t: dict[str, np.ndarray]) -> None:
+        t[MATRIX][0, 0] += 0.25
+
+    bad = tampered(tmp_path, "ties", edit)
+    res = run_cli(
+        "attest",
+        "merge",
+        *args,
+        "--output",
+        bad,
+        "--param",
+        cfg,
+        "--key",
+        priv,
+        "-o",
+        tmp_path / "bad.att.json",
+    )
+    assert res.code == 1 and "refusing to attest 'merge'" in res.err
+    assert not (tmp_path / "bad.att.json").exists()
+    # Without its config the merge cannot be re-derived: not signed unless declared.
+    res = run_cli("attest", "merge", *args, "--output", bad, "--key", priv, "-o", out)
+    assert res.code == 1 and "could-not-recheck" in res.err
