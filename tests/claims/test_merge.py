@@ -334,3 +334,39 @@ def test_attest_merge_rechecks_the_claim(tmp_path: Path, run_cli) -> None:
     # Without its config the merge cannot be re-derived: not signed unless declared.
     res = run_cli("attest", "merge", *args, "--output", bad, "--key", priv, "-o", out)
     assert res.code == 1 and "could-not-recheck" in res.err
+
+
+@pytest.mark.parametrize(("cfg", "seed"), [("dare_ties", 42), ("dare_linear", 7)])
+def test_dare_masks_replayed_from_the_seed(cfg: str, seed: int) -> None:
+    result = claim(cfg, output(cfg), seed=str(seed))
+    assert result.holds, result.message
+    assert any("re-derived from seed" in n for n in result.evidence["notes"])
+    wrong = claim(cfg, output(cfg), seed=str(seed + 1))
+    assert not wrong.holds
+    assert failing(wrong)["dare-masks"].problem == "mask"
+
+
+def test_dare_deltas_dropped_by_choice_fail_the_seeded_claim(tmp_path: Path) -> None:
+    """Reverting kept deltas to the base is a valid keep/drop combination for every
+    element, and too small on this model for the statistics; the seed's stream is not."""
+    base = load_file(str(BASE / "model.safetensors"))
+    name = "model.layers.0.mlp.gate_proj.weight"
+
+    def edit(t: dict[str, np.ndarray]) -> None:
+        kept = np.flatnonzero(t[name][9] != base[name][9])[:5]
+        t[name][9, kept] = base[name][9, kept]
+
+    path = tampered(tmp_path, "dare_ties", edit)
+    assert claim("dare_ties", path).holds  # every value is some combination, by chance
+    result = claim("dare_ties", path, seed="42")
+    assert not result.holds
+    (mask,) = [v for v in failing(result).values() if v.problem == "mask"]
+    assert mask.deployed == (name,) and "differ from torch's draws" in mask.message
+
+
+def test_seeded_dare_without_torch_is_not_a_pass(monkeypatch) -> None:
+    monkeypatch.setattr("scanner.claims.merge.check.torch_available", lambda: False)
+    result = claim("dare_ties", output("dare_ties"), seed="42")
+    assert not result.holds
+    v = failing(result)["dare-masks"]
+    assert v.problem == "could-not-check" and "without torch" in v.message

@@ -27,6 +27,7 @@ from scanner.claims.grammar import Claim
 from scanner.claims.merge import methods as m
 from scanner.claims.merge.config import MergeConfig, Slice, Source, read_config, resolve
 from scanner.claims.merge.dare import FIT_ROUNDS, DareSolver
+from scanner.claims.merge.replay import Draw, replay, torch_available
 from scanner.diff.model import TensorDiff
 from scanner.errors import UsageError
 
@@ -127,12 +128,14 @@ def check_merge(
                 assert path is not None
                 arts[ref] = stack.enter_context(open_artifact(path))
         planned = plan(cfg, trusted, deployed)
+        seed = claim.param("seed")
+        draws: list[Draw] | None = [] if seed is not None else None
         used_trusted: set[str] = set()
         for p in planned:
             for src, name in zip(p.slice.sources, p.names, strict=False):
                 if src.ref == cfg.trusted_ref:
                     used_trusted.add(name)
-            verdicts.append(_check_tensor(cfg, p, arts, deployed))
+            verdicts.append(_check_tensor(cfg, p, arts, deployed, draws))
     for name in sorted(set(trusted.tensors) - used_trusted):
         left_out = cfg.form == "slices"
         verdicts.append(
@@ -150,15 +153,60 @@ def check_merge(
                 problem="" if left_out else "missing",
             )
         )
+    notes = list(cfg.notes)
+    if draws is not None and seed is not None:
+        verdict, note = _seeded_masks(draws, int(seed), verdicts)
+        notes.append(note)
+        if verdict is not None:
+            verdicts.append(verdict)
     evidence: dict[str, Any] = {
         "method": cfg.method,
         "base": cfg.trusted_ref,
         "inputs": cfg.models(),
         "dtype": cfg.dtype,
-        "notes": list(cfg.notes),
+        "notes": notes,
     }
     return ClaimOutcome(
-        str(claim), tuple(verdicts), notes=cfg.notes, evidence=evidence, applicable=True
+        str(claim), tuple(verdicts), notes=tuple(notes), evidence=evidence, applicable=True
+    )
+
+
+def _seeded_masks(
+    draws: list[Draw], seed: int, verdicts: list[TensorVerdict]
+) -> tuple[TensorVerdict | None, str]:
+    """With ``seed=``, DARE's masks must be torch's draws from that seed."""
+    if not draws:
+        return None, f"seed {seed} unused: no DARE mask in this merge"
+    if any(not v.ok for v in verdicts):
+        return None, "DARE masks not replayed: the merge already fails"
+    if not torch_available():
+        return (
+            TensorVerdict(
+                "dare-masks",
+                (),
+                False,
+                MERGED_CLASS,
+                f"DARE mask cannot be re-derived without torch (seed {seed}; "
+                "pip install 'modelseal[torch]'); checked statistically only",
+                problem="could-not-check",
+            ),
+            "DARE masks not replayed (torch missing)",
+        )
+    result = replay(draws, seed)
+    if result.reproduced:
+        return None, result.message
+    tensors = tuple(dict.fromkeys(t for t, _, _ in result.mismatched))
+    return (
+        TensorVerdict(
+            tensors[0] if tensors else "dare-masks",
+            tensors,
+            False,
+            MERGED_CLASS,
+            f"DARE masks are not torch's draws from seed {seed}: {result.message}",
+            stats={"order_recovered": len(result.order), "masks": len(draws)},
+            problem="mask",
+        ),
+        result.message,
     )
 
 
@@ -186,7 +234,11 @@ def _coarser(a: str, b: str) -> str:
 
 
 def _check_tensor(
-    cfg: MergeConfig, p: Planned, arts: dict[str, Artifact], deployed: Artifact
+    cfg: MergeConfig,
+    p: Planned,
+    arts: dict[str, Artifact],
+    deployed: Artifact,
+    draws: list[Draw] | None = None,
 ) -> TensorVerdict:
     sources = p.slice.sources
     trusted_name = next(
@@ -294,6 +346,7 @@ def _check_tensor(
             rescale=rescale,
             rnd=rnd,
             stats=stats,
+            draws=draws,
         )
     masks: list[tuple[np.ndarray, np.ndarray] | None] = []
     scales: list[float] = []
@@ -515,6 +568,7 @@ def _dare(
     rescale: bool,
     rnd: m.Rounding,
     stats: dict[str, Any],
+    draws: list[Draw] | None,
 ) -> TensorVerdict:
     shape = found.shape
     n_rows = shape[0] if len(shape) >= 2 else 1
@@ -560,11 +614,27 @@ def _dare(
     rows: set[int] = set()
     samples: list[Violation] = []
     for sl, b, ds, f in chunks():
-        ok, expected = solver.final(b, ds, f, _rows_of(shape, np.arange(sl.start, sl.stop)))
+        ok, expected = solver.final(
+            b, ds, f, _rows_of(shape, np.arange(sl.start, sl.stop)), offset=sl.start
+        )
         bad = np.flatnonzero(~ok)
         if bad.size:
             bad_count += int(bad.size)
             _collect(shape, sl.start, bad, f, expected, rows, samples)
+    if draws is not None:
+        for i, obs in enumerate(solver.observed):
+            if densities[i] < 1:
+                draws.append(
+                    Draw(
+                        p.output,
+                        i,
+                        n,
+                        densities[i],
+                        "BF16" if rnd.compute == "BF16" else "F32",
+                        np.concatenate([o[0] for o in obs]) if obs else np.zeros(0, np.int64),
+                        np.concatenate([o[1] for o in obs]) if obs else np.zeros(0, bool),
+                    )
+                )
     extra: list[str] = solver.scale_problems()
     for i, st in enumerate(solver.stats):
         if densities[i] >= 1:

@@ -164,6 +164,7 @@ class DareSolver:
             for d in densities
         ]
         self._ratios: list[list[np.ndarray]] = [[] for _ in self.free]
+        self.observed: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in weights]
         self.l1_decisive_kept = [0.0] * len(weights)
         self.l1_undecided = [0.0] * len(weights)
         self.l1_all = [0.0] * len(weights)
@@ -182,6 +183,7 @@ class DareSolver:
         best_val = np.zeros(n)
         best_contrib = np.zeros((len(deltas), n))
         ok = np.zeros(n, bool)
+        self.fitting = np.zeros(n, np.int64)
         per_combo: list[list[tuple]] = []
         for k, combo in enumerate(self.combos):
             masks = [None if keep else np.zeros(n, bool) for keep in combo]
@@ -196,6 +198,7 @@ class DareSolver:
                 extra=self._extra(),
             )
             cands = []
+            fits = np.zeros(n, bool)
             for c in contribs:
                 cand = candidate(base, c, self.scales, self.lam, self.r, self._extra())
                 cands.append((cand, c))
@@ -209,6 +212,8 @@ class DareSolver:
                 best_contrib = np.where(better, c, best_contrib)
                 best_score = np.where(better, score, best_score)
                 ok |= within
+                fits |= within
+            self.fitting += fits
             per_combo.append(cands)
         return best_idx, ok, best_val, best_contrib, per_combo
 
@@ -249,8 +254,10 @@ class DareSolver:
         deltas: Sequence[np.ndarray],
         found: np.ndarray,
         rows: np.ndarray,
+        offset: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(ok, expected) per element; accumulates the mask statistics."""
+        """(ok, expected) per element; accumulates the mask statistics and, per input, the
+        decisive positions (``offset`` + index) with their keep bits."""
         idx, ok, val, _, per_combo = self._choose(base, deltas, found)
         keep_table = np.asarray(self.combos, dtype=bool)
         for i, d in enumerate(deltas):
@@ -273,6 +280,12 @@ class DareSolver:
             decisive &= ok
             self.l1_decisive_kept[i] += float(a[decisive & keep].sum())
             self.l1_undecided[i] += float(a[~decisive].sum())
+            # For the seed replay only bits that are certain: an element that two
+            # combinations explain (values coinciding within rounding) shows neither's.
+            # (Not for the statistics: which elements two combinations explain depends
+            # on the element's own draw.)
+            where = np.flatnonzero(decisive & (self.fitting == 1))
+            self.observed[i].append((where + offset, keep[where]))
             st = self.stats[i]
             st.decisive += int(decisive.sum())
             st.kept += int((decisive & keep).sum())
