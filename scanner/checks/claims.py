@@ -147,7 +147,8 @@ MERGE_MISMATCH = define_rule(
     "gradients) is applied to the input models' tensors, and a merged element differs from "
     "the result by more than the method's own rounding; or an input tensor is missing; or "
     "DARE's drop mask, read back from the output, keeps deltas at a rate that chance does "
-    "not explain (per tensor, per row, or on the largest deltas).",
+    "not explain (per tensor, per row, or on the largest deltas), or (with seed=N) is not "
+    "torch's draw from that seed; a seeded DARE claim without torch is could-not-check.",
     why="A merge mixes several models; a change slipped into the mixture hides among "
     "legitimate differences from the base unless every element is re-derived.",
     example="`model.layers.3.mlp.down_proj.weight`: 4,096 of 11,534,336 elements do not "

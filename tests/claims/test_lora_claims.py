@@ -238,3 +238,25 @@ def test_cli(tmp_path: Path, minilm_path: Path, merged_path: Path, merged, run_c
         f["rule_id"] == "MS421" and f["locations"][0]["tensor"] == "pooler.dense.bias"
         for f in findings
     )
+
+
+def test_attest_lora_rechecks_the_adapter(tmp_path: Path, minilm_path: Path, merged_path, run_cli):
+    from signing.keys import KeyType, generate_private_key, write_key_pair
+
+    priv, pub = tmp_path / "k.pem", tmp_path / "k.pub"
+    write_key_pair(generate_private_key(KeyType.ED25519), priv, pub)
+    common = ["--input", minilm_path, "--output", merged_path, "--key", priv]
+    res = run_cli("attest", "lora", *common, "--param", f"adapter={ADAPTER}", "-o", tmp_path / "a")
+    assert res.code == 0 and "attested lora (pass)" in res.err
+    res = run_cli(
+        "attest",
+        "lora",
+        *common,
+        "--param",
+        "r=2",
+        "--param",
+        "modules=query,key,value",
+        "-o",
+        tmp_path / "b",
+    )
+    assert res.code == 1 and "refusing to attest 'lora'" in res.err
