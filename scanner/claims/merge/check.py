@@ -38,6 +38,8 @@ MERGED_CLASS = "full fine-tune"
 fine-tunes of the base, now re-derived."""
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 MAX_TIED_INPUTS = 6
+FIT_ELEMENTS = 1 << 17
+"""Elements of a DARE tensor sampled to fit its rescale factors."""
 _POST = ("lm_head", "norm", "final", "pooler", "classifier", "score", "ln_f", "output")
 
 # method -> (normalize, rescale, sparsification, consensus) defaults, as mergekit has them.
@@ -606,9 +608,15 @@ def _dare(
                 flat_found[sl].astype(np.float64),
             )
 
+    # The rescale factors are per tensor: an evenly spread sample fits them.
+    step = max(1, n // FIT_ELEMENTS)
+    sample = (
+        flat_base[::step].astype(np.float64),
+        [d[::step].astype(np.float64) for d in flat_d],
+        flat_found[::step].astype(np.float64),
+    )
     for _ in range(FIT_ROUNDS):
-        for _, b, ds, f in chunks():
-            solver.fit(b, ds, f)
+        solver.fit(*sample)
         solver.settle()
     bad_count = 0
     rows: set[int] = set()

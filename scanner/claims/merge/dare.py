@@ -260,6 +260,9 @@ class DareSolver:
         decisive positions (``offset`` + index) with their keep bits."""
         idx, ok, val, _, per_combo = self._choose(base, deltas, found)
         keep_table = np.asarray(self.combos, dtype=bool)
+        first_exp = np.stack([c[0][0].expected for c in per_combo])
+        first_bnd = np.stack([c[0][0].bound for c in per_combo])
+        v_self = _gather(first_exp, first_bnd, idx)
         for i, d in enumerate(deltas):
             a = np.abs(d)
             self.l1_all[i] += float(a.sum())
@@ -272,8 +275,7 @@ class DareSolver:
                     for c in self.combos
                 ]
             )
-            v_self = _gather(per_combo, idx)
-            v_flip = _gather(per_combo, partner[idx])
+            v_flip = _gather(first_exp, first_bnd, partner[idx])
             # Decisive: keeping or dropping delta i gives values further apart than their
             # rounding bounds (the other deltas as recovered).
             decisive = np.abs(v_self[0] - v_flip[0]) > (v_self[1] + v_flip[1])
@@ -319,7 +321,7 @@ class DareSolver:
         return out
 
 
-FIT_ROUNDS = 4
+FIT_ROUNDS = 3
 """Fitting rounds: the first reads the combinations under 1 / density, the second under
 the first fit."""
 FIT_SAMPLE = 1 << 18
@@ -341,13 +343,12 @@ def _mode(r: np.ndarray) -> float:
 """Relative slack of the L1 consistency check (float32 sums of the tool)."""
 
 
-def _gather(per_combo: list[list[tuple]], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Expected value and bound of the first candidate of each element's combination."""
-    exp = np.zeros(idx.shape)
-    bnd = np.zeros(idx.shape)
-    for k, cands in enumerate(per_combo):
-        sel = idx == k
-        if sel.any():
-            exp[sel] = cands[0][0].expected[sel]
-            bnd[sel] = cands[0][0].bound[sel]
-    return exp, bnd
+def _gather(
+    expected: np.ndarray, bound: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected value and bound of each element's combination (first candidate)."""
+    pick = idx[None, :]
+    return (
+        np.take_along_axis(expected, pick, axis=0)[0],
+        np.take_along_axis(bound, pick, axis=0)[0],
+    )
