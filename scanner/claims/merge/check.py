@@ -26,7 +26,7 @@ from scanner.claims.base import MAX_REPORTED, ClaimOutcome, TensorVerdict, Viola
 from scanner.claims.grammar import Claim
 from scanner.claims.merge import methods as m
 from scanner.claims.merge.config import MergeConfig, Slice, Source, read_config, resolve
-from scanner.claims.merge.dare import FIT_ROUNDS, DareSolver
+from scanner.claims.merge.dare import FIT_ROUNDS, SALIENT_SHARE, DareSolver
 from scanner.claims.merge.replay import Draw, replay, torch_available
 from scanner.diff.model import TensorDiff
 from scanner.errors import UsageError
@@ -577,7 +577,7 @@ def _dare(
     salient = []
     for d in deltas:
         a = np.abs(d.reshape(-1))
-        k = max(0, int(a.size * (1 - 0.01)) - 1)
+        k = max(0, int(a.size * (1 - SALIENT_SHARE)) - 1)
         salient.append(float(np.partition(a, k)[k]) if a.size else np.inf)
     try:
         solver = DareSolver(
