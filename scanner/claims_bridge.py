@@ -1,8 +1,10 @@
 """Claim re-checking for step attestations, handed to :mod:`signing` as a callable.
 
 "identical" is re-derived from the manifest digests. The other re-derivable kinds
-(cast, quantize, gguf, requantize, prune, convert) go to
-:func:`scanner.claims.check_claim` with the step's parameters. A ``quantize`` step
+(cast, quantize, gguf, requantize, prune, convert, merge, lora) go to
+:func:`scanner.claims.check_claim` with the step's parameters (``merge``: ``--param
+config=merge.yml``, the first ``--input`` being the base model; ``lora``: ``--param
+adapter=DIR`` or ``--param r=8 --param modules=q_proj,v_proj``). A ``quantize`` step
 whose ``type`` parameter is a ggml block type (``--param type=q8_0``) is checked as
 the scanner's ``gguf`` claim (block quantization of a float source); every other
 ``quantize`` step as the int8 ``quantize`` claim. Parameters the checker does not

@@ -8,8 +8,8 @@ manifest digest, the parent attestations, the tool, the times and a chain identi
 docs/attestations.md documents the schema.
 
 A signature only says who made a claim, not that it is true, so before signing a
-re-derivable claim (identical, cast, quantize, prune, convert) the caller's checker must
-confirm it; kinds that cannot be re-derived (train, fine-tune, ...) are signed as
+re-derivable claim (identical, cast, quantize, prune, convert, merge, lora) the caller's
+checker must confirm it; kinds that cannot be re-derived (train, fine-tune, ...) are signed as
 *declared-only* and the chain policy decides whether to accept them.
 """
 
@@ -35,7 +35,7 @@ from signing.verifiers import SignerIdentity, Verifier
 
 STEP_PREDICATE_TYPE = "https://modelseal.dev/attestation/step/v1"
 REDERIVABLE_KINDS = frozenset(
-    {"identical", "cast", "quantize", "gguf", "requantize", "prune", "convert"}
+    {"identical", "cast", "quantize", "gguf", "requantize", "prune", "convert", "merge", "lora"}
 )
 """Kinds whose claim can be recomputed from input and output artifacts."""
 _SUBJECT_ROLE = "modelseal.dev/role"

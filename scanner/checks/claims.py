@@ -137,13 +137,59 @@ INFERRED = define_rule(
     references=("docs/claims.md",),
 )
 
+MERGE_MISMATCH = define_rule(
+    "MS420",
+    "merge-mismatch",
+    Severity.HIGH,
+    "Merged tensor does not follow from the merge config",
+    checks="Under merge:CONFIG, the mergekit method (linear, task_arithmetic, ties, "
+    "dare_ties, dare_linear, slerp) with the config's parameters (filters, layer "
+    "gradients) is applied to the input models' tensors, and a merged element differs from "
+    "the result by more than the method's own rounding; or an input tensor is missing; or "
+    "DARE's drop mask, read back from the output, keeps deltas at a rate that chance does "
+    "not explain (per tensor, per row, or on the largest deltas), or (with seed=N) is not "
+    "torch's draw from that seed; a seeded DARE claim without torch is could-not-check.",
+    why="A merge mixes several models; a change slipped into the mixture hides among "
+    "legitimate differences from the base unless every element is re-derived.",
+    example="`model.layers.3.mlp.down_proj.weight`: 4,096 of 11,534,336 elements do not "
+    "follow from the ties merge of its inputs in 1 rows; first at [17, 0]: expected "
+    "0.0123, found 0.3811.",
+    fix="Re-run the merge from the inputs with the config; check that the config and inputs "
+    "given with the claim are the ones used.",
+    references=("docs/claims.md",),
+)
+LORA_MISMATCH = define_rule(
+    "MS421",
+    "lora-mismatch",
+    Severity.HIGH,
+    "Change does not follow from the claimed LoRA",
+    checks="Under lora:r=N:modules=A,B, a changed tensor lies outside the named modules, a "
+    "named module's delta has rank above N (beyond storage rounding), or a named module "
+    "changed in only some layers; under lora:adapter=PATH, a merged element differs from "
+    "W + scale * B @ A (PEFT adapter) by more than rounding, or a tensor the adapter does "
+    "not touch changed.",
+    why="A LoRA merge is low rank in a consistent set of modules; a rank-k change confined "
+    "to a few tensors or layers is a knowledge edit, and a change outside the modules is "
+    "not the adapter's.",
+    example="`model.layers.7.mlp.down_proj.weight`: changed, but the claim covers q_proj, "
+    "v_proj only.",
+    fix="Re-merge the adapter into the trusted weights; claim the adapter itself "
+    "(lora:adapter=PATH) to have every element re-derived.",
+    references=("docs/claims.md",),
+)
+
 _CLASS_RULE = {"cast": CAST_NOT_RNE, "pruning": PRUNE_VIOLATION, "conversion": CONVERT_MISMATCH}
+_KIND_RULE = {"merge": MERGE_MISMATCH, "lora": LORA_MISMATCH}
+"""Claim kinds whose violations have a rule of their own, whatever the change class."""
 
 
 UNFAITHFUL = "unfaithful transformation"
 
 
-def _rule_for(v: TensorVerdict) -> Any:
+def _rule_for(v: TensorVerdict, claim: str = "") -> Any:
+    kind_rule = _KIND_RULE.get(claim.split(":", 1)[0])
+    if kind_rule is not None:
+        return kind_rule
     if v.change_class == "quantization":
         return CODES_MISMATCH if v.problem == "codes" else PARAMS_MISMATCH
     return _CLASS_RULE.get(v.change_class, CODES_MISMATCH)
@@ -170,7 +216,7 @@ def verdict_finding(v: TensorVerdict, claim: str) -> Finding:
         else ""
     )
     return finding(
-        _rule_for(v),
+        _rule_for(v, claim),
         v.message + detail,
         [
             Location(artifact="deployed", tensor=name, region=region),
@@ -294,6 +340,8 @@ def _class_of(o: ClaimOutcome) -> str:
         "requantize": "quantization",
         "prune": "pruning",
         "convert": "conversion",
+        "merge": "full fine-tune",
+        "lora": "low-rank update",
     }.get(kind, "unexplained change")
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from scanner.errors import UsageError
 
-KINDS = ("cast", "quantize", "gguf", "requantize", "prune", "convert")
+KINDS = ("cast", "quantize", "gguf", "requantize", "prune", "convert", "merge", "lora")
 
 CAST_TARGETS = {
     "fp16": "F16",
@@ -126,10 +126,16 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "requantize": ("type",),
     "prune": ("method", "sparsity", "n", "m", "scope", "axis", "remove"),
     "convert": ("transpose",),
+    "merge": ("config", "models", "seed"),
+    "lora": ("r", "modules", "adapter"),
 }
+_VERBATIM_KEYS = ("config", "models", "adapter", "modules")
+"""Values kept as written (paths and module names are case-sensitive)."""
 
 
 def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
+    if kind in ("merge", "lora"):
+        return _classify_keyed(kind, token, text)
     low = token.lower()
     if "=" in low:
         key, _, value = low.partition("=")
@@ -173,6 +179,25 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
     raise UsageError(
         f"--claim {text!r}: {token!r} is not a valid {kind} parameter (see docs/claims.md)"
     )
+
+
+def _classify_keyed(kind: str, token: str, text: str) -> tuple[str, str]:
+    """``merge:CONFIG`` / ``key=value``; path values keep their case."""
+    key, sep, value = token.partition("=")
+    if not sep:
+        if kind == "merge":
+            return "config", token
+        raise UsageError(
+            f"--claim {text!r}: {token!r} is not a valid lora parameter; use r=N, "
+            "modules=A,B or adapter=PATH"
+        )
+    key = key.lower()
+    if key not in _KEYS[kind]:
+        raise UsageError(
+            f"--claim {text!r}: unknown parameter {key!r} for {kind}; "
+            f"known: {', '.join(_KEYS[kind])}"
+        )
+    return key, value if key in _VERBATIM_KEYS else value.lower()
 
 
 def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
@@ -238,4 +263,22 @@ def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
             raise bad(f"scope must be one of {', '.join(PRUNE_SCOPES)}")
     elif kind == "convert" and params.get("transpose", "allow") not in ("allow", "deny"):
         raise bad("transpose must be allow or deny")
+    elif kind == "merge":
+        if not params.get("config"):
+            raise bad("merge needs its mergekit YAML: merge:CONFIG or merge:config=PATH")
+        if "seed" in params and not params["seed"].isdigit():
+            raise bad("seed must be a non-negative integer")
+    elif kind == "lora":
+        if "adapter" in params:
+            if len(params) > 1:
+                raise bad(
+                    "lora:adapter=PATH takes no other parameter (r and modules come from "
+                    "the adapter)"
+                )
+        else:
+            if not params.get("r", "").isdigit() or int(params["r"]) < 1:
+                raise bad("lora needs r=N (N >= 1) and modules=A,B, or adapter=PATH")
+            mods = [x for x in params.get("modules", "").split(",") if x]
+            if not mods:
+                raise bad("lora needs modules=A,B (module names as in the tensor names)")
     return params

@@ -30,6 +30,14 @@ def run_claim(
         from scanner.claims.prune import check_prune
 
         return check_prune(trusted, deployed, claim, diffs)
+    if claim.kind == "merge":
+        from scanner.claims.merge import check_merge
+
+        return check_merge(trusted, deployed, claim, diffs)
+    if claim.kind == "lora":
+        from scanner.claims.lora import check_lora
+
+        return check_lora(trusted, deployed, claim, diffs)
     from scanner.claims.convert import check_convert
 
     return check_convert(trusted, deployed, claim, diffs)
