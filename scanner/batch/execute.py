@@ -51,7 +51,13 @@ class JobWorker:
         return {"worker": worker_name()}
 
     def run(self, task: Mapping[str, Any]) -> dict[str, Any]:
-        return self._run(task)
+        try:
+            return self._run(task)
+        except Exception as exc:  # a replacement runner's bug costs one job, not the worker
+            from scanner.batch.jobs import Job
+
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            return error_line(Job.from_dict(task["job"]), message, 2, {}, 0.0)
 
 
 def load_runner(spec: str) -> Runner:
