@@ -106,11 +106,13 @@ class RayEngine:
 
     def wait(self, timeout: float | None) -> list[tuple[int, Outcome]]:
         ray = self._ray
-        watched: dict[Any, int] = {}
+        # Refs come back from ray.wait as equal, not identical, objects: look them up.
+        watched: dict[Any, tuple[int, str]] = {}
         for i, entry in enumerate(self._slots):
-            for ref in (entry.ready_ref, entry.job_ref):
-                if ref is not None:
-                    watched[ref] = i
+            if entry.ready_ref is not None:
+                watched[entry.ready_ref] = (i, "ready")
+            if entry.job_ref is not None:
+                watched[entry.job_ref] = (i, "job")
         if not watched:
             return []
         done, rest = ray.wait(list(watched), num_returns=1, timeout=timeout)
@@ -119,9 +121,9 @@ class RayEngine:
             done += more
         out: list[tuple[int, Outcome]] = []
         for ref in done:
-            i = watched[ref]
+            i, what = watched[ref]
             entry = self._slots[i]
-            if ref is entry.ready_ref:
+            if what == "ready":
                 entry.ready_ref = None
                 entry.worker = self._started(ref)["worker"]
                 continue
