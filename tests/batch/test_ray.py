@@ -273,7 +273,7 @@ from scanner.batch import RayEngine, load_jobs, run_batch
 
 jobs_file, out, address = sys.argv[1:4]
 engine = RayEngine(address, workers=2, runner="tests.batch.faults:run_task")
-summary = run_batch(load_jobs(Path(jobs_file)), engine, Path(out), timeout=3)
+summary = run_batch(load_jobs(Path(jobs_file)), engine, Path(out), timeout=4)
 print(json.dumps({"exit_code": summary.exit_code, "timed_out": summary.timed_out}))
 """
 
@@ -306,7 +306,7 @@ def test_hanging_and_crashing_jobs_on_ray_cost_only_themselves(
     assert json.loads(done.stdout.splitlines()[-1]) == {"exit_code": 2, "timed_out": 1}
     lines = {x["id"]: x for x in read_lines(out)}
     assert lines["hang-1"]["timed_out"] and lines["hang-1"]["exit_code"] == 2
-    assert lines["hang-1"]["error"] == "timed out after 3 s; its worker was stopped"
+    assert lines["hang-1"]["error"] == "timed out after 4 s; its worker was stopped"
     assert lines["crash-1"]["exit_code"] == 2 and lines["crash-1"]["error"].startswith(
         "Ray worker died"
     )
