@@ -205,7 +205,14 @@ def _progress(args: argparse.Namespace, total: int) -> Iterator[Any]:
     def observe(line: Mapping[str, Any], skipped: bool) -> None:
         counts["skipped" if skipped else str(line["verdict"])] += 1
         if not skipped and line["verdict"] != "pass":
-            console.print(f"{str(line['verdict']).upper():5} {line['id']}: {_reason(line)}")
+            # Plain text: ids and messages carry names from artifacts, never markup.
+            console.print(
+                f"{str(line['verdict']).upper():5} {line['id']}: {_reason(line)}",
+                markup=False,
+                highlight=False,
+                no_wrap=True,
+                overflow="ellipsis",
+            )
         text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         bar.update(task, advance=1, counts=text)
 
