@@ -185,6 +185,37 @@ def job_specs(m: Models) -> list[dict[str, Any]]:
     ]
 
 
+def fault_jobs(m: Models) -> list[dict[str, Any]]:
+    """Jobs for the isolation tests (tests/batch/faults.py gives the ids their meaning)."""
+    scan = {"kind": "scan", "deployed": str(m.trusted)}
+    return [
+        {"id": "ok-same", "kind": "diff", "trusted": str(m.trusted), "deployed": str(m.same)},
+        {"id": "hang-1", **scan},
+        {"id": "crash-1", **scan},
+        {"id": "raise-1", **scan},
+        {"id": "ok-rows", "kind": "diff", "trusted": str(m.trusted), "deployed": str(m.rows)},
+        {"id": "ok-scan", **scan},
+        {"id": "ok-truncated", "kind": "scan", "deployed": str(m.truncated)},
+    ]
+
+
+def check_isolation(lines: Mapping[str, Mapping[str, Any]], timeout: int, died: str) -> None:
+    """Each lost job has its own line saying why; every other job has its own verdict."""
+    assert lines["hang-1"]["timed_out"] and lines["hang-1"]["exit_code"] == 2
+    assert lines["hang-1"]["error"] == f"timed out after {timeout} s; its worker was stopped"
+    assert lines["hang-1"]["seconds"] >= timeout
+    assert lines["crash-1"]["exit_code"] == 2 and died in lines["crash-1"]["error"]
+    assert lines["raise-1"]["error"] == "internal error: RuntimeError: runner bug"
+    assert lines["ok-same"]["verdict"] == "pass" and lines["ok-scan"]["verdict"] == "pass"
+    rows = {"kind": "diff", "trusted": lines["ok-rows"]["inputs"]["trusted"]}
+    assert lines["ok-rows"]["exit_code"] == reference_exit_code(
+        {**rows, "deployed": lines["ok-rows"]["inputs"]["deployed"]}
+    )
+    assert lines["ok-truncated"]["exit_code"] == 2
+    assert "truncated.safetensors" in lines["ok-truncated"]["error"]
+    assert not any(x["timed_out"] for i, x in lines.items() if i != "hang-1")
+
+
 def reference_exit_code(spec: Mapping[str, Any]) -> int:
     """What the single command says about the same inputs (manifest jobs have none: an
     unchanged copy of the pinned model passes, any edit fails)."""

@@ -25,7 +25,17 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.batch.conftest import REPO, Models, _edit, _scale_rows, job_specs, read_lines, write_jobs
+from tests.batch.conftest import (
+    REPO,
+    Models,
+    _edit,
+    _scale_rows,
+    check_isolation,
+    fault_jobs,
+    job_specs,
+    read_lines,
+    write_jobs,
+)
 
 SARIF_SCHEMA = REPO / "tests" / "gate" / "data" / "sarif-schema-2.1.0.json"
 START_SECONDS = 90
@@ -281,35 +291,9 @@ print(json.dumps({"exit_code": summary.exit_code, "timed_out": summary.timed_out
 def test_hanging_and_crashing_jobs_on_ray_cost_only_themselves(
     ray_head: Head, models: Models, tmp_path: Path
 ) -> None:
-    specs = [
-        {
-            "id": "ok-1",
-            "kind": "diff",
-            "trusted": str(models.trusted),
-            "deployed": str(models.same),
-        },
-        {"id": "hang-1", "kind": "scan", "deployed": str(models.trusted)},
-        {"id": "crash-1", "kind": "scan", "deployed": str(models.trusted)},
-        {
-            "id": "ok-2",
-            "kind": "diff",
-            "trusted": str(models.trusted),
-            "deployed": str(models.rows),
-        },
-        {"id": "ok-3", "kind": "scan", "deployed": str(models.trusted)},
-        {"id": "ok-4", "kind": "scan", "deployed": str(models.truncated)},
-    ]
-    jobs = write_jobs(tmp_path / "jobs.jsonl", specs)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", fault_jobs(models))
     out = tmp_path / "results.jsonl"
     done = _run(ray_head, "-c", ISOLATION_DRIVER, jobs, out, ray_head.address, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"exit_code": 2, "timed_out": 1}
-    lines = {x["id"]: x for x in read_lines(out)}
-    assert lines["hang-1"]["timed_out"] and lines["hang-1"]["exit_code"] == 2
-    assert lines["hang-1"]["error"] == "timed out after 4 s; its worker was stopped"
-    assert lines["crash-1"]["exit_code"] == 2 and lines["crash-1"]["error"].startswith(
-        "Ray worker died"
-    )
-    assert lines["ok-1"]["verdict"] == "pass" and lines["ok-3"]["verdict"] == "pass"
-    assert lines["ok-2"]["exit_code"] == _expected_codes([specs[3]])["ok-2"]
-    assert lines["ok-4"]["exit_code"] == 2 and "truncated.safetensors" in lines["ok-4"]["error"]
+    check_isolation({x["id"]: x for x in read_lines(out)}, 4, "Ray worker died")
