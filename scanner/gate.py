@@ -119,8 +119,6 @@ def run_gate(
 
 
 def _signature(request: GateRequest) -> _Evidence:
-    from scanner.manifest import build_manifest
-    from signing.model_signature import ModelMismatchError, verify_model
     from signing.oms import resolve_cli_ignore_paths
 
     assert request.signature is not None
@@ -129,21 +127,40 @@ def _signature(request: GateRequest) -> _Evidence:
             "a signature was given but no trusted signer: pass --public-key, "
             "--certificate-chain or --identity (or set them in modelseal.toml)"
         )
-    try:
-        bundle = request.signature.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelsealError(f"cannot read signature {request.signature}: {exc.strerror}") from None
     ignore = resolve_cli_ignore_paths(request.deployed, [request.signature])
+    findings, record = check_signature(
+        request.deployed, request.signature, request.verifier, ignore=ignore
+    )
+    return _Evidence(findings, record)
+
+
+def check_signature(
+    deployed: Path, signature: Path, verifier: Any, *, ignore: Sequence[str] = ()
+) -> tuple[tuple[Finding, ...], dict[str, Any]]:
+    """Verify ``signature`` over ``deployed`` with ``verifier`` (whom to trust).
+
+    A bad signature or a model that differs from what was signed is a finding (MS801,
+    MS802); a bundle that cannot be read raises. ``ignore`` lists model-relative paths
+    left out of the comparison (the signature file itself when it lies in the model).
+    Returns the findings and a record of the check for the report's evidence.
+    """
+    from scanner.manifest import build_manifest
+    from signing.model_signature import ModelMismatchError, verify_model
+
+    try:
+        bundle = signature.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelsealError(f"cannot read signature {signature}: {exc.strerror}") from None
     where = [Location(artifact="deployed")]
-    record: dict[str, Any] = {"path": str(request.signature), "verified": False}
+    record: dict[str, Any] = {"path": str(signature), "verified": False}
     try:
         verified = verify_model(
-            request.deployed,
+            deployed,
             bundle,
-            request.verifier,
+            verifier,
             ignore_paths=ignore,
             tensor_builder=build_manifest,
-            source=str(request.signature),
+            source=str(signature),
         )
     except ModelMismatchError as exc:
         record["error"] = str(exc)
@@ -153,34 +170,28 @@ def _signature(request: GateRequest) -> _Evidence:
             else Location(artifact="deployed", file=d.name)
             for d in exc.discrepancies[:50]
         ]
-        return _Evidence(
-            (
-                finding(
-                    MODEL_NOT_AS_SIGNED,
-                    str(exc),
-                    locations or where,
-                    evidence={"discrepancies": [d.describe() for d in exc.discrepancies[:200]]},
-                ),
+        return (
+            finding(
+                MODEL_NOT_AS_SIGNED,
+                str(exc),
+                locations or where,
+                evidence={"discrepancies": [d.describe() for d in exc.discrepancies[:200]]},
             ),
-            record,
-        )
+        ), record
     except VerificationError as exc:
         record["error"] = str(exc)
-        return _Evidence(
-            (
-                finding(
-                    SIGNATURE_INVALID,
-                    f"{request.signature}: {exc}",
-                    where,
-                    evidence={"signature": str(request.signature)},
-                ),
+        return (
+            finding(
+                SIGNATURE_INVALID,
+                f"{signature}: {exc}",
+                where,
+                evidence={"signature": str(signature)},
             ),
-            record,
-        )
+        ), record
     record.update(
         verified=True, signer=verified.signer.describe(), model=verified.manifest.model_name
     )
-    return _Evidence((), record)
+    return (), record
 
 
 def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bool]:

@@ -24,6 +24,8 @@ RULE_MODULES: tuple[str, ...] = (
     "scanner.checks.claims",
     "scanner.checks.graph",
     "scanner.checks.serialization",
+    "scanner.checks.manifest",
+    "scanner.policy.rules",
 )
 
 

@@ -36,6 +36,7 @@ SUBCOMMAND_MODULES = (
     "scanner.cli.redteam",
     "scanner.cli.evaluate",
     "scanner.cli.lifecycle",
+    "scanner.cli.batch",
 )
 
 
