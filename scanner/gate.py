@@ -30,7 +30,7 @@ from scanner.progress import NoProgress, Progress
 from scanner.report.build import report_from_diff
 from scanner.report.model import ArtifactSummary, Report, with_files
 from scanner.rulebook import finding
-from signing.errors import ModelsealError, VerificationError
+from signing.errors import MalformedSignatureError, ModelsealError, VerificationError
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def run_gate(
         report = _analyse(request, progress, analyzers)
         gate["steps"].extend(["diff", "scan"] if request.trusted is not None else ["scan"])
         gate["attested"] = attested
+        gate["checked"], gate["not_checked"] = _coverage(request, gate)
         fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
         fields.update(
             command="gate",
@@ -116,6 +117,41 @@ def run_gate(
         return apply_pack(
             Report(**fields), request.pack, attested=attested, today=today, fail_on=request.fail_on
         )
+
+
+def _coverage(request: GateRequest, gate: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """What the gate checked (with the verified signer and chain) and what it did not,
+    in sentences for the report."""
+    checked: list[str] = []
+    skipped: list[str] = []
+    sig = gate.get("signature")
+    if isinstance(sig, Mapping):
+        if sig.get("verified"):
+            checked.append(f"signature {sig.get('path')}: verified, signed by {sig.get('signer')}")
+        else:
+            checked.append(f"signature {sig.get('path')}: NOT verified ({sig.get('error')})")
+    else:
+        skipped.append("signature (no --signature given)")
+    chain = gate.get("chain")
+    if isinstance(chain, Mapping):
+        steps = [s for s in chain.get("steps", ()) if isinstance(s, Mapping)]
+        signers = sorted({str(s.get("signer")) for s in steps})
+        kinds = " -> ".join(str(s.get("kind")) for s in steps)
+        state = "verified" if chain.get("passed") else "NOT verified"
+        checked.append(
+            f"attestation chain {chain.get('chain')}: {state}, {len(steps)} step"
+            f"{'' if len(steps) == 1 else 's'} ({kinds or 'none'}) signed by "
+            f"{', '.join(signers) or 'nobody'}"
+        )
+    else:
+        skipped.append("attestation chain (no --attestations given)")
+    if request.trusted is not None:
+        claims = f" with claims {', '.join(request.claims)}" if request.claims else ""
+        checked.append(f"diff against the trusted artifact {request.trusted}{claims}")
+    else:
+        skipped.append("diff against a trusted artifact (no --trusted given)")
+    checked.append(f"scan of {request.deployed} (serialization, structure, graph)")
+    return checked, skipped
 
 
 def _signature(request: GateRequest) -> _Evidence:
@@ -129,10 +165,7 @@ def _signature(request: GateRequest) -> _Evidence:
             "a signature was given but no trusted signer: pass --public-key, "
             "--certificate-chain or --identity (or set them in modelseal.toml)"
         )
-    try:
-        bundle = request.signature.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelsealError(f"cannot read signature {request.signature}: {exc.strerror}") from None
+    bundle = _read_text(request.signature)
     ignore = resolve_cli_ignore_paths(request.deployed, [request.signature])
     where = [Location(artifact="deployed")]
     record: dict[str, Any] = {"path": str(request.signature), "verified": False}
@@ -164,6 +197,8 @@ def _signature(request: GateRequest) -> _Evidence:
             ),
             record,
         )
+    except MalformedSignatureError:
+        raise  # an unreadable signature is an error of the input, not a failed check
     except VerificationError as exc:
         record["error"] = str(exc)
         return _Evidence(
@@ -181,6 +216,19 @@ def _signature(request: GateRequest) -> _Evidence:
         verified=True, signer=verified.signer.describe(), model=verified.manifest.model_name
     )
     return _Evidence((), record)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelsealError(f"cannot read signature {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedSignatureError(
+            f"signature {path} is not a Sigstore bundle: it is binary, not JSON text"
+        ) from None
 
 
 def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bool]:

@@ -24,6 +24,7 @@ RULE_MODULES: tuple[str, ...] = (
     "scanner.checks.claims",
     "scanner.checks.graph",
     "scanner.checks.serialization",
+    "scanner.lifecycle.rules",
 )
 
 

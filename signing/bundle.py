@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any
 
 from signing.dsse import Envelope
-from signing.errors import VerificationError
+from signing.errors import MalformedSignatureError, VerificationError
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 _ACCEPTED_MEDIA_TYPES = (
@@ -77,20 +77,20 @@ def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise VerificationError(f"{source} is not JSON: {exc}") from None
+        raise MalformedSignatureError(f"{source} is not JSON: {exc}") from None
     if not isinstance(data, Mapping):
-        raise VerificationError(f"{source} is not a Sigstore bundle (JSON object expected)")
+        raise MalformedSignatureError(f"{source} is not a Sigstore bundle (JSON object expected)")
     media_type = str(data.get("mediaType", ""))
     if media_type not in _ACCEPTED_MEDIA_TYPES:
         if "_type" in data and "predicateType" in data:
             raise UnsignedError(
                 f"{source} is a bare in-toto statement with no signature (unsigned)"
             )
-        raise VerificationError(
+        raise MalformedSignatureError(
             f"{source} has media type {media_type!r}; expected a Sigstore bundle v0.3"
         )
     if "dsseEnvelope" not in data:
-        raise VerificationError(
+        raise MalformedSignatureError(
             f"{source} holds no DSSE envelope (message signatures are not used for models)"
         )
     envelope = Envelope.from_dict(data["dsseEnvelope"])
@@ -122,12 +122,14 @@ def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
                 media_type, MaterialKind.PUBLIC_KEY, envelope, key_hint=hint, text=text
             )
     except (KeyError, TypeError) as exc:
-        raise VerificationError(f"{source} verification material is malformed: {exc}") from None
-    raise VerificationError(f"{source} has no public key, certificate chain or certificate")
+        raise MalformedSignatureError(
+            f"{source} verification material is malformed: {exc}"
+        ) from None
+    raise MalformedSignatureError(f"{source} has no public key, certificate chain or certificate")
 
 
 def _b64(text: Any) -> bytes:
     try:
         return base64.b64decode(str(text), validate=True)
     except (binascii.Error, ValueError):
-        raise VerificationError("bundle holds invalid base64") from None
+        raise MalformedSignatureError("bundle holds invalid base64") from None

@@ -152,6 +152,10 @@ def test_every_output_format_is_handled() -> None:
 def test_output_file_and_fail_on(pair, tmp_path: Path, run_cli) -> None:
     trusted, tampered, fp16 = pair
     out = tmp_path / "r" / "report.json"
+    # The report's folder must exist: refused before the diff runs, nothing created.
+    missing = run_cli("diff", trusted, tampered, "--format", "json", "-o", out)
+    assert missing.code == 2 and "folder" in missing.err and not out.parent.exists()
+    out.parent.mkdir()
     result = run_cli("diff", trusted, tampered, "--format", "json", "-o", out)
     assert result.code == 1 and result.out == ""
     assert json.loads(out.read_text())["verdict"] == "fail"
