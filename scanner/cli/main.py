@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         _check_output(args)
+    except ModelsealError as exc:
+        # Nothing was written, not even an error report: -o itself is what is wrong.
+        sys.stderr.write(f"modelseal: error: {exc}\n")
+        return exc.exit_code
+    try:
         return int(args.handler(args))
     except ModelsealError as exc:
         sys.stderr.write(f"modelseal: error: {exc}\n")
