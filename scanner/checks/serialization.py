@@ -19,7 +19,7 @@ from scanner.rulebook import define_rule, finding
 
 _PICKLE_REFS = (
     "https://docs.python.org/3/library/pickle.html#restricting-globals",
-    "THREATS.md section 5 (pickle)",
+    "docs/threats.md#serialization-pickle",
     "docs/hostile-input.md",
 )
 
@@ -133,7 +133,7 @@ CHAT_TEMPLATE_CODE = define_rule(
     "templates only in a sandboxed environment (jinja2.sandbox.ImmutableSandboxedEnvironment).",
     references=(
         "https://nvd.nist.gov/vuln/detail/CVE-2024-34359",
-        "THREATS.md section 5 (GGUF)",
+        "docs/threats.md#serialization-gguf",
     ),
 )
 NESTED_PICKLE = define_rule(

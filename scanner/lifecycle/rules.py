@@ -81,6 +81,7 @@ def lifecycle_findings(
                     evidence={
                         "step": s.step.name,
                         "threat": t.threat.id,
+                        "reference": t.threat.reference,
                         "missing": list(t.missing),
                         "recommendation": t.threat.recommendation,
                     },
