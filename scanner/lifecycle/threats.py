@@ -35,7 +35,7 @@ class Threat:
     id: str
     title: str
     reference: str
-    """Where docs/threats.md describes it (``docs/threats.md#anchor``)."""
+    """Where the threat catalogue describes it: a ``docs/threats.md`` heading anchor."""
     applies_to: tuple[str, ...]
     evidence: dict[str, str]
     """Evidence kind -> ``full`` or ``partial``."""
