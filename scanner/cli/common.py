@@ -250,8 +250,12 @@ def exit_code(verdict: str) -> int:
 
 
 def _width() -> int:
+    """The terminal's width on a terminal; 120 columns in a pipe or a file, so what a
+    script or a CI log captures does not depend on where it ran."""
     import shutil
 
+    if not sys.stdout.isatty():
+        return 120
     return max(80, min(160, shutil.get_terminal_size((120, 24)).columns))
 
 

@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from fixtures import real_model
-from fixtures.real_models import MINILM
+from fixtures.real_models import SILERO_ST
 from scanner.checks.pair import default_analyzers
 from scanner.cli.main import main
 from scanner.diff.engine import Analysis, Analyzer, PairContext
@@ -55,7 +55,7 @@ def _analyzers():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("gate-e2e")
-    src = real_model(MINILM)
+    src = real_model(SILERO_ST)  # small and real: the whole pipeline in seconds
     trusted, staging, deployed = tmp / "trusted", tmp / "staging", tmp / "deployed"
     for folder in (trusted, staging, deployed):
         folder.mkdir()
@@ -126,7 +126,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     allow = tmp / "ours.toml"
     allow.write_text(
         '[pack]\nname = "ours"\nextends = "default"\n'
-        '[[tensors]]\npattern = "*"\nallow = ["identical", "full fine-tune"]\n'
+        '[[tensors]]\npattern = "*"\n'
+        'allow = ["identical", "full fine-tune", "indeterminate update"]\n'
     )
     return {
         "trusted": trusted,
