@@ -185,6 +185,16 @@ def test_cli_gate_with_config_tampered_signature_and_html(
     assert rc == 0, page[:2000]
     assert 'id="chain-svg"' in page and "fine-tune by ml" in page and "verified" in page
     assert "full fine-tune" in page and 'id="heatmap-svg"' in page
+    # The text report names the verified signer and chain, and what it did not check.
+    capsys.readouterr()
+    assert main(["gate"]) == 0
+    text = capsys.readouterr().out
+    assert ": verified, signed by key " in text
+    assert (
+        "checked      attestation chain urn:e2e: verified, 2 steps (fine-tune -> fine-tune) "
+        "signed by ml" in text
+    )
+    assert "not checked" not in text
     # a signature by another key: MS801, whatever the rest says
     other = s["tmp"] / "other.pub.pem"
     write_key_pair(generate_private_key(KeyType.ECDSA_P256), s["tmp"] / "o.pem", other)
