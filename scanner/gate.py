@@ -156,6 +156,7 @@ def _coverage(request: GateRequest, gate: Mapping[str, Any]) -> tuple[list[str],
 
 def _signature(request: GateRequest) -> _Evidence:
     from scanner.manifest import build_manifest
+    from signing.bundle import read_bundle_text
     from signing.model_signature import ModelMismatchError, verify_model
     from signing.oms import resolve_cli_ignore_paths
 
@@ -165,7 +166,7 @@ def _signature(request: GateRequest) -> _Evidence:
             "a signature was given but no trusted signer: pass --public-key, "
             "--certificate-chain or --identity (or set them in modelseal.toml)"
         )
-    bundle = _read_text(request.signature)
+    bundle = read_bundle_text(request.signature)
     ignore = resolve_cli_ignore_paths(request.deployed, [request.signature])
     where = [Location(artifact="deployed")]
     record: dict[str, Any] = {"path": str(request.signature), "verified": False}
@@ -216,19 +217,6 @@ def _signature(request: GateRequest) -> _Evidence:
         verified=True, signer=verified.signer.describe(), model=verified.manifest.model_name
     )
     return _Evidence((), record)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelsealError(f"cannot read signature {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedSignatureError(
-            f"signature {path} is not a Sigstore bundle: it is binary, not JSON text"
-        ) from None
 
 
 def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bool]:

@@ -13,10 +13,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from signing.dsse import Envelope
-from signing.errors import MalformedSignatureError, VerificationError
+from signing.errors import MalformedSignatureError, ModelsealError, VerificationError
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 _ACCEPTED_MEDIA_TYPES = (
@@ -70,6 +71,21 @@ def _dump(envelope: Envelope, material: dict[str, Any]) -> str:
         "dsseEnvelope": envelope.to_dict(),
     }
     return json.dumps(bundle, indent=2) + "\n"
+
+
+def read_bundle_text(path: Path, what: str = "signature") -> str:
+    """A bundle file's text. A file that cannot be read, or is binary, is an input that
+    cannot be used (exit 2), not a signature that failed to verify."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelsealError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedSignatureError(
+            f"{what} {path} is not a Sigstore bundle: it is binary, not JSON text"
+        ) from None
 
 
 def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:

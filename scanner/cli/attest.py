@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scanner import __version__
-from scanner.cli.common import read_signature_text
 from scanner.cli.sign import add_signer_options, build_signer
 
 if TYPE_CHECKING:
@@ -94,10 +93,10 @@ def artifact_name(path: Path) -> str:
 
 def _read_parent(path: Path) -> Attestation:
     from signing.attest import Attestation, parse_verified
-    from signing.bundle import parse_bundle
+    from signing.bundle import parse_bundle, read_bundle_text
 
     # Parents are only cited by digest; their signatures are checked by verify-chain.
-    text = read_signature_text(path, "parent attestation")
+    text = read_bundle_text(path, "parent attestation")
     bundle = parse_bundle(text, str(path))
     env = bundle.envelope
     step = parse_verified(env.payload_type, env.payload, None, str(path))  # type: ignore[arg-type]

@@ -217,11 +217,6 @@ def judge(report: Report, args: argparse.Namespace) -> Report:
     return apply_pack(report, pack, fail_on=explicit_fail_on(args))
 
 
-def fail_on(args: argparse.Namespace) -> Severity:
-    """The threshold the report is built with (a pack may still override it)."""
-    return args.fail_on if args.fail_on is not None else Severity.MEDIUM
-
-
 def use_color(args: argparse.Namespace) -> bool:
     to_file = getattr(args, "output", None) is not None
     return args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not to_file)
@@ -257,23 +252,6 @@ def _width() -> int:
     if not sys.stdout.isatty():
         return 120
     return max(80, min(160, shutil.get_terminal_size((120, 24)).columns))
-
-
-def read_signature_text(path: Path, what: str = "signature") -> str:
-    """A signature or attestation file as text; unreadable or binary files are errors
-    of the input (exit 2), not failed verifications."""
-    from signing.errors import MalformedSignatureError
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedSignatureError(
-            f"{what} {path} is not a Sigstore bundle: it is binary, not JSON text"
-        ) from None
 
 
 def emit_error_report(args: argparse.Namespace, message: str) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scanner.cli.common import read_signature_text, write_text
+from scanner.cli.common import write_text
 from scanner.cli.sign import add_hashing_options, signed_sentence
 from scanner.errors import UsageError
 from signing.errors import VerificationError
@@ -125,11 +125,12 @@ def _tensor_builder(path: Path) -> Manifest:
 
 def run(args: argparse.Namespace) -> int:
     from scanner.cli.progress import progress_for
+    from signing.bundle import read_bundle_text
     from signing.model_signature import verify_model
     from signing.oms import resolve_cli_ignore_paths
 
     verifier = build_verifier(args)
-    bundle = read_signature_text(args.signature)
+    bundle = read_bundle_text(args.signature)
     ignore = resolve_cli_ignore_paths(args.path, [*args.ignore_paths, args.signature])
     try:
         result = verify_model(
