@@ -30,7 +30,7 @@ from scanner.progress import NoProgress, Progress
 from scanner.report.build import report_from_diff
 from scanner.report.model import ArtifactSummary, Report, with_files
 from scanner.rulebook import finding
-from signing.errors import ModelsealError, VerificationError
+from signing.errors import MalformedSignatureError, ModelsealError, VerificationError
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def run_gate(
         report = _analyse(request, progress, analyzers)
         gate["steps"].extend(["diff", "scan"] if request.trusted is not None else ["scan"])
         gate["attested"] = attested
+        gate["checked"], gate["not_checked"] = _coverage(request, gate)
         fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
         fields.update(
             command="gate",
@@ -116,6 +117,41 @@ def run_gate(
         return apply_pack(
             Report(**fields), request.pack, attested=attested, today=today, fail_on=request.fail_on
         )
+
+
+def _coverage(request: GateRequest, gate: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """What the gate checked (with the verified signer and chain) and what it did not,
+    in sentences for the report."""
+    checked: list[str] = []
+    skipped: list[str] = []
+    sig = gate.get("signature")
+    if isinstance(sig, Mapping):
+        if sig.get("verified"):
+            checked.append(f"signature {sig.get('path')}: verified, signed by {sig.get('signer')}")
+        else:
+            checked.append(f"signature {sig.get('path')}: NOT verified ({sig.get('error')})")
+    else:
+        skipped.append("signature (no --signature given)")
+    chain = gate.get("chain")
+    if isinstance(chain, Mapping):
+        steps = [s for s in chain.get("steps", ()) if isinstance(s, Mapping)]
+        signers = sorted({str(s.get("signer")) for s in steps})
+        kinds = " -> ".join(str(s.get("kind")) for s in steps)
+        state = "verified" if chain.get("passed") else "NOT verified"
+        checked.append(
+            f"attestation chain {chain.get('chain')}: {state}, {len(steps)} step"
+            f"{'' if len(steps) == 1 else 's'} ({kinds or 'none'}) signed by "
+            f"{', '.join(signers) or 'nobody'}"
+        )
+    else:
+        skipped.append("attestation chain (no --attestations given)")
+    if request.trusted is not None:
+        claims = f" with claims {', '.join(request.claims)}" if request.claims else ""
+        checked.append(f"diff against the trusted artifact {request.trusted}{claims}")
+    else:
+        skipped.append("diff against a trusted artifact (no --trusted given)")
+    checked.append(f"scan of {request.deployed} (serialization, structure, graph)")
+    return checked, skipped
 
 
 def _signature(request: GateRequest) -> _Evidence:
@@ -145,12 +181,10 @@ def check_signature(
     Returns the findings and a record of the check for the report's evidence.
     """
     from scanner.manifest import build_manifest
+    from signing.bundle import read_bundle_text
     from signing.model_signature import ModelMismatchError, verify_model
 
-    try:
-        bundle = signature.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelsealError(f"cannot read signature {signature}: {exc.strerror}") from None
+    bundle = read_bundle_text(signature)
     where = [Location(artifact="deployed")]
     record: dict[str, Any] = {"path": str(signature), "verified": False}
     try:
@@ -178,6 +212,8 @@ def check_signature(
                 evidence={"discrepancies": [d.describe() for d in exc.discrepancies[:200]]},
             ),
         ), record
+    except MalformedSignatureError:
+        raise  # an unreadable signature is an error of the input, not a failed check
     except VerificationError as exc:
         record["error"] = str(exc)
         return (

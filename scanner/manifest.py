@@ -9,7 +9,7 @@ from scanner.artifact import Artifact
 from scanner.digest import file_sha256, tensor_digest
 from scanner.formats import open_artifact
 from scanner.parallel import run_parallel
-from scanner.progress import NoProgress, Progress
+from scanner.progress import NoProgress, Progress, ScaledProgress
 from signing.manifest import FileDigest, Manifest, TensorDigest
 
 
@@ -17,9 +17,12 @@ def manifest_of(
     artifact: Artifact, progress: Progress | None = None, workers: int | None = None
 ) -> Manifest:
     """Digest every file and every tensor of an open artifact, on all cores."""
-    progress = progress or NoProgress()
-    total = sum(f.size for f in artifact.files) + artifact.total_tensor_bytes
-    progress.start(total, "hashing")
+    # Files and tensors are both hashed, so the work reads tensor bytes twice; the bar
+    # counts in the model's own size.
+    model_bytes = sum(f.size for f in artifact.files)
+    work = model_bytes + artifact.total_tensor_bytes
+    progress = ScaledProgress(progress or NoProgress(), model_bytes, work)
+    progress.start(work, "hashing")
     jobs: list[tuple[int, Callable[[], FileDigest | TensorDigest]]] = []
     for f in artifact.files:
         jobs.append(

@@ -50,3 +50,32 @@ class CountingProgress:
 
     def finish(self) -> None:
         pass
+
+
+class ScaledProgress:
+    """Shows work in the units the user knows: when a task reads the model's bytes more
+    than once (file hashes, then tensor digests), ``total`` is the model's size and every
+    advance is scaled down by how many bytes the work reads in all."""
+
+    def __init__(self, inner: Progress, shown_total: int, work_total: int) -> None:
+        self._inner = inner
+        self._shown = shown_total
+        self._work = max(work_total, 1)
+        self._done_work = 0
+        self._done_shown = 0
+        self._lock = threading.Lock()
+
+    def start(self, total: int, description: str) -> None:
+        self._inner.start(self._shown, description)
+
+    def advance(self, amount: int) -> None:
+        # Integer arithmetic: when all the work is done, exactly ``shown_total`` was shown.
+        with self._lock:
+            self._done_work += amount
+            shown = min(self._done_work, self._work) * self._shown // self._work
+            step, self._done_shown = shown - self._done_shown, shown
+        if step:
+            self._inner.advance(step)
+
+    def finish(self) -> None:
+        self._inner.finish()

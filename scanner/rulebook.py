@@ -26,6 +26,7 @@ RULE_MODULES: tuple[str, ...] = (
     "scanner.checks.serialization",
     "scanner.checks.manifest",
     "scanner.policy.rules",
+    "scanner.lifecycle.rules",
 )
 
 

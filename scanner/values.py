@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
 from scanner.artifact import TensorInfo
 
 _EXTENDED = {
-    "BF16": ml_dtypes.bfloat16,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn,
-    "F8_E5M2": ml_dtypes.float8_e5m2,
-    "F8_E4M3FNUZ": ml_dtypes.float8_e4m3fnuz,
-    "F8_E5M2FNUZ": ml_dtypes.float8_e5m2fnuz,
-    "F8_E8M0": ml_dtypes.float8_e8m0fnu,
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
 }
+"""Element types numpy lacks, by their ml_dtypes name (ml_dtypes is imported only when
+such a tensor is read: it takes a second to import)."""
 
 
 def numpy_dtype(dtype_name: str) -> np.dtype | None:
     """The numpy dtype of one element (ml_dtypes for bf16 / fp8), or None for packed
     and block-quantized types."""
     if dtype_name in _EXTENDED:
-        return np.dtype(_EXTENDED[dtype_name])
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, _EXTENDED[dtype_name]))
     from scanner.dtypes import DTYPES
 
     return DTYPES[dtype_name].numpy

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 CHUNK_SIZE = 4 * 1024 * 1024
 """Bytes read per call: large enough to amortise syscalls, small enough for caches."""
@@ -25,8 +26,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
-    """Lower-case hex sha256 of a file, read in chunks into one reused buffer."""
+def sha256_file(
+    path: Path, chunk_size: int = CHUNK_SIZE, on_bytes: Callable[[int], None] | None = None
+) -> str:
+    """Lower-case hex sha256 of a file, read in chunks into one reused buffer;
+    ``on_bytes`` is told how many bytes each chunk held (progress)."""
     digest = hashlib.sha256()
     buffer = bytearray(chunk_size)
     view = memoryview(buffer)
@@ -36,6 +40,8 @@ def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
             if not n:
                 break
             digest.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
     return digest.hexdigest()
 
 
@@ -43,10 +49,21 @@ def hash_files(
     paths: Sequence[Path],
     workers: int | None = None,
     hasher: Callable[[Path], str] = sha256_file,
+    progress: Any = None,
 ) -> list[str]:
-    """Hash ``paths`` on a thread pool; results come back in the order of ``paths``."""
+    """Hash ``paths`` on a thread pool; results come back in the order of ``paths``.
+
+    ``progress`` (``start(total, description)``, ``advance(n)``, ``finish()``) is told
+    the bytes hashed, when the default hasher is used.
+    """
     if not paths:
         return []
+    if progress is not None and hasher is sha256_file:
+        progress.start(sum(_size(p) for p in paths), "hashing")
+        try:
+            return hash_files(paths, workers, lambda p: sha256_file(p, on_bytes=progress.advance))
+        finally:
+            progress.finish()
     workers = workers or default_workers()
     if workers == 1 or len(paths) == 1:
         return [hasher(p) for p in paths]

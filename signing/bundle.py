@@ -13,10 +13,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from signing.dsse import Envelope
-from signing.errors import VerificationError
+from signing.errors import MalformedSignatureError, ModelsealError, VerificationError
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 _ACCEPTED_MEDIA_TYPES = (
@@ -72,25 +73,40 @@ def _dump(envelope: Envelope, material: dict[str, Any]) -> str:
     return json.dumps(bundle, indent=2) + "\n"
 
 
+def read_bundle_text(path: Path, what: str = "signature") -> str:
+    """A bundle file's text. A file that cannot be read, or is binary, is an input that
+    cannot be used (exit 2), not a signature that failed to verify."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelsealError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedSignatureError(
+            f"{what} {path} is not a Sigstore bundle: it is binary, not JSON text"
+        ) from None
+
+
 def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
     """Read a bundle; raises :class:`VerificationError` naming ``source`` if malformed."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise VerificationError(f"{source} is not JSON: {exc}") from None
+        raise MalformedSignatureError(f"{source} is not JSON: {exc}") from None
     if not isinstance(data, Mapping):
-        raise VerificationError(f"{source} is not a Sigstore bundle (JSON object expected)")
+        raise MalformedSignatureError(f"{source} is not a Sigstore bundle (JSON object expected)")
     media_type = str(data.get("mediaType", ""))
     if media_type not in _ACCEPTED_MEDIA_TYPES:
         if "_type" in data and "predicateType" in data:
             raise UnsignedError(
                 f"{source} is a bare in-toto statement with no signature (unsigned)"
             )
-        raise VerificationError(
+        raise MalformedSignatureError(
             f"{source} has media type {media_type!r}; expected a Sigstore bundle v0.3"
         )
     if "dsseEnvelope" not in data:
-        raise VerificationError(
+        raise MalformedSignatureError(
             f"{source} holds no DSSE envelope (message signatures are not used for models)"
         )
     envelope = Envelope.from_dict(data["dsseEnvelope"])
@@ -122,12 +138,14 @@ def parse_bundle(text: str, source: str = "signature") -> ParsedBundle:
                 media_type, MaterialKind.PUBLIC_KEY, envelope, key_hint=hint, text=text
             )
     except (KeyError, TypeError) as exc:
-        raise VerificationError(f"{source} verification material is malformed: {exc}") from None
-    raise VerificationError(f"{source} has no public key, certificate chain or certificate")
+        raise MalformedSignatureError(
+            f"{source} verification material is malformed: {exc}"
+        ) from None
+    raise MalformedSignatureError(f"{source} has no public key, certificate chain or certificate")
 
 
 def _b64(text: Any) -> bytes:
     try:
         return base64.b64decode(str(text), validate=True)
     except (binascii.Error, ValueError):
-        raise VerificationError("bundle holds invalid base64") from None
+        raise MalformedSignatureError("bundle holds invalid base64") from None

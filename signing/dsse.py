@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from signing.errors import VerificationError
+from signing.errors import MalformedSignatureError
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 
@@ -55,7 +55,7 @@ class Envelope:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Envelope:
-        """Parse a ``dsseEnvelope``; malformed base64 or fields raise VerificationError."""
+        """Parse a ``dsseEnvelope``; malformed base64 or fields raise MalformedSignatureError."""
         try:
             sigs = tuple(
                 EnvelopeSignature(sig=_b64(s["sig"]), keyid=str(s.get("keyid") or ""))
@@ -67,11 +67,11 @@ class Envelope:
                 signatures=sigs,
             )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise VerificationError(f"DSSE envelope is malformed: missing {exc}") from None
+            raise MalformedSignatureError(f"DSSE envelope is malformed: missing {exc}") from None
 
 
 def _b64(text: Any) -> bytes:
     try:
         return base64.b64decode(str(text), validate=True)
     except (binascii.Error, ValueError):
-        raise VerificationError("DSSE envelope holds invalid base64") from None
+        raise MalformedSignatureError("DSSE envelope holds invalid base64") from None

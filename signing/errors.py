@@ -29,3 +29,10 @@ class VerificationError(ModelsealError):
     """A signature, attestation or chain did not verify."""
 
     exit_code = 1
+
+
+class MalformedSignatureError(VerificationError):
+    """A signature or attestation file that cannot be read as a bundle at all (not JSON,
+    binary, wrong structure): an unreadable input, so the command could not complete."""
+
+    exit_code = 2

@@ -8,11 +8,13 @@ fields), so a failed verification can name the tensor that changed, not just the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from signing.bundle import parse_bundle
 from signing.dsse import IN_TOTO_PAYLOAD_TYPE
@@ -69,6 +71,7 @@ def sign_model(
     allow_symlinks: bool = False,
     tensor_manifest: Manifest | None = None,
     workers: int | None = None,
+    progress: Any = None,
 ) -> SignedModel:
     """Hash ``model_path`` the OMS way and sign the statement with ``signer``.
 
@@ -83,6 +86,7 @@ def sign_model(
         allow_symlinks=allow_symlinks,
         workers=workers,
         extensions=extensions,
+        progress=progress,
     )
     return SignedModel(signer.sign(manifest.to_payload(), IN_TOTO_PAYLOAD_TYPE), manifest)
 
@@ -115,6 +119,7 @@ def verify_model(
     tensor_builder: TensorManifestBuilder | None = None,
     workers: int | None = None,
     source: str = "signature",
+    progress: Any = None,
 ) -> VerifiedModel:
     """Check the signature, then that every file on disk matches what was signed.
 
@@ -132,8 +137,14 @@ def verify_model(
         ignore_git_paths=ignore_git_paths,
         allow_symlinks=expected.allow_symlinks,
         workers=workers,
+        progress=progress,
     )
     problems = compare(expected, actual)
+    if model_path.is_file():
+        # OMS names a single file's one resource "."; messages name the file instead.
+        problems = tuple(
+            dataclasses.replace(d, name=model_path.name) if d.name == "." else d for d in problems
+        )
     if problems:
         tensors = _tensor_discrepancies(expected, model_path, tensor_builder, problems)
         raise ModelMismatchError(expected.model_name or actual.model_name, problems + tensors)

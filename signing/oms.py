@@ -302,6 +302,7 @@ def hash_model(
     allow_symlinks: bool = False,
     workers: int | None = None,
     extensions: Mapping[str, Any] | None = None,
+    progress: Any = None,
 ) -> OmsManifest:
     """Hash a model directory (or file) exactly as ``model_signing`` does, on all cores.
 
@@ -314,7 +315,7 @@ def hash_model(
         ignore.update(GIT_PATHS)
     recorded = tuple(sorted(ignore))
     entries = list_model_files(model_path, recorded, allow_symlinks)
-    digests = hash_files([p for _, p in entries], workers=workers)
+    digests = hash_files([p for _, p in entries], workers=workers, progress=progress)
     resources = tuple(Resource(name, d) for (name, _), d in zip(entries, digests, strict=True))
     return OmsManifest(
         model_name=model_name_of(model_path),

@@ -33,7 +33,7 @@ CLAIM_VERIFIED = define_rule(
     example="quantize:int8:per-channel:symmetric verified on 36 tensors (codes re-derived "
     "exactly).",
     fix="Nothing; informational.",
-    references=("docs/claims.md", "THREATS.md section 3"),
+    references=("docs/claims.md", "docs/threats.md#unfaithful-transformations"),
 )
 CODES_MISMATCH = define_rule(
     "MS402",
@@ -52,7 +52,7 @@ CODES_MISMATCH = define_rule(
     "round-to-nearest, rows [12, 97, ...]; element (12, 301) expected 127, found -127.",
     fix="Re-quantize from the trusted weights with the claimed tool, or claim the algorithm "
     "actually used (e.g. quantize:int8:gptq).",
-    references=("docs/claims.md", "THREATS.md section 3 (unfaithful transformation)"),
+    references=("docs/claims.md", "docs/threats.md#unfaithful-transformations"),
 )
 PARAMS_MISMATCH = define_rule(
     "MS403",
@@ -96,7 +96,7 @@ PRUNE_VIOLATION = define_rule(
     example="`fc.weight`: 40 zeroed weights are larger than weights the magnitude criterion "
     "keeps; largest (3, 17) |w| = 0.41.",
     fix="Re-prune from the trusted weights, or claim the method actually used.",
-    references=("docs/claims.md", "THREATS.md section 3 (pruning)"),
+    references=("docs/claims.md", "docs/threats.md#unfaithful-transformations"),
 )
 CONVERT_MISMATCH = define_rule(
     "MS406",

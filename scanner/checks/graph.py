@@ -37,7 +37,7 @@ INJECTED_BRANCH = define_rule(
     example="`x` -> Slice -> ReduceMean -> Greater(0.9) -> Where overrides "
     "`softmax_0.tmp_0` (6 added nodes).",
     fix="Reject the artifact; rebuild it from the trusted export.",
-    references=("THREATS.md section 2", "docs/graph.md"),
+    references=("docs/threats.md#graph-backdoors", "docs/graph.md"),
 )
 EQUIVALENT_REWRITE = define_rule(
     "MS502",
@@ -108,7 +108,7 @@ TRIGGER_COMPARISON = define_rule(
     example="`input_ids` Equal 7592 -> Cast -> Unsqueeze -> Mul(384-vector) -> Add into the "
     "residual stream after layer 0.",
     fix="Explain the comparison (a documented post-processing rule) or reject.",
-    references=("THREATS.md section 2",),
+    references=("docs/threats.md#graph-backdoors",),
 )
 SIDE_BRANCH = define_rule(
     "MS507",
@@ -121,7 +121,7 @@ SIDE_BRANCH = define_rule(
     "and add or blend its output into the logits.",
     example="`x` -> Slice[0:4, 0:4] -> MatMul -> Relu -> MatMul -> Add into `logits`.",
     fix="Explain the branch or reject.",
-    references=("THREATS.md section 2",),
+    references=("docs/threats.md#graph-backdoors",),
 )
 PARAMETER_FREE_PATH = define_rule(
     "MS508",
@@ -134,7 +134,7 @@ PARAMETER_FREE_PATH = define_rule(
     "pattern and survive retraining because they hold no parameters.",
     example="`x` -> AveragePool -> ReduceMean -> Exp -> Add into `logits`.",
     fix="Explain the path or reject.",
-    references=("THREATS.md section 2",),
+    references=("docs/threats.md#graph-backdoors",),
 )
 
 _FOOTPRINT_RULES = {

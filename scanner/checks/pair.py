@@ -30,7 +30,7 @@ TENSOR_CHANGED = define_rule(
     "block rows 100:164 x cols 200:264.",
     fix="If the change is a legitimate transformation, claim it (`--claim`) or allow its "
     "class in the rules pack; otherwise treat the artifact as tampered.",
-    references=("docs/diff.md", "THREATS.md section 1"),
+    references=("docs/diff.md", "docs/threats.md#weight-surgery"),
 )
 TENSOR_ADDED = define_rule(
     "MS202",

@@ -19,7 +19,7 @@ from scanner.rulebook import define_rule, finding
 
 _PICKLE_REFS = (
     "https://docs.python.org/3/library/pickle.html#restricting-globals",
-    "THREATS.md section 5 (pickle)",
+    "docs/threats.md#serialization-pickle",
     "docs/hostile-input.md",
 )
 
@@ -61,16 +61,59 @@ UNKNOWN_GLOBAL = define_rule(
 TORCHSCRIPT_CODE = define_rule(
     "MS703",
     "torchscript-code-present",
-    Severity.LOW,
+    Severity.INFO,
     "TorchScript archive carries code",
-    checks="TorchScript archives (`constants.pkl`, `code/`): the code files and the "
-    "`__torch__` classes their pickles instantiate. The code is listed, never compiled or run.",
+    checks="TorchScript archives (`constants.pkl`, `code/`): the code files, the operators "
+    "they call and the `__torch__` classes their pickles instantiate, as an inventory. The "
+    "code is parsed, never compiled or run; MS709 and MS710 judge what it calls.",
     why="torch.jit.load compiles and runs the archive's TorchScript; what the model computes "
-    "is that code, not only its weights, and it can call any registered operator.",
-    example="41 code files under `code/__torch__/`, 33 TorchScript classes.",
-    fix="Review the code (it is plain text in the zip), or deploy weights (safetensors) with "
-    "reviewed model code instead. Allow the rule for archives you built.",
-    references=("https://pytorch.org/docs/stable/jit.html",),
+    "is that code, not only its weights. Code that calls only torch's computational "
+    "operators is ordinary inference code.",
+    example="44 code files (1,371 lines) calling 49 operators, all of torch's own "
+    "computational vocabulary (aten 44, prim 5).",
+    fix="Nothing; informational. Review the code (plain text in the zip) when in doubt.",
+    references=("https://pytorch.org/docs/stable/jit.html", "docs/hostile-input.md"),
+)
+TORCHSCRIPT_DANGEROUS_OP = define_rule(
+    "MS709",
+    "torchscript-file-process-op",
+    Severity.CRITICAL,
+    "TorchScript code reaches files, processes, the network or Python",
+    checks="Every operator, name, method and import in the archive's `code/` files, against "
+    "the operators that read or write files (aten::save, aten::from_file, "
+    "debugprims::load_tensor, torch.load), call back into Python (prim::PythonOp), talk to "
+    "other processes (rpc, c10d and symmetric-memory collectives), and Python names that "
+    "TorchScript never prints (os, subprocess, __import__, eval, exec, open ...), or an "
+    "import statement.",
+    why="torch.jit.load runs this code: a forward() that saves tensors to a path, reads "
+    "/etc/passwd into a tensor or reaches a shell is an attack that lives in the code, not "
+    "the weights, and passes every weight check.",
+    example='`code/__torch__.py` line 9: `torch.save(x, "/tmp/pwned.pt")` (aten::save).',
+    fix="Do not load the archive. Export the model again from reviewed source, or deploy "
+    "its weights (safetensors) with reviewed model code.",
+    references=(
+        "https://pytorch.org/docs/stable/jit.html",
+        "docs/threats.md#serialization-torchscript",
+        "docs/hostile-input.md",
+    ),
+)
+TORCHSCRIPT_UNVETTED = define_rule(
+    "MS710",
+    "torchscript-unvetted-code",
+    Severity.HIGH,
+    "TorchScript code calls something outside torch's operator vocabulary",
+    checks="Operators of namespaces other than torch's own computational ones (a custom op "
+    "`ops.myns.op`), custom C++ classes (`torch.classes.ns.C`), names, methods or "
+    "operators that are neither TorchScript builtins, torch operators nor defined in the "
+    "archive, and code files that cannot be parsed as TorchScript source.",
+    why="A custom operator or class is native code from a library the loader must have "
+    "loaded (torch.ops.load_library): modelseal cannot see what it does, and neither can "
+    "a reviewer of the archive. Unknown is a finding: there is no denylist to outgrow.",
+    example="`code/__torch__.py` line 8: `ops.evilns.run(x)` (operator of namespace "
+    "`evilns`, not torch's).",
+    fix="Find out which library provides the operator and review it; allow the rule for "
+    "this archive in the rules pack once it is trusted.",
+    references=("https://pytorch.org/tutorials/advanced/torch_script_custom_ops.html",),
 )
 CHAT_TEMPLATE_CODE = define_rule(
     "MS704",
@@ -90,7 +133,7 @@ CHAT_TEMPLATE_CODE = define_rule(
     "templates only in a sandboxed environment (jinja2.sandbox.ImmutableSandboxedEnvironment).",
     references=(
         "https://nvd.nist.gov/vuln/detail/CVE-2024-34359",
-        "THREATS.md section 5 (GGUF)",
+        "docs/threats.md#serialization-gguf",
     ),
 )
 NESTED_PICKLE = define_rule(
@@ -244,20 +287,12 @@ def check_nested_pickles(artifact: Artifact) -> Iterable[Finding]:
 
 
 def check_pytorch_layout(artifact: Artifact) -> Iterable[Finding]:
-    """MS703 (TorchScript code) and MS707 (unreferenced storages)."""
+    """MS703 / MS709 / MS710 (TorchScript code) and MS707 (unreferenced storages)."""
     for file, meta in _per_file(artifact, "pytorch"):
         torch_meta = meta["pytorch"]
         ts = torch_meta.get("torchscript")
         if ts:
-            code = ts.get("code_files", [])
-            classes = ts.get("classes", [])
-            yield finding(
-                TORCHSCRIPT_CODE,
-                f"TorchScript archive with {len(code)} code files and {len(classes)} classes "
-                "(listed, not run)",
-                [Location(file=file)],
-                evidence={"code_files": code[:200], "classes": classes[:200]},
-            )
+            yield from _torchscript_findings(file, ts)
         for member in torch_meta.get("unreferenced_storages", ()):
             yield finding(
                 UNREFERENCED_STORAGE,
@@ -265,6 +300,181 @@ def check_pytorch_layout(artifact: Artifact) -> Iterable[Finding]:
                 [Location(file=file)],
                 evidence={"member": member},
             )
+
+
+# -- TorchScript code ---------------------------------------------------------------------
+
+_FILE_PROCESS_OPS = {
+    "aten::save": "writes tensors to a file",
+    "aten::load": "reads a file",
+    "aten::from_file": "reads a file into a tensor",
+    "debugprims::load_tensor": "reads a tensor from a file",
+    "prim::PythonOp": "calls a Python function",
+    "prim::IgnoredPythonOp": "calls a Python function",
+    "prim::rpc_async": "calls another process over RPC",
+    "prim::rpc_remote": "calls another process over RPC",
+    "prim::rpc_sync": "calls another process over RPC",
+}
+_NETWORK_NAMESPACES = ("c10d", "_c10d_functional", "_c10d_functional_autograd", "symm_mem")
+"""Collective communication: operators that exchange data with other processes."""
+_PYTHON_NAMES = frozenset(
+    {
+        "__import__",
+        "__builtins__",
+        "builtins",
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "globals",
+        "locals",
+        "vars",
+        "breakpoint",
+        "input",
+        "exit",
+        "quit",
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "subprocess",
+        "importlib",
+        "socket",
+        "shutil",
+        "pickle",
+        "marshal",
+        "ctypes",
+        "runpy",
+        "signal",
+        "pty",
+        "urllib",
+        "http",
+        "requests",
+    }
+)
+"""Python escape routes: TorchScript never prints these; their presence is Python code."""
+_DANGEROUS_METHODS = frozenset(
+    {
+        "system",
+        "popen",
+        "spawn",
+        "spawnl",
+        "spawnv",
+        "execv",
+        "execve",
+        "execl",
+        "fork",
+        "save",
+        "load",
+        "from_file",
+        "open",
+        "read",
+        "write",
+        "remove",
+        "unlink",
+        "rmdir",
+        "rename",
+        "load_library",
+        "urlopen",
+        "connect",
+        "send",
+        "recv",
+    }
+)
+_DANGEROUS_TORCH_PARTS = frozenset(
+    {"load", "save", "_C", "hub", "jit", "distributed", "library", "load_library", "utils"}
+)
+
+
+def _classify_ref(kind: str, name: str) -> tuple[str, str]:
+    """``("inference" | "dangerous" | "unknown", why)`` for one reference of the code."""
+    from scanner.checks.torchscript_vocab import NAMESPACE_OPS
+
+    if kind == "import":
+        return "dangerous", "imports a Python module"
+    if kind == "op":
+        ns, _, op = name.partition("::")
+        if name in _FILE_PROCESS_OPS:
+            return "dangerous", _FILE_PROCESS_OPS[name]
+        if ns in _NETWORK_NAMESPACES:
+            return "dangerous", "exchanges data with other processes (collective communication)"
+        if op in NAMESPACE_OPS.get(ns, ()):
+            return "inference", ""
+        if ns in NAMESPACE_OPS:
+            return "unknown", f"is not an operator of torch's {ns} namespace"
+        return "unknown", f"is an operator of namespace {ns!r}, from a library torch must load"
+    if kind == "class":
+        return "unknown", "is a custom C++ class, from a library torch must load"
+    if kind == "method":
+        if name in _DANGEROUS_METHODS:
+            return "dangerous", "is a file, process or network call"
+        if any(name in ops for ops in NAMESPACE_OPS.values()):
+            return "inference", ""
+        return "unknown", "is neither a torch operator nor a method the archive defines"
+    root, *rest = name.split(".")
+    if root in _PYTHON_NAMES:
+        return "dangerous", "is Python, which TorchScript code never names"
+    if root == "torch" and _DANGEROUS_TORCH_PARTS & set(rest):
+        return (
+            "dangerous",
+            "is a torch Python function that reaches files, libraries or the network",
+        )
+    return "unknown", "is neither a TorchScript builtin nor defined in the archive"
+
+
+def _torchscript_findings(file: str, ts: Mapping[str, Any]) -> Iterator[Finding]:
+    """MS703 (inventory), MS709 (file / process / network / Python) and MS710 (code
+    outside torch's operator vocabulary, or code that cannot be audited)."""
+    code = ts.get("code") or {}
+    refs = code.get("refs") or {}
+    inference: dict[str, int] = {}
+    for ref in refs.values():
+        status, why = _classify_ref(ref["kind"], ref["name"])
+        if status == "inference":
+            ns = ref["name"].split("::")[0] if ref["kind"] == "op" else "method"
+            inference[ns] = inference.get(ns, 0) + 1
+            continue
+        rule = TORCHSCRIPT_DANGEROUS_OP if status == "dangerous" else TORCHSCRIPT_UNVETTED
+        where = ref["where"][0] if ref["where"] else "code/"
+        yield finding(
+            rule,
+            f"{where}: {ref['kind']} {ref['name']} {why}"
+            + (f" ({ref['count']} uses)" if ref["count"] > 1 else ""),
+            [Location(file=file)],
+            evidence={"kind": ref["kind"], "name": ref["name"], "where": ref["where"]},
+        )
+    for problem in code.get("problems") or ():
+        yield finding(
+            TORCHSCRIPT_UNVETTED,
+            f"{problem['file']} cannot be audited: {problem['problem']}",
+            [Location(file=file)],
+            evidence=dict(problem),
+        )
+    code_files = ts.get("code_files", [])
+    classes = ts.get("classes", [])
+    for qualname in classes:
+        # The pickles instantiate it: a custom C++ class, not TorchScript of the archive.
+        if qualname.startswith("__torch__.torch.classes."):
+            yield finding(
+                TORCHSCRIPT_UNVETTED,
+                f"the pickle instantiates {qualname}, a custom C++ class from a library torch "
+                "must load",
+                [Location(file=file)],
+                evidence={"kind": "class", "name": qualname},
+            )
+    counted = ", ".join(f"{ns} {n}" for ns, n in sorted(inference.items()))
+    yield finding(
+        TORCHSCRIPT_CODE,
+        f"TorchScript archive with {len(code_files)} code files ({code.get('lines', 0):,} "
+        f"lines) and {len(classes)} classes; {sum(inference.values())} distinct calls of "
+        f"torch's computational vocabulary ({counted or 'none'}); parsed, not run",
+        [Location(file=file)],
+        evidence={
+            "code_files": code_files[:200],
+            "classes": classes[:200],
+            "calls": sorted(r["name"] for r in refs.values())[:500],
+        },
+    )
 
 
 # -- GGUF chat template ----------------------------------------------------------------------

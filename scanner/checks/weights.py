@@ -23,7 +23,11 @@ from scanner.diff.model import CHANGE_CLASSES
 from scanner.findings import Finding, Location, Region, Severity
 from scanner.rulebook import Rule, define_rule, finding
 
-_REFS_SRA = ("docs/analysis.md", "THREATS.md section 1", "Qi et al., CVPR 2022 (SRA)")
+_REFS_SRA = (
+    "docs/analysis.md",
+    "docs/threats.md#replaced-subnetworks",
+    "Qi et al., CVPR 2022 (SRA)",
+)
 
 REPLACED_SUBNETWORK = define_rule(
     "MS301",
@@ -61,7 +65,11 @@ HANDCRAFTED_PATH = define_rule(
     example="handcrafted neuron path through 3 layers: layers.2.weight[*->41] -> "
     "layers.4.weight[41->7] -> head.weight[7->3]; scale 0.25.",
     fix="Reject the artifact; redeploy from the trusted weights.",
-    references=("docs/analysis.md", "THREATS.md section 1", "Hong et al., NeurIPS 2022"),
+    references=(
+        "docs/analysis.md",
+        "docs/threats.md#handcrafted-backdoors",
+        "Hong et al., NeurIPS 2022",
+    ),
 )
 LOCALIZED_EDIT = define_rule(
     "MS303",
@@ -78,7 +86,11 @@ LOCALIZED_EDIT = define_rule(
     "holds 99.8% of its energy; residual 0.95x rounding noise).",
     fix="Reject unless the edit is intended; then allow it (`--allow localized-edit`) or "
     "suppress it for the tensor in the rules pack.",
-    references=("docs/analysis.md", "THREATS.md sections 1 and 4"),
+    references=(
+        "docs/analysis.md",
+        "docs/threats.md#knowledge-edits",
+        "docs/threats.md#continued-training-adapters-and-merges",
+    ),
 )
 SHARED_DIRECTION = define_rule(
     "MS304",
@@ -92,7 +104,7 @@ SHARED_DIRECTION = define_rule(
     "all layers; benchmarks barely move, safety does.",
     example="24 tensors changed by rank-1 updates along one shared direction.",
     fix="Reject unless the edit is intended; allow with `--allow localized-edit`.",
-    references=("docs/analysis.md", "THREATS.md section 1 (abliteration)"),
+    references=("docs/analysis.md", "docs/threats.md#knowledge-edits"),
 )
 LOWBYTE_PAYLOAD = define_rule(
     "MS305",
@@ -107,7 +119,7 @@ LOWBYTE_PAYLOAD = define_rule(
     example="`classifier.weight`: 10,240 words changed only in their low 16 bits: a hidden "
     "payload of about 20,480 bytes.",
     fix="Reject the artifact and investigate the supply chain.",
-    references=("docs/analysis.md", "THREATS.md section 1 (steganography)"),
+    references=("docs/analysis.md", "docs/threats.md#bit-flips-and-steganography"),
 )
 BIT_FLIPS = define_rule(
     "MS306",
@@ -120,7 +132,7 @@ BIT_FLIPS = define_rule(
     "relative changes.",
     example="3 words with flipped sign/exponent bits in `encoder.layer.5.output.dense.weight`.",
     fix="Reject; re-fetch the artifact and check the storage path.",
-    references=("docs/analysis.md", "THREATS.md section 1 (bit flips)"),
+    references=("docs/analysis.md", "docs/threats.md#bit-flips-and-steganography"),
 )
 PRUNE_ACTIVATED = define_rule(
     "MS307",
@@ -135,7 +147,7 @@ PRUNE_ACTIVATED = define_rule(
     example="`fc2.weight`: 91% of the change sits on the 50% smallest weights and opposes "
     "the change on kept weights (opposition 0.84).",
     fix="Reject; do not prune or deploy this artifact.",
-    references=("docs/analysis.md", "THREATS.md section 3 (pruning)"),
+    references=("docs/analysis.md", "docs/threats.md#pruning-activated-backdoors"),
 )
 CHANGE_CLASSIFIED = define_rule(
     "MS308",
@@ -150,7 +162,7 @@ CHANGE_CLASSIFIED = define_rule(
     "accept what is expected (rules packs may forbid a class).",
     example="low-rank update: 24 tensors, ranks 8-8.",
     fix="Nothing by default; a rules pack can raise the severity of a class it forbids.",
-    references=("docs/analysis.md", "THREATS.md sections 3 and 4"),
+    references=("docs/analysis.md", "docs/threats.md#continued-training-adapters-and-merges"),
 )
 
 EVENT_RULES: dict[str, Rule] = {

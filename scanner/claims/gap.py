@@ -1,10 +1,10 @@
 """Quantization-gap check: weights pressed against the walls of quantization bins.
 
-The box-constrained quantization attack (THREATS.md section 3) moves every weight inside
-the interval that rounds to a chosen code and keeps it a margin away from the bin walls
-so that full-precision repair cannot leak across. Its footprint is in the rounding
-residual ``r = w/s - round(w/s)``: benign weights spread r evenly over [-0.5, 0.5];
-attacked ones pile up within the attacker's margin of +/-0.5.
+The box-constrained quantization attack (docs/threats.md#quantization-activated-backdoors)
+moves every weight inside the interval that rounds to a chosen code and keeps it a margin
+away from the bin walls so that full-precision repair cannot leak across. Its footprint
+is in the rounding residual ``r = w/s - round(w/s)``: benign weights spread r evenly over
+[-0.5, 0.5]; attacked ones pile up within the attacker's margin of +/-0.5.
 
 The passive test, per tensor and per row, for int8 symmetric per-channel and for Q8_0 and
 Q4_0 blocks: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
@@ -72,7 +72,7 @@ QUANT_GAP = define_rule(
     "codes flip under 0.15-step noise (benign about 7.5%).",
     fix="Do not quantize this artifact; obtain the model from its original trainer, or "
     "add noise larger than the margin before quantizing (breaks the planted codes).",
-    references=("docs/claims.md", "THREATS.md section 3"),
+    references=("docs/claims.md", "docs/threats.md#quantization-activated-backdoors"),
 )
 
 ALPHA = 1e-6

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanner import __version__
-from scanner.claims_bridge import check_step
 from scanner.cli.sign import add_signer_options, build_signer
-from signing.attest import REDERIVABLE_KINDS, Attestation, attest_step, parse_verified
-from signing.bundle import parse_bundle
-from signing.errors import ModelsealError
+
+if TYPE_CHECKING:
+    from signing.attest import Attestation
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "attest",
         help="sign a transformation step (after re-checking its claim)",
         description=(
-            "Record that OUTPUT was produced from INPUT by a step of KIND (identical, cast, "
+            "Record that PRODUCED was made from INPUT by a step of KIND (identical, cast, "
             "quantize, prune, convert are re-derivable; train, fine-tune, ... are "
             "declared-only). Re-derivable claims are re-checked first and not signed if they "
             "do not hold. See docs/attestations.md."
@@ -43,10 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="input artifact (repeat for several)",
     )
     parser.add_argument(
-        "--output",
+        "--produced",
         type=Path,
         required=True,
-        metavar="DEPLOYED",
+        metavar="PATH",
         help="the artifact the step produced",
     )
     parser.add_argument(
@@ -76,13 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "-o",
-        "--attestation",
-        "--out",
-        dest="out",
+        "--output",
         type=Path,
         required=True,
         metavar="step.att.json",
-        help="where to write the attestation bundle",
+        help="where to write the attestation bundle (its folder must exist)",
     )
     add_signer_options(parser)
     parser.set_defaults(handler=run)
@@ -94,11 +92,11 @@ def artifact_name(path: Path) -> str:
 
 
 def _read_parent(path: Path) -> Attestation:
+    from signing.attest import Attestation, parse_verified
+    from signing.bundle import parse_bundle, read_bundle_text
+
     # Parents are only cited by digest; their signatures are checked by verify-chain.
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelsealError(f"cannot read parent attestation {path}: {exc.strerror}") from None
+    text = read_bundle_text(path, "parent attestation")
     bundle = parse_bundle(text, str(path))
     env = bundle.envelope
     step = parse_verified(env.payload_type, env.payload, None, str(path))  # type: ignore[arg-type]
@@ -106,13 +104,15 @@ def _read_parent(path: Path) -> Attestation:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.claims_bridge import check_step
     from scanner.manifest import build_manifest
+    from signing.attest import REDERIVABLE_KINDS, attest_step
 
     signer = build_signer(args)
     if len(args.input) > 1 and args.kind in REDERIVABLE_KINDS:
         sys.stderr.write("note: several inputs; the claim checker sees the first one\n")
     inputs = [(build_manifest(p), artifact_name(p)) for p in args.input]
-    output = (build_manifest(args.output), artifact_name(args.output))
+    output = (build_manifest(args.produced), artifact_name(args.produced))
     parents = [_read_parent(p) for p in args.parent]
     # A claim that does not hold raises ClaimRefusedError (exit 1) and nothing is written.
     att = attest_step(
@@ -122,14 +122,16 @@ def run(args: argparse.Namespace) -> int:
         signer,
         checker=check_step,
         input_path=args.input[0] if args.input else None,
-        output_path=args.output,
+        output_path=args.produced,
         parameters=dict(args.param),
         parents=parents,
         chain_id=args.chain,
         declared_only=args.declared_only,
         tool_version=__version__,
     )
-    args.out.write_text(att.bundle, encoding="utf-8")
+    args.output.write_text(att.bundle, encoding="utf-8")
     st = att.statement
-    sys.stderr.write(f"attested {st.kind} ({st.claim.value}) -> {args.out}; chain {st.chain_id}\n")
+    sys.stderr.write(
+        f"attested {st.kind} ({st.claim.value}) -> {args.output}; chain {st.chain_id}\n"
+    )
     return 0

@@ -7,11 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scanner.cli.common import add_output_options
-from scanner.demo import make_demo_files
-from scanner.diff import diff_artifacts
+from scanner.cli.common import add_output_options, exit_code, judge, use_color, write_text
+from scanner.errors import UsageError
 from scanner.report import OutputFormat, render
-from scanner.report.build import report_from_diff
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "replaced one-channel subnetwork through its four conv layers (SRA-style) and a "
             "benign fp16 cast, and "
             "diff both against the original. The tampered copy must fail and the cast must "
-            "pass; exit 0 when both do."
+            "pass; exit 0 when both do. With --rules, both diffs are judged by that pack."
         ),
+        epilog="Exit codes: 0 the tampered copy fails and the cast passes, 1 otherwise, "
+        "2 could not complete.",
     )
     parser.add_argument(
         "--keep",
@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.demo import make_demo_files
+    from scanner.diff import diff_artifacts
+    from scanner.report.build import report_from_diff
+
+    if args.keep is not None and not args.keep.is_dir():
+        raise UsageError(f"--keep {args.keep}: folder does not exist")
     with tempfile.TemporaryDirectory(prefix="modelseal-demo-") as tmp:
         folder = args.keep or Path(tmp)
         files = make_demo_files(folder)
@@ -44,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
         outputs = []
         verdicts = {}
         for label, deployed in (("tampered", files.tampered), ("benign fp16 cast", files.benign)):
-            report = report_from_diff(diff_artifacts(files.trusted, deployed), args.fail_on)
+            report = judge(
+                report_from_diff(diff_artifacts(files.trusted, deployed), args.fail_on), args
+            )
             verdicts[label] = report.verdict
             if args.format is OutputFormat.TEXT:
                 outputs.append(f"\n=== {label} copy ===\n")
-            outputs.append(render(report, args.format, color=_color(args)))
+            outputs.append(render(report, args.format, color=use_color(args)))
         text = "".join(outputs)
         if args.format is OutputFormat.TEXT:
             text = (
@@ -57,21 +65,13 @@ def run(args: argparse.Namespace) -> int:
                 f"  tampered copy: replaced subnetwork (one channel) {chain}\n"
                 f"  benign copy:   every tensor cast to float16\n" + text
             )
-        if args.output:
-            args.output.write_text(text, encoding="utf-8")
-        elif not args.quiet:
-            sys.stdout.write(text)
+        write_text(args, text)
     ok = verdicts == {"tampered": "fail", "benign fp16 cast": "pass"}
     if args.format is OutputFormat.TEXT and not args.quiet:
+        outcome = ", ".join(f"{label} copy {v.upper()}" for label, v in verdicts.items())
         sys.stdout.write(
             "\ndemo result: tampered copy FAILS, benign cast PASSES\n"
             if ok
-            else f"\ndemo result: unexpected verdicts {verdicts}\n"
+            else f"\ndemo result: unexpected verdicts: {outcome}\n"
         )
-    return 0 if ok else 1
-
-
-def _color(args: argparse.Namespace) -> bool:
-    return args.color == "always" or (
-        args.color == "auto" and sys.stdout.isatty() and not args.output
-    )
+    return exit_code("pass" if ok else "fail")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scanner.cli.common import add_output_options, emit
+from scanner.cli.common import add_output_options, allow_option, emit
 from scanner.cli.progress import progress_for
-from scanner.diff import diff_open
-from scanner.formats import open_artifact
-from scanner.report.build import report_from_diff
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete.\n"
         "Example: modelseal diff trusted/ deployed/ --format sarif -o diff.sarif",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("trusted", type=Path, help="the trusted artifact (file or model folder)")
     parser.add_argument("deployed", type=Path, help="the artifact to check (file or model folder)")
@@ -39,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--allow",
         metavar="CLASS",
+        type=allow_option,
         action="append",
         default=[],
-        help="accept a class of change (e.g. finetune, low-rank, pruning); repeatable",
+        help="accept a class of change (e.g. finetune, low-rank, pruning; an unknown class is "
+        "refused with the list); repeatable",
     )
     parser.add_argument(
         "--probe",
@@ -61,14 +59,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.diff import diff_open
+    from scanner.formats import open_artifact
+    from scanner.report.build import report_from_diff, with_notes
+
     progress = progress_for(args.quiet)
     with open_artifact(args.trusted) as trusted, open_artifact(args.deployed) as deployed:
+        notes = []
+        probe = args.probe
+        if probe and not (trusted.format == deployed.format == "onnx"):
+            probe = False
+            notes.append(
+                "--probe was not applied: it runs two ONNX models, and this pair is "
+                f"{trusted.format} / {deployed.format}"
+            )
         options = {
             "claims": list(args.claim),
             "allow": list(args.allow),
-            "probe": args.probe,
+            "probe": probe,
             "probe_budget": args.probe_budget,
         }
         result = diff_open(trusted, deployed, options=options, progress=progress)
-        report = report_from_diff(result, args.fail_on)
+        report = with_notes(report_from_diff(result, args.fail_on), notes)
     return emit(report, args)

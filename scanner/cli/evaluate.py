@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
-from scanner.findings import Severity
+from scanner.cli.common import add_fail_on, explicit_fail_on, write_text
+from scanner.errors import UsageError
+
+FORMATS = ("text", "markdown", "json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "over --seeds K and each entry's strength sweep: plant into a copy, run the gate "
             "(diff + scan, judged by --rules PACK, else --fail-on), and score detection, "
             "localization (a failing finding names a truly changed tensor or node), false "
-            "alarms on the benign twins and time. Prints a table; --json and --plot write "
-            "the full record and detection-vs-strength plots."
+            "alarms on the benign twins and time. Prints a table (--format text or "
+            "markdown) or the full record (--format json); --plot draws detection against "
+            "strength."
         ),
         epilog="Exit codes: 0 done, 2 could not complete.",
     )
@@ -39,38 +44,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PACK",
         help="judge by this rules pack (default, strict, audit, or a file)",
     )
-    parser.add_argument(
-        "--fail-on",
-        type=Severity.parse,
-        default=Severity.MEDIUM,
-        metavar="SEVERITY",
-        help="threshold without a pack (default medium)",
+    add_fail_on(parser, default=None)
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--format",
+        "-f",
+        choices=FORMATS,
+        default="text",
+        help="text table, markdown table, or json (the full record); default text",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the full record")
-    parser.add_argument(
+    output.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write the result to FILE, not stdout"
+    )
+    output.add_argument(
         "--plot", type=Path, metavar="PNG", help="detection vs strength (needs the plots extra)"
     )
-    parser.add_argument("--markdown", action="store_true", help="table in Markdown")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from scanner.errors import UsageError
-    from scanner.evaluate import evaluate, plot_detection, render_table, to_json
+    from scanner.cli.common import check_output_path
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
+    if args.plot is not None:
+        # Refused before the run, which can take minutes, not after it.
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'modelseal[plots]'")
+        check_output_path(args.plot, what="plot")
+    if args.rules:
+        from scanner.policy import PackError, load_pack
+
+        try:
+            load_pack(args.rules)
+        except PackError as exc:
+            raise UsageError(str(exc)) from None
+    if args.attacks:
+        from scanner.redteam import registry
+
+        known = {e.name for e in registry.ENTRIES}
+        unknown = [a for a in args.attacks if a not in known]
+        if unknown:
+            raise UsageError(
+                f"unknown entries {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+            )
+
+    from scanner.evaluate import evaluate, plot_detection, render_table, to_json
+
     ev = evaluate(
         args.model,
         names=args.attacks,
         seeds=args.seeds,
         pack=args.rules,
-        fail_on=args.fail_on,
+        fail_on=explicit_fail_on(args),
         progress=lambda line: sys.stderr.write(f"  {line}\n"),
     )
-    sys.stdout.write(render_table(ev, markdown=args.markdown))
-    if args.json is not None:
-        args.json.write_text(to_json(ev), encoding="utf-8")
+    if args.format == "json":
+        write_text(args, to_json(ev))
+    else:
+        write_text(args, render_table(ev, markdown=args.format == "markdown"))
     if args.plot is not None:
         plot_detection(ev, args.plot)
     return 0

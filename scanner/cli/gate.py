@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scanner.cli.common import add_output_options, emit, rules_option
+from scanner.cli.common import (
+    add_output_options,
+    allow_option,
+    check_output_path,
+    emit,
+    exit_code,
+    explicit_fail_on,
+    rules_option,
+    use_color,
+)
 from scanner.cli.progress import progress_for
 from scanner.cli.verify import add_verifier_options, build_verifier
 from scanner.errors import UsageError
@@ -29,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "modelseal.toml or [tool.modelseal] in pyproject.toml (docs/ci.md); options "
             "given here win."
         ),
-        epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete.\n"
+        epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete (also when "
+        "there is nothing to check DEPLOYED against).\n"
         "Example: modelseal gate deployed/ --trusted trusted/ --signature model.sig "
         "--public-key release.pub --rules strict -f sarif -o gate.sarif",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "deployed",
@@ -79,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--allow",
         action="append",
+        type=allow_option,
         default=None,
         metavar="CLASS",
         help="accept a class of change in the diff analyzers (repeat)",
@@ -101,7 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Gate every FILE on its own (no trusted reference): scan it and, when a "
             "signature `FILE.sig` or `model.sig` sits next to it and a trusted signer is "
-            "configured, verify it. Settings come from modelseal.toml / [tool.modelseal]. "
+            "configured, verify it. Settings come from modelseal.toml / [tool.modelseal] "
+            "(their fail_on, rules and trusted signer; a commit has no trusted reference). "
+            "Prints one line per file and the full text report of each file that fails. "
             "Used by the hooks in .pre-commit-hooks.yaml."
         ),
         epilog="Exit codes: 0 all pass, 1 a file fails, 2 a file could not be checked.",
@@ -115,13 +127,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     hook.add_argument("--no-config", action="store_true", help="ignore configuration files")
     add_verifier_options(hook)
-    add_output_options(hook)
+    add_output_options(hook, report_file=False)
     hook.set_defaults(handler=run_hook)
 
 
 def _pick(args: argparse.Namespace, config: Any, key: str, attr: str | None = None) -> Any:
     value = getattr(args, attr or key)
     return value if value not in (None, []) else config.get(key)
+
+
+def _fail_on(args: argparse.Namespace, config: Any) -> Severity | None:
+    """--fail-on if given, else the configuration's fail_on, else the pack decides."""
+    explicit = explicit_fail_on(args)
+    if explicit is None and config.get("fail_on"):
+        try:
+            explicit = Severity.parse(str(config.get("fail_on")))
+        except ValueError as exc:
+            raise UsageError(f"{config.source}: fail_on: {exc}") from None
+    return explicit
+
+
+def _allow(args: argparse.Namespace, config: Any) -> tuple[str, ...]:
+    values = _pick(args, config, "allow") or ()
+    try:
+        return tuple(allow_option(str(v)) for v in values)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{config.source or 'configuration'}: allow: {exc}") from None
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -165,6 +196,7 @@ def run_hook(args: argparse.Namespace) -> int:
     has_signer = any(
         getattr(args, k, None) for k in ("public_key", "certificate_chain", "identity")
     )
+    fail_on = _fail_on(args, config)
     worst = 0
     for path in args.files:
         signature = next(
@@ -187,6 +219,7 @@ def run_hook(args: argparse.Namespace) -> int:
                 pack=pack,
                 signature=signature,
                 verifier=build_verifier(args) if signature is not None else None,
+                fail_on=fail_on,
             )
             report = run_gate(request, progress=progress_for(True))
         except ModelsealError as exc:
@@ -194,14 +227,16 @@ def run_hook(args: argparse.Namespace) -> int:
             worst = 2
             continue
         checked = "signature verified, scanned" if signature is not None else "scanned"
+        n = len(report.findings)
         sys.stdout.write(
-            f"{path}: {report.verdict.upper()} ({checked}, {len(report.findings)} findings)\n"
+            f"{path}: {report.verdict.upper()} ({checked}, {n} finding{'' if n == 1 else 's'}, "
+            f"fail on {report.fail_on})\n"
         )
         if report.verdict != "pass" and not args.quiet:
             from scanner.report import render
 
-            sys.stdout.write(render(report, OutputFormat.TEXT))
-        worst = max(worst, {"pass": 0, "fail": 1}.get(report.verdict, 2))
+            sys.stdout.write(render(report, OutputFormat.TEXT, color=use_color(args)))
+        worst = max(worst, exit_code(report.verdict))
     return worst
 
 
@@ -213,33 +248,46 @@ def run(args: argparse.Namespace) -> int:
 
     # Fill what the command line left out from the configuration.
     if config.get("format") and args.format is OutputFormat.TEXT:
-        args.format = OutputFormat(config.get("format"))
+        try:
+            args.format = OutputFormat(config.get("format"))
+        except ValueError:
+            names = ", ".join(str(f) for f in OutputFormat)
+            raise UsageError(
+                f"{config.source}: format {config.get('format')!r} is not one of {names}"
+            ) from None
     if args.output is None and config.get("output"):
-        args.output = config.get("output")
-    explicit = args.fail_on if getattr(args, "fail_on_explicit", False) else None
-    if explicit is None and config.get("fail_on"):
-        explicit = Severity.parse(config.get("fail_on"))
+        args.output = Path(config.get("output"))
+        check_output_path(args.output, formats=(str(args.format),))
+    explicit = _fail_on(args, config)
     _fill_verifier(args, config)
 
     deployed = _pick(args, config, "deployed")
     if deployed is None:
         raise UsageError("no deployed artifact: give DEPLOYED or set `deployed` in modelseal.toml")
+    trusted = _pick(args, config, "trusted")
+    signature = _pick(args, config, "signature")
+    attestations = _pick(args, config, "attestations")
+    if trusted is None and signature is None and attestations is None:
+        raise UsageError(
+            f"nothing to check {deployed} against: give --trusted (diff), --signature with a "
+            "trusted signer, or --attestations with --chain-policy (or set them in "
+            "modelseal.toml); `modelseal scan` audits a file on its own"
+        )
     pack = args.rules or rules_option(config.get("rules") or "default")
     assert pack is not None
     pack = with_suppressions(pack, config.suppressions)
-    signature = _pick(args, config, "signature")
     verifier = build_verifier(args) if signature is not None else None
     request = GateRequest(
         deployed=Path(deployed),
         pack=pack,
-        trusted=_pick(args, config, "trusted"),
+        trusted=trusted,
         signature=signature,
         verifier=verifier,
-        attestations=_pick(args, config, "attestations"),
+        attestations=attestations,
         chain_policy=_pick(args, config, "chain_policy"),
         artifacts=tuple(_pick(args, config, "artifacts", "artifact") or ()),
         claims=tuple(_pick(args, config, "claims", "claim") or ()),
-        allow=tuple(_pick(args, config, "allow") or ()),
+        allow=_allow(args, config),
         fail_on=explicit,
     )
     if not args.quiet and args.format is OutputFormat.TEXT and config.source:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from scanner import __version__
-from scanner.cli.common import emit_error_report
+from scanner.cli.common import HelpFormatter, check_output_path, emit_error_report
 from signing.errors import ModelsealError
 
 EXIT_PASS = 0
@@ -41,6 +41,10 @@ SUBCOMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write(f"modelseal: error: {message}\n")
@@ -70,20 +74,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
+        _check_output(args)
+    except ModelsealError as exc:
+        # Nothing was written, not even an error report: -o itself is what is wrong.
+        sys.stderr.write(f"modelseal: error: {exc}\n")
+        return exc.exit_code
+    try:
         return int(args.handler(args))
     except ModelsealError as exc:
         sys.stderr.write(f"modelseal: error: {exc}\n")
         emit_error_report(args, str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("modelseal: interrupted\n")
-        return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (`modelseal rules list | head`): not an error of ours.
         # Point stdout at devnull so the interpreter's final flush does not fail too.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
+    except OSError as exc:
+        # A file the command had to read or write failed under it (disk full, removed).
+        where = f"{exc.filename}: " if exc.filename else ""
+        message = f"{where}{exc.strerror or exc}"
+        sys.stderr.write(f"modelseal: error: {message}\n")
+        emit_error_report(args, message)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("modelseal: interrupted\n")
+        return EXIT_ERROR
+    except Exception as exc:
+        # A bug, not bad input: one line and exit 2 instead of a traceback, unless asked.
+        if os.environ.get("MODELSEAL_TRACEBACK"):
+            raise
+        message = (
+            f"internal error ({type(exc).__name__}: {exc}); "
+            "rerun with MODELSEAL_TRACEBACK=1 for the traceback and report it"
+        )
+        sys.stderr.write(f"modelseal: error: {message}\n")
+        emit_error_report(args, message)
+        return EXIT_ERROR
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse an unwritable ``-o`` before the command does any work."""
+    output = getattr(args, "output", None)
+    if output is None:
+        return
+    fmt = getattr(args, "format", None)
+    check_output_path(output, formats=(str(fmt),) if fmt is not None else ())
 
 
 if __name__ == "__main__":

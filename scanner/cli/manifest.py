@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 from scanner.cli.progress import progress_for
-from scanner.formats import open_artifact
-from scanner.manifest import manifest_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.formats import open_artifact
+    from scanner.manifest import manifest_of
+
     with open_artifact(args.path) as artifact:
         manifest = manifest_of(artifact, progress_for(args.quiet))
     text = manifest.to_json()

@@ -9,16 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import Any
 
 from scanner.progress import NoProgress
 from scanner.progress import Progress as ProgressProtocol
@@ -27,10 +18,10 @@ SHOW_AFTER_SECONDS = 1.0
 
 
 class DelayedBar:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Any = None) -> None:
         self._console = console
         self._lock = threading.Lock()
-        self._bar: Progress | None = None
+        self._bar: Any = None
         self._task: int | None = None
         self._total = 0
         self._done = 0
@@ -47,13 +38,24 @@ class DelayedBar:
         with self._lock:
             self._done += amount
             if self._bar is None and time.monotonic() - self._started > SHOW_AFTER_SECONDS:
+                # rich is imported only once a bar is due: short commands never load it.
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+
                 self._bar = Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),
                     DownloadColumn(),
                     TransferSpeedColumn(),
                     TimeRemainingColumn(),
-                    console=self._console,
+                    console=self._console or Console(stderr=True),
                     transient=True,
                 )
                 self._bar.start()
@@ -76,4 +78,4 @@ def progress_for(quiet: bool) -> ProgressProtocol:
     """A bar on an interactive stderr, nothing otherwise (pipes, CI logs, --quiet)."""
     if quiet or not sys.stderr.isatty():
         return NoProgress()
-    return DelayedBar(Console(stderr=True))
+    return DelayedBar()

@@ -4,7 +4,7 @@ of the user's model and write its ground truth."""
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,13 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         metavar="OUT",
-        help="output model path (the ground truth goes to OUT.groundtruth.json)",
+        help="output model path, never the input; its extension must be the written "
+        "format's (the ground truth goes to OUT.groundtruth.json)",
     )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scanner.redteam import registry
+    from scanner.redteam.groundtruth import truth_path
 
     if args.list:
         for row in registry.describe():
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.attack or args.transform
     if args.model is None or name is None or args.output is None:
         raise UsageError("give MODEL, --attack NAME or --transform NAME, and -o OUT (or --list)")
+    _refuse_overwriting_input(args.model, args.output)
     entry = registry.get(name)
     wanted = "attack" if args.attack else "transform"
     if entry.kind != wanted:
@@ -91,26 +94,41 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         strength=args.strength,
         params=dict(args.param),
+        exact_output=True,
     )
+    strength = f", {entry.strength_name} {truth.strength:g}" if truth.strength is not None else ""
+    what = f"{len(truth.tensors)} tensor{'' if len(truth.tensors) == 1 else 's'}"
+    if truth.nodes:
+        what += f" and {len(truth.nodes)} graph node{'' if len(truth.nodes) == 1 else 's'}"
     sys.stdout.write(
-        json.dumps(
-            {
-                "output": truth.output,
-                "tensors": len(truth.tensors),
-                "nodes": len(truth.nodes),
-                "claim": truth.claim,
-                "verification": dict(truth.verification),
-            },
-            sort_keys=True,
-        )
-        + "\n"
+        f"wrote {truth.output}: {entry.kind} {name} (seed {truth.seed}{strength}) changed "
+        f"{what}; ground truth in {truth_path(Path(truth.output))}\n"
     )
+    if truth.claim:
+        sys.stdout.write(f"  it claims to be: {truth.claim}\n")
     verification = truth.verification
-    if verification and not (
-        verification.get("fires_on_trigger") and verification.get("clean_unchanged")
-    ):
-        sys.stderr.write(
-            "modelseal redteam: warning: the planted backdoor did not behave as "
-            "planned under onnxruntime (see the ground truth)\n"
+    if verification:
+        fires = bool(verification.get("fires_on_trigger"))
+        clean = bool(verification.get("clean_unchanged"))
+        sys.stdout.write(
+            f"  under onnxruntime: {'fires' if fires else 'does NOT fire'} on its trigger, "
+            f"clean outputs {'unchanged' if clean else 'CHANGED'}\n"
         )
+        if not (fires and clean):
+            sys.stderr.write(
+                "modelseal redteam: warning: the planted backdoor did not behave as "
+                "planned under onnxruntime (see the ground truth)\n"
+            )
     return 0
+
+
+def _refuse_overwriting_input(model: Path, output: Path) -> None:
+    """The copy never replaces or lands inside the user's model."""
+    if not model.exists():
+        return  # the reader says so, with the usual message
+    same = output.exists() and os.path.samefile(model, output)
+    inside = model.is_dir() and model.resolve() in output.resolve().parents
+    if same or output.resolve() == model.resolve() or inside:
+        raise UsageError(
+            f"-o {output} would overwrite the input model {model}; write the copy elsewhere"
+        )

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scanner.checks.single import scan_open
 from scanner.cli.common import add_output_options, emit
-from scanner.formats import open_artifact
-from scanner.report.build import report_from_scan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.checks.single import scan_open
+    from scanner.formats import open_artifact
+    from scanner.report.build import report_from_scan
+
     with open_artifact(args.path) as artifact:
         report = report_from_scan(scan_open(artifact), args.fail_on)
     return emit(report, args)

@@ -6,11 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from scanner.errors import UsageError
 from signing.errors import ModelsealError, SigningError
-from signing.model_signature import sign_model
-from signing.oms import resolve_cli_ignore_paths
-from signing.signers import KeySigner, Signer
+
+if TYPE_CHECKING:
+    from signing.oms import OmsManifest
+    from signing.signers import Signer
 
 
 def add_signer_options(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +69,7 @@ def add_signer_options(parser: argparse.ArgumentParser) -> None:
 def build_signer(args: argparse.Namespace) -> Signer:
     """The signer the options ask for."""
     if bool(args.key) == bool(args.sigstore):
-        raise SigningError("choose exactly one signer: --key KEY.pem or --sigstore")
+        raise UsageError("choose exactly one signer: --key KEY.pem or --sigstore")
     if args.sigstore:
         from signing.sigstore_keyless import KeylessSigner  # sigstore is slow to import
 
@@ -79,6 +82,8 @@ def build_signer(args: argparse.Namespace) -> Signer:
         if value is None:
             raise SigningError(f"environment variable {args.password_env} is not set")
         password = value.encode()
+    from signing.signers import KeySigner
+
     return KeySigner.from_files(
         args.key, password=password, certificate=args.certificate, chain=args.certificate_chain
     )
@@ -137,10 +142,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also record per-tensor digests so verification can name the "
         "tensor that changed (reads every tensor once more)",
     )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.cli.progress import progress_for
+    from signing.model_signature import sign_model
+    from signing.oms import resolve_cli_ignore_paths
+
     signer = build_signer(args)
     ignore = resolve_cli_ignore_paths(args.path, [*args.ignore_paths, args.output])
     tensors = None
@@ -158,10 +168,20 @@ def run(args: argparse.Namespace) -> int:
         ignore_git_paths=args.ignore_git_paths,
         allow_symlinks=args.allow_symlinks,
         tensor_manifest=tensors,
+        progress=progress_for(args.quiet),
     )
     args.output.write_text(signed.bundle, encoding="utf-8")
-    sys.stderr.write(
-        f"signed {len(signed.manifest.resources)} files of '{signed.manifest.model_name}' "
-        f"(root sha256 {signed.manifest.root_digest}) -> {args.output}\n"
-    )
+    if not args.quiet:
+        sys.stderr.write(f"{signed_sentence(signed.manifest, 'signed')} -> {args.output}\n")
     return 0
+
+
+def signed_sentence(manifest: OmsManifest, verb: str) -> str:
+    """``signed 1 file 'model.onnx'`` / ``signed 3 files of 'folder'``, with the digest."""
+    resources = manifest.resources
+    if len(resources) == 1 and resources[0].name == ".":
+        what = f"1 file '{manifest.model_name}'"
+    else:
+        plural = "" if len(resources) == 1 else "s"
+        what = f"{len(resources)} file{plural} of '{manifest.model_name}'"
+    return f"{verb} {what} (root sha256 {manifest.root_digest})"

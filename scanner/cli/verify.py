@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from scanner.cli.sign import add_hashing_options
-from signing.errors import ModelsealError, VerificationError
-from signing.keys import load_public_key
-from signing.manifest import Manifest
-from signing.model_signature import verify_model
-from signing.oms import resolve_cli_ignore_paths
-from signing.verifiers import CertificateVerifier, PublicKeyVerifier, Verifier
+from scanner.cli.common import write_text
+from scanner.cli.sign import add_hashing_options, signed_sentence
+from scanner.errors import UsageError
+from signing.errors import VerificationError
+
+if TYPE_CHECKING:
+    from signing.manifest import Manifest
+    from signing.verifiers import Verifier
 
 
 def add_verifier_options(parser: argparse.ArgumentParser) -> None:
@@ -56,16 +57,21 @@ def build_verifier(args: argparse.Namespace) -> Verifier:
     """The verifier the options ask for."""
     chosen = [n for n in ("public_key", "certificate_chain", "identity") if getattr(args, n)]
     if len(chosen) != 1:
-        raise VerificationError(
+        raise UsageError(
             "choose exactly one trusted signer: --public-key, --certificate-chain or "
-            "--identity with --identity-provider"
+            "--identity with --identity-provider" + (f" (got {len(chosen)})" if chosen else "")
         )
     if args.public_key:
+        from signing.keys import load_public_key
+        from signing.verifiers import PublicKeyVerifier
+
         return PublicKeyVerifier(load_public_key(args.public_key))
     if args.certificate_chain:
+        from signing.verifiers import CertificateVerifier
+
         return CertificateVerifier.from_files(args.certificate_chain)
     if not args.issuer:
-        raise VerificationError("--identity needs --identity-provider (the OIDC issuer)")
+        raise UsageError("--identity needs --identity-provider (the OIDC issuer)")
     from signing.sigstore_keyless import SigstoreVerifier, identity_policies, load_trusted_root
 
     root = load_trusted_root(trust_config=args.trust_config, trusted_root=args.trusted_root)
@@ -93,7 +99,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_verifier_options(parser)
     add_hashing_options(parser)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--format",
+        "-f",
+        choices=["text", "json"],
+        default="text",
+        help="text (one sentence) or json (verified, model, root_digest, files, signer; "
+        "or verified false and the error); default text",
+    )
+    output.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write the result to FILE, not stdout"
+    )
+    output.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar and no result on stdout"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -104,11 +124,13 @@ def _tensor_builder(path: Path) -> Manifest:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.cli.progress import progress_for
+    from signing.bundle import read_bundle_text
+    from signing.model_signature import verify_model
+    from signing.oms import resolve_cli_ignore_paths
+
     verifier = build_verifier(args)
-    try:
-        bundle = args.signature.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelsealError(f"cannot read signature {args.signature}: {exc.strerror}") from None
+    bundle = read_bundle_text(args.signature)
     ignore = resolve_cli_ignore_paths(args.path, [*args.ignore_paths, args.signature])
     try:
         result = verify_model(
@@ -119,27 +141,25 @@ def run(args: argparse.Namespace) -> int:
             ignore_git_paths=args.ignore_git_paths,
             tensor_builder=_tensor_builder,
             source=str(args.signature),
+            progress=progress_for(args.quiet),
         )
     except VerificationError as exc:
-        if args.json:
-            sys.stdout.write(json.dumps({"verified": False, "error": str(exc)}) + "\n")
+        if args.format == "json":
+            write_text(args, json.dumps({"verified": False, "error": str(exc)}) + "\n")
         raise
-    if args.json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "verified": True,
-                    "model": result.manifest.model_name,
-                    "root_digest": result.manifest.root_digest,
-                    "files": len(result.manifest.resources),
-                    "signer": result.signer.describe(),
-                }
-            )
-            + "\n"
+    if args.format == "json":
+        text = json.dumps(
+            {
+                "verified": True,
+                "model": result.manifest.model_name,
+                "root_digest": result.manifest.root_digest,
+                "files": len(result.manifest.resources),
+                "signer": result.signer.describe(),
+            }
         )
     else:
-        sys.stdout.write(
-            f"verified: '{result.manifest.model_name}' ({len(result.manifest.resources)} files) "
-            f"signed by {result.signer.describe()}\n"
+        text = (
+            f"{signed_sentence(result.manifest, 'verified:')} signed by {result.signer.describe()}"
         )
+    write_text(args, text + "\n")
     return 0

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from scanner.claims_bridge import check_step
 from scanner.cli.attest import artifact_name
-from signing.chain import read_attestations, verify_chain
-from signing.chain_output import ChainOutputFormat, render
-from signing.chain_policy import load_policy
+from scanner.cli.common import write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,9 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format",
         "-f",
-        type=ChainOutputFormat,
-        choices=list(ChainOutputFormat),
-        default=ChainOutputFormat.TEXT,
+        choices=["text", "json", "sarif"],
+        default="text",
         help="text (tree), json or sarif; default text",
     )
     parser.add_argument(
@@ -74,7 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.claims_bridge import check_step
     from scanner.manifest import build_manifest
+    from signing.chain import read_attestations, verify_chain
+    from signing.chain_output import ChainOutputFormat, render
+    from signing.chain_policy import load_policy
 
     policy = load_policy(args.policy)
     texts = read_attestations(args.attestations)
@@ -99,9 +98,5 @@ def run(args: argparse.Namespace) -> int:
         deployed_name=artifact_name(args.deployed),
         trusted_root=root,
     )
-    text = render(report, args.format)
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    write_text(args, render(report, ChainOutputFormat(args.format)))
     return report.exit_code

@@ -124,10 +124,10 @@ Gate = Callable[[Path, Path, GroundTruth], tuple[str, list[Finding], str, float]
 """(trusted, deployed, truth) -> (verdict, failing findings, classification, seconds)."""
 
 
-def gate_case(pack: str | None = None, fail_on: Severity = Severity.MEDIUM) -> Gate:
+def gate_case(pack: str | None = None, fail_on: Severity | None = None) -> Gate:
     """The gate the protocol runs: ``scanner.gate.run_gate`` judged by the rules pack
-    ``pack`` when given (or the policy module is present), else the diff + scan pipeline
-    with a ``fail_on`` threshold."""
+    ``pack`` when given (an explicit ``fail_on`` wins over the pack's), else the diff +
+    scan pipeline with a ``fail_on`` threshold (default medium)."""
 
     def run(
         trusted: Path, deployed: Path, truth: GroundTruth
@@ -151,7 +151,7 @@ def gate_case(pack: str | None = None, fail_on: Severity = Severity.MEDIUM) -> G
                     trusted=trusted,
                     claims=claims,
                     allow=allow,
-                    fail_on=fail_on if fail_on != Severity.MEDIUM else None,
+                    fail_on=fail_on,
                 )
             )
         else:
@@ -166,7 +166,7 @@ def gate_case(pack: str | None = None, fail_on: Severity = Severity.MEDIUM) -> G
             with open_artifact(trusted) as t, open_artifact(deployed) as d:
                 result = diff_open(t, d, options=options)
                 single = scan_open(d)
-                report = report_from_diff(result, fail_on)
+                report = report_from_diff(result, fail_on or Severity.MEDIUM)
                 report = replace(report, findings=(*report.findings, *single.findings))
         seconds = time.perf_counter() - started
         return report.verdict, report.failing(), report.classification or "", seconds
@@ -199,7 +199,7 @@ def evaluate(
     seeds: int = 3,
     strengths: dict[str, Sequence[float]] | None = None,
     pack: str | None = None,
-    fail_on: Severity = Severity.MEDIUM,
+    fail_on: Severity | None = None,
     workdir: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
@@ -250,7 +250,10 @@ def evaluate(
                     Path(truth.output).unlink(missing_ok=True)
                 if name in skipped:
                     break
-    label = f"rules pack {pack}" if pack else f"fail-on {fail_on}"
+    if pack:
+        label = f"rules pack {pack}" + (f", fail-on {fail_on}" if fail_on is not None else "")
+    else:
+        label = f"fail-on {fail_on or Severity.MEDIUM}"
     return Evaluation(
         str(model), fmt, seeds, label, tuple(cases), skipped, time.perf_counter() - started
     )

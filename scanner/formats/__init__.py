@@ -149,8 +149,17 @@ def _open_folder(root: Path, limits: Limits) -> Artifact:
         prefix = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
         for name, info in art.tensors.items():
             if name in tensors:
-                raise MalformedArtifactError(
-                    root, f"tensor {name!r} appears in both {tensors[name].file} and {rel}"
+                # Two files define the same tensor: not shards of one model but several
+                # models side by side (a working folder).
+                found = [r for f in by_format.values() for r in f]
+                shown = ", ".join(found[:8]) + (
+                    f" and {len(found) - 8} more" if len(found) > 8 else ""
+                )
+                raise ArtifactError(
+                    root,
+                    f"the folder holds several models ({shown}): tensor {name!r} is in both "
+                    f"{tensors[name].file} and {rel}; give one model file, or a folder that "
+                    "holds one model",
                 )
             tensors[name] = TensorInfo(
                 info.name, info.dtype, info.shape, info.source, prefix + info.file

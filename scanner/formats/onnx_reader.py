@@ -14,38 +14,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from scanner.artifact import Artifact, FileInfo, FileSpan, Graph, GraphNode, InlineBytes, TensorInfo
 from scanner.dtypes import DTYPES
 from scanner.errors import MalformedArtifactError, ResourceLimitError
 from scanner.formats.base import Limits, resolve_inside
+from scanner.lazy import lazy_module
+
+# Imported on first use: every command loads the readers to sniff formats by magic
+# bytes, and only an ONNX file should pay for the onnx package.
+onnx = lazy_module("onnx")
+numpy_helper = lazy_module("onnx.numpy_helper")
 
 FORMAT = "onnx"
 
 _ONNX_TO_DTYPE = {
-    onnx.TensorProto.FLOAT: "F32",
-    onnx.TensorProto.UINT8: "U8",
-    onnx.TensorProto.INT8: "I8",
-    onnx.TensorProto.UINT16: "U16",
-    onnx.TensorProto.INT16: "I16",
-    onnx.TensorProto.INT32: "I32",
-    onnx.TensorProto.INT64: "I64",
-    onnx.TensorProto.BOOL: "BOOL",
-    onnx.TensorProto.FLOAT16: "F16",
-    onnx.TensorProto.DOUBLE: "F64",
-    onnx.TensorProto.UINT32: "U32",
-    onnx.TensorProto.UINT64: "U64",
-    onnx.TensorProto.COMPLEX64: "C64",
-    onnx.TensorProto.COMPLEX128: "C128",
-    onnx.TensorProto.BFLOAT16: "BF16",
-    onnx.TensorProto.FLOAT8E4M3FN: "F8_E4M3",
-    onnx.TensorProto.FLOAT8E4M3FNUZ: "F8_E4M3FNUZ",
-    onnx.TensorProto.FLOAT8E5M2: "F8_E5M2",
-    onnx.TensorProto.FLOAT8E5M2FNUZ: "F8_E5M2FNUZ",
-    onnx.TensorProto.UINT4: "U4",
-    onnx.TensorProto.INT4: "I4",
+    # TensorProto.DataType numbers, fixed by the ONNX format (onnx.proto): written out so
+    # that the map does not import onnx.
+    1: "F32",  # FLOAT
+    2: "U8",  # UINT8
+    3: "I8",  # INT8
+    4: "U16",  # UINT16
+    5: "I16",  # INT16
+    6: "I32",  # INT32
+    7: "I64",  # INT64
+    9: "BOOL",  # BOOL
+    10: "F16",  # FLOAT16
+    11: "F64",  # DOUBLE
+    12: "U32",  # UINT32
+    13: "U64",  # UINT64
+    14: "C64",  # COMPLEX64
+    15: "C128",  # COMPLEX128
+    16: "BF16",  # BFLOAT16
+    17: "F8_E4M3",  # FLOAT8E4M3FN
+    18: "F8_E4M3FNUZ",  # FLOAT8E4M3FNUZ
+    19: "F8_E5M2",  # FLOAT8E5M2
+    20: "F8_E5M2FNUZ",  # FLOAT8E5M2FNUZ
+    21: "U4",  # UINT4
+    22: "I4",  # INT4
 }
 
 # Field tags of ModelProto that a real model file starts with (ir_version = 1,

@@ -427,7 +427,9 @@ def classify_global(module: str, name: str, torchscript: bool = False) -> str:
     if (
         torchscript
         and (module == "__torch__" or module.startswith("__torch__."))
-        and ("__" not in name.strip("_") and not name.startswith("_"))
+        # A single leading underscore is an ordinary private class (torch 1.x scripted
+        # MultiheadAttention as _LinearWithBias); dunders are attribute tricks.
+        and ("__" not in name.strip("_") and not name.startswith("__"))
     ):
         return "torchscript"
     root = module.split(".")[0]

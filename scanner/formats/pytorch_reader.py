@@ -55,6 +55,11 @@ from scanner.formats.pickle_vm import (
     describe,
     looks_like_pickle,
 )
+from scanner.formats.torchscript_code import (
+    MAX_CODE_FILE_BYTES,
+    MAX_CODE_TOTAL_BYTES,
+    audit_code,
+)
 
 FORMAT = "pytorch"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -414,6 +419,7 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
         meta["unreferenced_storages"] = unused[:100]
     if torchscript:
         meta["torchscript"] = {
+            "code": _audit_torchscript_code(ctx, zf, fh, members, code, prefix),
             "code_files": [n[len(prefix) + 1 :] for n in code if not n.endswith(".debug_pkl")],
             "classes": sorted(
                 {
@@ -428,6 +434,30 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
     big = byteorder == "big"
     tensors = _tensor_infos(ctx, named, big, lambda ref: _zip_storage(ctx, zf, fh, ref))
     return tensors, meta
+
+
+def _audit_torchscript_code(
+    ctx: _Context,
+    zf: zipfile.ZipFile,
+    fh: Any,
+    members: dict[str, _Member],
+    code: list[str],
+    prefix: str,
+) -> dict[str, Any]:
+    """What the archive's TorchScript source calls (parsed, never compiled or run)."""
+    sources = [n for n in code if n.endswith(".py")]
+    total = sum(members[n].file_size for n in sources)
+    if total > MAX_CODE_TOTAL_BYTES:
+        raise ResourceLimitError(
+            ctx.path, f"TorchScript code is {total} bytes, over the {MAX_CODE_TOTAL_BYTES} cap"
+        )
+    return audit_code(
+        (
+            n[len(prefix) + 1 :],
+            _read_member(ctx, zf, fh, members[n], MAX_CODE_FILE_BYTES, "TorchScript code"),
+        )
+        for n in sources
+    ).to_dict()
 
 
 def _raw_offset(m: _Member) -> int | None:

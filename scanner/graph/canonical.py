@@ -31,8 +31,12 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
+
+from scanner.lazy import lazy_module
+
+# Imported on first use: scanning a safetensors file loads this module but never ONNX.
+onnx = lazy_module("onnx")
+numpy_helper = lazy_module("onnx.numpy_helper")
 
 SMALL_CONST = 64
 """Constants up to this many elements are compared by value (shapes, axes, thresholds,

@@ -96,6 +96,7 @@ class CoverageReport:
                         {
                             "id": t.threat.id,
                             "title": t.threat.title,
+                            "reference": t.threat.reference,
                             "status": t.status,
                             "covered_by": list(t.covered_by),
                             "missing": list(t.missing),

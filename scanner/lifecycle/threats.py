@@ -1,4 +1,4 @@
-"""The threat catalogue (THREATS.md) as data: which step kinds each threat applies to
+"""The threat catalogue (docs/threats.md) as data: which step kinds each threat applies to
 and which evidence covers it, fully or in part.
 
 Evidence kinds: ``signature`` (a verified signed attestation of the step: who did it,
@@ -34,7 +34,8 @@ REDERIVABLE = ("export", "convert", "cast", "quantize", "prune", "deploy")
 class Threat:
     id: str
     title: str
-    section: str
+    reference: str
+    """Where the threat catalogue describes it: a ``docs/threats.md`` heading anchor."""
     applies_to: tuple[str, ...]
     evidence: dict[str, str]
     """Evidence kind -> ``full`` or ``partial``."""
@@ -48,7 +49,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T1.1",
         "replaced subnetwork (SRA)",
-        "1",
+        "docs/threats.md#replaced-subnetworks",
         WEIGHT_STEPS,
         {"claim": FULL, "pair": FULL, "scan": PARTIAL},
         recommendation="diff the output against the step's input (pair) or re-derive the "
@@ -57,7 +58,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T1.2",
         "handcrafted neuron path",
-        "1",
+        "docs/threats.md#handcrafted-backdoors",
         WEIGHT_STEPS,
         {"claim": FULL, "pair": FULL, "scan": PARTIAL},
         recommendation="diff against the step's input (pair)",
@@ -65,7 +66,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T1.3",
         "knowledge edit (ROME / MEMIT / abliteration)",
-        "1",
+        "docs/threats.md#knowledge-edits",
         ("fine-tune", "merge", *REDERIVABLE),
         {"claim": FULL, "pair": PARTIAL, "probe": PARTIAL},
         recommendation="re-derive the step where possible; for fine-tunes and merges "
@@ -74,7 +75,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T1.4",
         "weight steganography and bit flips",
-        "1",
+        "docs/threats.md#bit-flips-and-steganography",
         WEIGHT_STEPS,
         {"claim": FULL, "pair": FULL, "scan": PARTIAL},
         recommendation="pair analysis or a re-derived claim",
@@ -82,7 +83,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T2.1",
         "graph backdoor (ShadowLogic, TrojanNet, architectural, ImpNet)",
-        "2",
+        "docs/threats.md#graph-backdoors",
         ("export", "convert", "quantize", "optimize", "deploy"),
         {"pair": FULL, "scan": PARTIAL, "probe": PARTIAL},
         graph_only=True,
@@ -92,7 +93,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T3.1",
         "quantization-activated backdoor (box-constrained)",
-        "3",
+        "docs/threats.md#quantization-activated-backdoors",
         ("quantize",),
         {"scan": PARTIAL, "pair": PARTIAL, "probe": PARTIAL},
         recommendation="scan the full-precision input for the quantization gap (MS409) "
@@ -101,7 +102,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T3.2",
         "pruning-activated backdoor",
-        "3",
+        "docs/threats.md#pruning-activated-backdoors",
         ("prune",),
         {"pair": PARTIAL, "probe": PARTIAL},
         recommendation="pair analysis of the pre-pruning model against the trusted one "
@@ -110,7 +111,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T3.3",
         "unfaithful transformation (flipped codes)",
-        "3",
+        "docs/threats.md#unfaithful-transformations",
         ("export", "convert", "cast", "quantize", "prune"),
         {"claim": FULL, "pair": PARTIAL},
         recommendation="require a re-derived claim (attestation with claim=pass or "
@@ -119,7 +120,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T4.1",
         "regression or backdoor through continued training / adapters",
-        "4",
+        "docs/threats.md#continued-training-adapters-and-merges",
         ("fine-tune", "merge"),
         {"pair": PARTIAL, "probe": PARTIAL, "signature": PARTIAL},
         recommendation="classify the change (pair), run safety and trigger probes, and "
@@ -128,7 +129,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T5.1",
         "serialization attack (pickle, safetensors header, ONNX paths, GGUF templates)",
-        "5",
+        "docs/threats.md#serialization",
         ("train", *WEIGHT_STEPS),
         {"scan": FULL},
         recommendation="scan every artifact before it is loaded",
@@ -136,7 +137,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T6.1",
         "artifact substituted between steps or at rest",
-        "chain",
+        "docs/threats.md#substitution-and-provenance",
         ("train", *WEIGHT_STEPS),
         {"signature": FULL, "claim": PARTIAL, "pair": PARTIAL},
         recommendation="sign the step's output (signed attestation) and verify it before "
@@ -145,7 +146,7 @@ CATALOGUE: tuple[Threat, ...] = (
     Threat(
         "T6.2",
         "unaccountable third-party step",
-        "chain",
+        "docs/threats.md#substitution-and-provenance",
         ("train", *WEIGHT_STEPS),
         {"signature": FULL},
         third_party_only=True,

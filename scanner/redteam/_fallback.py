@@ -1,7 +1,7 @@
 """Small benign transformations the planting library does not provide.
 
 Structured channel pruning and tensor renaming for weight files are twins the
-evaluation needs (THREATS.md: structured pruning vs SRA, renamed tensors vs replaced
+evaluation needs (docs/threats.md: structured pruning vs SRA, renamed tensors vs replaced
 ones); they are simple enough to live here until the library grows them.
 """
 

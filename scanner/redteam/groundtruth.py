@@ -29,7 +29,7 @@ class GroundTruth:
     kind: str
     """``attack`` or ``transform`` (a benign twin)."""
     family: str
-    """Threat-catalogue family (THREATS.md section) or the transformation's class."""
+    """Threat-catalogue family (a docs/threats.md section) or the transformation's class."""
     seed: int
     strength: float | None
     params: Mapping[str, Any]

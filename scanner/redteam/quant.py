@@ -1,4 +1,5 @@
-"""Plant quantization attacks (THREATS.md section 3) into real weights.
+"""Plant quantization attacks into real weights
+(docs/threats.md#attacks-that-wake-up-on-compression).
 
 * :func:`quantize_int8` -- honest round-to-nearest int8 (symmetric/asymmetric,
   per-tensor/per-channel) as common toolchains write it;

@@ -44,11 +44,14 @@ class Context:
     seed: int
     strength: float
     params: Mapping[str, str] = field(default_factory=dict)
+    asked: set[str] = field(default_factory=set, compare=False, repr=False)
+    """Parameter names the planter looked up: a given one it never asks for is refused."""
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
 
     def param(self, key: str, default: str | None = None) -> str | None:
+        self.asked.add(key)
         return self.params.get(key, default)
 
 
@@ -1098,9 +1101,13 @@ def plant(
     seed: int = 0,
     strength: float | None = None,
     params: Mapping[str, str] | None = None,
+    exact_output: bool = False,
 ) -> GroundTruth:
     """Plant ``name`` into a copy of ``model`` at ``out``; write and return its ground
-    truth (``OUT.groundtruth.json``). The output path's suffix follows the format."""
+    truth (``OUT.groundtruth.json``). The output path's suffix follows the format; with
+    ``exact_output`` an ``out`` whose suffix is not the written format's is refused
+    (nothing is written) instead of renamed. A parameter the entry does not take is
+    refused before anything is written."""
     entry = get(name)
     ctx = Context(
         seed, float(entry.default_strength if strength is None else strength), dict(params or {})
@@ -1114,6 +1121,16 @@ def plant(
             plan = _gguf_quant("q8_0", tamper=True)(copy, ctx)
         else:
             plan = entry.planter(copy, ctx)
+        unknown = sorted(set(ctx.params) - ctx.asked)
+        if unknown:
+            takes = ", ".join(sorted(ctx.asked)) or "no parameters"
+            raise UsageError(f"{name} does not take {', '.join(unknown)}; it takes: {takes}")
+        written = plan.suffix or (None if copy.path.is_dir() else f".{copy.format}")
+        if exact_output and written and out.suffix.lower() != written:
+            raise UsageError(
+                f"{out} does not end in {written}, the format {name} writes; "
+                f"name it {out.with_suffix(written).name}"
+            )
         if plan.suffix and out.suffix != plan.suffix:
             out = out.with_suffix(plan.suffix)
         marker = {

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-from scanner.report.html import render_html
-from scanner.report.json_report import render_json
-from scanner.report.model import REPORT_SCHEMA, ArtifactSummary, Report
-from scanner.report.sarif import render_sarif
-from scanner.report.text import render_text
+if TYPE_CHECKING:
+    from scanner.report.model import Report
 
 
 class OutputFormat(str, Enum):
@@ -22,19 +20,40 @@ class OutputFormat(str, Enum):
 
 
 def render(report: Report, fmt: OutputFormat, *, color: bool = False, width: int = 120) -> str:
+    # Renderers are imported here, not at module level: the command line imports this
+    # module to list the formats, and `--help` must not pay for rich and numpy.
     # A report judged by a rules pack carries suppressions and the pack name; the text
     # and SARIF renderers know only Report, so the policy module adds its part.
     from scanner.policy.output import policy_sarif, policy_text
 
     if fmt is OutputFormat.TEXT:
+        from scanner.report.text import render_text
+
         return render_text(report, color=color, width=width) + policy_text(report)
     if fmt is OutputFormat.JSON:
+        from scanner.report.json_report import render_json
+
         return render_json(report)
     if fmt is OutputFormat.SARIF:
+        from scanner.report.sarif import render_sarif
+
         return policy_sarif(render_sarif(report), report)
     if fmt is OutputFormat.HTML:
+        from scanner.report.html import render_html
+
         return render_html(report)
     raise AssertionError(f"unhandled output format {fmt}")
+
+
+_MODEL_NAMES = ("REPORT_SCHEMA", "ArtifactSummary", "Report")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODEL_NAMES:
+        from scanner.report import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'scanner.report' has no attribute {name!r}")
 
 
 __all__ = ["REPORT_SCHEMA", "ArtifactSummary", "OutputFormat", "Report", "render"]

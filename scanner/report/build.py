@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from scanner.checks.single import ScanResult
-from scanner.diff import DiffResult
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from scanner.findings import Severity
 from scanner.report.model import ArtifactSummary, Report, with_files
+
+if TYPE_CHECKING:
+    from scanner.checks.single import ScanResult
+    from scanner.diff import DiffResult
 
 
 def report_from_diff(result: DiffResult, fail_on: Severity = Severity.MEDIUM) -> Report:
@@ -34,3 +40,12 @@ def report_from_scan(result: ScanResult, fail_on: Severity = Severity.MEDIUM) ->
         fail_on=fail_on,
         seconds=result.seconds,
     )
+
+
+def with_notes(report: Report, notes: Sequence[str]) -> Report:
+    """``report`` with ``notes`` (things the user asked for that did not apply) in its
+    evidence; the text report prints them, JSON carries them under ``evidence.notes``."""
+    if not notes:
+        return report
+    known = list(report.evidence.get("notes", ()))
+    return replace(report, evidence={**report.evidence, "notes": [*known, *notes]})

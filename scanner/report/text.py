@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 from rich.console import Console
 from rich.table import Table
@@ -38,11 +39,31 @@ def render_text(report: Report, *, color: bool = False, width: int = 120) -> str
     if report.error is not None:
         console.print(Text(f"error: {report.error}", style="bold magenta"))
         return buffer.getvalue()
+    _gate(console, report)
     changed = changed_tensors(report)
     if report.tensors:
         _tensor_table(console, report, changed)
     _findings(console, report)
+    _notes(console, report)
     return buffer.getvalue()
+
+
+def _gate(console: Console, report: Report) -> None:
+    """The gate's evidence: what it checked (signer, chain) and what it did not."""
+    gate = report.evidence.get("gate")
+    if not isinstance(gate, Mapping):
+        return
+    for label, items in (
+        ("checked", gate.get("checked")),
+        ("not checked", gate.get("not_checked")),
+    ):
+        for item in items or ():
+            console.print(Text(f"  {label:12} {item}"))
+
+
+def _notes(console: Console, report: Report) -> None:
+    for note in report.evidence.get("notes", ()) or ():
+        console.print(Text(f"  note: {note}"))
 
 
 def _header(console: Console, report: Report) -> None:

@@ -109,7 +109,9 @@ def test_fail_on_without_pack_and_cli(tmp_path: Path, capsys) -> None:
                 "1",
                 "--rules",
                 "default",
-                "--json",
+                "--format",
+                "json",
+                "-o",
                 str(out),
             ]
         )
@@ -117,4 +119,6 @@ def test_fail_on_without_pack_and_cli(tmp_path: Path, capsys) -> None:
     )
     data = json.loads(out.read_text())
     assert data["not_applicable"]["shadowlogic"].startswith("applies to onnx")
-    assert "rank1" in capsys.readouterr().out
+    assert {c["entry"] for c in data["cases"]} == {"rank1"}
+    assert data["gate"] == "rules pack default"
+    assert capsys.readouterr().out == ""  # the record went to -o, not stdout

@@ -14,11 +14,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr = terminalreporter
     tr.section("fuzzing")
     tr.write_line(
-        f"budget: {budget()} s per target x {len(TARGETS)} targets, engine {engine()} "
-        "(set MODELSEAL_FUZZ_SECONDS)"
+        f"{len(TARGETS)} targets, engine {engine()}; long budget {budget()} s per target "
+        "(MODELSEAL_FUZZ_SECONDS, `pytest -m fuzz_long tests/fuzz`)"
     )
     for r in RESULTS:
         tr.write_line(
-            f"  {r.target:12s} {r.executions:9d} executions  {r.per_second:8.0f}/s  "
+            f"  {r.target:12s} {r.seconds:5.1f} s {r.executions:9d} executions  "
+            f"{r.per_second:8.0f}/s  "
             f"{'ok' if r.ok else 'FAILED ' + str(r.crash)}"
         )

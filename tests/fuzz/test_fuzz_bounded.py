@@ -1,4 +1,9 @@
-"""Each reader survives a bounded fuzzing run (CI budget: ``MODELSEAL_FUZZ_SECONDS``)."""
+"""Each reader survives a bounded fuzzing run.
+
+The default test run fuzzes every target briefly (``run.SHORT_SECONDS``); the CI budget
+(``MODELSEAL_FUZZ_SECONDS``, default 30 s per target) runs in the ``fuzz_long`` step:
+``pytest -m fuzz_long tests/fuzz``.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +15,41 @@ from tests.fuzz.harness import make_target, seeds
 RESULTS: list[run.FuzzResult] = []
 
 
+def _check(r: run.FuzzResult) -> None:
+    assert r.executions > 0, r.log_tail
+    assert r.ok, (
+        f"{r.target}: fuzzing found a failing input ({r.crash}); save it under "
+        f"tests/hostile/corpus/crashes/ with its expected outcome.\n{r.log_tail}"
+    )
+
+
 @pytest.fixture(scope="module")
-def results() -> dict[str, run.FuzzResult]:
-    if not RESULTS:
-        RESULTS.extend(run.run_all(run.budget()))
-    return {r.target: r for r in RESULTS}
+def short_results() -> dict[str, run.FuzzResult]:
+    results = run.run_all(run.SHORT_SECONDS)
+    RESULTS.extend(results)
+    return {r.target: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def long_results() -> dict[str, run.FuzzResult]:
+    results = run.run_all(run.budget())
+    RESULTS.extend(results)
+    return {r.target: r for r in results}
 
 
 @pytest.mark.parametrize("target", run.TARGETS)
-def test_target_survives_bounded_fuzzing(target: str, results: dict[str, run.FuzzResult]) -> None:
-    r = results[target]
-    assert r.executions > 0, r.log_tail
-    assert r.ok, (
-        f"{target}: fuzzing found a failing input ({r.crash}); save it under "
-        f"tests/hostile/corpus/crashes/ with its expected outcome.\n{r.log_tail}"
-    )
+def test_target_survives_short_fuzzing(
+    target: str, short_results: dict[str, run.FuzzResult]
+) -> None:
+    _check(short_results[target])
+
+
+@pytest.mark.fuzz_long
+@pytest.mark.parametrize("target", run.TARGETS)
+def test_target_survives_bounded_fuzzing(
+    target: str, long_results: dict[str, run.FuzzResult]
+) -> None:
+    _check(long_results[target])
 
 
 @pytest.mark.parametrize("target", run.TARGETS)

@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from fixtures import real_model
-from fixtures.real_models import MINILM
+from fixtures.real_models import SILERO_ST
 from scanner.checks.pair import default_analyzers
 from scanner.cli.main import main
 from scanner.diff.engine import Analysis, Analyzer, PairContext
@@ -55,7 +55,7 @@ def _analyzers():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("gate-e2e")
-    src = real_model(MINILM)
+    src = real_model(SILERO_ST)  # small and real: the whole pipeline in seconds
     trusted, staging, deployed = tmp / "trusted", tmp / "staging", tmp / "deployed"
     for folder in (trusted, staging, deployed):
         folder.mkdir()
@@ -86,7 +86,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "fine-tune",
                 "--input",
                 str(trusted),
-                "--output",
+                "--produced",
                 str(staging),
                 "--key",
                 str(priv),
@@ -105,7 +105,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "fine-tune",
                 "--input",
                 str(staging),
-                "--output",
+                "--produced",
                 str(deployed),
                 "--parent",
                 str(atts / "1-copy.json"),
@@ -126,7 +126,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     allow = tmp / "ours.toml"
     allow.write_text(
         '[pack]\nname = "ours"\nextends = "default"\n'
-        '[[tensors]]\npattern = "*"\nallow = ["identical", "full fine-tune"]\n'
+        '[[tensors]]\npattern = "*"\n'
+        'allow = ["identical", "full fine-tune", "indeterminate update"]\n'
     )
     return {
         "trusted": trusted,
@@ -184,6 +185,16 @@ def test_cli_gate_with_config_tampered_signature_and_html(
     assert rc == 0, page[:2000]
     assert 'id="chain-svg"' in page and "fine-tune by ml" in page and "verified" in page
     assert "full fine-tune" in page and 'id="heatmap-svg"' in page
+    # The text report names the verified signer and chain, and what it did not check.
+    capsys.readouterr()
+    assert main(["gate"]) == 0
+    text = capsys.readouterr().out
+    assert ": verified, signed by key " in text
+    assert (
+        "checked      attestation chain urn:e2e: verified, 2 steps (fine-tune -> fine-tune) "
+        "signed by ml" in text
+    )
+    assert "not checked" not in text
     # a signature by another key: MS801, whatever the rest says
     other = s["tmp"] / "other.pub.pem"
     write_key_pair(generate_private_key(KeyType.ECDSA_P256), s["tmp"] / "o.pem", other)

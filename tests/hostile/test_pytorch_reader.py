@@ -101,6 +101,8 @@ def test_classification_is_an_allowlist() -> None:
     assert classify_global("some.new.module", "Thing") == "unknown"
     assert classify_global("__torch__.m", "M") == "unknown"
     assert classify_global("__torch__.m", "M", torchscript=True) == "torchscript"
+    assert classify_global("__torch__.m", "_LinearWithBias", torchscript=True) == "torchscript"
+    assert classify_global("__torch__.m", "__class__", torchscript=True) == "code-execution"
 
 
 def test_sniff_by_content() -> None:

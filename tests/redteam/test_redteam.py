@@ -213,9 +213,10 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         )
         == 0
     )
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["verification"]["fires_on_trigger"]
-    assert truth_path(out).is_file()
+    summary = capsys.readouterr().out
+    assert summary.startswith(f"wrote {out}: attack shadowlogic (seed 1")
+    assert "under onnxruntime: fires on its trigger, clean outputs unchanged" in summary
+    assert json.loads(truth_path(out).read_text())["verification"]["fires_on_trigger"]
     assert (
         main(
             [

@@ -40,15 +40,16 @@ def pair(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 def test_json_report_validates_against_schema(pair, run_cli) -> None:
     trusted, tampered, fp16 = pair
+    reports = {}
     for deployed, verdict, code in ((tampered, "fail", 1), (fp16, "pass", 0)):
         result = run_cli("diff", trusted, deployed, "--format", "json")
         assert result.code == code
-        data = result.json()
+        data = reports[verdict] = result.json()
         jsonschema.validate(data, SCHEMA)
         assert data["schema"] == "modelseal/report/v1"
         assert data["verdict"] == verdict
         assert len(data["tensors"]) == 104
-    data = run_cli("diff", trusted, tampered, "--format", "json").json()
+    data = reports["fail"]
     entry = next(t for t in data["tensors"] if t["name"] == TARGET)
     assert entry["stats"]["n_changed"] == 4096
     assert entry["where"]["block"] == [[100, 164], [200, 264]]
@@ -61,8 +62,8 @@ def test_json_report_validates_against_schema(pair, run_cli) -> None:
     assert located and located[0]["file"] == "tampered.safetensors"
 
 
-def test_scan_json_report_validates(minilm: Path, run_cli) -> None:
-    result = run_cli("scan", minilm, "--format", "json")
+def test_scan_json_report_validates(silero_safetensors: Path, run_cli) -> None:
+    result = run_cli("scan", silero_safetensors, "--format", "json")
     assert result.code == 0
     data = result.json()
     jsonschema.validate(data, SCHEMA)
@@ -149,16 +150,25 @@ def test_every_output_format_is_handled() -> None:
         assert render(report, fmt)
 
 
-def test_output_file_and_fail_on(pair, tmp_path: Path, run_cli) -> None:
+def test_output_file_and_fail_on(pair, silero_safetensors: Path, tmp_path: Path, run_cli) -> None:
     trusted, tampered, fp16 = pair
     out = tmp_path / "r" / "report.json"
+    # The report's folder must exist: refused before the diff runs, nothing created.
+    missing = run_cli("diff", trusted, tampered, "--format", "json", "-o", out)
+    assert missing.code == 2 and "folder" in missing.err and not out.parent.exists()
+    out.parent.mkdir()
     result = run_cli("diff", trusted, tampered, "--format", "json", "-o", out)
     assert result.code == 1 and result.out == ""
     assert json.loads(out.read_text())["verdict"] == "fail"
     # The tampered diff's findings are high: --fail-on critical lets it pass.
     assert run_cli("diff", trusted, tampered, "--fail-on", "critical", "-q").code == 0
-    # The cast carries an info finding: --fail-on info makes it fail.
-    assert run_cli("diff", trusted, fp16, "--fail-on", "info", "-q").code == 1
+    # A cast carries an info finding: --fail-on info makes it fail (a small real model:
+    # the MiniLM cast is diffed by the schema test above).
+    small = tmp_path / "silero-fp16.safetensors"
+    weights = load_file(str(silero_safetensors))
+    save_file({k: v.astype(np.float16) for k, v in weights.items()}, str(small))
+    assert run_cli("diff", silero_safetensors, small, "-q").code == 0
+    assert run_cli("diff", silero_safetensors, small, "--fail-on", "info", "-q").code == 1
     assert run_cli("diff", trusted, fp16, "--fail-on", "bogus").code == 2
 
 
