@@ -200,7 +200,7 @@ def test_claim_the_checker_cannot_parse_needs_declared_only(tmp_path, key_files,
         "--produced",
         str(deployed),
         "--param",
-        "bits=8",
+        "rounding=stochastic",
         "--key",
         str(priv),
         "-o",
@@ -209,8 +209,9 @@ def test_claim_the_checker_cannot_parse_needs_declared_only(tmp_path, key_files,
     assert main(base) == 1
     err = capsys.readouterr().err
     assert (
-        "claim could-not-recheck: cannot re-check 'quantize' with parameters {'bits': '8'}" in err
-        and "unknown parameter 'bits'" in err
+        "claim could-not-recheck: cannot re-check 'quantize' with parameters {'rounding': 'stochastic'}"
+        in err
+        and "unknown parameter 'rounding'" in err
     )
     assert "pass --declared-only" in err and not (atts / "q.json").exists()
     assert main([*base, "--declared-only"]) == 0
