@@ -31,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  modelseal batch jobs.jsonl -o results.jsonl --sarif results.sarif\n"
         "  modelseal batch fleet/ --public-key release.pub -o fleet.jsonl --timeout 600\n"
         "  modelseal batch jobs.jsonl -o results.jsonl --address ray://head-svc:10001",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "jobs", type=Path, metavar="JOBS", help="JSONL job file, or a folder of model folders"

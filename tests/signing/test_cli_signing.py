@@ -209,7 +209,8 @@ def test_claim_the_checker_cannot_parse_needs_declared_only(tmp_path, key_files,
     assert main(base) == 1
     err = capsys.readouterr().err
     assert (
-        "claim could-not-recheck: cannot re-check 'quantize' with parameters {'rounding': 'stochastic'}"
+        "claim could-not-recheck: cannot re-check 'quantize' with parameters "
+        "{'rounding': 'stochastic'}"
         in err
         and "unknown parameter 'rounding'" in err
     )
