@@ -18,7 +18,9 @@ or without atheris (hypothesis byte-level strategies, seeded mutations)::
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,9 +35,14 @@ _SUFFIX = {"pytorch": ".pt", "safetensors": ".safetensors", "gguf": ".gguf", "on
 
 
 def _scratch_dir() -> Path:
+    """A scratch folder for the current input, inside the runner's work folder when one
+    is given (it removes that folder), else in memory-backed /dev/shm, removed at exit."""
+    given = os.environ.get("MODELSEAL_FUZZ_SCRATCH")
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="modelseal-fuzz-", dir=base))
+    base = given or (shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    path = Path(tempfile.mkdtemp(prefix="modelseal-fuzz-", dir=base))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def make_target(name: str) -> Callable[[bytes], None]:
@@ -126,7 +133,11 @@ def main(argv: list[str]) -> int:
 
     with atheris.instrument_imports(include=["scanner"]):
         target = make_target(name)
-    seed_dir = Path(tempfile.mkdtemp(prefix=f"modelseal-seeds-{name}-"))
+    seed_dir = Path(
+        tempfile.mkdtemp(
+            prefix=f"modelseal-seeds-{name}-", dir=os.environ.get("MODELSEAL_FUZZ_SCRATCH")
+        )
+    )
     for i, data in enumerate(seeds(name)):
         (seed_dir / f"seed{i:03d}").write_bytes(data)
     args = [argv[0], *argv[2:], str(seed_dir)]

@@ -74,7 +74,7 @@ def budget(local: bool = False) -> int:
 
 def run_target(target: str, seconds: int, local: bool = False) -> FuzzResult:
     work = Path(tempfile.mkdtemp(prefix=f"modelseal-fuzz-{target}-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODELSEAL_FUZZ_SCRATCH": str(work)}
     kind = engine()
     if kind == "atheris":
         cmd = [
@@ -118,6 +118,8 @@ def run_target(target: str, seconds: int, local: bool = False) -> FuzzResult:
             dest = CRASHES / f"{target}-{hashlib.sha256(data).hexdigest()[:8]}"
             shutil.copyfile(found[0], dest)
             crash = str(dest)
+    if crash is None or local:
+        shutil.rmtree(work, ignore_errors=True)
     return FuzzResult(
         target,
         kind,
