@@ -23,7 +23,7 @@ def run_claim(
 
         return check_quantize(trusted, deployed, claim)
     if claim.kind in ("gguf", "requantize"):
-        from scanner.claims.gguf_quant import check_gguf
+        from scanner.claims.gguf import check_gguf
 
         return check_gguf(trusted, deployed, claim)
     if claim.kind == "prune":

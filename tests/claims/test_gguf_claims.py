@@ -71,7 +71,7 @@ def test_gguf_faithful_and_tampered_twin(work: Path, minilm, minilm_k_subset, qt
         "gguf", qt.lower(), trusted, write_gguf(work / f"minilm_{qt}.gguf", "bert", faithful)
     )
     assert ok.holds and len(ok.tensors) == len(names), (qt, ok.message)
-    check = "reference-bytes" if qt in REFERENCE_TYPES else "within-one-step"
+    check = "exact" if qt in REFERENCE_TYPES else "nearest"
     assert all(v.stats["check"] == check for v in ok.tensors)
     bad = check_claim(
         "gguf", qt.lower(), trusted, write_gguf(work / f"minilm_{qt}_t.gguf", "bert", twin)
