@@ -11,6 +11,7 @@ file.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -142,8 +143,19 @@ def _parse(path: Path, limits: Limits) -> _Parsed:
             raise ResourceLimitError(
                 path, f"GGUF claims {n_kv} metadata keys, impossible for its size"
             )
-        header = fh.read(min(size, limits.max_header_bytes + 24) - 24)
-    walker = _HeaderWalker(path, header, 24, limits)
+        # Map rather than read: only the pages the header spans are touched.
+        header = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _parse_header(path, header, size, version, n_tensors, n_kv, limits)
+    finally:
+        header.close()
+
+
+def _parse_header(
+    path: Path, header: Any, size: int, version: int, n_tensors: int, n_kv: int, limits: Limits
+) -> _Parsed:
+    del version
+    walker = _HeaderWalker(path, header, 24, min(size, limits.max_header_bytes + 24), limits)
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = walker.string("metadata key")
@@ -163,7 +175,7 @@ def _parse(path: Path, limits: Limits) -> _Parsed:
     alignment = _int(metadata.get("general.alignment"), 32)
     if alignment <= 0 or alignment & (alignment - 1):
         raise MalformedArtifactError(path, f"GGUF alignment {alignment} is not a power of two")
-    start = 24 + walker.pos
+    start = walker.pos
     data_start = (start + alignment - 1) // alignment * alignment
     tensors = []
     seen: set[str] = set()
@@ -238,13 +250,13 @@ _GGML_TYPES = _ggml_type_names()
 
 
 class _HeaderWalker:
-    def __init__(self, path: Path, data: bytes, base: int, limits: Limits) -> None:
-        self.path, self.data, self.base, self.limits = path, data, base, limits
-        self.pos = 0
+    def __init__(self, path: Path, data: Any, pos: int, end: int, limits: Limits) -> None:
+        self.path, self.data, self.limits = path, data, limits
+        self.pos, self.end = pos, end
 
     def _need(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > len(self.data):
-            where = self.base + self.pos
+        if n < 0 or self.pos + n > self.end:
+            where = self.pos
             raise MalformedArtifactError(
                 self.path,
                 f"GGUF {what} at byte {where} runs past the end of the header ({n} bytes claimed)",
@@ -274,6 +286,26 @@ class _HeaderWalker:
         text = self.data[self.pos : self.pos + n].decode("utf-8", errors="replace")
         self.pos += n
         return text
+
+    def _skip_strings(self, count: int, key: str) -> None:
+        """Walk ``count`` length-prefixed strings (a tokenizer table) in a tight loop."""
+        data, pos, end = self.data, self.pos, self.end
+        unpack = struct.Struct("<Q").unpack_from
+        limit = self.limits.max_string_bytes
+        for _ in range(count):
+            if pos + 8 > end:
+                break
+            (n,) = unpack(data, pos)
+            if n > limit:
+                raise ResourceLimitError(self.path, f"GGUF string in {key!r} is {n} bytes")
+            pos += 8 + n
+            if pos > end:
+                break
+        else:
+            self.pos = pos
+            return
+        self.pos = pos
+        self._need(8, f"array {key!r}")
 
     def value(self, vtype: int, key: str, depth: int) -> Any:
         """Parse one value; arrays longer than :data:`LONG_ARRAY` are walked (bounds
@@ -308,8 +340,7 @@ class _HeaderWalker:
             # Strings and nested arrays take at least 8 bytes each.
             self._need(count * 8, f"array {key!r} of {count} elements")
             if count > LONG_ARRAY and etype == _STRING:
-                for _ in range(count):
-                    self.skip(self.u64(f"length of a string in {key!r}"), f"array {key!r}")
+                self._skip_strings(count, key)
                 return {"array_of": "string", "length": count}
             items = [self.value(etype, key, depth + 1) for _ in range(count)]
             return (

@@ -309,9 +309,7 @@ def judge_tensor(
         for r, c, expected, found, w_val in v.samples:
             if len(result.samples) >= MAX_REPORTED:
                 break
-            result.samples.append(
-                Violation(_unflat(r0 + r, c, info.shape), expected, found, w_val)
-            )
+            result.samples.append(Violation(_unflat(r0 + r, c, info.shape), expected, found, w_val))
     return result
 
 

@@ -205,9 +205,7 @@ def allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
 class Mixture:
     """llama.cpp's per-tensor type choice for one file type, fed tensors in file order."""
 
-    def __init__(
-        self, ftype: str, hp: Hparams, names: Iterable[str], *, has_imatrix: bool
-    ) -> None:
+    def __init__(self, ftype: str, hp: Hparams, names: Iterable[str], *, has_imatrix: bool) -> None:
         self.ftype = ftype
         self.hp = hp
         self.has_imatrix = has_imatrix

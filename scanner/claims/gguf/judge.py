@@ -130,9 +130,7 @@ def _exact(w: np.ndarray, raw: np.ndarray, type_name: str) -> ChunkVerdict:
     )
 
 
-def _exact_q8_0(
-    w: np.ndarray, raw: np.ndarray
-) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+def _exact_q8_0(w: np.ndarray, raw: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """llama.cpp's ``quantize_row_q8_0_ref`` re-derived without a per-block reduction:
     the largest-magnitude element of a faithful block is the one stored as +-127, so the
     candidates for amax are read off the codes; if a larger element hides under another
@@ -140,22 +138,28 @@ def _exact_q8_0(
     x = w.reshape(-1, 32)
     b = raw.reshape(-1, 34)
     nb = x.shape[0]
-    codes = b[:, 2:34].view(np.int8)
+    codes = np.ascontiguousarray(b[:, 2:34]).view(np.int8)
     d16 = np.ascontiguousarray(b[:, 0:2]).view(np.uint16).reshape(nb)
     flat_codes = codes.reshape(-1)
-    cand = np.flatnonzero((flat_codes == 127) | (flat_codes == -127))
+    cand = np.flatnonzero(np.abs(flat_codes) == 127)
     amax = np.zeros(nb, dtype=np.float32)
     if cand.size:
         np.maximum.at(amax, cand // 32, np.abs(x.reshape(-1)[cand]))
     d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    # |x * id - code| in place: a faithful code is within half a step (y - code is exact
+    # there, the operands being within a factor two), so one maximum clears the chunk.
     y = x * inv[:, None]
-    r = np.rint(y)
-    wrong = np.flatnonzero((r != codes).reshape(-1))
+    y -= codes
+    np.abs(y, out=y)
+    if float(y.max(initial=0.0)) < 0.5:
+        wrong = np.zeros(0, dtype=np.int64)
+    else:
+        wrong = np.flatnonzero(y.reshape(-1) >= 0.5)
     if wrong.size:
         # roundf rounds halves away from zero where rint rounds them to even.
-        yw = y.reshape(-1)[wrong]
+        yw = x.reshape(-1)[wrong] * inv[wrong // 32]
         tr = np.trunc(yw)
         half = np.abs(yw - tr) == 0.5
         fixed = np.where(half, tr + np.sign(yw), np.rint(yw))
@@ -186,9 +190,7 @@ def _exact_reference(
     from gguf.quants import quantize
 
     lay = LAYOUTS[type_name]
-    expect = np.asarray(quantize(w, GGMLQuantizationType[type_name])).reshape(
-        -1, lay.block_bytes
-    )
+    expect = np.asarray(quantize(w, GGMLQuantizationType[type_name])).reshape(-1, lay.block_bytes)
     got = raw.reshape(-1, lay.block_bytes)
     bad_blocks = np.flatnonzero((expect != got).any(axis=1))
     if bad_blocks.size == 0:
@@ -222,9 +224,15 @@ def _positions(
         near = np.searchsorted(_MIDPOINTS, t).astype(np.int16)
         pos = np.flatnonzero(near != dec.codes)  # type: ignore[attr-defined]
         return pos, t.reshape(-1)[pos], near.reshape(-1)[pos].astype(np.float32)
-    r = np.rint(t)
-    pos = np.flatnonzero(r != dec.codes)  # type: ignore[attr-defined]
-    return pos, t.reshape(-1)[pos], r.reshape(-1)[pos]
+    # |t - code| in place; a nearest code is within half a step, so one maximum clears
+    # the chunk and only a chunk with candidates pays for their positions.
+    t -= dec.codes  # type: ignore[attr-defined]
+    np.abs(t, out=t)
+    if float(t.max(initial=0.0)) < 0.5 - TIE:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.astype(np.float32), empty.astype(np.float32)
+    pos = np.flatnonzero(t.reshape(-1) >= 0.5 - TIE)
+    return pos, pos.astype(np.float32), pos.astype(np.float32)
 
 
 def _scaled_exact(x: np.ndarray, dec: object, pos: np.ndarray, group: int) -> np.ndarray:
@@ -425,10 +433,13 @@ def _codebook(w: np.ndarray, raw: np.ndarray, type_name: str) -> ChunkVerdict:
     dt = DTYPES[type_name]
     values = dequantize(raw.reshape(-1, dt.block_bytes), type_name).reshape(rows, per_row)
     err = w - values
-    energy = (w.astype(np.float64) ** 2).sum(axis=1)
-    err_row = (err.astype(np.float64) ** 2).sum(axis=1)
+    # Error of every 32-element group relative to the group's largest weight, averaged
+    # over the row: an outlier weight makes its own group coarse, not the row's figure.
+    groups = w.reshape(-1, 32)
+    peak = np.abs(groups).max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(energy > 0, err_row / energy, 0.0) * per_row
+        rel = np.where(peak > 0, (err.reshape(-1, 32) ** 2).mean(axis=1) / peak**2, 0.0)
+    rel = rel.reshape(rows, -1).mean(axis=1, dtype=np.float64) * per_row
     bad_pos = np.zeros(0, dtype=np.int64)
     allowed = SIGNED_CODEBOOKS.get(type_name)
     if allowed is not None:
@@ -460,8 +471,8 @@ def row_error_in_steps(w: np.ndarray, raw: np.ndarray, type_name: str) -> np.nda
     """Mean squared error per row in steps (decoded types), for localizing a re-scan."""
     lay = LAYOUTS[type_name]
     dec = decode(raw.reshape(-1, lay.block_bytes), type_name)
-    return _steps_error(w.reshape(-1, lay.group), dec, type_name).reshape(w.shape[0], -1).mean(
-        axis=1
+    return (
+        _steps_error(w.reshape(-1, lay.group), dec, type_name).reshape(w.shape[0], -1).mean(axis=1)
     )
 
 
