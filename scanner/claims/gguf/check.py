@@ -39,6 +39,11 @@ ERROR_SPREAD = 12.0
 """How many robust standard deviations above the median a row's error must be to be out
 of line (besides being at least :data:`ERROR_EXCESS` above it)."""
 ERROR_EXCESS = 0.5
+NON_NEAREST_FACTOR = 8.0
+NON_NEAREST_SHARE = 0.1
+TENSOR_EXCESS = 4.0
+"""A tensor whose median row error is this many times the median of its type's tensors
+in the file is out of line as a whole."""
 TYPE_CLAIM_FTYPES = {"q4_k": "Q4_K_M", "q5_k": "Q5_K_M", "q3_k": "Q3_K_M"}
 
 
@@ -332,32 +337,46 @@ def _binomial_tail_log(k: np.ndarray, n: int, p: float) -> np.ndarray:
 
 
 def out_of_line_rows(results: list[TensorResult]) -> dict[str, np.ndarray]:
-    """Rows whose non-nearest share or error is out of line with the other rows of the
-    same stored type and mode in the file (``name -> row indices``)."""
+    """Rows out of line (``name -> row indices``) under the permissive modes.
+
+    A row is compared with the other rows of its tensor (they share the columns, hence
+    the importance weights an importance matrix gives them): its share of non-nearest
+    codes must be a plausible binomial draw at the tensor's rate, and its error must not
+    stand far above the tensor's median. A whole tensor is compared with the other
+    tensors of its type in the file the same way (its median row error)."""
     flagged: dict[str, np.ndarray] = {}
-    groups: dict[tuple[str, str], list[TensorResult]] = {}
-    for r in results:
-        if r.mode in ("feasible", "codebook") and not r.problem:
-            groups.setdefault((r.type_name, r.mode), []).append(r)
-    for (_, mode), members in groups.items():
-        n_rows = sum(r.bad_per_row.size for r in members)
-        if n_rows == 0:
-            continue
-        log_alpha = math.log(ROW_ALPHA / n_rows)
-        total = sum(int(r.non_nearest_per_row.sum()) for r in members)
-        elements = sum(r.bad_per_row.size * r.per_row for r in members)
-        p = total / elements if elements else 0.0
-        ratios = np.concatenate([r.err_per_row / r.per_row for r in members])
+    judged = [r for r in results if r.mode in ("feasible", "codebook") and not r.problem]
+    n_rows = sum(r.bad_per_row.size for r in judged)
+    if not n_rows:
+        return flagged
+    log_alpha = math.log(ROW_ALPHA / n_rows)
+    medians: dict[tuple[str, str], list[float]] = {}
+    for r in judged:
+        ratios = r.err_per_row / r.per_row
         med = float(np.median(ratios))
+        medians.setdefault((r.type_name, r.mode), []).append(med)
         mad = float(np.median(np.abs(ratios - med))) * 1.4826
         limit = med + max(ERROR_SPREAD * mad, ERROR_EXCESS * med, 1e-12)
-        for r in members:
-            rows = np.flatnonzero(r.err_per_row / r.per_row > limit)
-            if mode == "feasible":
-                tail = _binomial_tail_log(r.non_nearest_per_row.astype(np.float64), r.per_row, p)
-                rows = np.union1d(rows, np.flatnonzero(tail < log_alpha))
-            if rows.size:
-                flagged[r.name] = rows
+        rows = np.flatnonzero(ratios > limit)
+        if r.mode == "feasible":
+            p = float(r.non_nearest_per_row.sum()) / max(r.bad_per_row.size * r.per_row, 1)
+            k = r.non_nearest_per_row.astype(np.float64)
+            tail = _binomial_tail_log(k, r.per_row, p)
+            # Rows of one tensor differ in their rate (each has its own scales), so a
+            # significant count must also be a large share: a shifted row is all
+            # non-nearest, a faithful row a few percent at most.
+            share = k / r.per_row >= max(NON_NEAREST_FACTOR * p, NON_NEAREST_SHARE)
+            rows = np.union1d(rows, np.flatnonzero((tail < log_alpha) & share))
+        if rows.size:
+            flagged[r.name] = rows
+    for r in judged:
+        peers = medians[(r.type_name, r.mode)]
+        if len(peers) < 3:
+            continue
+        file_median = float(np.median(peers))
+        mine = float(np.median(r.err_per_row / r.per_row))
+        if mine > TENSOR_EXCESS * file_median:
+            flagged[r.name] = np.arange(r.bad_per_row.size)
     return flagged
 
 

@@ -50,9 +50,12 @@ TIE = 2.0**-12
 F16_REL = 2.0**-10
 """Relative rounding of a float16 scale: codes computed from the unrounded scale (IQ4)
 may sit this much (times their magnitude) on the other side of a bin wall."""
-FEASIBLE_SCALE = (0.75, 1.34)
-"""Range of a candidate scale relative to the stored one (llama.cpp searches about
-+-11% and then stores a least-squares scale)."""
+FEASIBLE_SCALE = (1 / 3, 3.0)
+"""Range of the common scale relative to the stored one. llama.cpp rounds under a
+candidate scale within +-11% of the block's range and then stores the least-squares
+scale for those codes, which an importance matrix can pull far from the candidate when a
+few small weights dominate; the codes with the largest magnitudes pin the common scale
+much tighter than this range."""
 SIGNED_CODEBOOKS = {"IQ2_XXS": 1, "IQ2_XS": 1, "IQ3_XXS": 1, "IQ2_S": 0, "IQ3_S": 0}
 """Sign mismatches allowed per 8 elements (one flip fixes the parity of the XXS/XS sign
 tables; the S types store all eight signs)."""
@@ -304,9 +307,10 @@ def _decoded(w: np.ndarray, raw: np.ndarray, type_name: str, *, permissive: bool
     clip_bad = cpos[c_err > _clip_bound(dec, cpos // lay.group, lay)]
     if permissive:
         bad_groups = _infeasible_groups(x, dec, type_name, np.unique(non_nearest // lay.group))
-        in_bad = np.isin(non_nearest // lay.group, bad_groups)
-        far = np.abs(flat_codes[non_nearest] - _near_of(non_nearest, pos, near)) > 1
-        code_bad = non_nearest[in_bad | far]
+        # Not "within one step": the stored least-squares scale may be a few percent off
+        # the candidate the codes were rounded under, which moves the largest codes by
+        # more than a step; the common scale is the test.
+        code_bad = non_nearest[np.isin(non_nearest // lay.group, bad_groups)]
     else:
         code_bad = non_nearest
     bad = np.union1d(code_bad, clip_bad)
