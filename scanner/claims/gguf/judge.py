@@ -144,10 +144,7 @@ def _exact_q8_0(w: np.ndarray, raw: np.ndarray) -> tuple[int, np.ndarray, np.nda
     codes = np.ascontiguousarray(b[:, 2:34]).view(np.int8)
     d16 = np.ascontiguousarray(b[:, 0:2]).view(np.uint16).reshape(nb)
     flat_codes = codes.reshape(-1)
-    cand = np.flatnonzero(np.abs(flat_codes) == 127)
-    amax = np.zeros(nb, dtype=np.float32)
-    if cand.size:
-        np.maximum.at(amax, cand // 32, np.abs(x.reshape(-1)[cand]))
+    amax = _amax_q8_0(x, codes)
     d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
@@ -184,6 +181,24 @@ def _exact_q8_0(w: np.ndarray, raw: np.ndarray) -> tuple[int, np.ndarray, np.nda
         wrong, fixed, found = wrong[order], fixed[order], found[order]
     blocks = np.union1d(np.unique(wrong // 32), scale_bad).size
     return blocks, wrong, fixed, found
+
+
+def _amax_q8_0(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Per block, the largest |x| among elements stored as +-127 (a faithful block holds
+    its amax there). One bit per element packs each block's candidates into a uint32; a
+    block with one candidate (almost all) finds it from the bit's position."""
+    nb = x.shape[0]
+    hit = np.abs(codes) == 127
+    bits = np.packbits(hit, axis=1, bitorder="little").view("<u4").reshape(nb)
+    amax = np.zeros(nb, dtype=np.float32)
+    single = (bits != 0) & ((bits & (bits - np.uint32(1))) == 0)
+    blocks = np.flatnonzero(single)
+    lane = np.log2(bits[blocks].astype(np.float64)).astype(np.int64)
+    amax[blocks] = np.abs(x[blocks, lane])
+    several = np.flatnonzero((bits != 0) & ~single)
+    if several.size:
+        amax[several] = np.where(hit[several], np.abs(x[several]), 0).max(axis=1)
+    return amax
 
 
 def _exact_reference(

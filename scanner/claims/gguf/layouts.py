@@ -68,7 +68,8 @@ class Decoded:
     """Codes and scales of ``n`` blocks, grouped ``(n * groups_per_block, group)``."""
 
     codes: np.ndarray
-    """Integer code of each element, as the dequantization multiplies it (int16)."""
+    """Integer code of each element, as the dequantization multiplies it (int8, or uint8
+    where the codes are unsigned)."""
     step: np.ndarray
     """Step of each group, ``(n_groups, 1)`` float32."""
     offset: np.ndarray | None
@@ -82,8 +83,8 @@ class Decoded:
 
     def values(self) -> np.ndarray:
         """Dequantized values, ``(n_groups, group)`` float32, bit-exact with ggml."""
-        mult = self.grid[self.codes] if self.grid is not None else self.codes.astype(np.float32)
-        out = self.step * mult
+        out = self.grid[self.codes] if self.grid is not None else self.codes.astype(np.float32)
+        out *= self.step
         if self.offset is not None:
             out += self.offset
         return out
@@ -114,20 +115,21 @@ def decode(blocks: np.ndarray, type_name: str) -> Decoded:
 
 def _q8_0(b: np.ndarray) -> Decoded:
     d = _col(_f16(b[:, 0:2]))
-    codes = b[:, 2:34].view(np.int8).astype(np.int16)
+    codes = np.ascontiguousarray(b[:, 2:34]).view(np.int8)
     return Decoded(codes, d, None, d, None)
 
 
 def _q4_0(b: np.ndarray) -> Decoded:
     d = _col(_f16(b[:, 0:2]))
-    q = _nibbles(b[:, 2:18].reshape(-1, 1, 16), 16).reshape(-1, 32).astype(np.int16) - 8
+    q = _nibbles(b[:, 2:18].reshape(-1, 1, 16), 16).reshape(-1, 32).view(np.int8)
+    q -= 8
     return Decoded(q, d, None, d, None)
 
 
 def _q4_1(b: np.ndarray) -> Decoded:
     d = _col(_f16(b[:, 0:2]))
     m = _col(_f16(b[:, 2:4]))
-    q = _nibbles(b[:, 4:20].reshape(-1, 1, 16), 16).reshape(-1, 32).astype(np.int16)
+    q = _nibbles(b[:, 4:20].reshape(-1, 1, 16), 16).reshape(-1, 32)
     return Decoded(q, d, m, d, m)
 
 
@@ -139,7 +141,8 @@ def _high_bits32(qh: np.ndarray) -> np.ndarray:
 def _q5_0(b: np.ndarray) -> Decoded:
     d = _col(_f16(b[:, 0:2]))
     low = _nibbles(b[:, 6:22].reshape(-1, 1, 16), 16).reshape(-1, 32)
-    q = (low | (_high_bits32(b[:, 2:6]) << 4)).astype(np.int16) - 16
+    q = (low | (_high_bits32(b[:, 2:6]) << 4)).view(np.int8)
+    q -= 16
     return Decoded(q, d, None, d, None)
 
 
@@ -147,7 +150,7 @@ def _q5_1(b: np.ndarray) -> Decoded:
     d = _col(_f16(b[:, 0:2]))
     m = _col(_f16(b[:, 2:4]))
     low = _nibbles(b[:, 8:24].reshape(-1, 1, 16), 16).reshape(-1, 32)
-    q = (low | (_high_bits32(b[:, 4:8]) << 4)).astype(np.int16)
+    q = low | (_high_bits32(b[:, 4:8]) << 4)
     return Decoded(q, d, m, d, m)
 
 
@@ -169,7 +172,7 @@ def _q2_k(b: np.ndarray) -> Decoded:
     dmin = _f16(b[:, 82:84])
     step = (d[:, None] * (sc & 0x0F).astype(np.float32)).reshape(-1, 1)
     offset = -(dmin[:, None] * (sc >> 4).astype(np.float32)).reshape(-1, 1)
-    q = _two_bit(b[:, 16:80]).reshape(n * 16, 16).astype(np.int16)
+    q = _two_bit(b[:, 16:80]).reshape(n * 16, 16)
     return Decoded(q, step, offset, _col(np.repeat(d, 16)), _col(np.repeat(dmin, 16)))
 
 
@@ -186,11 +189,11 @@ def _q3_k(b: np.ndarray) -> Decoded:
     d = _f16(b[:, 108:110])
     sc = _q3_k_scales(b[:, 96:108]).astype(np.float32)
     step = (d[:, None] * sc).reshape(-1, 1)
-    low = _two_bit(b[:, 32:96]).astype(np.int16)
+    low = _two_bit(b[:, 32:96]).view(np.int8)
     # hmask bit j of byte m marks element 32 j + m; a clear bit subtracts 4.
     hm = np.unpackbits(b[:, 0:32].reshape(n, 32, 1), axis=2, bitorder="little")
-    high = hm.transpose(0, 2, 1).reshape(n, 256).astype(np.int16)
-    q = (low - 4 * (1 - high)).reshape(n * 16, 16)
+    high = hm.transpose(0, 2, 1).reshape(n, 256).view(np.int8)
+    q = (low - 4 + 4 * high).reshape(n * 16, 16)
     return Decoded(q, step, None, _col(np.repeat(d, 16)), None)
 
 
@@ -218,7 +221,7 @@ def _q45_k(b: np.ndarray, five: bool) -> Decoded:
     if five:
         hb = np.unpackbits(b[:, 16:48].reshape(n, 32, 1), axis=2, bitorder="little")
         q = q | (hb.transpose(0, 2, 1) << 4)
-    q = q.reshape(n * 8, 32).astype(np.int16)
+    q = q.reshape(n * 8, 32)
     return Decoded(q, step, offset, _col(np.repeat(d, 8)), _col(np.repeat(dmin, 8)))
 
 
@@ -234,14 +237,15 @@ def _q6_k(b: np.ndarray) -> Decoded:
     high = np.empty((n, 2, 4, 32), dtype=np.uint8)
     for j in range(4):
         np.bitwise_and(np.right_shift(qh, 2 * j), 3, out=high[:, :, j])
-    q = (low | (high << 4)).astype(np.int16) - 32
+    q = (low | (high << 4)).view(np.int8)
+    q -= 32
     step = (d[:, None] * sc).reshape(-1, 1)
     return Decoded(q.reshape(n * 16, 16), step, None, _col(np.repeat(d, 16)), None)
 
 
 def _iq4_nl(b: np.ndarray) -> Decoded:
     d = _col(_f16(b[:, 0:2]))
-    q = _nibbles(b[:, 2:18].reshape(-1, 1, 16), 16).reshape(-1, 32).astype(np.int16)
+    q = _nibbles(b[:, 2:18].reshape(-1, 1, 16), 16).reshape(-1, 32)
     return Decoded(q, d, None, d, None, IQ4_GRID)
 
 
@@ -255,7 +259,7 @@ def _iq4_xs(b: np.ndarray) -> Decoded:
         low = (sl[:, ib // 2] >> (4 * (ib % 2))) & 0x0F
         ls[:, ib] = low | (((sh >> (2 * ib)) & 3).astype(np.uint8) << 4)
     step = (d[:, None] * (ls - 32).astype(np.float32)).reshape(-1, 1)
-    q = _nibbles(b[:, 8:136].reshape(n, 8, 16), 16).reshape(n * 8, 32).astype(np.int16)
+    q = _nibbles(b[:, 8:136].reshape(n, 8, 16), 16).reshape(n * 8, 32)
     return Decoded(q, step, None, _col(np.repeat(d, 8)), None, IQ4_GRID)
 
 
