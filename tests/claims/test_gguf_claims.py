@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from fixtures import real_model
 from scanner.claims import check_claim
-from scanner.claims.gguf_quant import REFERENCE_TYPES, dequantize_blocks, quantize_rows
+from scanner.claims.gguf import REFERENCE_TYPES, dequantize_blocks, quantize_rows
 from scanner.cli.main import main
 from scanner.formats import open_artifact
 from scanner.redteam.quant import largest_indices
