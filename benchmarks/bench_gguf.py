@@ -8,7 +8,8 @@ Pairs (built once with the pinned llama.cpp tools, ``fixtures.llamacpp``):
 
 Each check runs as a whole ``check_claim`` in a fresh process (imports and file opening
 included, page cache warm, median of ``--rounds``) and prints seconds, GB/s (bytes of
-both files per second) and that process's peak resident set. ``--baseline PATH`` runs the
+both files per second), that process's peak resident set and its CPU seconds (user +
+system: on a shared machine the CPU time says what the wall time cannot). ``--baseline PATH`` runs the
 same check with another source tree first on ``PYTHONPATH`` (e.g. an export of an older
 commit) and prints the ratio.
 """
@@ -63,8 +64,10 @@ def check(kind: str, params: str, trusted: Path, deployed: Path) -> int:
 
     result = check_claim(kind, params, trusted, deployed)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"holds": result.holds, "seconds": seconds, "peak_mib": peak}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    print(json.dumps({"holds": result.holds, "seconds": seconds, "cpu": cpu, "peak_mib": peak}))
     return 0
 
 
@@ -100,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 runs = [run_once(src, kind, params, trusted, deployed) for _ in range(args.rounds)]
                 seconds = statistics.median(r["seconds"] for r in runs)
+                cpu = statistics.median(r["cpu"] for r in runs)
                 peak = max(r["peak_mib"] for r in runs)
                 figures[name] = seconds
                 print(
                     f"  {name:9s} holds={runs[0]['holds']} {seconds:6.2f} s  "
-                    f"{size / 1e9 / seconds:5.2f} GB/s  peak RSS {peak:5.0f} MiB"
+                    f"{size / 1e9 / seconds:5.2f} GB/s  peak RSS {peak:5.0f} MiB  "
+                    f"CPU {cpu:6.2f} s (whole process)"
                 )
             if "baseline" in figures:
                 print(f"  speed-up: {figures['baseline'] / figures['modelseal']:.1f}x")
