@@ -124,7 +124,27 @@ def infer(
         tried.append(outcome)
         if outcome.holds and outcome.verdicts:
             held[family] = outcome
+    _keep_gguf_majority(tried, held)
     return tried, list(held.values())
+
+
+def _keep_gguf_majority(tried: list[ClaimOutcome], held: dict[str, ClaimOutcome]) -> None:
+    """A GGUF quantization that re-derives most tensors of the pair is the transformation
+    that was applied even when a few tensors break it: keep the best such attempt, so its
+    violations are reported where they are (MS402, localized to rows and blocks) instead
+    of every quantized tensor showing as an unexplained dtype change."""
+    best: dict[str, ClaimOutcome] = {}
+    for o in tried:
+        claim = parse_claim(o.claim)
+        family = claim.kind + ":" + (claim.param("type") or "")
+        if claim.kind not in ("gguf", "requantize") or family in held or not o.applicable:
+            continue
+        ok = sum(v.ok for v in o.verdicts)
+        if ok * 2 <= len(o.verdicts):
+            continue
+        if family not in best or ok > sum(v.ok for v in best[family].verdicts):
+            best[family] = o
+    held.update(best)
 
 
 def _looks_pruned(trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorDiff]) -> bool:

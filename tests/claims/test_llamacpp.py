@@ -95,6 +95,20 @@ def test_file_type_inferred_without_a_claim(llama: LlamaFiles, work: Path) -> No
     inferred = [f for f in _report(report)["findings"] if f["rule_id"] == "MS408"]
     assert inferred and inferred[0]["evidence"]["claim"] == "gguf:q4_k_m"
     assert inferred[0]["evidence"]["holds"]
+    # Every Q4_K code of one row raised by one step: the inferred file type explains the
+    # other tensors and names this one, localized to its row.
+    name = "blk.1.ffn_down.weight"
+    blocks, stored, _ = raw_blocks(out, name)
+    assert stored == "Q4_K"
+    for b in range(blocks.shape[1] // 144):
+        qs = blocks[40, b * 144 + 16 : (b + 1) * 144]
+        qs[:] = np.minimum((qs & 0x0F) + 1, 15) | (np.minimum((qs >> 4) + 1, 15) << 4)
+    bad = copy_with(out, work / "q4_k_m_row_shifted.gguf", {name: blocks})
+    assert main(["diff", str(llama.base), str(bad), "--format", "json", "-o", str(report)]) == 1
+    serious = [f for f in _report(report)["findings"] if f["severity"] not in ("info", "low")]
+    assert [f["rule_id"] for f in serious] == ["MS402"]
+    assert serious[0]["locations"][0]["tensor"] == name
+    assert serious[0]["locations"][0]["region"]["indices"] == [40]
 
 
 def test_a_tensor_stored_below_its_file_type_rule_fails(llama: LlamaFiles, work: Path) -> None:
