@@ -9,9 +9,9 @@ Pairs (built once with the pinned llama.cpp tools, ``fixtures.llamacpp``):
 Each check runs as a whole ``check_claim`` in a fresh process (imports and file opening
 included, page cache warm, median of ``--rounds``) and prints seconds, GB/s (bytes of
 both files per second), that process's peak resident set and its CPU seconds (user +
-system: on a shared machine the CPU time says what the wall time cannot). ``--baseline PATH`` runs the
-same check with another source tree first on ``PYTHONPATH`` (e.g. an export of an older
-commit) and prints the ratio.
+system: on a shared machine the CPU time says what the wall time cannot).
+``--baseline PATH`` runs the same check with another source tree first on ``PYTHONPATH``
+(e.g. an export of an older commit) and prints the ratio.
 """
 
 from __future__ import annotations
