@@ -35,7 +35,45 @@ SCHEMES = ("symmetric", "asymmetric")
 # Round-to-nearest must match code for code; the others legitimately choose non-nearest
 # codes and are checked for "within one step of nearest" plus the scheme's error bound.
 ALGORITHMS = ("rtn", "gptq", "awq", "adaround", "search")
-GGUF_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+GGUF_TYPES = (
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q2_k",
+    "q3_k",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+    "iq4_nl",
+    "iq4_xs",
+    "iq3_s",
+    "iq3_xxs",
+    "iq2_s",
+    "iq2_xs",
+    "iq2_xxs",
+    "iq1_s",
+    "iq1_m",
+)
+# llama.cpp file types (``llama-quantize`` names): a mixture of ggml types chosen per
+# tensor by llama.cpp's rules (scanner/claims/gguf/filetypes.py).
+GGUF_FILE_TYPES = (
+    "q2_k_s",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k_s",
+    "q5_k_m",
+    "iq2_m",
+    "iq3_xs",
+    "iq3_m",
+)
+# GGUF quantizers that search codes or scales: an importance matrix (llama.cpp's
+# ``--imatrix``), or any search algorithm.
+GGUF_ALGORITHMS = (*ALGORITHMS, "imatrix")
 PRUNE_METHODS = ("magnitude", "nm", "channel", "sparsegpt")
 PRUNE_SCOPES = ("per-tensor", "per-row", "global")
 
@@ -123,7 +161,7 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "cast": ("target",),
     "quantize": ("dtype", "granularity", "scheme", "algorithm", "axis", "layout", "bits", "group"),
     "gguf": ("type", "algorithm"),
-    "requantize": ("type",),
+    "requantize": ("type", "algorithm"),
     "prune": ("method", "sparsity", "n", "m", "scope", "axis", "remove"),
     "convert": ("transpose",),
     "merge": ("config", "models", "seed"),
@@ -158,9 +196,9 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
                 return key, low
         if low == "bnb":
             return "layout", low
-    if kind in ("gguf", "requantize") and low in GGUF_TYPES:
+    if kind in ("gguf", "requantize") and (low in GGUF_TYPES or low in GGUF_FILE_TYPES):
         return "type", low
-    if kind == "gguf" and low in ALGORITHMS:
+    if kind in ("gguf", "requantize") and low in GGUF_ALGORITHMS:
         return "algorithm", low
     if kind == "prune":
         if low in PRUNE_METHODS:
@@ -230,11 +268,16 @@ def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
         if "group" in params and not params["group"].lstrip("-").isdigit():
             raise bad("group must be an integer (-1: one group per row)")
     elif kind in ("gguf", "requantize"):
-        if params.get("type") not in GGUF_TYPES:
-            raise bad(f"{kind} needs a GGUF type ({', '.join(GGUF_TYPES)})")
-        params.setdefault("algorithm", "rtn" if params["type"][-2:] != "_k" else "search")
-        if params["algorithm"] not in ALGORITHMS:
-            raise bad(f"algorithm must be one of {', '.join(ALGORITHMS)}")
+        if params.get("type") not in (*GGUF_TYPES, *GGUF_FILE_TYPES):
+            raise bad(
+                f"{kind} needs a GGUF type ({', '.join(GGUF_TYPES)}) or llama.cpp file type "
+                f"({', '.join(GGUF_FILE_TYPES)})"
+            )
+        # Round-to-nearest is the default for every type: llama.cpp searches K-quant
+        # scales but then stores the nearest code of every weight under them.
+        params.setdefault("algorithm", "rtn")
+        if params["algorithm"] not in GGUF_ALGORITHMS:
+            raise bad(f"algorithm must be one of {', '.join(GGUF_ALGORITHMS)}")
     elif kind == "prune":
         nm = params.pop("nm", None)
         if nm is not None:

@@ -23,7 +23,7 @@ def run_claim(
 
         return check_quantize(trusted, deployed, claim)
     if claim.kind in ("gguf", "requantize"):
-        from scanner.claims.gguf_quant import check_gguf
+        from scanner.claims.gguf import check_gguf
 
         return check_gguf(trusted, deployed, claim)
     if claim.kind == "prune":
@@ -62,18 +62,7 @@ def candidate_claims(
     out: list[str] = []
     if find_groups(deployed) or vendor_groups(deployed):
         out.append("quantize")
-    t_block = any(i.dtype.is_block_quantized for i in trusted.tensors.values())
-    d_types = sorted(
-        {i.dtype.name for i in deployed.tensors.values() if i.dtype.is_block_quantized}
-    )
-    for q in d_types:
-        name = q.lower()
-        if t_block:
-            out.append(f"requantize:{name}")
-        else:
-            out += [f"gguf:{name}"] if not name.endswith("_k") else [f"gguf:{name}:search"]
-            if not name.endswith("_k"):
-                out.append(f"gguf:{name}:search")
+    out += _gguf_candidates(trusted, deployed)
     changed = [t for t in diffs if t.status is TensorStatus.CHANGED]
     if changed:
         out += [
@@ -90,6 +79,38 @@ def candidate_claims(
         t.status in (TensorStatus.RENAMED, TensorStatus.REMOVED) for t in diffs
     ):
         out.append("convert")
+    return out
+
+
+def _gguf_candidates(trusted: Artifact, deployed: Artifact) -> list[str]:
+    """GGUF claims a pair's footprint suggests: the llama.cpp file type the deployed file
+    declares (every tensor judged by llama.cpp's per-tensor rules), else each ggml type
+    it holds. Always round-to-nearest first; the importance-matrix variant only when the
+    file itself records that llama-quantize used one. Never a search algorithm: codes
+    within one step of nearest are not explained without a claim that says so."""
+    from scanner.claims.gguf.check import declares_imatrix, gguf_metadata
+    from scanner.claims.gguf.filetypes import declared_ftype
+    from scanner.claims.grammar import GGUF_FILE_TYPES, GGUF_TYPES
+
+    d_types = sorted(
+        {i.dtype.name for i in deployed.tensors.values() if i.dtype.is_block_quantized}
+    )
+    if not d_types:
+        return []
+    kind = (
+        "requantize"
+        if any(i.dtype.is_block_quantized for i in trusted.tensors.values())
+        else "gguf"
+    )
+    ftype = (declared_ftype(gguf_metadata(deployed)) or "").lower()
+    names = [ftype] if ftype in (*GGUF_FILE_TYPES, *GGUF_TYPES) else []
+    names = names or [q.lower() for q in d_types if q.lower() in GGUF_TYPES]
+    imatrix = declares_imatrix(deployed)
+    out = []
+    for name in names:
+        out.append(f"{kind}:{name}")
+        if imatrix:
+            out.append(f"{kind}:{name}:imatrix")
     return out
 
 
@@ -124,7 +145,27 @@ def infer(
         strictest = claim.kind == "quantize" and outcome.applicable
         if outcome.verdicts and (outcome.holds or strictest):
             held[family] = outcome
+    _keep_gguf_majority(tried, held)
     return tried, list(held.values())
+
+
+def _keep_gguf_majority(tried: list[ClaimOutcome], held: dict[str, ClaimOutcome]) -> None:
+    """A GGUF quantization that re-derives most tensors of the pair is the transformation
+    that was applied even when a few tensors break it: keep the best such attempt, so its
+    violations are reported where they are (MS402, localized to rows and blocks) instead
+    of every quantized tensor showing as an unexplained dtype change."""
+    best: dict[str, ClaimOutcome] = {}
+    for o in tried:
+        claim = parse_claim(o.claim)
+        family = claim.kind + ":" + (claim.param("type") or "")
+        if claim.kind not in ("gguf", "requantize") or family in held or not o.applicable:
+            continue
+        ok = sum(v.ok for v in o.verdicts)
+        if ok * 2 <= len(o.verdicts):
+            continue
+        if family not in best or ok > sum(v.ok for v in best[family].verdicts):
+            best[family] = o
+    held.update(best)
 
 
 def _looks_pruned(trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorDiff]) -> bool:

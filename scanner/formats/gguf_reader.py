@@ -1,18 +1,23 @@
 """GGUF: key-value metadata and tensors, plain or block-quantized (ggml types).
 
-Parsing is done by the ``gguf`` package. Its shapes are in ggml order (fastest axis
-first); tensors here carry the conventional row-major order, so a GGUF ``[4096, 11008]``
-weight reads as ``(11008, 4096)`` exactly like the safetensors tensor it came from.
+The header is parsed here, in one bounds-checked pass (the ``gguf`` package's reader
+trusts declared lengths and builds a numpy view per tokenizer string, which takes seconds
+on real models). Shapes in the file are in ggml order (fastest axis first); tensors here
+carry the conventional row-major order, so a GGUF ``[4096, 11008]`` weight reads as
+``(11008, 4096)`` exactly like the safetensors tensor it came from. A model split by
+llama.cpp's gguf-split (``NAME-00001-of-0000N.gguf``) opens as one artifact from its first
+file.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from scanner.artifact import Artifact, FileInfo, FileSpan, TensorInfo
 from scanner.dtypes import DTYPES
@@ -30,63 +35,102 @@ class GgufReader:
         return head[:4] == MAGIC
 
     def open(self, path: Path, root: Path, limits: Limits) -> Artifact:
-        _precheck(path, limits)
-        from gguf import GGUFReader
-
-        try:
-            reader = GGUFReader(str(path), "r")
-        except (KeyError, ValueError, IndexError, TypeError, OverflowError, struct.error) as exc:
-            raise MalformedArtifactError(path, f"GGUF is malformed: {exc}") from None
-        except MemoryError:
-            raise ResourceLimitError(path, "GGUF declares sizes too large to read") from None
-        relpath = path.relative_to(root).as_posix() if path != root else path.name
-        size = os.path.getsize(path)
-        tensors: dict[str, TensorInfo] = {}
-        for t in reader.tensors:
-            qname = t.tensor_type.name
-            if qname not in DTYPES:
+        """One GGUF file, or the whole set when ``path`` is the first file of a split
+        model (``NAME-00001-of-0000N.gguf`` as llama.cpp's gguf-split writes it)."""
+        parsed = _parse(path, limits)
+        count = _int(parsed.metadata.get(SPLIT_COUNT), 1)
+        if count <= 1:
+            return _artifact(path, root, [parsed])
+        index = _int(parsed.metadata.get(SPLIT_NO), 0)
+        if index != 0:
+            raise MalformedArtifactError(
+                path, f"GGUF split {index + 1} of {count}: open the first split file"
+            )
+        parts = [parsed]
+        for i, sibling in enumerate(_split_siblings(path, count)[1:], start=1):
+            part = _parse(sibling, limits)
+            got_no = _int(part.metadata.get(SPLIT_NO), -1)
+            got_count = _int(part.metadata.get(SPLIT_COUNT), -1)
+            if got_no != i or got_count != count:
                 raise MalformedArtifactError(
-                    path, f"tensor {t.name!r} has unknown ggml type {qname}"
+                    sibling,
+                    f"declares split {got_no + 1} of {got_count}, expected {i + 1} of {count}",
                 )
+            parts.append(part)
+        declared = _int(parsed.metadata.get(SPLIT_TENSORS), -1)
+        total = sum(len(p.tensors) for p in parts)
+        if declared >= 0 and declared != total:
+            raise MalformedArtifactError(
+                path, f"split set declares {declared} tensors, its {count} files hold {total}"
+            )
+        return _artifact(path, root, parts)
+
+
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _split_siblings(path: Path, count: int) -> list[Path]:
+    m = _SPLIT_NAME.match(path.name)
+    if m is None or int(m["count"]) != count:
+        raise MalformedArtifactError(
+            path,
+            f"declares a split of {count} files but is not named NAME-00001-of-{count:05d}.gguf",
+        )
+    files = [
+        path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
+    ]
+    for f in files:
+        if not f.is_file() or f.is_symlink():
+            raise MalformedArtifactError(path, f"split file {f.name} is missing")
+    return files
+
+
+@dataclass
+class _Parsed:
+    path: Path
+    size: int
+    metadata: dict[str, Any]
+    tensors: list[tuple[str, str, tuple[int, ...], int, int]]
+    """(name, ggml type, row-major shape, absolute data offset, bytes)."""
+
+
+def _artifact(path: Path, root: Path, parts: list[_Parsed]) -> Artifact:
+    tensors: dict[str, TensorInfo] = {}
+    files = []
+    for part in parts:
+        rel = part.path.relative_to(root).as_posix() if part.path != root else part.path.name
+        files.append(FileInfo(rel, part.path, part.size, "weights"))
+        for name, qname, shape, offset, nbytes in part.tensors:
+            if name in tensors:
+                raise MalformedArtifactError(part.path, f"tensor {name!r} appears twice")
             dt = DTYPES[qname]
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            if len(shape) > limits.max_dims:
-                raise MalformedArtifactError(path, f"tensor {t.name!r} has {len(shape)} dims")
-            n = 1
-            for d in shape:
-                n *= d
-            nbytes = dt.nbytes(n)
-            if nbytes < 0 or nbytes != int(t.n_bytes):
-                raise MalformedArtifactError(
-                    path, f"tensor {t.name!r}: shape {shape} does not fit {qname} blocks"
-                )
-            offset = int(t.data_offset)
-            if offset < 0 or offset + nbytes > size:
-                raise MalformedArtifactError(
-                    path,
-                    f"tensor {t.name!r}: data [{offset}, {offset + nbytes}) lies outside the "
-                    f"{size}-byte file",
-                )
-            tensors[t.name] = TensorInfo(t.name, dt, shape, FileSpan(path, offset, nbytes), relpath)
-        _check_overlaps(path, tensors)
-        metadata = {name: _field_value(f) for name, f in reader.fields.items()}
-        del reader  # drop the package's whole-file memmap; we map tensors lazily
-        files = (FileInfo(relpath, path, size, "weights"),)
-        return Artifact(path, root, FORMAT, files, tensors, metadata={"gguf": metadata})
+            tensors[name] = TensorInfo(name, dt, shape, FileSpan(part.path, offset, nbytes), rel)
+        _check_overlaps(part.path, {n: tensors[n] for n, *_ in part.tensors})
+    metadata: dict[str, Any] = {"gguf": parts[0].metadata}
+    if len(parts) > 1:
+        metadata["gguf_split"] = {"files": len(parts)}
+    return Artifact(path, root, FORMAT, tuple(files), tensors, metadata=metadata)
 
 
-def _precheck(path: Path, limits: Limits) -> None:
-    """Walk the whole GGUF header with bounds checks before the ``gguf`` package parses it.
-
-    The package trusts declared lengths: a string or array length past the end of the
-    file is silently truncated or makes it loop for a very long time. Every count and
-    length here is checked against the bytes that remain, so such files are refused.
-    """
+def _parse(path: Path, limits: Limits) -> _Parsed:
+    """Walk the whole GGUF header with bounds checks: every count and length is checked
+    against the bytes that remain, so a hostile header is refused instead of truncated
+    or looped over."""
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(24)
         if len(head) < 24:
             raise MalformedArtifactError(path, "GGUF header is truncated")
+        if head[:4] != MAGIC:
+            raise MalformedArtifactError(path, "not a GGUF file (bad magic)")
         version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
         if version not in (2, 3):
             raise MalformedArtifactError(path, f"GGUF version {version} is not supported (2 or 3)")
@@ -99,31 +143,120 @@ def _precheck(path: Path, limits: Limits) -> None:
             raise ResourceLimitError(
                 path, f"GGUF claims {n_kv} metadata keys, impossible for its size"
             )
-        header = fh.read(min(size, limits.max_header_bytes + 24) - 24)
-    walker = _HeaderWalker(path, header, 24, limits)
+        # Map rather than read: only the pages the header spans are touched.
+        header = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _parse_header(path, header, size, version, n_tensors, n_kv, limits)
+    finally:
+        header.close()
+
+
+def _parse_header(
+    path: Path, header: Any, size: int, version: int, n_tensors: int, n_kv: int, limits: Limits
+) -> _Parsed:
+    del version
+    walker = _HeaderWalker(path, header, 24, min(size, limits.max_header_bytes + 24), limits)
+    metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = walker.string("metadata key")
-        walker.value(walker.u32(f"type of {key!r}"), key, depth=0)
+        if key in metadata:
+            raise MalformedArtifactError(path, f"Duplicate key {key!r} in the GGUF metadata")
+        metadata[key] = walker.value(walker.u32(f"type of {key!r}"), key, depth=0)
+    infos = []
     for _ in range(n_tensors):
         name = walker.string("tensor name")
         n_dims = walker.u32(f"dimension count of tensor {name!r}")
         if n_dims > limits.max_dims:
             raise MalformedArtifactError(path, f"tensor {name!r} claims {n_dims} dimensions")
-        walker.skip(8 * n_dims + 4 + 8, f"shape of tensor {name!r}")
+        dims = [walker.u64(f"shape of tensor {name!r}") for _ in range(n_dims)]
+        qtype = walker.u32(f"type of tensor {name!r}")
+        offset = walker.u64(f"offset of tensor {name!r}")
+        infos.append((name, dims, qtype, offset))
+    alignment = _int(metadata.get("general.alignment"), 32)
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise MalformedArtifactError(path, f"GGUF alignment {alignment} is not a power of two")
+    start = walker.pos
+    data_start = (start + alignment - 1) // alignment * alignment
+    tensors = []
+    seen: set[str] = set()
+    for name, dims, qtype, offset in infos:
+        if name in seen:
+            raise MalformedArtifactError(path, f"tensor {name!r} appears twice")
+        seen.add(name)
+        qname = _GGML_TYPES.get(qtype)
+        if qname is None or qname not in DTYPES:
+            raise MalformedArtifactError(path, f"tensor {name!r} has unknown ggml type {qtype}")
+        dt = DTYPES[qname]
+        shape = tuple(int(d) for d in reversed(dims))
+        n = 1
+        for d in shape:
+            n *= d
+        nbytes = dt.nbytes(n)
+        if nbytes < 0:
+            raise MalformedArtifactError(
+                path, f"tensor {name!r}: shape {shape} does not fit {qname} blocks"
+            )
+        absolute = data_start + offset
+        if absolute + nbytes > size:
+            raise MalformedArtifactError(
+                path,
+                f"tensor {name!r}: data [{absolute}, {absolute + nbytes}) lies outside the "
+                f"{size}-byte file",
+            )
+        tensors.append((name, qname, shape, absolute, nbytes))
+    return _Parsed(path, size, metadata, tensors)
 
 
 _FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
+_STRUCT = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<B",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_TYPE_NAMES = {
+    0: "uint8",
+    1: "int8",
+    2: "uint16",
+    3: "int16",
+    4: "uint32",
+    5: "int32",
+    6: "float32",
+    7: "bool",
+    8: "string",
+    9: "array",
+    10: "uint64",
+    11: "int64",
+    12: "float64",
+}
+_BOOL, _STRING, _ARRAY = 7, 8, 9
+LONG_ARRAY = 64
+
+
+def _ggml_type_names() -> dict[int, str]:
+    from gguf import GGMLQuantizationType
+
+    return {int(t): t.name for t in GGMLQuantizationType}
+
+
+_GGML_TYPES = _ggml_type_names()
 
 
 class _HeaderWalker:
-    def __init__(self, path: Path, data: bytes, base: int, limits: Limits) -> None:
-        self.path, self.data, self.base, self.limits = path, data, base, limits
-        self.pos = 0
+    def __init__(self, path: Path, data: Any, pos: int, end: int, limits: Limits) -> None:
+        self.path, self.data, self.limits = path, data, limits
+        self.pos, self.end = pos, end
 
     def _need(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > len(self.data):
-            where = self.base + self.pos
+        if n < 0 or self.pos + n > self.end:
+            where = self.pos
             raise MalformedArtifactError(
                 self.path,
                 f"GGUF {what} at byte {where} runs past the end of the header ({n} bytes claimed)",
@@ -154,25 +287,66 @@ class _HeaderWalker:
         self.pos += n
         return text
 
-    def value(self, vtype: int, key: str, depth: int) -> None:
+    def _skip_strings(self, count: int, key: str) -> None:
+        """Walk ``count`` length-prefixed strings (a tokenizer table) in a tight loop."""
+        data, pos, end = self.data, self.pos, self.end
+        unpack = struct.Struct("<Q").unpack_from
+        limit = self.limits.max_string_bytes
+        for _ in range(count):
+            if pos + 8 > end:
+                break
+            (n,) = unpack(data, pos)
+            if n > limit:
+                raise ResourceLimitError(self.path, f"GGUF string in {key!r} is {n} bytes")
+            pos += 8 + n
+            if pos > end:
+                break
+        else:
+            self.pos = pos
+            return
+        self.pos = pos
+        self._need(8, f"array {key!r}")
+
+    def value(self, vtype: int, key: str, depth: int) -> Any:
+        """Parse one value; arrays longer than :data:`LONG_ARRAY` are walked (bounds
+        checked) and summarized, as tokenizer tables are large and not compared."""
         if vtype in _FIXED_SIZES:
-            self.skip(_FIXED_SIZES[vtype], f"value of {key!r}")
-        elif vtype == _STRING:
-            self.string(f"value of {key!r}")
-        elif vtype == _ARRAY:
+            fmt = _STRUCT[vtype]
+            self._need(_FIXED_SIZES[vtype], f"value of {key!r}")
+            (value,) = struct.unpack_from(fmt, self.data, self.pos)
+            self.pos += _FIXED_SIZES[vtype]
+            return bool(value) if vtype == _BOOL else value
+        if vtype == _STRING:
+            return self.string(f"value of {key!r}")
+        if vtype == _ARRAY:
             if depth >= 4:
                 raise ResourceLimitError(self.path, f"GGUF array {key!r} nests too deeply")
             etype = self.u32(f"element type of {key!r}")
             count = self.u64(f"length of array {key!r}")
             if etype in _FIXED_SIZES:
-                self.skip(count * _FIXED_SIZES[etype], f"array {key!r} of {count} elements")
-                return
+                nbytes = count * _FIXED_SIZES[etype]
+                self._need(nbytes, f"array {key!r} of {count} elements")
+                if count > LONG_ARRAY:
+                    self.pos += nbytes
+                    return {"array_of": _TYPE_NAMES[etype], "length": count}
+                fmt = "<" + _STRUCT[etype][1] * count
+                values = list(struct.unpack_from(fmt, self.data, self.pos))
+                self.pos += nbytes
+                return [bool(v) for v in values] if etype == _BOOL else values
+            if etype not in (_STRING, _ARRAY):
+                raise MalformedArtifactError(
+                    self.path, f"GGUF array {key!r} has unknown element type {etype}"
+                )
             # Strings and nested arrays take at least 8 bytes each.
             self._need(count * 8, f"array {key!r} of {count} elements")
-            for _ in range(count):
-                self.value(etype, key, depth + 1)
-        else:
-            raise MalformedArtifactError(self.path, f"GGUF key {key!r} has unknown type {vtype}")
+            if count > LONG_ARRAY and etype == _STRING:
+                self._skip_strings(count, key)
+                return {"array_of": "string", "length": count}
+            items = [self.value(etype, key, depth + 1) for _ in range(count)]
+            return (
+                items if count <= LONG_ARRAY else {"array_of": _TYPE_NAMES[etype], "length": count}
+            )
+        raise MalformedArtifactError(self.path, f"GGUF key {key!r} has unknown type {vtype}")
 
 
 def _check_overlaps(path: Path, tensors: dict[str, TensorInfo]) -> None:
@@ -186,28 +360,3 @@ def _check_overlaps(path: Path, tensors: dict[str, TensorInfo]) -> None:
         if offset < end:
             raise MalformedArtifactError(path, f"tensor {name!r} overlaps tensor {prev!r}")
         end, prev = offset + length, name
-
-
-def _field_value(field: Any) -> Any:
-    """A JSON-friendly value of a GGUF metadata field (long arrays summarized)."""
-    from gguf import GGUFValueType
-
-    types = field.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        n = len(field.data)
-        if n > 64:
-            return {"array_of": types[-1].name.lower(), "length": n}
-        return [_scalar(field, idx, types[-1]) for idx in field.data]
-    return _scalar(field, field.data[0], types[0])
-
-
-def _scalar(field: Any, idx: int, vtype: Any) -> Any:
-    from gguf import GGUFValueType
-
-    part = field.parts[idx]
-    if vtype == GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    value = np.asarray(part).reshape(-1)[0]
-    return value.item()

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from fixtures import real_model
 from scanner.claims import check_claim
-from scanner.claims.gguf_quant import REFERENCE_TYPES, dequantize_blocks, quantize_rows
+from scanner.claims.gguf import REFERENCE_TYPES, dequantize_blocks, quantize_rows
 from scanner.cli.main import main
 from scanner.formats import open_artifact
 from scanner.redteam.quant import largest_indices
@@ -71,7 +71,7 @@ def test_gguf_faithful_and_tampered_twin(work: Path, minilm, minilm_k_subset, qt
         "gguf", qt.lower(), trusted, write_gguf(work / f"minilm_{qt}.gguf", "bert", faithful)
     )
     assert ok.holds and len(ok.tensors) == len(names), (qt, ok.message)
-    check = "reference-bytes" if qt in REFERENCE_TYPES else "within-one-step"
+    check = "exact" if qt in REFERENCE_TYPES else "nearest"
     assert all(v.stats["check"] == check for v in ok.tensors)
     bad = check_claim(
         "gguf", qt.lower(), trusted, write_gguf(work / f"minilm_{qt}_t.gguf", "bert", twin)
