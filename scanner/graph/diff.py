@@ -532,6 +532,8 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
         explained.setdefault(key, "equivalent rewrite")
     for key in sorted(t.absorbed | d.absorbed):
         explained.setdefault(key, "equivalent rewrite")
+    for key in sorted(t.unused | d.unused):
+        explained.setdefault(key, "unused by the graph")
     explained = {k: v for k, v in explained.items() if k not in withheld}
     added = [n for n in d.nodes.values() if n.id not in m.d2t]
     removed = [n for n in t.nodes.values() if n.id not in m.t2d]

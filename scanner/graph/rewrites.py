@@ -196,6 +196,8 @@ def normalize(g: CanonicalGraph) -> None:
         g.index()
         _fold_constants(ed)
         g.index()
+        _part_forms(ed)
+        g.index()
         _slices(ed)
         g.index()
         _pads(ed)
@@ -212,6 +214,14 @@ def normalize(g: CanonicalGraph) -> None:
 
 
 # ------------------------------------------------------------------------- passes
+
+
+def _part_forms(ed: _Editor) -> None:
+    from scanner.graph.slicing import gather_to_slice, normalize_slice_bounds, split_to_slices
+
+    split_to_slices(ed)
+    gather_to_slice(ed)
+    normalize_slice_bounds(ed)
 
 
 def _opset_forms(ed: _Editor) -> None:
@@ -244,7 +254,7 @@ def _opset_forms(ed: _Editor) -> None:
 def _aliases(ed: _Editor) -> None:
     g = ed.g
     for n in list(g.nodes.values()):
-        src_type = g.elem_types.get(n.inputs[0]) if not n.scope and n.inputs else None
+        src_type = g.elem_types.get(n.inputs[0]) if n.inputs else None
         if src_type is None and n.inputs and n.inputs[0] in g.producer:
             src_type = _FIXED_OUTPUT_TYPE.get(g.nodes[g.producer[n.inputs[0]]].op)
         redundant_cast = n.op == "Cast" and src_type is not None and src_type == n.attrs.get("to")
