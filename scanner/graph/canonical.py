@@ -206,12 +206,17 @@ class _Builder:
         self.bodies: dict[str, Body] = {}
         self.keys: set[str] = set()
         self.next_id = 0
+        self.declared_only = False
+        """Shape inference failed: only graph inputs and initializers say types."""
         self.elem_types: dict[str, int] = {}
         self.shapes: dict[str, tuple[int | None, ...]] = {}
 
     def record_types(self, graph: onnx.GraphProto, local: dict[str, str], scope: str) -> None:
         """Element types and static shapes the graph declares or shape inference found."""
-        for vi in (*graph.input, *graph.value_info, *graph.output):
+        infos = [*graph.input]
+        if not self.declared_only:
+            infos += [*graph.value_info, *graph.output]
+        for vi in infos:
             tid = local.get(vi.name, None if scope else vi.name)
             if tid is None or not vi.type.HasField("tensor_type"):
                 continue
@@ -354,14 +359,44 @@ def _unused_stored(g: CanonicalGraph) -> set[str]:
     }
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+def _all_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _all_graphs(sub)
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """``model`` with ONNX shape inference's value_info in every graph (the model itself
     when inference fails: types and shapes are conveniences, without them redundant Casts
-    stay nodes and Splits stay Splits)."""
+    stay nodes and Splits stay Splits): ``None`` then.
+
+    Declared intermediate shapes (``value_info``) and output shapes are set aside while
+    inferring: the runtime checks neither, so a file could declare a dimension its
+    operators never produce, and rewrites that rely on a length must not take its word.
+    Graph inputs keep their declared shapes: the runtime rejects inputs that differ."""
+    saved: list[tuple[onnx.GraphProto, list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]]
+    saved = []
+    for graph in _all_graphs(model.graph):
+        outs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in graph.output]
+        saved.append((graph, list(graph.value_info), outs))
+        del graph.value_info[:]
+        for o in graph.output:
+            if o.type.HasField("tensor_type"):
+                o.type.tensor_type.ClearField("shape")
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
-        return model
+        return None
+    finally:
+        for graph, value_info, outs in saved:
+            graph.value_info.extend(value_info)
+            for o, kept in zip(graph.output, outs, strict=True):
+                o.CopyFrom(kept)
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -380,8 +415,10 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 def canonicalize(model: onnx.ModelProto, loader: ValueLoader | None = None) -> CanonicalGraph:
     """The canonical form of ``model`` with hashes computed. ``loader(key)`` returns the
     values of a tensor stored as external data (``None`` when unavailable)."""
-    model = _inferred(model)
+    inferred = _inferred(model)
     b = _Builder(model, loader)
+    b.declared_only = inferred is None
+    model = inferred if inferred is not None else model
     b.walk(model.graph, "", {}, None)
     for fn in model.functions:
         scope = f"function:{fn.domain}:{fn.name}"
@@ -431,7 +468,8 @@ def _schema_defaults(op: str) -> dict[str, str]:
     try:
         schema = onnx.defs.get_schema(op_type, domain=domain)
     except Exception:
-        return {}
+        base = CONTRIB_BASE.get(op)
+        return _schema_defaults(base) if base else {}
     out = {}
     for name, attr in schema.attributes.items():
         if attr.default_value is not None and attr.default_value.type != 0:
@@ -450,6 +488,19 @@ def _attr_text(value: Any) -> str:
         return "[" + ",".join(_attr_text(v) for v in value) + "]"
     return str(value)
 
+
+CONTRIB_BASE = {
+    "com.microsoft::DynamicQuantizeLSTM": "LSTM",
+    "com.microsoft::FusedConv": "Conv",
+    "com.microsoft::NhwcConv": "Conv",
+    "com.microsoft::FusedGemm": "Gemm",
+    "com.microsoft::QLinearConv": "QLinearConv",
+    "com.microsoft.nchwc::Conv": "Conv",
+    "com.microsoft.nchwc::MaxPool": "MaxPool",
+    "com.microsoft.nchwc::AveragePool": "AveragePool",
+}
+"""ONNX Runtime operators whose schema is not in the ``onnx`` package, and the standard
+operator whose attribute defaults they share (ONNX Runtime writes some defaults out)."""
 
 COMMUTATIVE = {"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Xor", "Equal", "Mean"}
 IGNORED_ATTRS = {"Conv": {"kernel_shape"}, "ConvTranspose": {"kernel_shape"}}

@@ -89,6 +89,10 @@ class _Editor:
         self.counts: Counter[str] = Counter()
         self.next_id = max(g.nodes, default=-1) + 1
         self.next_tensor = 0
+        from scanner.graph.shapes import ShapeOracle
+
+        self.shapes = ShapeOracle(g)
+        """Static shapes; rewrites keep every tensor's shape, so entries stay valid."""
 
     def fresh(self, scope: str, hint: str) -> str:
         self.next_tensor += 1
@@ -187,14 +191,21 @@ def normalize(g: CanonicalGraph) -> None:
     g.index()
     _opset_forms(ed)
     _aliases(ed)
+    from scanner.graph.nchwc import unblock_nchwc
+
+    unblock_nchwc(ed)
+    g.index()
     for _ in range(6):
         before = sum(ed.counts.values())
+        ed.shapes.reset()
         g.index()
         _unfuse(ed)
         g.index()
         _div_to_mul(ed)
         g.index()
         _fold_constants(ed)
+        g.index()
+        _simplify(ed)
         g.index()
         _part_forms(ed)
         g.index()
@@ -214,6 +225,18 @@ def normalize(g: CanonicalGraph) -> None:
 
 
 # ------------------------------------------------------------------------- passes
+
+
+def _simplify(ed: _Editor) -> None:
+    from scanner.graph import simplify
+    from scanner.graph.transposes import sink_transposes
+
+    simplify.drop_neutral_operands(ed)
+    simplify.fold_known_shapes(ed)
+    simplify.reshape_inferred_dimension(ed)
+    sink_transposes(ed)
+    simplify.eliminate_common_subexpressions(ed)
+    simplify.remove_dead_nodes(ed)
 
 
 def _part_forms(ed: _Editor) -> None:

@@ -30,10 +30,7 @@ from scanner.graph.rewrites import _INT64_MAX, _Editor, _set_slice, _slice_param
 
 def _axis_length(ed: _Editor, tensor: str, axis: int) -> tuple[int | None, int | None]:
     """``(positive axis, static length)`` of ``tensor`` along ``axis`` (``None`` unknown)."""
-    shape = ed.g.shapes.get(tensor)
-    if shape is None:
-        c = ed.g.consts.get(tensor)
-        shape = c.shape if c is not None else None
+    shape = ed.shapes.shape(tensor)
     if axis < 0:
         if shape is None:
             return None, None
