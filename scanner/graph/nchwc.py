@@ -67,6 +67,9 @@ _CHANNEL_PRESERVING = {
     "Resize",
     "Upsample",
     "BatchNormalization",
+    "com.microsoft::QuickGelu",
+    "com.microsoft::Gelu",
+    "com.microsoft::FastGelu",
     *_ELEMENTWISE,
 }
 _POOLS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
@@ -94,6 +97,11 @@ class _State:
     demand: dict[str, int] = field(default_factory=dict)
     sandwiches: dict[int, _Sandwich] = field(default_factory=dict)
     """By the id of the outer Reshape."""
+    followers: dict[int, str] = field(default_factory=dict)
+    """Layout-agnostic readers of blocked tensors (``unary``: elementwise on one blocked
+    tensor and scalars; ``concat``: channel concatenation), by node id."""
+    padded: dict[str, int] = field(default_factory=dict)
+    """Stored (padded) channel count of each blocked tensor."""
 
 
 def unblock_nchwc(ed: _Editor) -> None:
@@ -123,9 +131,13 @@ def _unblock_scope(ed: _Editor, scope: str) -> None:
             if sw is not None:
                 st.sandwiches[n.id] = sw
                 blocked.add(n.outputs[0])
+        elif _follower(ed, n, blocked):
+            st.followers[n.id] = "concat" if n.op == "Concat" else "unary"
+            blocked.add(n.outputs[0])
     inner_ids = {r.id for sw in st.sandwiches.values() for r in sw.inner} | {
         sw.op.id for sw in st.sandwiches.values()
     }
+    inner_ids |= set(st.followers)
     for b in blocked:
         if b in g.outputs:
             raise _Abort
@@ -134,6 +146,7 @@ def _unblock_scope(ed: _Editor, scope: str) -> None:
             if not c.op.startswith(NCHWC) and cid not in inner_ids:
                 raise _Abort  # a reader that sees the blocked layout itself
     st.block = _block_size(ed, order, st)
+    _paddings(ed, order, st)
     _demands(ed, order, st)
     plan: list[tuple[Node, str]] = []
     for n in order:
@@ -141,6 +154,8 @@ def _unblock_scope(ed: _Editor, scope: str) -> None:
             plan.append((n, n.op[len(NCHWC) :]))
         elif n.id in st.sandwiches:
             plan.append((n, "sandwich"))
+        elif n.id in st.followers:
+            plan.append((n, st.followers[n.id]))
     # Check everything before the first edit: the rewrite is all or nothing.
     checked = [(n, kind, _check(ed, n, kind, st)) for n, kind in plan]
     removed: list[Node] = []
@@ -158,6 +173,46 @@ def _unblock_scope(ed: _Editor, scope: str) -> None:
 
 
 # ------------------------------------------------------------------------ analysis
+
+_AGNOSTIC = {
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Clip",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Elu",
+    "Softplus",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Erf",
+    "Sqrt",
+    "com.microsoft::QuickGelu",
+    "com.microsoft::Gelu",
+    "com.microsoft::FastGelu",
+    *_ELEMENTWISE,
+}
+"""Operators that compute each element from the same element of one tensor (and scalar
+constants): applied to a blocked tensor they give the blocked result."""
+
+
+def _follower(ed: _Editor, n: Node, blocked: set[str]) -> bool:
+    g = ed.g
+    if len(n.outputs) != 1 or not n.inputs:
+        return False
+    if n.op == "Concat":
+        return int(n.attrs.get("axis", 0)) in (1, -3) and all(i in blocked for i in n.inputs)
+    if n.op not in _AGNOSTIC or n.inputs[0] not in blocked:
+        return False
+    for i in n.inputs[1:]:
+        if not i:
+            continue
+        c = g.consts.get(i)
+        if c is None or c.numel != 1:
+            return False
+    return len(n.inputs) == 1 or n.op not in _ELEMENTWISE or n.inputs[1] in g.consts
 
 
 def _const_ints(ed: _Editor, tensor: str) -> list[int] | None:
@@ -246,8 +301,8 @@ def _block_size(ed: _Editor, order: list[Node], st: _State) -> int:
             candidates = [b for b in candidates if w.shape[0] % b == 0]
             if _is_blocked_input(ed, n, st) and not _depthwise(n, w.shape):
                 candidates = [b for b in candidates if w.shape[1] % b == 0]
-                src = _reorder_input_source(ed, n.inputs[0])
-                c = _nchw_channels(ed, src, st) if src else None
+                src = _reorder_input_of(ed, n.inputs[0])
+                c = _reorder_input_channels(ed, src, st) if src is not None else None
                 if c:
                     candidates = [b for b in candidates if _roundup(c, b) == w.shape[1]]
         elif n.op == NCHWC + "ReorderOutput":
@@ -263,10 +318,18 @@ def _block_size(ed: _Editor, order: list[Node], st: _State) -> int:
     return max(candidates)
 
 
-def _reorder_input_source(ed: _Editor, blocked: str) -> str | None:
+def _reorder_input_channels(ed: _Editor, n: Node, st: _State) -> int | None:
+    """Real channel count of a ReorderInput's input (NCHW, or NHWC with channels_last)."""
+    if int(n.attrs.get("channels_last", 0)):
+        shape = ed.shapes.shape(n.inputs[0])
+        return shape[-1] if shape is not None and len(shape) == 4 else None
+    return _nchw_channels(ed, n.inputs[0], st)
+
+
+def _reorder_input_of(ed: _Editor, blocked: str) -> Node | None:
     pid = ed.g.producer.get(blocked)
     p = ed.g.nodes.get(pid) if pid is not None else None
-    return p.inputs[0] if p is not None and p.op == NCHWC + "ReorderInput" else None
+    return p if p is not None and p.op == NCHWC + "ReorderInput" else None
 
 
 def _is_blocked_input(ed: _Editor, n: Node, st: _State) -> bool:
@@ -274,7 +337,9 @@ def _is_blocked_input(ed: _Editor, n: Node, st: _State) -> bool:
     if pid is None:
         return False
     p = ed.g.nodes[pid]
-    return (p.op.startswith(NCHWC) and p.op != NCHWC + "ReorderOutput") or pid in st.sandwiches
+    if p.op.startswith(NCHWC):
+        return p.op != NCHWC + "ReorderOutput"
+    return pid in st.sandwiches or pid in st.followers
 
 
 def _depthwise(n: Node, wshape: tuple[int, ...]) -> bool:
@@ -299,6 +364,27 @@ def _filter(ed: _Editor, n: Node, st: _State) -> np.ndarray:
     return np.ascontiguousarray(mem.transpose(0, 4, 1, 2, 3).reshape(o, i, kh, kw))
 
 
+def _paddings(ed: _Editor, order: list[Node], st: _State) -> None:
+    """The stored channel count of every blocked tensor."""
+    g = ed.g
+    for n in order:
+        out = n.outputs[0] if n.outputs else ""
+        kind = n.op[len(NCHWC) :] if n.op.startswith(NCHWC) else ""
+        if kind == "ReorderInput":
+            c = _reorder_input_channels(ed, n, st)
+            if not c:
+                raise _Abort
+            st.padded[out] = _roundup(c, st.block)
+        elif kind == "Conv":
+            st.padded[out] = g.consts[n.inputs[1]].shape[0]
+        elif kind in _POOLS or st.followers.get(n.id) == "unary":
+            st.padded[out] = st.padded[n.inputs[0]]
+        elif n.id in st.sandwiches:
+            st.padded[out] = st.padded[st.sandwiches[n.id].blocked_inputs[0]]
+        elif st.followers.get(n.id) == "concat":
+            st.padded[out] = sum(st.padded[i] for i in n.inputs)
+
+
 def _demands(ed: _Editor, order: list[Node], st: _State) -> None:
     """How many leading channels of each blocked tensor some reader uses."""
     for n in reversed(order):
@@ -321,6 +407,16 @@ def _demands(ed: _Editor, order: list[Node], st: _State) -> None:
             sw = st.sandwiches[n.id]
             for b in sw.blocked_inputs:
                 _need(st, b, st.demand.get(out, 0))
+        elif st.followers.get(n.id) == "unary":
+            _need(st, n.inputs[0], st.demand.get(out, 0))
+        elif st.followers.get(n.id) == "concat":
+            # a blocked concatenation only lines up when every part but the last fills
+            # its blocks: those parts are read whole
+            offset = 0
+            for i in n.inputs[:-1]:
+                _need(st, i, st.padded[i])
+                offset += st.padded[i]
+            _need(st, n.inputs[-1], max(st.demand.get(out, 0) - offset, 1))
 
 
 def _need(st: _State, blocked: str, channels: int) -> None:
@@ -345,13 +441,13 @@ def _check(ed: _Editor, n: Node, kind: str, st: _State) -> object:
     """Validate one operator and compute what its logical form needs; raises _Abort."""
     out = n.outputs[0] if n.outputs else ""
     if kind == "ReorderInput":
-        if int(n.attrs.get("channels_last", 0)):
-            raise _Abort
-        c = _nchw_channels(ed, n.inputs[0], st)
+        c = _reorder_input_channels(ed, n, st)
         if not c:
             raise _Abort
-        st.logical[out], st.channels[out] = n.inputs[0], c
-        return None
+        nhwc = bool(int(n.attrs.get("channels_last", 0)))
+        st.logical[out] = out + "~logical" if nhwc else n.inputs[0]
+        st.channels[out] = c
+        return nhwc
     if kind == "ReorderOutput":
         c = int(n.attrs.get("channels", 0))
         if int(n.attrs.get("channels_last", 0)) or n.inputs[0] not in st.channels:
@@ -365,6 +461,19 @@ def _check(ed: _Editor, n: Node, kind: str, st: _State) -> object:
         if n.inputs[0] not in st.channels:
             raise _Abort
         st.logical[out], st.channels[out] = out + "~logical", st.channels[n.inputs[0]]
+        return None
+    if kind == "unary":
+        if n.inputs[0] not in st.channels:
+            raise _Abort
+        st.logical[out], st.channels[out] = out + "~logical", st.channels[n.inputs[0]]
+        return None
+    if kind == "concat":
+        counts = [st.channels.get(i) for i in n.inputs]
+        if any(c is None for c in counts):
+            raise _Abort
+        if any(st.channels[i] != st.padded[i] for i in n.inputs[:-1]):
+            raise _Abort  # a padded part in the middle: not a concatenation of channels
+        st.logical[out], st.channels[out] = out + "~logical", sum(counts)  # type: ignore[arg-type]
         return None
     if kind == "sandwich":
         sw = st.sandwiches[n.id]
@@ -435,7 +544,9 @@ def _first_channels(ed: _Editor, like: Node, x: str, have: int, want: int) -> st
 def _apply(ed: _Editor, n: Node, kind: str, spec: object, st: _State) -> None:
     out = n.outputs[0]
     if kind == "ReorderInput":
-        return  # its logical tensor is its input
+        if spec:  # NHWC input: the logical tensor is its NCHW transpose
+            ed.node(n, "Transpose", [n.inputs[0]], [st.logical[out]], {"perm": [0, 3, 1, 2]})
+        return  # otherwise its logical tensor is its input
     if kind == "ReorderOutput":
         src = n.inputs[0]
         x = _first_channels(ed, n, st.logical[src], st.channels[src], int(spec))  # type: ignore[call-overload]
@@ -477,6 +588,14 @@ def _apply(ed: _Editor, n: Node, kind: str, spec: object, st: _State) -> None:
         return
     if kind in _POOLS:
         ed.node(n, kind, [st.logical[n.inputs[0]]], [st.logical[out]], dict(n.attrs))
+        return
+    if kind == "unary":
+        ins = [st.logical[n.inputs[0]], *n.inputs[1:]]
+        ed.node(n, n.op, ins, [st.logical[out]], dict(n.attrs))
+        return
+    if kind == "concat":
+        ins = [st.logical[i] for i in n.inputs]
+        ed.node(n, "Concat", ins, [st.logical[out]], {"axis": 1})
         return
     if kind == "sandwich":
         sw = st.sandwiches[n.id]

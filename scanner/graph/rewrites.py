@@ -201,6 +201,8 @@ def normalize(g: CanonicalGraph) -> None:
         g.index()
         _unfuse(ed)
         g.index()
+        _expand_contrib(ed)
+        g.index()
         _div_to_mul(ed)
         g.index()
         _fold_constants(ed)
@@ -225,6 +227,12 @@ def normalize(g: CanonicalGraph) -> None:
 
 
 # ------------------------------------------------------------------------- passes
+
+
+def _expand_contrib(ed: _Editor) -> None:
+    from scanner.graph.expand import expand_contrib_ops
+
+    expand_contrib_ops(ed)
 
 
 def _simplify(ed: _Editor) -> None:
@@ -349,19 +357,12 @@ def _unfuse(ed: _Editor) -> None:
             a, b = n.inputs[0], n.inputs[1]
             ta, tb = int(n.attrs.get("transA", 0)), int(n.attrs.get("transB", 0))
             alpha = float(n.attrs.get("alpha", 1.0))
-            if ta or int(n.attrs.get("transBatchA", 0)) or int(n.attrs.get("transBatchB", 0)):
+            if int(n.attrs.get("transBatchA", 0)) or int(n.attrs.get("transBatchB", 0)):
                 continue
-            if tb:
-                bv = ed.cval(b)
-                if bv is None:
-                    continue
-                b = ed.const(
-                    n.scope,
-                    np.swapaxes(bv, -1, -2),
-                    ed.csrc(b),
-                    "transpose",
-                    _moved_atol(ed.catol(b), bv.shape, lambda x: np.swapaxes(x, -1, -2)),
-                )
+            a = _swap_last_axes(ed, n, a) if ta else a
+            b = _swap_last_axes(ed, n, b) if tb else b
+            if a is None or b is None:
+                continue
             out = n.outputs[0]
             if alpha != 1.0:
                 mm = ed.node(n, "MatMul", [a, b])
@@ -407,6 +408,25 @@ def _unfuse(ed: _Editor) -> None:
             _layer_norm(ed, ln, x, n.outputs[0])
             ed.remove(n)
             ed.counts["split SkipLayerNormalization"] += 1
+
+
+def _swap_last_axes(ed: _Editor, like: Node, x: str) -> str | None:
+    """``x`` with its last two axes swapped: a transposed constant, or a Transpose node
+    where the rank is known (``None`` otherwise)."""
+    v = ed.cval(x)
+    if v is not None:
+        return ed.const(
+            like.scope,
+            np.swapaxes(v, -1, -2),
+            ed.csrc(x),
+            "transpose",
+            _moved_atol(ed.catol(x), v.shape, lambda a: np.swapaxes(a, -1, -2)),
+        )
+    rank = ed.shapes.rank(x)
+    if rank is None or rank < 2:
+        return None
+    perm = [*range(rank - 2), rank - 1, rank - 2]
+    return ed.node(like, "Transpose", [x], None, {"perm": perm}, "/trans").outputs[0]
 
 
 def _div_to_mul(ed: _Editor) -> None:
