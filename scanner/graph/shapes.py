@@ -153,6 +153,21 @@ class ShapeOracle:
             return (len(range(r)[slice(start, end)]),)
         if op == "Size":
             return ()
+        if op.startswith("Reduce"):
+            x = sub(n.inputs[0])
+            if x is None:
+                return None
+            axes = _ints(g, n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
+            if axes is None:
+                if len(n.inputs) > 1 and n.inputs[1]:
+                    return None  # computed axes
+                if int(n.attrs.get("noop_with_empty_axes", 0)):
+                    return x
+                axes = list(range(len(x)))
+            drop = {a % len(x) for a in axes} if x else set()
+            if int(n.attrs.get("keepdims", 1)):
+                return tuple(1 if i in drop else d for i, d in enumerate(x))
+            return tuple(d for i, d in enumerate(x) if i not in drop)
         if op == "Transpose":
             x = sub(n.inputs[0])
             perm = n.attrs.get("perm")
