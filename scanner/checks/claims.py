@@ -222,7 +222,10 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
             findings.append(
                 finding(
                     INFERRED,
-                    f"inferred {o.claim}: verified on {len(o.verdicts)} tensors",
+                    f"inferred {o.claim}: verified on {len(o.verdicts)} tensors"
+                    if o.holds
+                    else f"inferred {o.claim}: fails on {sum(not v.ok for v in o.verdicts)} "
+                    f"of {len(o.verdicts)} tensors",
                     evidence={**_summary(o), "class": _class_of(o)},
                 )
             )

@@ -17,8 +17,9 @@ from scanner.artifact import Artifact
 from scanner.checks.pair import GRAPH_CHANGED
 from scanner.diff.engine import Analysis, Analyzer, PairContext
 from scanner.findings import Finding, Location, Severity
-from scanner.graph.canonical import CanonicalGraph, canonicalize
-from scanner.graph.diff import GraphDiff, Region, diff_graphs
+from scanner.graph.canonical import CanonicalGraph
+from scanner.graph.diff import GraphDiff, Region
+from scanner.graph.of_artifact import canonical_of, graph_diff_of
 from scanner.graph.single import find_footprints
 from scanner.graph.tree import render_region
 from scanner.rulebook import define_rule, finding
@@ -137,29 +138,49 @@ PARAMETER_FREE_PATH = define_rule(
     references=("THREATS.md section 2",),
 )
 
+GRAPH_ALONE = define_rule(
+    "MS509",
+    "graph-judged-alone",
+    Severity.INFO,
+    "Only one artifact has a graph: judged on its own",
+    checks="One side is weights only (safetensors, PyTorch, GGUF), the other an ONNX graph. "
+    "The graph is checked on its own (trigger comparisons, side branches, parameter-free "
+    "paths); its stored constants that serve as structure (shapes, axes, scalars, slice "
+    "bounds, integer tensors) are explained as graph structure; its parameters must each "
+    "come from a weight of the other side (the convert claim pairs them).",
+    why="Exporters add hundreds of shape and scalar constants that have no counterpart in a "
+    "state dict; they are not weights added, but what the graph is made of, and only the "
+    "single-graph checks can judge them.",
+    example="only the deployed artifact has a graph (121 nodes): no backdoor footprints; "
+    "160 stored constants are structure.",
+    fix="Nothing when the conversion is expected; a footprint is reported with its own rule.",
+    references=("docs/graph.md", "docs/claims.md"),
+)
+NOT_SHOWN_EQUIVALENT = define_rule(
+    "MS510",
+    "graph-equivalence-not-shown",
+    Severity.HIGH,
+    "Could not show the graphs compute the same",
+    checks="After both graphs are brought to the canonical form (exporter and optimizer "
+    "rewrites undone, fused operators expanded, constants folded), structure remains on "
+    "one side that nothing on the other side is proven to compute: unmatched regions, or "
+    "regions matched only by their boundary. The finding lists what differs and, with "
+    "--probe, how the two models behave on probe inputs.",
+    why="Two exporters can write the same model differently, but a difference that is not "
+    "proven benign is also where a backdoor would sit. Probes are evidence, never proof: a "
+    "trigger does not fire on random inputs.",
+    example="could not show equivalence: 2 trusted regions (If, Squeeze) and 3 deployed "
+    "regions (Gemm, Split, Sigmoid) differ; probe: identical on 24 probes.",
+    fix="Compare against an artifact made by the same exporter, or review the listed "
+    "regions; allow the pair explicitly if the difference is intended.",
+    references=("docs/graph.md",),
+)
+
 _FOOTPRINT_RULES = {
     "trigger-comparison": TRIGGER_COMPARISON,
     "side-branch": SIDE_BRANCH,
     "parameter-free-path": PARAMETER_FREE_PATH,
 }
-
-
-def _loader(artifact: Artifact) -> Any:
-    def load(key: str) -> np.ndarray | None:
-        if key not in artifact.tensors:
-            return None
-        try:
-            return np.array(artifact.array(key))
-        except Exception:  # an unreadable tensor only costs the numeric verification
-            return None
-
-    return load
-
-
-def canonical_of(artifact: Artifact) -> CanonicalGraph | None:
-    if artifact.graph is None or artifact.graph.model is None:
-        return None
-    return canonicalize(artifact.graph.model, _loader(artifact))
 
 
 def _locs(region: Region, side: str) -> list[Location]:
@@ -171,12 +192,8 @@ def analyze_graph(ctx: PairContext) -> Analysis:
     if t is None and d is None:
         return Analysis()
     if t is None or d is None:
-        side = "deployed" if t is None else "trusted"
-        return Analysis(
-            findings=(finding(GRAPH_CHANGED, f"only the {side} artifact has a graph"),),
-            classification="graph change",
-        )
-    gd = diff_graphs(t, d)
+        return _graph_alone(ctx, d if t is None else t, "deployed" if t is None else "trusted")
+    gd = graph_diff_of(ctx.trusted, ctx.deployed)
     findings = list(_diff_findings(gd, t, d))
     evidence: dict[str, Any] = {
         "nodes": {"trusted": gd.n_trusted, "deployed": gd.n_deployed, "matched": gd.n_matched},
@@ -201,6 +218,53 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         explained=explained,
         classification=classification,
         evidence=evidence,
+    )
+
+
+def _footprint_findings(g: CanonicalGraph, side: str | None = None) -> Iterable[Finding]:
+    for fp in find_footprints(g):
+        yield finding(
+            _FOOTPRINT_RULES[fp.kind],
+            fp.detail,
+            [Location(artifact=side, node=n) for n in fp.nodes[:20]],
+            evidence={
+                "nodes": list(fp.nodes[:100]),
+                "inputs": list(fp.inputs),
+                "merge_node": fp.merge_node,
+            },
+        )
+
+
+def _graph_alone(ctx: PairContext, g: CanonicalGraph, side: str) -> Analysis:
+    """One side has a graph, the other none: the graph is judged on its own."""
+    from scanner.claims.convert.roles import roles_in
+
+    art = ctx.deployed if side == "deployed" else ctx.trusted
+    footprints = list(_footprint_findings(g, side))
+    roles = roles_in(g, art)
+    structure = sorted(k for k, r in roles.items() if not r.parameter)
+    explained = (
+        {} if footprints else {k: "graph structure" for k in structure if k not in ctx.explained}
+    )
+    other = "trusted" if side == "deployed" else "deployed"
+    message = (
+        f"only the {side} artifact has a graph ({len(g.nodes)} nodes), the {other} is "
+        f"weights only: the graph was checked on its own: "
+        + (f"{len(footprints)} backdoor footprints" if footprints else "no backdoor footprints")
+        + f"; {len(structure)} stored constants are graph structure"
+        + ("" if footprints else " (explained as such)")
+    )
+    return Analysis(
+        findings=(
+            finding(
+                GRAPH_ALONE,
+                message,
+                evidence={"side": side, "structure": structure[:500], "nodes": len(g.nodes)},
+            ),
+            *footprints,
+        ),
+        explained=explained,
+        classification="graph change" if footprints else None,
     )
 
 
@@ -369,14 +433,4 @@ def check_graph_backdoors(artifact: Artifact) -> Iterable[Finding]:
     g = canonical_of(artifact)
     if g is None:
         return
-    for fp in find_footprints(g):
-        yield finding(
-            _FOOTPRINT_RULES[fp.kind],
-            fp.detail,
-            [Location(node=n) for n in fp.nodes[:20]],
-            evidence={
-                "nodes": list(fp.nodes[:100]),
-                "inputs": list(fp.inputs),
-                "merge_node": fp.merge_node,
-            },
-        )
+    yield from _footprint_findings(g)

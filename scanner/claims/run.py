@@ -103,6 +103,10 @@ def infer(
         tried.append(outcome)
         if outcome.holds and outcome.verdicts:
             held[family] = outcome
+        elif claim.kind == "convert" and trusted.format != deployed.format and outcome.verdicts:
+            # A container change is a conversion whatever else happened: what does not
+            # carry over is reported against it, tensor by tensor and row by row.
+            held[family] = outcome
     return tried, list(held.values())
 
 
