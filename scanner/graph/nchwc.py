@@ -274,9 +274,7 @@ def _nchw_channels(ed: _Editor, t: str, st: _State, depth: int = 0) -> int | Non
         return sum(parts) if all(parts) else None  # type: ignore[arg-type]
     if n.op in _CHANNEL_PRESERVING:
         found = [
-            _nchw_channels(ed, i, st, depth + 1)
-            for i in n.inputs[:2]
-            if i and i not in g.consts
+            _nchw_channels(ed, i, st, depth + 1) for i in n.inputs[:2] if i and i not in g.consts
         ]
         known = [c for c in found if c]
         return max(known) if known else None

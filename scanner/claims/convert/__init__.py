@@ -101,7 +101,7 @@ def check_convert(
                 f"elements changed, in {len(nm.rows)} rows {_rows_text(nm.rows)}",
                 stats={"kind": "changed", "layout": nm.how, "changed": nm.changed},
                 rows=nm.rows,
-                axis=0,
+                axis=nm.axis,
                 problem="changed",
             )
         )

@@ -193,8 +193,8 @@ def match_all(trusted: Side, deployed: Side) -> list[Match]:
     out: list[Match] = []
     out += _reshaped(trusted, deployed)
     out += _rearranged(trusted, deployed)
-    out += _concatenated(trusted, deployed, split=False)
-    out += _concatenated(deployed, trusted, split=True)
+    out += _concatenated(deployed, trusted, split=False)
+    out += _concatenated(trusted, deployed, split=True)
     return out
 
 
@@ -249,7 +249,7 @@ def _rearranged(t: Side, d: Side) -> list[Match]:
 
 def _concatenated(whole_side: Side, part_side: Side, *, split: bool) -> list[Match]:
     """Tensors of ``whole_side`` that are several tensors of ``part_side`` laid end to end
-    (``split``: the whole is trusted, the parts deployed)."""
+    (``split``: the whole is trusted, the parts deployed; otherwise the reverse)."""
     out = []
     for wn in list(whole_side.names):
         n = whole_side.numel(wn)
@@ -280,8 +280,7 @@ def _concatenated(whole_side: Side, part_side: Side, *, split: bool) -> list[Mat
                 if sum(bags[p] for p in combo) % (1 << 64) != want:
                     continue
                 parts = [
-                    (p, _options(part_side, p, whole_gate or part_side.gates.get(p)))
-                    for p in combo
+                    (p, _options(part_side, p, whole_gate or part_side.gates.get(p))) for p in combo
                 ]
                 for how_w, flat in _as_target(whole_side.array(wn)):
                     order = _tile(flat, parts)
@@ -326,8 +325,10 @@ class NearMatch:
     trusted: str
     deployed: str
     how: str
+    axis: int
+    """The deployed tensor's first axis longer than 1."""
     rows: tuple[int, ...]
-    """Indices along the deployed tensor's first axis holding changed elements."""
+    """Indices along ``axis`` holding changed elements."""
     changed: int
     total: int
 
@@ -354,13 +355,15 @@ def near_matches(t: Side, d: Side, threshold: float = 0.5) -> list[NearMatch]:
         if best is None:
             continue
         _, tn, how, same = best
-        rows = target.shape[0] if target.ndim else 1
-        bad = ~same.reshape(rows, -1).all(axis=1) if target.ndim else ~same
+        axis = next((i for i, n_i in enumerate(target.shape) if n_i > 1), 0)
+        lead = int(np.prod(target.shape[: axis + 1])) if target.ndim else 1
+        bad = ~same.reshape(lead, -1).all(axis=1)
         out.append(
             NearMatch(
                 tn,
                 dn,
                 how or "same layout",
+                axis,
                 tuple(int(r) for r in np.flatnonzero(bad)),
                 int((~same).sum()),
                 n,

@@ -66,8 +66,7 @@ def roles_in(g: CanonicalGraph, artifact: Artifact) -> dict[str, Role]:
                 if param and info is not None and info.dtype.name in _FLOAT:
                     parameter.add(key)
     return {
-        key: Role(tuple(sorted(readers.get(key, ()))), key in parameter)
-        for key in artifact.tensors
+        key: Role(tuple(sorted(readers.get(key, ()))), key in parameter) for key in artifact.tensors
     }
 
 
