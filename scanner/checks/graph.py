@@ -47,15 +47,17 @@ EQUIVALENT_REWRITE = define_rule(
     "Graph rewritten equivalently",
     checks="Structural differences that canonicalization explains: constant folding, "
     "Conv+BatchNormalization / Add / Mul fusion (fused weights recomputed and compared), "
-    "Gemm / FusedConv / FusedMatMul / LayerNorm / GELU fusion, Identity / Dropout removal, "
-    "quantize-dequantize pairs, dynamic quantization, renamed and reordered nodes, opset forms.",
+    "Gemm / FusedConv / FusedMatMul / LayerNorm / GELU / QuickGelu / FastGelu fusion, "
+    "NCHWc layout (ONNX Runtime layout level), Split / Gather / Slice forms, transposes "
+    "moved, common subexpressions, Identity / Dropout removal, quantize-dequantize pairs, "
+    "dynamic quantization, renamed and reordered nodes, opset forms.",
     why="Optimizers and quantizers rewrite graphs all the time; reporting them as changes "
     "would bury real ones. The evidence says which rewrites were found and how weights "
     "were verified.",
     example="folded BatchNormalization into Conv: 35; split FusedConv: 24; "
     "171 fused weights equal the recomputed ones (max rel. error 3e-7).",
-    fix="Nothing; informational. Regions matched only by boundary (fusions) are not "
-    "numerically proven: run with --probe to check behaviour.",
+    fix="Nothing; informational. Regions matched only by their boundary are not proven and "
+    "are reported as MS510.",
     references=("docs/graph.md",),
 )
 REWRITE_WEIGHTS = define_rule(
@@ -204,10 +206,17 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         f, probe_ev = _probe(ctx, t, d)
         findings.extend(f)
         evidence["probe"] = probe_ev
+    conditional = _conditional(t, d, gd)
+    if conditional is not None:
+        evidence["conditional"] = conditional
+    not_shown = _not_shown(gd, evidence.get("probe"), conditional)
+    if not_shown is not None:
+        findings.append(not_shown)
     serious = [f for f in findings if f.severity >= Severity.MEDIUM]
+    # Weights proven equal stay explained even when other structure differs: they are
+    # the same values, and the structure is reported on its own.
     explained = {k: v for k, v in gd.explained.items() if k not in ctx.explained}
     if serious:
-        explained = {}  # a graph that is not equivalent explains none of its tensors
         classification: str | None = "graph change"
     elif gd.identical and not any(c for c in gd.weight_checks if c.trusted != c.deployed):
         classification = None
@@ -218,6 +227,99 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         explained=explained,
         classification=classification,
         evidence=evidence,
+    )
+
+
+def _clean(gd: GraphDiff) -> bool:
+    return (
+        not [r for r in gd.regions]
+        and not gd.changed
+        and not gd.io_changes
+        and all(c.ok for c in gd.weight_checks)
+    )
+
+
+def _conditional(t: CanonicalGraph, d: CanonicalGraph, gd: GraphDiff) -> dict[str, Any] | None:
+    """Where the graphs differ by an If on an input only one of them reads: the branch
+    under which they are equivalent, if there is one."""
+    from scanner.graph.diff import diff_graphs
+    from scanner.graph.specialize import describe_condition, input_driven_ifs, specialized
+
+    if _clean(gd):
+        return None
+    reads = {
+        "trusted": {i for i in t.inputs if t.consumers.get(i)},
+        "deployed": {i for i in d.inputs if d.consumers.get(i)},
+    }
+    for side, g, other in (("trusted", t, d), ("deployed", d, t)):
+        other_side = "deployed" if side == "trusted" else "trusted"
+        for name in input_driven_ifs(g, reads[other_side]):
+            node = next(n for n in g.nodes.values() if n.name == name and n.op == "If")
+            condition = describe_condition(g, node.inputs[0])
+            for branch in (True, False):
+                h = specialized(g, name, branch)
+                if h is None:
+                    continue
+                gd2 = diff_graphs(h, other) if side == "trusted" else diff_graphs(other, h)
+                if _clean(gd2):
+                    return {
+                        "side": side,
+                        "node": name,
+                        "condition": condition,
+                        "holds_when": condition if branch else f"not ({condition})",
+                        "weights_verified": sum(1 for c in gd2.weight_checks if c.ok),
+                    }
+    return None
+
+
+def _not_shown(
+    gd: GraphDiff, probe: dict[str, Any] | None, conditional: dict[str, Any] | None = None
+) -> Finding | None:
+    """One statement that the graphs could not be shown to compute the same, with what
+    differs: regions nothing proves equivalent (unexplained, or paired only by their
+    boundary), changed nodes, interface changes. Injected branches and wrappers have
+    rules of their own."""
+    open_regions = [r for r in gd.regions if r.kind in ("unexplained", "fusion", "folding")]
+    if not open_regions and not gd.changed and not gd.io_changes:
+        return None
+    parts = []
+    for side, what in (("trusted", "trusted-only"), ("deployed", "deployed-only")):
+        rs = [r for r in open_regions if r.side == side]
+        if rs:
+            ops = sorted({op for r in rs for op in r.ops})
+            n = sum(len(r.nodes) for r in rs)
+            parts.append(f"{len(rs)} {what} regions ({n} nodes: {', '.join(ops[:8])})")
+    if gd.changed:
+        parts.append(f"{len(gd.changed)} matched nodes with other attributes or constants")
+    parts.extend(gd.io_changes)
+    boundary = [r for r in open_regions if r.kind in ("fusion", "folding")]
+    if boundary:
+        parts.append(f"{len(boundary)} regions paired only by their boundary (not proven)")
+    behaviour = ""
+    if probe:
+        n = probe.get("n_random", 0) + probe.get("n_structured", 0)
+        behaviour = f"; probe: {probe.get('verdict')} on {n} inputs (evidence, not proof)"
+    head = "could not show equivalence: "
+    if conditional is not None:
+        head = (
+            "could not show equivalence for every input: the graphs are equivalent when "
+            f"{conditional['holds_when']} (the {conditional['side']} If "
+            f"{conditional['node']!r} fixed to that branch), not otherwise: "
+        )
+    return finding(
+        NOT_SHOWN_EQUIVALENT,
+        head + "; ".join(parts) + behaviour,
+        [Location(artifact=r.side, node=r.nodes[0].name) for r in open_regions[:20] if r.nodes],
+        evidence={
+            "regions": [r.to_dict() for r in open_regions[:100]],
+            "changed": [
+                {"trusted": c.trusted.name, "deployed": c.deployed.name, "reason": c.reason}
+                for c in gd.changed[:100]
+            ],
+            "io": list(gd.io_changes),
+            "probe": probe,
+            "conditional": conditional,
+        },
     )
 
 
@@ -353,11 +455,6 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
             parts.append(
                 f"{len(quantized)} dequantized weights within half a quantization "
                 "step of the trusted ones (weight changes left to claim checks)"
-            )
-        if rewrites:
-            parts.append(
-                f"{len([r for r in rewrites if r.side == 'trusted'])} regions folded or fused "
-                "(boundary-matched, not numerically proven; use --probe)"
             )
         if unverified:
             parts.append(f"{len(unverified)} weights could not be read for verification")

@@ -236,10 +236,13 @@ def _expand_contrib(ed: _Editor) -> None:
 
 
 def _simplify(ed: _Editor) -> None:
-    from scanner.graph import simplify
+    from scanner.graph import control, simplify
     from scanner.graph.transposes import sink_transposes
 
+    control.inline_constant_ifs(ed)
+    control.fold_integer_zero_products(ed)
     simplify.drop_neutral_operands(ed)
+    simplify.cancel_squeeze_pairs(ed)
     simplify.fold_known_shapes(ed)
     simplify.reshape_inferred_dimension(ed)
     sink_transposes(ed)

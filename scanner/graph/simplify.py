@@ -251,3 +251,29 @@ def reshape_inferred_dimension(ed: _Editor) -> None:
         n.inputs = [n.inputs[0], ed.const(n.scope, np.concatenate(values), src, "reshape-infer")]
         ed.counts["Reshape dimension computed from shapes as -1"] += 1
     g.index()
+
+
+def cancel_squeeze_pairs(ed: _Editor) -> None:
+    """``Unsqueeze(Squeeze(y, a), a)`` is ``y`` (the Squeeze only succeeds when those axes
+    are 1) and ``Squeeze(Unsqueeze(x, a), a)`` is ``x``, for the same non-negative axes."""
+    g = ed.g
+    for n in list(g.nodes.values()):
+        if n.op not in ("Squeeze", "Unsqueeze") or len(n.inputs) != 2 or n.id not in g.nodes:
+            continue
+        pid = g.producer.get(n.inputs[0])
+        p = g.nodes.get(pid) if pid is not None else None
+        other = "Unsqueeze" if n.op == "Squeeze" else "Squeeze"
+        if p is None or p.op != other or len(p.inputs) != 2:
+            continue
+        a, b = ed.cval(n.inputs[1]), ed.cval(p.inputs[1])
+        if a is None or b is None or np.any(a < 0) or np.any(b < 0):
+            continue
+        if sorted(np.ravel(a).tolist()) != sorted(np.ravel(b).tolist()):
+            continue
+        if n.outputs[0] in g.outputs and p.inputs[0] in g.inputs:
+            continue
+        ed.remove(n)
+        ed.alias(n.outputs[0], p.inputs[0])
+        g.absorbed.update(ed.csrc(n.inputs[1]))
+        ed.counts[f"cancelled {other} -> {n.op}"] += 1
+        g.index()
