@@ -15,6 +15,7 @@ import onnx
 
 from scanner.graph.canonical import const_from_array
 from scanner.graph.rewrites import _Editor
+from scanner.graph.simplify import absorb_unread
 
 _INTEGER = {
     onnx.TensorProto.INT8,
@@ -58,6 +59,8 @@ def inline_constant_ifs(ed: _Editor) -> None:
         g.absorbed.update(ed.csrc(n.inputs[0]))
         ed.counts["inlined If with a constant condition"] += 1
         g.index()
+        # constants only the branch never taken read parametrized nothing that runs
+        absorb_unread(g)
 
 
 def fold_integer_zero_products(ed: _Editor) -> None:

@@ -530,8 +530,11 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     withheld -= trips - {k for c in checks if not c.ok for k in (*c.trusted, *c.deployed)}
     for key in sorted(trips):
         explained.setdefault(key, "equivalent rewrite")
-    for key in sorted(t.absorbed | d.absorbed):
-        explained.setdefault(key, "equivalent rewrite")
+    # A tensor some remaining node still reads (directly or through a derived value) is
+    # compared where it is read, never absorbed.
+    for g in (t, d):
+        for key in sorted(g.absorbed - _live_sources(g)):
+            explained.setdefault(key, "equivalent rewrite")
     for key in sorted(t.unused | d.unused):
         explained.setdefault(key, "unused by the graph")
     explained = {k: v for k, v in explained.items() if k not in withheld}
@@ -567,6 +570,11 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
         deployed_notes=tuple(d.notes),
         io_changes=tuple(io),
     )
+
+
+def _live_sources(g: CanonicalGraph) -> set[str]:
+    read = {i for n in g.nodes.values() for i in (*n.inputs, *n.free)}
+    return {key for tid, c in g.consts.items() if tid in read for key in c.sources}
 
 
 def _match(t: CanonicalGraph, d: CanonicalGraph) -> _Matcher:

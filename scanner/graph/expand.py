@@ -11,7 +11,9 @@ the same canonical form:
 * ``BiasAdd(x, bias, skip)`` = ``x + bias + skip``;
 * ``BiasSoftmax(x, bias)`` = ``Softmax(x + bias)`` on the last axis;
 * ``SimplifiedLayerNormalization`` / ``SkipSimplifiedLayerNormalization`` (RMSNorm) =
-  ``x / Sqrt(ReduceMean(x^2) + eps) * scale``.
+  ``x / Sqrt(ReduceMean(x^2) + eps) * scale``;
+* ``DynamicQuantizeMatMul(a, codes, scale, zp, bias)`` = ``MatMul(a, (codes - zp) *
+  scale) + bias``, the dequantized weight carrying its half-step bound.
 """
 
 from __future__ import annotations
@@ -115,7 +117,29 @@ def _skip_simplified_ln(ed: _Editor, n: Node) -> bool:
     return True
 
 
+def _dynamic_quantize_matmul(ed: _Editor, n: Node) -> bool:
+    """``DynamicQuantizeMatMul(A, B, b_scale, b_zp, bias)``: A quantized at run time,
+    times B dequantized, plus bias; written as the float MatMul with the dequantized
+    weight, the form dynamic quantization collapses to (``MatMulIntegerToFloat`` fused
+    by ONNX Runtime)."""
+    ins = n.inputs + [""] * (5 - len(n.inputs))
+    codes, scale = ed.cval(ins[1]), ed.cval(ins[2])
+    zp = ed.cval(ins[3]) if ins[3] else np.zeros(1, dtype=np.int8)
+    if codes is None or scale is None or zp is None:
+        return False
+    scale32 = scale.astype(np.float32)
+    w = (codes.astype(np.float32) - zp.astype(np.float32)) * scale32
+    srcs = ed.csrc(*(t for t in ins[1:4] if t))
+    wt = ed.const(n.scope, w.astype(np.float32), srcs, "dequantized", 0.5 * np.abs(scale32))
+    has_bias = bool(ins[4])
+    y = ed.node(n, "MatMul", [ins[0], wt], None if has_bias else n.outputs[:1])
+    if has_bias:
+        ed.node(n, "Add", [y.outputs[0], ins[4]], n.outputs[:1])
+    return True
+
+
 _EXPANSIONS = {
+    "DynamicQuantizeMatMul": _dynamic_quantize_matmul,
     "QuickGelu": _quick_gelu,
     "FastGelu": _fast_gelu,
     "BiasAdd": _bias_add,

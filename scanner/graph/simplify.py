@@ -149,6 +149,23 @@ def rank_at_least(ed: _Editor, tensor: str, depth: int = 0) -> int:
     return 0
 
 
+def absorb_unread(g: object) -> None:
+    """Stored tensors that no remaining node reads, directly or through a value derived
+    from them, parametrized only structure a proven rewrite removed: absorbed. A tensor
+    still feeding a derived value stays (its values are still compared)."""
+    from scanner.graph.canonical import CanonicalGraph
+
+    assert isinstance(g, CanonicalGraph)
+    read = {i for n in g.nodes.values() for i in (*n.inputs, *n.free)}
+    read.update(g.outputs)
+    for b in g.bodies.values():
+        read.update(b.outputs)
+    live = {key for tid, c in g.consts.items() if tid in read for key in c.sources}
+    for tid, c in g.consts.items():
+        if tid not in read:
+            g.absorbed.update(k for k in c.sources if k not in live)
+
+
 def eliminate_common_subexpressions(ed: _Editor) -> None:
     """Two nodes of one scope with the same operator, attributes and inputs compute the
     same value (ONNX operators are functions of their inputs; random ones excepted).
@@ -160,7 +177,6 @@ def eliminate_common_subexpressions(ed: _Editor) -> None:
     g = ed.g
     scopes = {n.scope for n in g.nodes.values()}
     merged = 0
-    dropped: set[str] = set()
     for scope in sorted(scopes):
         seen: dict[tuple[object, ...], Node] = {}
         for n in topo_order(g, scope):
@@ -181,13 +197,11 @@ def eliminate_common_subexpressions(ed: _Editor) -> None:
                 if mine:
                     ed.alias(mine, theirs)
             ed.remove(n)
-            dropped.update(i for i in n.inputs if i in g.consts)
             merged += 1
     if merged:
         ed.counts["merged identical nodes"] += merged
-        read = {i for m in g.nodes.values() for i in (*m.inputs, *m.free)}
         # constants of a node proven equal to a kept one (equal by value when small)
-        g.absorbed.update(ed.csrc(*(t for t in dropped if t not in read)))
+        absorb_unread(g)
     g.index()
 
 
@@ -214,10 +228,7 @@ def remove_dead_nodes(ed: _Editor) -> None:
         removed += len(dead)
     if removed:
         g.index()
-        read = {i for n in g.nodes.values() for i in (*n.inputs, *n.free)}
-        for tid, c in g.consts.items():
-            if tid not in read:
-                g.absorbed.update(c.sources)
+        absorb_unread(g)
         ed.counts["removed nodes nothing reads"] += removed
 
 
