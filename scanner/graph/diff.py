@@ -785,6 +785,14 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
             kind, reason = "pre-processing", "re-routes graph inputs into the original stem"
         elif not reads and on_outputs and taps_outputs and not (ops & SELECTION_OPS):
             kind, reason = "post-processing", "reads only the original outputs"
+        elif reads and writes and not writes_inputs and _replaces_readers(m, reads):
+            # every trusted reader of those inputs is gone too: the region takes the
+            # place of original structure (a rewrite nothing proves), it adds no branch
+            kind = "unexplained"
+            reason = (
+                f"replaces the trusted structure that read {', '.join(reads)} (not proven "
+                "equivalent)"
+            )
         elif reads and writes and not writes_inputs:
             second = [i for i in reads if any(c not in ids for c, _ in d.consumers.get(i, ()))]
             trig = sorted(ops & SELECTION_OPS)
@@ -809,6 +817,15 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
             reason=reason,
         )
     del t_inputs_readers
+
+
+def _replaces_readers(m: _Matcher, reads: tuple[str, ...]) -> bool:
+    """Whether every trusted node reading these graph inputs is unmatched."""
+    for i in reads:
+        readers = [c for c, _ in m.t.consumers.get(i, ())]
+        if not readers or any(c in m.t2d for c in readers):
+            return False
+    return True
 
 
 def _stands_for(m: _Matcher, o: str) -> list[str]:
