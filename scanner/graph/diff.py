@@ -786,8 +786,8 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
         elif not reads and on_outputs and taps_outputs and not (ops & SELECTION_OPS):
             kind, reason = "post-processing", "reads only the original outputs"
         elif reads and writes and not writes_inputs and _replaces_readers(m, reads):
-            # every trusted reader of those inputs is gone too: the region takes the
-            # place of original structure (a rewrite nothing proves), it adds no branch
+            # trusted readers of those inputs are gone too: the region takes the place of
+            # original structure (a rewrite nothing proves), it adds no branch beside it
             kind = "unexplained"
             reason = (
                 f"replaces the trusted structure that read {', '.join(reads)} (not proven "
@@ -820,10 +820,12 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
 
 
 def _replaces_readers(m: _Matcher, reads: tuple[str, ...]) -> bool:
-    """Whether every trusted node reading these graph inputs is unmatched."""
+    """Whether, for each of these graph inputs, some trusted node reading it is gone: the
+    trusted computation from the input was rewritten, not left whole with a branch beside
+    it (an injected branch leaves every original reader in place)."""
     for i in reads:
         readers = [c for c, _ in m.t.consumers.get(i, ())]
-        if not readers or any(c in m.t2d for c in readers):
+        if not readers or all(c in m.t2d for c in readers):
             return False
     return True
 
