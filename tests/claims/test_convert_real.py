@@ -299,3 +299,54 @@ def test_a_branch_added_to_a_converted_graph_is_caught(
     assert "MS508" in _rules(report)
     ev = _claim_evidence(report, "MS408")
     assert ev["holds"]  # the weights are all there: only the graph gives it away
+
+
+@pytest.fixture(scope="module")
+def fused_qkv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """MiniLM's first layers as safetensors, and as onnxruntime.transformers writes them:
+    one Attention node per layer with the query, key and value projections concatenated
+    into one [384, 1152] weight and one [1152] bias."""
+    from onnxruntime.transformers import optimizer
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("qkv")
+    weights = folder / "minilm-layers.safetensors"
+    save_file(torch_exports.minilm_state(), str(weights))
+    exported = torch_exports.export_minilm(folder / "minilm.onnx")
+    opt = optimizer.optimize_model(
+        str(exported), model_type="bert", num_heads=12, hidden_size=384, opt_level=0
+    )
+    fused = folder / "minilm-fused.onnx"
+    opt.save_model_to_file(str(fused))
+    return {"weights": weights, "fused": fused}
+
+
+def test_fused_and_split_qkv_hold(fused_qkv: dict[str, Path], tmp_path: Path) -> None:
+    for trusted, deployed, kind in (
+        (fused_qkv["weights"], fused_qkv["fused"], "concatenated"),
+        (fused_qkv["fused"], fused_qkv["weights"], "split"),
+    ):
+        code, report = _diff(trusted, deployed, tmp_path)
+        assert code == 0, _serious(report)
+        ev = _claim_evidence(report, "MS408")
+        # per layer: the QKV weight and the QKV bias
+        assert ev["pairings"].get(kind) == 2 * torch_exports.MINILM_LAYERS, ev["pairings"]
+
+
+def test_tampered_fused_qkv_names_the_projection(
+    fused_qkv: dict[str, Path], tmp_path: Path
+) -> None:
+    src = fused_qkv["fused"]
+    w_name = _tensor_of(src, "Attention", 1)
+    bad = tmp_path / "qkv.onnx"
+
+    def edit(a: np.ndarray) -> None:
+        a[:, 384 + 17] *= 1.2  # output 17 of the key projection
+
+    _tamper(src, bad, lambda n, a: n == w_name, edit)
+    code, report = _diff(fused_qkv["weights"], bad, tmp_path)
+    assert code == 1
+    ms406 = [f for f in report["findings"] if f["rule_id"] == "MS406"]
+    assert len(ms406) == 1, _serious(report)
+    assert ms406[0]["evidence"]["trusted_tensor"].endswith("attention.self.key.weight")
+    assert "rows [17] of" in ms406[0]["message"]  # the key projection's output 17

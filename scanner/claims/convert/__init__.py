@@ -32,7 +32,14 @@ from collections.abc import Sequence
 from scanner.artifact import Artifact
 from scanner.claims.base import ClaimOutcome, TensorVerdict
 from scanner.claims.convert.bnfold import Fold, FoldFailure, batchnorm_sets, find_folds
-from scanner.claims.convert.match import Match, Side, match_all, near_matches
+from scanner.claims.convert.match import (
+    Match,
+    NearTile,
+    Side,
+    match_all,
+    near_matches,
+    near_tiles,
+)
 from scanner.claims.convert.roles import RECURRENT, Role, tensor_roles
 from scanner.claims.grammar import Claim
 from scanner.diff.model import TensorDiff, TensorStatus
@@ -90,6 +97,11 @@ def check_convert(
         for n in ff.trusted:
             verdicts.append(_fold_failure(n, ff))
 
+    for tile in (
+        *near_tiles(d_side, t_side, split=False),
+        *near_tiles(t_side, d_side, split=True),
+    ):
+        verdicts += _tile_verdicts(tile)
     for nm in near_matches(t_side, d_side):
         verdicts.append(
             TensorVerdict(
@@ -209,6 +221,38 @@ def _conv_pairs(deployed: Artifact, d_side: Side) -> list[tuple[str, str]]:
             continue
         bias = b.sources[0] if b is not None and len(b.sources) == 1 else ""
         out.append((w.sources[0], bias))
+    return out
+
+
+def _tile_verdicts(tile: NearTile) -> list[TensorVerdict]:
+    """Verdicts for a concatenation (or split) that holds except in some elements: the
+    parts with changed elements fail, located in their own rows."""
+    out = []
+    joined = ", ".join(p.name for p in tile.parts)
+    for p in tile.parts:
+        if tile.whole_side == "deployed":
+            trusted, deployed = p.name, (tile.whole,)
+            what = f"{p.name} ({p.how}) concatenated into {tile.whole} with {joined}"
+        else:
+            trusted, deployed = tile.whole, (p.name,)
+            what = f"{tile.whole} split into {joined}: part {p.name} ({p.how})"
+        if not p.changed:
+            out.append(_ok(trusted, deployed, "concatenated", what))
+            continue
+        out.append(
+            TensorVerdict(
+                trusted,
+                deployed,
+                False,
+                CLASS,
+                f"{what}: {p.changed:,} elements changed, in {len(p.rows)} rows "
+                f"{_rows_text(p.rows)} of {p.name}",
+                stats={"kind": "changed", "layout": p.how, "changed": p.changed},
+                rows=p.rows,
+                axis=p.axis,
+                problem="changed",
+            )
+        )
     return out
 
 

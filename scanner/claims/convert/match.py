@@ -126,27 +126,46 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
 # ------------------------------------------------------------------- rearrangements
 
 
-def _options(side: Side, name: str, gate_op: str | None = None) -> list[tuple[str, np.ndarray]]:
-    """Ways ``name`` may have been rearranged, as (description, flat elements): as it is,
-    with its axes permuted, and with its gate blocks reordered when ``gate_op`` (the
-    recurrent operator the other artifact reads the tensor with) says so."""
-    a = side.array(name)
-    out: list[tuple[str, np.ndarray]] = [("", a.reshape(-1))]
-    if 2 <= a.ndim <= 4:
-        for perm in itertools.permutations(range(a.ndim)):
-            moved = [p for p in perm if a.shape[p] != 1]
+Rearrange = Callable[[np.ndarray], np.ndarray]
+
+
+def _rearrangements(shape: tuple[int, ...], gate_op: str | None) -> list[tuple[str, Rearrange]]:
+    """Ways a tensor of ``shape`` may have been rearranged: as it is, with its axes
+    permuted, and with its gate blocks reordered when ``gate_op`` (the recurrent operator
+    the other artifact reads the tensor with) says so. Each maps an array to flat order."""
+    out: list[tuple[str, Rearrange]] = [("", lambda a: a.reshape(-1))]
+    ndim = len(shape)
+    if 2 <= ndim <= 4:
+        for perm in itertools.permutations(range(ndim)):
+            moved = [p for p in perm if shape[p] != 1]
             if moved != sorted(moved):  # moving only unit axes is a reshape
-                t = np.ascontiguousarray(np.transpose(a, perm))
-                out.append((f"transposed {list(perm)}", t.reshape(-1)))
-    op = gate_op
-    if op in GATE_ORDERS and a.ndim >= 1:
-        k = len(GATE_ORDERS[op][0])
-        lead = a.reshape(-1, *a.shape[-1:]) if a.ndim >= 2 else a.reshape(-1, 1)
-        for order in set(GATE_ORDERS[op]):
-            if lead.shape[0] % k == 0:
-                blocks = lead.reshape(k, -1, lead.shape[1])[list(order)]
-                out.append((f"{op} gates {list(order)}", blocks.reshape(-1)))
+                out.append(
+                    (
+                        f"transposed {list(perm)}",
+                        lambda a, perm=perm: np.ascontiguousarray(np.transpose(a, perm)).reshape(
+                            -1
+                        ),
+                    )
+                )
+    if gate_op in GATE_ORDERS and ndim >= 1:
+        k = len(GATE_ORDERS[gate_op][0])
+        rows = int(np.prod(shape[:-1])) if ndim >= 2 else int(np.prod(shape))
+        cols = shape[-1] if ndim >= 2 else 1
+        if rows % k == 0:
+            for order in sorted(set(GATE_ORDERS[gate_op])):
+                out.append(
+                    (
+                        f"{gate_op} gates {list(order)}",
+                        lambda a, order=order: a.reshape(k, -1, cols)[list(order)].reshape(-1),
+                    )
+                )
     return out
+
+
+def _options(side: Side, name: str, gate_op: str | None = None) -> list[tuple[str, np.ndarray]]:
+    """``name``'s values under each rearrangement, as (description, flat elements)."""
+    a = side.array(name)
+    return [(how, fn(a)) for how, fn in _rearrangements(a.shape, gate_op)]
 
 
 def _as_target(a: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -372,3 +391,101 @@ def near_matches(t: Side, d: Side, threshold: float = 0.5) -> list[NearMatch]:
         t.drop([tn])
         d.drop([dn])
     return out
+
+
+@dataclass(frozen=True)
+class NearPart:
+    name: str
+    how: str
+    rows: tuple[int, ...]
+    """Indices along the part's first axis longer than 1 holding changed elements."""
+    axis: int
+    changed: int
+
+
+@dataclass(frozen=True)
+class NearTile:
+    """A tensor that is several tensors laid end to end except in some elements."""
+
+    whole: str
+    whole_side: str
+    """``deployed`` (parts trusted: a concatenation) or ``trusted`` (a split)."""
+    parts: tuple[NearPart, ...]
+
+
+def near_tiles(whole_side: Side, part_side: Side, *, split: bool) -> list[NearTile]:
+    """Left-over tensors of ``whole_side`` that tile from ``part_side`` tensors on at least
+    90% of their elements, each part on at least half of its own: a concatenation (or
+    split) with some values changed, reported per part."""
+    out = []
+    for wn in list(whole_side.names):
+        n = whole_side.numel(wn)
+        if not n:
+            continue
+        w_sorted = whole_side.sorted_bits(wn)
+        cands = []
+        for pn in part_side.names:
+            if part_side.dtype(pn) != whole_side.dtype(wn) or not 0 < part_side.numel(pn) < n:
+                continue
+            sample = part_side.bits(pn)[:: max(1, part_side.numel(pn) // 16)][:16]
+            pos = np.minimum(np.searchsorted(w_sorted, sample), n - 1)
+            if np.mean(w_sorted[pos] == sample) >= 0.75:
+                cands.append(pn)
+        cands = cands[:MAX_CANDIDATES]
+        found = None
+        for k in range(2, MAX_PARTS + 1):
+            for combo in itertools.combinations(cands, k):
+                if sum(part_side.numel(p) for p in combo) != n:
+                    continue
+                for _, flat in _as_target(whole_side.array(wn)):
+                    tiled = _near_tile(flat, part_side, combo, whole_side.gates.get(wn))
+                    if tiled is not None:
+                        found = (combo, tiled)
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if found is None:
+            continue
+        combo, parts = found
+        out.append(NearTile(wn, "trusted" if split else "deployed", tuple(parts)))
+        whole_side.drop([wn])
+        part_side.drop(combo)
+    return out
+
+
+def _near_tile(
+    flat: np.ndarray, side: Side, combo: tuple[str, ...], gate_op: str | None
+) -> list[NearPart] | None:
+    target = _bits(flat)
+    offset, left, parts, equal = 0, list(combo), [], 0
+    while left:
+        best = None
+        for name in left:
+            a = side.array(name)
+            for how, fn in _rearrangements(a.shape, gate_op or side.gates.get(name)):
+                chunk = target[offset : offset + a.size]
+                same = _bits(fn(a)) == chunk
+                frac = float(same.mean())
+                if frac >= 0.5 and (best is None or frac > best[0]):
+                    best = (frac, name, how, fn, same)
+        if best is None:
+            return None
+        _, name, how, fn, same = best
+        a = side.array(name)
+        index = fn(np.arange(a.size).reshape(a.shape))  # flat position -> original element
+        changed = np.zeros(a.size, dtype=bool)
+        changed[index[~same]] = True
+        axis = next((i for i, d in enumerate(a.shape) if d > 1), 0)
+        lead = int(np.prod(a.shape[: axis + 1])) if a.ndim else 1
+        rows = np.flatnonzero(changed.reshape(lead, -1).any(axis=1))
+        parts.append(
+            NearPart(
+                name, how or "as stored", tuple(int(r) for r in rows), axis, int(changed.sum())
+            )
+        )
+        equal += int(same.sum())
+        offset += a.size
+        left.remove(name)
+    return parts if equal >= 0.9 * target.size else None
