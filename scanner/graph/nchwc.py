@@ -40,38 +40,24 @@ import numpy as np
 
 from scanner.graph.canonical import Node, topo_order
 from scanner.graph.rewrites import _act_node, _Editor
+from scanner.graph.shapes import ELEMENTWISE_UNARY
 
 NCHWC = "com.microsoft.nchwc::"
 BLOCK_SIZES = (16, 8, 4)
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum"}
-_CHANNEL_PRESERVING = {
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Clip",
-    "Elu",
-    "Softplus",
-    "Neg",
-    "Abs",
-    "Exp",
-    "Sqrt",
-    "Erf",
-    "Identity",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "MaxPool",
-    "AveragePool",
-    "Resize",
-    "Upsample",
-    "BatchNormalization",
-    "com.microsoft::QuickGelu",
-    "com.microsoft::Gelu",
-    "com.microsoft::FastGelu",
-    *_ELEMENTWISE,
-}
+_CHANNEL_PRESERVING = (
+    ELEMENTWISE_UNARY
+    | _ELEMENTWISE
+    | {
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "MaxPool",
+        "AveragePool",
+        "Resize",
+        "Upsample",
+        "BatchNormalization",
+    }
+)
 _POOLS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
 
 
@@ -174,26 +160,7 @@ def _unblock_scope(ed: _Editor, scope: str) -> None:
 
 # ------------------------------------------------------------------------ analysis
 
-_AGNOSTIC = {
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "Clip",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Elu",
-    "Softplus",
-    "Neg",
-    "Abs",
-    "Exp",
-    "Erf",
-    "Sqrt",
-    "com.microsoft::QuickGelu",
-    "com.microsoft::Gelu",
-    "com.microsoft::FastGelu",
-    *_ELEMENTWISE,
-}
+_AGNOSTIC = ELEMENTWISE_UNARY | _ELEMENTWISE
 """Operators that compute each element from the same element of one tensor (and scalar
 constants): applied to a blocked tensor they give the blocked result."""
 

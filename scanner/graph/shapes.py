@@ -20,35 +20,68 @@ if TYPE_CHECKING:
 
 Shape = tuple[int | None, ...]
 
-_SAME_SHAPE = {
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "Clip",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Exp",
-    "Log",
-    "Erf",
-    "Cast",
-    "Identity",
-    "Softplus",
-    "Elu",
-    "Selu",
+ELEMENTWISE_UNARY = frozenset(
+    {
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Clip",
+        "HardSigmoid",
+        "HardSwish",
+        "LeakyRelu",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Erf",
+        "Cast",
+        "Identity",
+        "Softplus",
+        "Softsign",
+        "Elu",
+        "Selu",
+        "Not",
+        "Reciprocal",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Sign",
+        "IsNaN",
+        "IsInf",
+        "Sin",
+        "Cos",
+        "com.microsoft::QuickGelu",
+        "com.microsoft::Gelu",
+        "com.microsoft::FastGelu",
+    }
+)
+"""Operators computing each element from the same element of one tensor (other inputs,
+if any, are constant bounds or parameters of the function)."""
+ELEMENTWISE_BINARY = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Max",
+        "Min",
+        "Equal",
+        "Less",
+        "Greater",
+        "LessOrEqual",
+        "GreaterOrEqual",
+        "And",
+        "Or",
+        "Xor",
+        "Mod",
+    }
+)
+"""Elementwise operators of two tensors (numpy broadcasting)."""
+_SAME_SHAPE = ELEMENTWISE_UNARY | {
     "Softmax",
     "LogSoftmax",
-    "Not",
-    "Reciprocal",
-    "Floor",
-    "Ceil",
-    "Round",
-    "Sign",
-    "IsNaN",
-    "IsInf",
     "Dropout",
     "LayerNormalization",
     "BatchNormalization",
@@ -56,25 +89,7 @@ _SAME_SHAPE = {
     "PRelu",
     "CumSum",
 }
-_BROADCAST = {
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Pow",
-    "Max",
-    "Min",
-    "Equal",
-    "Less",
-    "Greater",
-    "LessOrEqual",
-    "GreaterOrEqual",
-    "And",
-    "Or",
-    "Xor",
-    "Where",
-    "Mod",
-}
+_BROADCAST = ELEMENTWISE_BINARY | {"Where"}
 
 
 class ShapeOracle:

@@ -21,6 +21,7 @@ import onnx
 
 from scanner.graph.canonical import Node
 from scanner.graph.rewrites import _Editor, _slice_params
+from scanner.graph.shapes import ELEMENTWISE_UNARY
 
 _NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0, "Pow": 1.0}
 _RIGHT_ONLY = {"Div", "Sub", "Pow"}
@@ -112,24 +113,6 @@ _RANK_AT_LEAST = {
     "Softmax": 1,
     "Split": 1,
 }
-_SAME_RANK = {
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "Clip",
-    "HardSigmoid",
-    "HardSwish",
-    "LeakyRelu",
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Exp",
-    "Erf",
-    "Cast",
-    "Identity",
-    "Softplus",
-    "Elu",
-}
 
 
 def rank_at_least(ed: _Editor, tensor: str, depth: int = 0) -> int:
@@ -144,7 +127,7 @@ def rank_at_least(ed: _Editor, tensor: str, depth: int = 0) -> int:
     n = g.nodes[pid]
     if n.op in _RANK_AT_LEAST:
         return _RANK_AT_LEAST[n.op]
-    if n.op in _SAME_RANK or n.op in _NEUTRAL:
+    if n.op in ELEMENTWISE_UNARY or n.op in _NEUTRAL:
         return max((rank_at_least(ed, i, depth + 1) for i in n.inputs[:2] if i), default=0)
     return 0
 

@@ -28,37 +28,10 @@ import numpy as np
 
 from scanner.graph.canonical import Node
 from scanner.graph.rewrites import _Editor, _moved_atol, _set_slice, _slice_params
+from scanner.graph.shapes import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
 
-_UNARY = {
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "Neg",
-    "Abs",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Erf",
-    "Reciprocal",
-    "Cast",
-    "Not",
-    "Sign",
-    "Floor",
-    "Ceil",
-    "Round",
-    "LeakyRelu",
-    "HardSigmoid",
-    "HardSwish",
-    "Elu",
-    "Selu",
-    "Softplus",
-    "Softsign",
-    "Sin",
-    "Cos",
-    "IsNaN",
-    "IsInf",
-}
-_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "Greater", "And", "Or"}
+_UNARY = ELEMENTWISE_UNARY
+_BINARY = ELEMENTWISE_BINARY
 _SOFTMAX = {"Softmax", "LogSoftmax", "Hardmax"}
 _REDUCE = {
     "ReduceSum",
