@@ -202,7 +202,7 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         "regions": [r.to_dict() for r in gd.regions],
         "rewrites": {"trusted": list(gd.trusted_notes), "deployed": list(gd.deployed_notes)},
     }
-    if ctx.options.get("probe"):
+    if ctx.options.get("probe") or _claims_conversion(ctx, gd):
         f, probe_ev = _probe(ctx, t, d)
         findings.extend(f)
         evidence["probe"] = probe_ev
@@ -228,6 +228,21 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         classification=classification,
         evidence=evidence,
     )
+
+
+def _claims_conversion(ctx: PairContext, gd: GraphDiff) -> bool:
+    """``--claim convert`` between two graphs that differ in structure: the claim says
+    they compute the same, so their behaviour is probed too where onnxruntime is installed
+    (evidence for the report, never a proof)."""
+    if _clean(gd) or not any(
+        str(c).split(":", 1)[0] == "convert" for c in ctx.options.get("claims") or ()
+    ):
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _clean(gd: GraphDiff) -> bool:
