@@ -17,8 +17,9 @@ from scanner.artifact import Artifact
 from scanner.checks.pair import GRAPH_CHANGED
 from scanner.diff.engine import Analysis, Analyzer, PairContext
 from scanner.findings import Finding, Location, Severity
-from scanner.graph.canonical import CanonicalGraph, canonicalize
-from scanner.graph.diff import GraphDiff, Region, diff_graphs
+from scanner.graph.canonical import CanonicalGraph
+from scanner.graph.diff import GraphDiff, Region
+from scanner.graph.of_artifact import canonical_of, graph_diff_of
 from scanner.graph.single import find_footprints
 from scanner.graph.tree import render_region
 from scanner.rulebook import define_rule, finding
@@ -46,15 +47,17 @@ EQUIVALENT_REWRITE = define_rule(
     "Graph rewritten equivalently",
     checks="Structural differences that canonicalization explains: constant folding, "
     "Conv+BatchNormalization / Add / Mul fusion (fused weights recomputed and compared), "
-    "Gemm / FusedConv / FusedMatMul / LayerNorm / GELU fusion, Identity / Dropout removal, "
-    "quantize-dequantize pairs, dynamic quantization, renamed and reordered nodes, opset forms.",
+    "Gemm / FusedConv / FusedMatMul / LayerNorm / GELU / QuickGelu / FastGelu fusion, "
+    "NCHWc layout (ONNX Runtime layout level), Split / Gather / Slice forms, transposes "
+    "moved, common subexpressions, Identity / Dropout removal, quantize-dequantize pairs, "
+    "dynamic quantization, renamed and reordered nodes, opset forms.",
     why="Optimizers and quantizers rewrite graphs all the time; reporting them as changes "
     "would bury real ones. The evidence says which rewrites were found and how weights "
     "were verified.",
     example="folded BatchNormalization into Conv: 35; split FusedConv: 24; "
     "171 fused weights equal the recomputed ones (max rel. error 3e-7).",
-    fix="Nothing; informational. Regions matched only by boundary (fusions) are not "
-    "numerically proven: run with --probe to check behaviour.",
+    fix="Nothing; informational. Regions matched only by their boundary are not proven and "
+    "are reported as MS510.",
     references=("docs/graph.md",),
 )
 REWRITE_WEIGHTS = define_rule(
@@ -137,29 +140,49 @@ PARAMETER_FREE_PATH = define_rule(
     references=("docs/threats.md#graph-backdoors",),
 )
 
+GRAPH_ALONE = define_rule(
+    "MS509",
+    "graph-judged-alone",
+    Severity.INFO,
+    "Only one artifact has a graph: judged on its own",
+    checks="One side is weights only (safetensors, PyTorch, GGUF), the other an ONNX graph. "
+    "The graph is checked on its own (trigger comparisons, side branches, parameter-free "
+    "paths); its stored constants that serve as structure (shapes, axes, scalars, slice "
+    "bounds, integer tensors) are explained as graph structure; its parameters must each "
+    "come from a weight of the other side (the convert claim pairs them).",
+    why="Exporters add hundreds of shape and scalar constants that have no counterpart in a "
+    "state dict; they are not weights added, but what the graph is made of, and only the "
+    "single-graph checks can judge them.",
+    example="only the deployed artifact has a graph (121 nodes): no backdoor footprints; "
+    "160 stored constants are structure.",
+    fix="Nothing when the conversion is expected; a footprint is reported with its own rule.",
+    references=("docs/graph.md", "docs/claims.md"),
+)
+NOT_SHOWN_EQUIVALENT = define_rule(
+    "MS510",
+    "graph-equivalence-not-shown",
+    Severity.HIGH,
+    "Could not show the graphs compute the same",
+    checks="After both graphs are brought to the canonical form (exporter and optimizer "
+    "rewrites undone, fused operators expanded, constants folded), structure remains on "
+    "one side that nothing on the other side is proven to compute: unmatched regions, or "
+    "regions matched only by their boundary. The finding lists what differs and, with "
+    "--probe, how the two models behave on probe inputs.",
+    why="Two exporters can write the same model differently, but a difference that is not "
+    "proven benign is also where a backdoor would sit. Probes are evidence, never proof: a "
+    "trigger does not fire on random inputs.",
+    example="could not show equivalence: 2 trusted regions (If, Squeeze) and 3 deployed "
+    "regions (Gemm, Split, Sigmoid) differ; probe: identical on 24 probes.",
+    fix="Compare against an artifact made by the same exporter, or review the listed "
+    "regions; allow the pair explicitly if the difference is intended.",
+    references=("docs/graph.md",),
+)
+
 _FOOTPRINT_RULES = {
     "trigger-comparison": TRIGGER_COMPARISON,
     "side-branch": SIDE_BRANCH,
     "parameter-free-path": PARAMETER_FREE_PATH,
 }
-
-
-def _loader(artifact: Artifact) -> Any:
-    def load(key: str) -> np.ndarray | None:
-        if key not in artifact.tensors:
-            return None
-        try:
-            return np.array(artifact.array(key))
-        except Exception:  # an unreadable tensor only costs the numeric verification
-            return None
-
-    return load
-
-
-def canonical_of(artifact: Artifact) -> CanonicalGraph | None:
-    if artifact.graph is None or artifact.graph.model is None:
-        return None
-    return canonicalize(artifact.graph.model, _loader(artifact))
 
 
 def _locs(region: Region, side: str) -> list[Location]:
@@ -171,26 +194,29 @@ def analyze_graph(ctx: PairContext) -> Analysis:
     if t is None and d is None:
         return Analysis()
     if t is None or d is None:
-        side = "deployed" if t is None else "trusted"
-        return Analysis(
-            findings=(finding(GRAPH_CHANGED, f"only the {side} artifact has a graph"),),
-            classification="graph change",
-        )
-    gd = diff_graphs(t, d)
+        return _graph_alone(ctx, d if t is None else t, "deployed" if t is None else "trusted")
+    gd = graph_diff_of(ctx.trusted, ctx.deployed)
     findings = list(_diff_findings(gd, t, d))
     evidence: dict[str, Any] = {
         "nodes": {"trusted": gd.n_trusted, "deployed": gd.n_deployed, "matched": gd.n_matched},
         "regions": [r.to_dict() for r in gd.regions],
         "rewrites": {"trusted": list(gd.trusted_notes), "deployed": list(gd.deployed_notes)},
     }
-    if ctx.options.get("probe"):
+    if ctx.options.get("probe") or _claims_conversion(ctx, gd):
         f, probe_ev = _probe(ctx, t, d)
         findings.extend(f)
         evidence["probe"] = probe_ev
+    conditional = _conditional(t, d, gd)
+    if conditional is not None:
+        evidence["conditional"] = conditional
+    not_shown = _not_shown(gd, evidence.get("probe"), conditional)
+    if not_shown is not None:
+        findings.append(not_shown)
     serious = [f for f in findings if f.severity >= Severity.MEDIUM]
+    # Weights proven equal stay explained even when other structure differs: they are
+    # the same values, and the structure is reported on its own.
     explained = {k: v for k, v in gd.explained.items() if k not in ctx.explained}
     if serious:
-        explained = {}  # a graph that is not equivalent explains none of its tensors
         classification: str | None = "graph change"
     elif gd.identical and not any(c for c in gd.weight_checks if c.trusted != c.deployed):
         classification = None
@@ -201,6 +227,161 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         explained=explained,
         classification=classification,
         evidence=evidence,
+    )
+
+
+def _claims_conversion(ctx: PairContext, gd: GraphDiff) -> bool:
+    """``--claim convert`` between two graphs that differ in structure: the claim says
+    they compute the same, so their behaviour is probed too where onnxruntime is installed
+    (evidence for the report, never a proof)."""
+    if _clean(gd) or not any(
+        str(c).split(":", 1)[0] == "convert" for c in ctx.options.get("claims") or ()
+    ):
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _clean(gd: GraphDiff) -> bool:
+    return (
+        not [r for r in gd.regions]
+        and not gd.changed
+        and not gd.io_changes
+        and all(c.ok for c in gd.weight_checks)
+    )
+
+
+def _conditional(t: CanonicalGraph, d: CanonicalGraph, gd: GraphDiff) -> dict[str, Any] | None:
+    """Where the graphs differ by an If on an input only one of them reads: the branch
+    under which they are equivalent, if there is one."""
+    from scanner.graph.diff import diff_graphs
+    from scanner.graph.specialize import describe_condition, input_driven_ifs, specialized
+
+    if _clean(gd):
+        return None
+    reads = {
+        "trusted": {i for i in t.inputs if t.consumers.get(i)},
+        "deployed": {i for i in d.inputs if d.consumers.get(i)},
+    }
+    for side, g, other in (("trusted", t, d), ("deployed", d, t)):
+        other_side = "deployed" if side == "trusted" else "trusted"
+        for name in input_driven_ifs(g, reads[other_side]):
+            node = next(n for n in g.nodes.values() if n.name == name and n.op == "If")
+            condition = describe_condition(g, node.inputs[0])
+            for branch in (True, False):
+                h = specialized(g, name, branch)
+                if h is None:
+                    continue
+                gd2 = diff_graphs(h, other) if side == "trusted" else diff_graphs(other, h)
+                if _clean(gd2):
+                    return {
+                        "side": side,
+                        "node": name,
+                        "condition": condition,
+                        "holds_when": condition if branch else f"not ({condition})",
+                        "weights_verified": sum(1 for c in gd2.weight_checks if c.ok),
+                    }
+    return None
+
+
+def _not_shown(
+    gd: GraphDiff, probe: dict[str, Any] | None, conditional: dict[str, Any] | None = None
+) -> Finding | None:
+    """One statement that the graphs could not be shown to compute the same, with what
+    differs: regions nothing proves equivalent (unexplained, or paired only by their
+    boundary), changed nodes, interface changes. Injected branches and wrappers have
+    rules of their own."""
+    open_regions = [r for r in gd.regions if r.kind in ("unexplained", "fusion", "folding")]
+    if not open_regions and not gd.changed and not gd.io_changes:
+        return None
+    parts = []
+    for side, what in (("trusted", "trusted-only"), ("deployed", "deployed-only")):
+        rs = [r for r in open_regions if r.side == side]
+        if rs:
+            ops = sorted({op for r in rs for op in r.ops})
+            n = sum(len(r.nodes) for r in rs)
+            parts.append(f"{len(rs)} {what} regions ({n} nodes: {', '.join(ops[:8])})")
+    if gd.changed:
+        parts.append(f"{len(gd.changed)} matched nodes with other attributes or constants")
+    parts.extend(gd.io_changes)
+    boundary = [r for r in open_regions if r.kind in ("fusion", "folding")]
+    if boundary:
+        parts.append(f"{len(boundary)} regions paired only by their boundary (not proven)")
+    behaviour = ""
+    if probe:
+        n = probe.get("n_random", 0) + probe.get("n_structured", 0)
+        behaviour = f"; probe: {probe.get('verdict')} on {n} inputs (evidence, not proof)"
+    head = "could not show equivalence: "
+    if conditional is not None:
+        head = (
+            "could not show equivalence for every input: the graphs are equivalent when "
+            f"{conditional['holds_when']} (the {conditional['side']} If "
+            f"{conditional['node']!r} fixed to that branch), not otherwise: "
+        )
+    return finding(
+        NOT_SHOWN_EQUIVALENT,
+        head + "; ".join(parts) + behaviour,
+        [Location(artifact=r.side, node=r.nodes[0].name) for r in open_regions[:20] if r.nodes],
+        evidence={
+            "regions": [r.to_dict() for r in open_regions[:100]],
+            "changed": [
+                {"trusted": c.trusted.name, "deployed": c.deployed.name, "reason": c.reason}
+                for c in gd.changed[:100]
+            ],
+            "io": list(gd.io_changes),
+            "probe": probe,
+            "conditional": conditional,
+        },
+    )
+
+
+def _footprint_findings(g: CanonicalGraph, side: str | None = None) -> Iterable[Finding]:
+    for fp in find_footprints(g):
+        yield finding(
+            _FOOTPRINT_RULES[fp.kind],
+            fp.detail,
+            [Location(artifact=side, node=n) for n in fp.nodes[:20]],
+            evidence={
+                "nodes": list(fp.nodes[:100]),
+                "inputs": list(fp.inputs),
+                "merge_node": fp.merge_node,
+            },
+        )
+
+
+def _graph_alone(ctx: PairContext, g: CanonicalGraph, side: str) -> Analysis:
+    """One side has a graph, the other none: the graph is judged on its own."""
+    from scanner.claims.convert.roles import roles_in
+
+    art = ctx.deployed if side == "deployed" else ctx.trusted
+    footprints = list(_footprint_findings(g, side))
+    roles = roles_in(g, art)
+    structure = sorted(k for k, r in roles.items() if not r.parameter)
+    explained = (
+        {} if footprints else {k: "graph structure" for k in structure if k not in ctx.explained}
+    )
+    other = "trusted" if side == "deployed" else "deployed"
+    message = (
+        f"only the {side} artifact has a graph ({len(g.nodes)} nodes), the {other} is "
+        f"weights only: the graph was checked on its own: "
+        + (f"{len(footprints)} backdoor footprints" if footprints else "no backdoor footprints")
+        + f"; {len(structure)} stored constants are graph structure"
+        + ("" if footprints else " (explained as such)")
+    )
+    return Analysis(
+        findings=(
+            finding(
+                GRAPH_ALONE,
+                message,
+                evidence={"side": side, "structure": structure[:500], "nodes": len(g.nodes)},
+            ),
+            *footprints,
+        ),
+        explained=explained,
+        classification="graph change" if footprints else None,
     )
 
 
@@ -290,11 +471,6 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
                 f"{len(quantized)} dequantized weights within half a quantization "
                 "step of the trusted ones (weight changes left to claim checks)"
             )
-        if rewrites:
-            parts.append(
-                f"{len([r for r in rewrites if r.side == 'trusted'])} regions folded or fused "
-                "(boundary-matched, not numerically proven; use --probe)"
-            )
         if unverified:
             parts.append(f"{len(unverified)} weights could not be read for verification")
         yield finding(
@@ -369,14 +545,4 @@ def check_graph_backdoors(artifact: Artifact) -> Iterable[Finding]:
     g = canonical_of(artifact)
     if g is None:
         return
-    for fp in find_footprints(g):
-        yield finding(
-            _FOOTPRINT_RULES[fp.kind],
-            fp.detail,
-            [Location(node=n) for n in fp.nodes[:20]],
-            evidence={
-                "nodes": list(fp.nodes[:100]),
-                "inputs": list(fp.inputs),
-                "merge_node": fp.merge_node,
-            },
-        )
+    yield from _footprint_findings(g)

@@ -145,6 +145,10 @@ def infer(
         strictest = claim.kind == "quantize" and outcome.applicable
         if outcome.verdicts and (outcome.holds or strictest):
             held[family] = outcome
+        elif claim.kind == "convert" and trusted.format != deployed.format and outcome.verdicts:
+            # A container change is a conversion whatever else happened: what does not
+            # carry over is reported against it, tensor by tensor and row by row.
+            held[family] = outcome
     _keep_gguf_majority(tried, held)
     return tried, list(held.values())
 

@@ -156,10 +156,17 @@ class CanonicalGraph:
     bodies: dict[str, Body]
     input_types: dict[str, tuple[int, tuple[Any, ...]]]
     elem_types: dict[str, int] = field(default_factory=dict)
-    """Element type of main-graph tensors (from ONNX shape inference, when it succeeds)."""
+    """Element type of tensors in every scope (from ONNX shape inference, when it
+    succeeds, plus the declared types of inputs, outputs and initializers)."""
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    """Static shape of tensors where shape inference knows the rank (``None`` for an
+    unknown dimension). Only rewrites whose validity depends on a length read it."""
     absorbed: set[str] = field(default_factory=set)
     """Stored tensors that only parametrized nodes proven to be identities (a Slice keeping
     whole axes, a Pad of zeros): gone from the canonical form, and rightly so."""
+    unused: set[str] = field(default_factory=set)
+    """Stored tensors no node, subgraph or graph output reads: ONNX cannot compute with
+    them, so adding or dropping one changes nothing the graph computes."""
     qrange: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     """Tensors whose every reader was a collapsed QuantizeLinear -> DequantizeLinear pair:
     the float interval ``[lo, hi]`` the quantized path can represent (the union over its
@@ -203,6 +210,33 @@ class _Builder:
         self.bodies: dict[str, Body] = {}
         self.keys: set[str] = set()
         self.next_id = 0
+        self.declared_only = False
+        """Shape inference failed: only graph inputs and initializers say types."""
+        self.elem_types: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int | None, ...]] = {}
+
+    def record_types(self, graph: onnx.GraphProto, local: dict[str, str], scope: str) -> None:
+        """Element types and static shapes the graph declares or shape inference found."""
+        infos = [*graph.input]
+        if not self.declared_only:
+            infos += [*graph.value_info, *graph.output]
+        for vi in infos:
+            tid = local.get(vi.name, None if scope else vi.name)
+            if tid is None or not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            if tt.elem_type:
+                self.elem_types.setdefault(tid, tt.elem_type)
+            if tt.HasField("shape"):
+                self.shapes.setdefault(
+                    tid,
+                    tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim),
+                )
+        for init in graph.initializer:
+            tid = local.get(init.name)
+            if tid is not None:
+                self.elem_types[tid] = init.data_type
+                self.shapes[tid] = tuple(int(d) for d in init.dims)
 
     def key_for(self, name: str, scope: str) -> str:
         # Mirrors the reader's naming of tensors so explanations name the same keys.
@@ -294,6 +328,7 @@ class _Builder:
                 node.free = tuple(sorted(body_free))
                 if free is not None:
                     free.update(t for t in body_free if t not in defined)
+        self.record_types(graph, local, scope)
 
     def walk_body(
         self, g: onnx.GraphProto, scope: str, env: dict[str, str], free: set[str], parent: int
@@ -313,19 +348,59 @@ class _Builder:
         return ids
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def _unused_stored(g: CanonicalGraph) -> set[str]:
+    read = set(g.outputs)
+    for n in g.nodes.values():
+        read.update(n.inputs)
+        read.update(n.free)
+    for body in g.bodies.values():
+        read.update(body.outputs)
+    return {
+        key
+        for tid, c in g.consts.items()
+        if tid not in read and c.derivation == "stored"
+        for key in c.sources
+    }
+
+
+def _all_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _all_graphs(sub)
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """``model`` with ONNX shape inference's value_info in every graph (the model itself
+    when inference fails: types and shapes are conveniences, without them redundant Casts
+    stay nodes and Splits stay Splits): ``None`` then.
+
+    Declared intermediate shapes (``value_info``) and output shapes are set aside while
+    inferring: the runtime checks neither, so a file could declare a dimension its
+    operators never produce, and rewrites that rely on a length must not take its word.
+    Graph inputs keep their declared shapes: the runtime rejects inputs that differ."""
+    saved: list[tuple[onnx.GraphProto, list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]]
+    saved = []
+    for graph in _all_graphs(model.graph):
+        outs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in graph.output]
+        saved.append((graph, list(graph.value_info), outs))
+        del graph.value_info[:]
+        for o in graph.output:
+            if o.type.HasField("tensor_type"):
+                o.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is a convenience: without it redundant Casts stay nodes
-        inferred = model
-    g = inferred.graph
-    out: dict[str, int] = {}
-    for vi in (*g.input, *g.value_info, *g.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            out[vi.name] = vi.type.tensor_type.elem_type
-    for init in g.initializer:
-        out[init.name] = init.data_type
-    return out
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return None
+    finally:
+        for graph, value_info, outs in saved:
+            graph.value_info.extend(value_info)
+            for o, kept in zip(graph.output, outs, strict=True):
+                o.CopyFrom(kept)
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
@@ -344,7 +419,10 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 def canonicalize(model: onnx.ModelProto, loader: ValueLoader | None = None) -> CanonicalGraph:
     """The canonical form of ``model`` with hashes computed. ``loader(key)`` returns the
     values of a tensor stored as external data (``None`` when unavailable)."""
+    inferred = _inferred(model)
     b = _Builder(model, loader)
+    b.declared_only = inferred is None
+    model = inferred if inferred is not None else model
     b.walk(model.graph, "", {}, None)
     for fn in model.functions:
         scope = f"function:{fn.domain}:{fn.name}"
@@ -375,7 +453,9 @@ def canonicalize(model: onnx.ModelProto, loader: ValueLoader | None = None) -> C
         b.bodies,
         input_types,
     )
-    g.elem_types = _elem_types(model)
+    g.elem_types = b.elem_types
+    g.shapes = b.shapes
+    g.unused = _unused_stored(g)
     from scanner.graph.rewrites import normalize
 
     normalize(g)
@@ -392,7 +472,8 @@ def _schema_defaults(op: str) -> dict[str, str]:
     try:
         schema = onnx.defs.get_schema(op_type, domain=domain)
     except Exception:
-        return {}
+        base = CONTRIB_BASE.get(op)
+        return _schema_defaults(base) if base else {}
     out = {}
     for name, attr in schema.attributes.items():
         if attr.default_value is not None and attr.default_value.type != 0:
@@ -411,6 +492,19 @@ def _attr_text(value: Any) -> str:
         return "[" + ",".join(_attr_text(v) for v in value) + "]"
     return str(value)
 
+
+CONTRIB_BASE = {
+    "com.microsoft::DynamicQuantizeLSTM": "LSTM",
+    "com.microsoft::FusedConv": "Conv",
+    "com.microsoft::NhwcConv": "Conv",
+    "com.microsoft::FusedGemm": "Gemm",
+    "com.microsoft::QLinearConv": "QLinearConv",
+    "com.microsoft.nchwc::Conv": "Conv",
+    "com.microsoft.nchwc::MaxPool": "MaxPool",
+    "com.microsoft.nchwc::AveragePool": "AveragePool",
+}
+"""ONNX Runtime operators whose schema is not in the ``onnx`` package, and the standard
+operator whose attribute defaults they share (ONNX Runtime writes some defaults out)."""
 
 COMMUTATIVE = {"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Xor", "Equal", "Mean"}
 IGNORED_ATTRS = {"Conv": {"kernel_shape"}, "ConvTranspose": {"kernel_shape"}}

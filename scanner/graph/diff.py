@@ -530,24 +530,20 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
     withheld -= trips - {k for c in checks if not c.ok for k in (*c.trusted, *c.deployed)}
     for key in sorted(trips):
         explained.setdefault(key, "equivalent rewrite")
-    for key in sorted(t.absorbed | d.absorbed):
-        explained.setdefault(key, "equivalent rewrite")
+    # A tensor some remaining node still reads (directly or through a derived value) is
+    # compared where it is read, never absorbed.
+    for g in (t, d):
+        for key in sorted(g.absorbed - _live_sources(g)):
+            explained.setdefault(key, "equivalent rewrite")
+    for key in sorted(t.unused | d.unused):
+        explained.setdefault(key, "unused by the graph")
     explained = {k: v for k, v in explained.items() if k not in withheld}
     added = [n for n in d.nodes.values() if n.id not in m.d2t]
     removed = [n for n in t.nodes.values() if n.id not in m.t2d]
     regions = [*_explain_added(m, added), *_explain_removed(m, removed)]
     regions = _pair_fusions(m, regions)
-    for r in regions:
-        if r.kind in ("folding", "fusion") and r.side == "trusted":
-            for ref in r.nodes:
-                for n in t.nodes.values():
-                    if n.name == ref.name:
-                        for i in n.inputs:
-                            for key in t.consts[i].sources if i in t.consts else ():
-                                explained.setdefault(key, "equivalent rewrite")
-        if r.kind == "folding" and r.side == "trusted":
-            for key in _folded_deployed_consts(m, r):
-                explained.setdefault(key, "equivalent rewrite")
+    # Regions paired by boundary ("fusion", "folding") are not proven: their tensors stay
+    # unexplained, and the analyzer says equivalence could not be shown.
     explained = {k: v for k, v in explained.items() if k not in withheld}
     t_notes = list(t.notes)
     if noop:
@@ -555,8 +551,11 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
             f"removed Clip/Relu made no-ops by the deployed QuantizeLinear range: {len(noop)}"
         )
     io: list[str] = []
-    if list(t.inputs) != list(d.inputs):
-        io.append(f"graph inputs {t.inputs} -> {d.inputs}")
+    # Inputs are bound by name; one that nothing reads may come or go freely.
+    t_in = {i for i in t.inputs if t.consumers.get(i)}
+    d_in = {i for i in d.inputs if d.consumers.get(i)}
+    if t_in != d_in:
+        io.append(f"graph inputs read {sorted(t_in)} -> {sorted(d_in)}")
     if t.output_names != d.output_names:
         io.append(f"graph outputs {t.output_names} -> {d.output_names}")
     return GraphDiff(
@@ -571,6 +570,11 @@ def diff_graphs(t: CanonicalGraph, d: CanonicalGraph) -> GraphDiff:
         deployed_notes=tuple(d.notes),
         io_changes=tuple(io),
     )
+
+
+def _live_sources(g: CanonicalGraph) -> set[str]:
+    read = {i for n in g.nodes.values() for i in (*n.inputs, *n.free)}
+    return {key for tid, c in g.consts.items() if tid in read for key in c.sources}
 
 
 def _match(t: CanonicalGraph, d: CanonicalGraph) -> _Matcher:
@@ -781,6 +785,14 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
             kind, reason = "pre-processing", "re-routes graph inputs into the original stem"
         elif not reads and on_outputs and taps_outputs and not (ops & SELECTION_OPS):
             kind, reason = "post-processing", "reads only the original outputs"
+        elif reads and writes and not writes_inputs and _replaces_readers(m, reads):
+            # trusted readers of those inputs are gone too: the region takes the place of
+            # original structure (a rewrite nothing proves), it adds no branch beside it
+            kind = "unexplained"
+            reason = (
+                f"replaces the trusted structure that read {', '.join(reads)} (not proven "
+                "equivalent)"
+            )
         elif reads and writes and not writes_inputs:
             second = [i for i in reads if any(c not in ids for c, _ in d.consumers.get(i, ()))]
             trig = sorted(ops & SELECTION_OPS)
@@ -805,6 +817,17 @@ def _explain_added(m: _Matcher, added: list[Node]) -> Iterable[Region]:
             reason=reason,
         )
     del t_inputs_readers
+
+
+def _replaces_readers(m: _Matcher, reads: tuple[str, ...]) -> bool:
+    """Whether, for each of these graph inputs, some trusted node reading it is gone: the
+    trusted computation from the input was rewritten, not left whole with a branch beside
+    it (an injected branch leaves every original reader in place)."""
+    for i in reads:
+        readers = [c for c, _ in m.t.consumers.get(i, ())]
+        if not readers or all(c in m.t2d for c in readers):
+            return False
+    return True
 
 
 def _stands_for(m: _Matcher, o: str) -> list[str]:

@@ -95,7 +95,7 @@ def _ort() -> Any:
 def _session(model: str | Path | bytes) -> Any:
     ort = _ort()
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # shape trials fail by design; only fatal errors matter
     so.intra_op_num_threads = 2
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
@@ -216,10 +216,15 @@ def _resolve_specs(
     """Concrete shapes for dynamic axes: batch 1, other free axes the first size the
     trusted model accepts; scalar integer inputs the first hinted value it accepts."""
     inputs = sess.get_inputs()
+    # a named dimension that is some input's first axis is the batch: 1 wherever it is
+    batch_names = {i.shape[0] for i in inputs if i.shape and isinstance(i.shape[0], str)}
     specs = []
     for i in inputs:
         dtype = _NP.get(i.type, np.float32)
-        shape = [d if isinstance(d, int) and d > 0 else None for d in i.shape]
+        shape = [
+            d if isinstance(d, int) and d > 0 else (1 if d in batch_names and d else None)
+            for d in i.shape
+        ]
         if shape and shape[0] is None:
             shape[0] = 1
         specs.append([i.name, dtype, shape, vocab.get(i.name, 1000)])

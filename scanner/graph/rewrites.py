@@ -89,6 +89,10 @@ class _Editor:
         self.counts: Counter[str] = Counter()
         self.next_id = max(g.nodes, default=-1) + 1
         self.next_tensor = 0
+        from scanner.graph.shapes import ShapeOracle
+
+        self.shapes = ShapeOracle(g)
+        """Static shapes; rewrites keep every tensor's shape, so entries stay valid."""
 
     def fresh(self, scope: str, hint: str) -> str:
         self.next_tensor += 1
@@ -187,14 +191,25 @@ def normalize(g: CanonicalGraph) -> None:
     g.index()
     _opset_forms(ed)
     _aliases(ed)
+    from scanner.graph.nchwc import unblock_nchwc
+
+    unblock_nchwc(ed)
+    g.index()
     for _ in range(6):
         before = sum(ed.counts.values())
+        ed.shapes.reset()
         g.index()
         _unfuse(ed)
+        g.index()
+        _expand_contrib(ed)
         g.index()
         _div_to_mul(ed)
         g.index()
         _fold_constants(ed)
+        g.index()
+        _simplify(ed)
+        g.index()
+        _part_forms(ed)
         g.index()
         _slices(ed)
         g.index()
@@ -212,6 +227,35 @@ def normalize(g: CanonicalGraph) -> None:
 
 
 # ------------------------------------------------------------------------- passes
+
+
+def _expand_contrib(ed: _Editor) -> None:
+    from scanner.graph.expand import expand_contrib_ops
+
+    expand_contrib_ops(ed)
+
+
+def _simplify(ed: _Editor) -> None:
+    from scanner.graph import control, simplify
+    from scanner.graph.transposes import sink_transposes
+
+    control.inline_constant_ifs(ed)
+    control.fold_integer_zero_products(ed)
+    simplify.drop_neutral_operands(ed)
+    simplify.cancel_squeeze_pairs(ed)
+    simplify.fold_known_shapes(ed)
+    simplify.reshape_inferred_dimension(ed)
+    sink_transposes(ed)
+    simplify.eliminate_common_subexpressions(ed)
+    simplify.remove_dead_nodes(ed)
+
+
+def _part_forms(ed: _Editor) -> None:
+    from scanner.graph.slicing import gather_to_slice, normalize_slice_bounds, split_to_slices
+
+    split_to_slices(ed)
+    gather_to_slice(ed)
+    normalize_slice_bounds(ed)
 
 
 def _opset_forms(ed: _Editor) -> None:
@@ -244,7 +288,7 @@ def _opset_forms(ed: _Editor) -> None:
 def _aliases(ed: _Editor) -> None:
     g = ed.g
     for n in list(g.nodes.values()):
-        src_type = g.elem_types.get(n.inputs[0]) if not n.scope and n.inputs else None
+        src_type = g.elem_types.get(n.inputs[0]) if n.inputs else None
         if src_type is None and n.inputs and n.inputs[0] in g.producer:
             src_type = _FIXED_OUTPUT_TYPE.get(g.nodes[g.producer[n.inputs[0]]].op)
         redundant_cast = n.op == "Cast" and src_type is not None and src_type == n.attrs.get("to")
@@ -316,19 +360,12 @@ def _unfuse(ed: _Editor) -> None:
             a, b = n.inputs[0], n.inputs[1]
             ta, tb = int(n.attrs.get("transA", 0)), int(n.attrs.get("transB", 0))
             alpha = float(n.attrs.get("alpha", 1.0))
-            if ta or int(n.attrs.get("transBatchA", 0)) or int(n.attrs.get("transBatchB", 0)):
+            if int(n.attrs.get("transBatchA", 0)) or int(n.attrs.get("transBatchB", 0)):
                 continue
-            if tb:
-                bv = ed.cval(b)
-                if bv is None:
-                    continue
-                b = ed.const(
-                    n.scope,
-                    np.swapaxes(bv, -1, -2),
-                    ed.csrc(b),
-                    "transpose",
-                    _moved_atol(ed.catol(b), bv.shape, lambda x: np.swapaxes(x, -1, -2)),
-                )
+            a = _swap_last_axes(ed, n, a) if ta else a
+            b = _swap_last_axes(ed, n, b) if tb else b
+            if a is None or b is None:
+                continue
             out = n.outputs[0]
             if alpha != 1.0:
                 mm = ed.node(n, "MatMul", [a, b])
@@ -374,6 +411,25 @@ def _unfuse(ed: _Editor) -> None:
             _layer_norm(ed, ln, x, n.outputs[0])
             ed.remove(n)
             ed.counts["split SkipLayerNormalization"] += 1
+
+
+def _swap_last_axes(ed: _Editor, like: Node, x: str) -> str | None:
+    """``x`` with its last two axes swapped: a transposed constant, or a Transpose node
+    where the rank is known (``None`` otherwise)."""
+    v = ed.cval(x)
+    if v is not None:
+        return ed.const(
+            like.scope,
+            np.swapaxes(v, -1, -2),
+            ed.csrc(x),
+            "transpose",
+            _moved_atol(ed.catol(x), v.shape, lambda a: np.swapaxes(a, -1, -2)),
+        )
+    rank = ed.shapes.rank(x)
+    if rank is None or rank < 2:
+        return None
+    perm = [*range(rank - 2), rank - 1, rank - 2]
+    return ed.node(like, "Transpose", [x], None, {"perm": perm}, "/trans").outputs[0]
 
 
 def _div_to_mul(ed: _Editor) -> None:

@@ -94,11 +94,32 @@ def _has_weight(g: CanonicalGraph, n: Node) -> bool:
     return any(i in g.consts and g.consts[i].numel > SMALL_CONST for i in n.inputs)
 
 
+def _weighted(g: CanonicalGraph) -> set[str]:
+    """Tensors computed (anywhere upstream) from a weight."""
+    out: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for n in g.nodes.values():
+            if any(o in out for o in n.outputs if o):
+                continue
+            if _has_weight(g, n) or any(i in out for i in (*n.inputs, *n.free)):
+                out.update(o for o in n.outputs if o)
+                changed = True
+    return out
+
+
 def _forward(
-    g: CanonicalGraph, start: list[str], through: set[str] | None, avoid_weights: bool = False
+    g: CanonicalGraph,
+    start: list[str],
+    through: set[str] | None,
+    avoid_weights: bool = False,
+    gated: set[str] | None = None,
 ) -> dict[int, list[int]]:
     """Nodes reachable from tensors ``start`` (optionally only through ops in ``through``),
-    each with the path of node ids that reached it."""
+    each with the path of node ids that reached it. ``avoid_weights``: not through nodes
+    reading a weight, nor through a product with a ``gated`` tensor (a value computed from
+    weights, such as a recurrent cell's forget gate: the path then depends on them)."""
     seen: dict[int, list[int]] = {}
     queue: deque[tuple[str, list[int]]] = deque((t, []) for t in start)
     while queue:
@@ -110,6 +131,13 @@ def _forward(
             if n.op in SHAPE_SOURCES:
                 continue
             if avoid_weights and _has_weight(g, n):
+                continue
+            if (
+                avoid_weights
+                and gated
+                and n.op in ("Mul", "Div")
+                and any(i != t and i in gated for i in n.inputs)
+            ):
                 continue
             seen[cid] = [*path, cid]
             if through is None or n.op in through:
@@ -300,8 +328,9 @@ def find_footprints(g: CanonicalGraph) -> list[GraphFootprint]:
                     )
                 )
     # 3. parameter-free path from an input to a merge near an output
+    gated = _weighted(g)
     for inp in data_inputs:
-        free = _forward(g, [inp], None, avoid_weights=True)
+        free = _forward(g, [inp], None, avoid_weights=True, gated=gated)
         for nid, path in free.items():
             n = g.nodes[nid]
             if nid in flagged or n.op not in MERGE_OPS or hops.get(nid, 99) > NEAR_OUTPUT_HOPS:
