@@ -245,7 +245,7 @@ def test_attest_lora_rechecks_the_adapter(tmp_path: Path, minilm_path: Path, mer
 
     priv, pub = tmp_path / "k.pem", tmp_path / "k.pub"
     write_key_pair(generate_private_key(KeyType.ED25519), priv, pub)
-    common = ["--input", minilm_path, "--output", merged_path, "--key", priv]
+    common = ["--input", minilm_path, "--produced", merged_path, "--key", priv]
     res = run_cli("attest", "lora", *common, "--param", f"adapter={ADAPTER}", "-o", tmp_path / "a")
     assert res.code == 0 and "attested lora (pass)" in res.err
     res = run_cli(

@@ -300,7 +300,7 @@ def test_attest_merge_rechecks_the_claim(tmp_path: Path, run_cli) -> None:
         "attest",
         "merge",
         *args,
-        "--output",
+        "--produced",
         output("ties").parent,
         "--param",
         cfg,
@@ -320,7 +320,7 @@ def test_attest_merge_rechecks_the_claim(tmp_path: Path, run_cli) -> None:
         "attest",
         "merge",
         *args,
-        "--output",
+        "--produced",
         bad,
         "--param",
         cfg,
@@ -332,7 +332,7 @@ def test_attest_merge_rechecks_the_claim(tmp_path: Path, run_cli) -> None:
     assert res.code == 1 and "refusing to attest 'merge'" in res.err
     assert not (tmp_path / "bad.att.json").exists()
     # Without its config the merge cannot be re-derived: not signed unless declared.
-    res = run_cli("attest", "merge", *args, "--output", bad, "--key", priv, "-o", out)
+    res = run_cli("attest", "merge", *args, "--produced", bad, "--key", priv, "-o", out)
     assert res.code == 1 and "could-not-recheck" in res.err
 
 
