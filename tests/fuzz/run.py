@@ -72,6 +72,12 @@ def budget(local: bool = False) -> int:
     return seconds
 
 
+# Linux keeps a process's peak RSS across execve, so a fuzzer started straight from a
+# test process that already holds models would inherit that peak and trip libFuzzer's
+# -rss_limit_mb at once. A shell that forks before exec gives the fuzzer a fresh count.
+_FRESH_PEAK_RSS = ("/bin/sh", "-c", '"$@"; exit $?', "sh")
+
+
 def run_target(target: str, seconds: int, local: bool = False) -> FuzzResult:
     work = Path(tempfile.mkdtemp(prefix=f"modelseal-fuzz-{target}-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MODELSEAL_FUZZ_SCRATCH": str(work)}
@@ -99,7 +105,12 @@ def run_target(target: str, seconds: int, local: bool = False) -> FuzzResult:
         ]
     started = time.monotonic()
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=work, timeout=seconds + 180
+        [*_FRESH_PEAK_RSS, *cmd],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        timeout=seconds + 180,
     )
     elapsed = time.monotonic() - started
     out = proc.stdout + proc.stderr

@@ -60,3 +60,22 @@ def test_seeds_pass_the_target(target: str) -> None:
     assert len(pool) >= 5
     for data in pool:
         fn(data)
+
+
+def test_fuzzer_peak_rss_does_not_inherit_the_test_process() -> None:
+    """libFuzzer's -rss_limit_mb reads the peak RSS, which Linux carries across execve."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    held = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this process
+    probe = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run(
+        [*run._FRESH_PEAK_RSS, sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert held.sum() > 0
+    assert int(out) < 300 * 1024  # KiB: the child's own interpreter, not our 600 MiB
