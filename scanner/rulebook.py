@@ -25,6 +25,7 @@ RULE_MODULES: tuple[str, ...] = (
     "scanner.checks.graph",
     "scanner.checks.serialization",
     "scanner.checks.manifest",
+    "scanner.claims.gap",
     "scanner.policy.rules",
     "scanner.lifecycle.rules",
 )
