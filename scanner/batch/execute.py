@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from scanner.exit_codes import EXIT_ERROR, VERDICTS
+from scanner.exit_codes import exit_code as verdict_exit_code
 from signing.errors import ModelsealError
 
 RESULT_SCHEMA = "modelseal/batch-result/v1"
-EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
-VERDICTS = {code: verdict for verdict, code in EXIT_CODES.items()}
 TOP_FINDINGS = 5
 SKIPPED_DIRS = (".git", ".hg", ".svn", "__pycache__")
 """Left out of content digests, as the readers leave them out of artifacts."""
@@ -136,7 +136,7 @@ def content_digest(spec_digest: str, inputs: Mapping[str, str]) -> str:
 def result_line(
     job: Any, report: Any, digests: Mapping[str, str], seconds: float
 ) -> dict[str, Any]:
-    exit_code = EXIT_CODES[report.verdict]
+    exit_code = verdict_exit_code(report.verdict)
     return _line(
         job,
         verdict=report.verdict,
@@ -164,7 +164,7 @@ def error_line(
     return _line(
         job,
         verdict=VERDICTS.get(exit_code, "error"),
-        exit_code=exit_code if exit_code in VERDICTS else 2,
+        exit_code=exit_code if exit_code in VERDICTS else EXIT_ERROR,
         digests=digests,
         seconds=seconds,
         classification=None,

@@ -22,9 +22,7 @@ if TYPE_CHECKING:
     from scanner.policy import Pack
     from scanner.report.model import Report
 
-EXIT_PASS = 0
-EXIT_FAIL = 1
-EXIT_ERROR = 2
+from scanner.exit_codes import exit_code
 
 REPORT_SUFFIXES = {
     ".json": ("json", "sarif"),
@@ -236,12 +234,6 @@ def emit(report: Report, args: argparse.Namespace) -> int:
     report = judge(report, args)
     write_text(args, render(report, args.format, color=use_color(args), width=_width()))
     return exit_code(report.verdict)
-
-
-def exit_code(verdict: str) -> int:
-    if verdict == "error":
-        return EXIT_ERROR
-    return EXIT_FAIL if verdict == "fail" else EXIT_PASS
 
 
 def _width() -> int:

@@ -14,11 +14,8 @@ from collections.abc import Sequence
 
 from scanner import __version__
 from scanner.cli.common import HelpFormatter, check_output_path, emit_error_report
+from scanner.exit_codes import EXIT_ERROR
 from signing.errors import ModelsealError
-
-EXIT_PASS = 0
-EXIT_FAIL = 1
-EXIT_ERROR = 2
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets
 # ``handler`` to a function ``(args) -> int``.
