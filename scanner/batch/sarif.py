@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from scanner.report.sarif import SARIF_SCHEMA
+from scanner.report.sarif import sarif_document
 
 FINGERPRINT = "modelsealFinding/v1"
 
@@ -59,8 +58,7 @@ def batch_sarif(lines: Iterable[Mapping[str, Any]], cwd: Path | None = None) -> 
         "results": results,
         "properties": {"jobs": count, "exit_code": worst},
     }
-    doc = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
-    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    return sarif_document(run)
 
 
 def _invocation(line: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,12 +22,8 @@ class OutputFormat(str, Enum):
 def render(report: Report, fmt: OutputFormat, *, color: bool = False, width: int = 120) -> str:
     # Renderers are imported here, not at module level: the command line imports this
     # module to list the formats, and `--help` must not pay for rich and numpy.
-    # A report judged by a rules pack carries suppressions and the pack name; the text
-    # and SARIF renderers know only Report, so the policy module adds its part.
-    from scanner.policy.output import policy_sarif, policy_text
-
     if fmt is OutputFormat.TEXT:
-        from scanner.report.text import render_text
+        from scanner.report.text import policy_text, render_text
 
         return render_text(report, color=color, width=width) + policy_text(report)
     if fmt is OutputFormat.JSON:
@@ -37,7 +33,7 @@ def render(report: Report, fmt: OutputFormat, *, color: bool = False, width: int
     if fmt is OutputFormat.SARIF:
         from scanner.report.sarif import render_sarif
 
-        return policy_sarif(render_sarif(report), report)
+        return render_sarif(report)
     if fmt is OutputFormat.HTML:
         from scanner.report.html import render_html
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from scanner import __version__
 from scanner.findings import Finding, Location, Severity
+from scanner.policy.apply import PolicyReport, SuppressedFinding
 from scanner.report.model import Report, file_uri, json_safe
 from scanner.rulebook import RULES, Rule, all_rules
 
@@ -97,34 +98,68 @@ def _fingerprint(f: Finding) -> str:
     return hashlib.sha256(f"{f.rule_id}|{where}".encode()).hexdigest()[:32]
 
 
+def _suppression(item: SuppressedFinding) -> dict[str, Any]:
+    """SARIF's native form of an accepted finding: code-scanning dashboards show it as
+    dismissed instead of dropping it, so the audit trail stays visible."""
+    suppression: dict[str, Any] = {
+        "kind": "external",
+        "status": "accepted",
+        "justification": item.suppression.reason,
+        "properties": {"source": item.suppression.source},
+    }
+    if item.suppression.expires is not None:
+        suppression["properties"]["expires"] = item.suppression.expires.isoformat()
+    return suppression
+
+
+def _result(report: Report, f: Finding) -> dict[str, Any]:
+    return {
+        "ruleId": f.rule_id,
+        "level": _LEVEL[f.severity],
+        "message": {"text": f.message},
+        "locations": [_location(report, loc) for loc in f.locations]
+        or [_location(report, Location())],
+        "partialFingerprints": {"modelsealFinding/v1": _fingerprint(f)},
+        "properties": {
+            "severity": str(f.severity),
+            "security-severity": SECURITY_SEVERITY[f.severity],
+            "evidence": json_safe(dict(f.evidence)),
+        },
+    }
+
+
+def sarif_document(run: dict[str, Any]) -> str:
+    """The SARIF 2.1.0 log holding one run, as written to a file."""
+    doc = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
 def render_sarif(report: Report) -> str:
+    """One SARIF run for ``report``; a report judged by a rules pack also carries its
+    suppressed findings (as suppressed results) and the pack's name."""
     all_rules()
-    used = sorted({f.rule_id for f in report.findings})
+    suppressed = report.suppressed if isinstance(report, PolicyReport) else ()
+    findings = (*report.findings, *(s.finding for s in suppressed))
+    used = sorted({f.rule_id for f in findings})
     rules = [RULES[r] for r in used if r in RULES]
     index = {r.id: i for i, r in enumerate(rules)}
-    results = []
-    for f in report.findings:
-        result: dict[str, Any] = {
-            "ruleId": f.rule_id,
-            "level": _LEVEL[f.severity],
-            "message": {"text": f.message},
-            "locations": [_location(report, loc) for loc in f.locations]
-            or [_location(report, Location())],
-            "partialFingerprints": {"modelsealFinding/v1": _fingerprint(f)},
-            "properties": {
-                "severity": str(f.severity),
-                "security-severity": SECURITY_SEVERITY[f.severity],
-                "evidence": json_safe(dict(f.evidence)),
-            },
-        }
-        if f.rule_id in index:
-            result["ruleIndex"] = index[f.rule_id]
-        results.append(result)
+    results = [_result(report, f) for f in report.findings]
+    for item in suppressed:
+        results.append({**_result(report, item.finding), "suppressions": [_suppression(item)]})
+    for result in results:
+        if result["ruleId"] in index:
+            result["ruleIndex"] = index[result["ruleId"]]
     invocation: dict[str, Any] = {"executionSuccessful": report.error is None}
     if report.error is not None:
         invocation["toolExecutionNotifications"] = [
             {"level": "error", "message": {"text": report.error}}
         ]
+    properties: dict[str, Any] = {
+        "verdict": report.verdict,
+        "classification": report.classification,
+    }
+    if isinstance(report, PolicyReport):
+        properties["rules_pack"] = report.rules_pack
     run = {
         "tool": {
             "driver": {
@@ -140,7 +175,6 @@ def render_sarif(report: Report) -> str:
             for a in report.artifacts
         ],
         "results": results,
-        "properties": {"verdict": report.verdict, "classification": report.classification},
+        "properties": properties,
     }
-    doc = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
-    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    return sarif_document(run)

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from scanner.diff.model import TensorDiff, TensorStatus
 from scanner.findings import Severity
+from scanner.policy.apply import PolicyReport
 from scanner.report.model import Report, changed_tensors
 
 _SEVERITY_STYLE = {
@@ -146,3 +147,22 @@ def _findings(console: Console, report: Report) -> None:
         if isinstance(tree, str) and tree:
             for tree_line in tree.splitlines():
                 console.print(Text(f"      {tree_line}"))
+
+
+def policy_text(report: Report) -> str:
+    """Lines appended to the text report: the pack and every suppressed finding."""
+    if not isinstance(report, PolicyReport):
+        return ""
+    lines = [
+        f"\nrules pack: {report.rules_pack}"
+        + ("  (audit: findings never fail)" if report.never_fail else "")
+    ]
+    if report.suppressed:
+        lines.append(f"suppressed findings ({len(report.suppressed)}):")
+        for s in report.suppressed:
+            until = s.suppression.expires.isoformat() if s.suppression.expires else "no expiry"
+            lines.append(f"  {s.finding.rule_id}  {s.finding.message}")
+            lines.append(
+                f"      reason: {s.suppression.reason}  (until {until}; {s.suppression.source})"
+            )
+    return "\n".join(lines) + "\n"
