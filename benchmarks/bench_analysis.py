@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from scanner.analysis.lowrank import rank_profile
-from scanner.diff import diff_artifacts
+from scanner.api import diff_artifacts
 
 
 def bench_rank() -> None:

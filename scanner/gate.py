@@ -20,11 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from scanner.api import diff_open
 from scanner.checks.single import scan_open
-from scanner.diff import diff_open
+from scanner.diff.options import DiffOptions
 from scanner.findings import Finding, Location
 from scanner.formats import open_artifact
-from scanner.policy import Pack, PolicyReport, apply_pack, using
+from scanner.policy import Pack, PolicyReport, apply_pack
 from scanner.policy.rules import CHAIN_FAILED, INPUT_MISSING, MODEL_NOT_AS_SIGNED, SIGNATURE_INVALID
 from scanner.progress import NoProgress, Progress
 from scanner.report.build import report_from_diff
@@ -75,48 +76,47 @@ def run_gate(
     progress = progress or NoProgress()
     findings: list[Finding] = []
     gate: dict[str, Any] = {"steps": []}
-    with using(request.pack):
-        missing = [
-            name
-            for name, given in (
-                ("signature", request.signature),
-                ("trusted", request.trusted),
-                ("attestations", request.attestations),
-            )
-            if name in request.pack.require and given is None
-        ]
-        findings.extend(
-            finding(
-                INPUT_MISSING,
-                f"rules pack '{request.pack.name}' requires {name}, and none was given",
-                evidence={"input": name},
-            )
-            for name in missing
+    missing = [
+        name
+        for name, given in (
+            ("signature", request.signature),
+            ("trusted", request.trusted),
+            ("attestations", request.attestations),
         )
-        if request.signature is not None:
-            sig = _signature(request)
-            findings.extend(sig.findings)
-            gate["signature"] = sig.record
-            gate["steps"].append("signature")
-        attested = False
-        if request.attestations is not None:
-            chain, attested = _chain(request, now)
-            findings.extend(chain.findings)
-            gate["chain"] = chain.record
-            gate["steps"].append("attestation chain")
-        report = _analyse(request, progress, analyzers)
-        gate["steps"].extend(["diff", "scan"] if request.trusted is not None else ["scan"])
-        gate["attested"] = attested
-        gate["checked"], gate["not_checked"] = _coverage(request, gate)
-        fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
-        fields.update(
-            command="gate",
-            findings=(*findings, *report.findings),
-            evidence={**report.evidence, "gate": gate},
+        if name in request.pack.require and given is None
+    ]
+    findings.extend(
+        finding(
+            INPUT_MISSING,
+            f"rules pack '{request.pack.name}' requires {name}, and none was given",
+            evidence={"input": name},
         )
-        return apply_pack(
-            Report(**fields), request.pack, attested=attested, today=today, fail_on=request.fail_on
-        )
+        for name in missing
+    )
+    if request.signature is not None:
+        sig = _signature(request)
+        findings.extend(sig.findings)
+        gate["signature"] = sig.record
+        gate["steps"].append("signature")
+    attested = False
+    if request.attestations is not None:
+        chain, attested = _chain(request, now)
+        findings.extend(chain.findings)
+        gate["chain"] = chain.record
+        gate["steps"].append("attestation chain")
+    report = _analyse(request, progress, analyzers)
+    gate["steps"].extend(["diff", "scan"] if request.trusted is not None else ["scan"])
+    gate["attested"] = attested
+    gate["checked"], gate["not_checked"] = _coverage(request, gate)
+    fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
+    fields.update(
+        command="gate",
+        findings=(*findings, *report.findings),
+        evidence={**report.evidence, "gate": gate},
+    )
+    return apply_pack(
+        Report(**fields), request.pack, attested=attested, today=today, fail_on=request.fail_on
+    )
 
 
 def _coverage(request: GateRequest, gate: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -293,7 +293,7 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
 
 def _analyse(request: GateRequest, progress: Progress, analyzers: Sequence[Any] | None) -> Report:
     """Diff against the trusted artifact when there is one, and scan the deployed one."""
-    options = {"claims": list(request.claims), "allow": list(request.allow), "policy": request.pack}
+    options = DiffOptions(claims=tuple(request.claims), allow=tuple(request.allow))
     with open_artifact(request.deployed) as deployed:
         single = scan_open(deployed)
         scan_findings = tuple(

@@ -16,26 +16,26 @@ from typing import Any
 from scanner.api import diff_artifacts, open_artifact, scan_artifact
 from scanner.batch.jobs import Job
 from scanner.checks.manifest import check_manifest, read_manifest
+from scanner.diff.options import DiffOptions
 from scanner.findings import Finding, Severity
 from scanner.gate import check_signature
-from scanner.policy import apply_pack, using
+from scanner.policy import apply_pack
 from scanner.report.build import report_from_diff, report_from_scan
 from scanner.report.model import ArtifactSummary, Report
 
 
 def run_job(job: Job, pack: Any = None, public_key_pem: bytes | None = None) -> Report:
     """The job's report, judged by its rules pack and ``fail_on``."""
-    with using(pack):
-        if job.kind == "diff":
-            assert job.trusted is not None
-            options = {"claims": list(job.claims), "allow": list(job.allow), "policy": pack}
-            report = report_from_diff(diff_artifacts(job.trusted, job.deployed, options=options))
-        elif job.kind == "scan":
-            report = report_from_scan(scan_artifact(job.deployed))
-        elif job.kind == "verify":
-            report = _verify(job, public_key_pem)
-        else:
-            raise ValueError(f"unknown job kind {job.kind!r}")
+    if job.kind == "diff":
+        assert job.trusted is not None
+        options = DiffOptions(claims=tuple(job.claims), allow=tuple(job.allow))
+        report = report_from_diff(diff_artifacts(job.trusted, job.deployed, options=options))
+    elif job.kind == "scan":
+        report = report_from_scan(scan_artifact(job.deployed))
+    elif job.kind == "verify":
+        report = _verify(job, public_key_pem)
+    else:
+        raise ValueError(f"unknown job kind {job.kind!r}")
     fail_on = Severity.parse(job.fail_on) if job.fail_on else None
     if pack is not None:
         return apply_pack(report, pack, fail_on=fail_on)

@@ -347,7 +347,7 @@ def _class_of(o: ClaimOutcome) -> str:
 
 def analyze_claims(ctx: PairContext) -> Analysis:
     """Re-derive every ``--claim``; without one, infer and verify the likely transformation."""
-    texts = list(ctx.options.get("claims") or [])
+    texts = list(ctx.options.claims)
     claims = [parse_claim(t) for t in texts]
     if claims:
         return outcome_analysis(

@@ -3,7 +3,7 @@
 The pair analyzer canonicalizes both graphs, matches nodes by what they compute, and
 explains each difference: injected branch, pre/post-processing wrapper, equivalent
 rewrite (fusion, folding, renaming, quantization plumbing) or unexplained structure.
-With ``options["probe"]`` it also runs both models on probe inputs (onnxruntime).
+With ``DiffOptions.probe`` it also runs both models on probe inputs (onnxruntime).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         "regions": [r.to_dict() for r in gd.regions],
         "rewrites": {"trusted": list(gd.trusted_notes), "deployed": list(gd.deployed_notes)},
     }
-    if ctx.options.get("probe") or _claims_conversion(ctx, gd):
+    if ctx.options.probe or _claims_conversion(ctx, gd):
         f, probe_ev = _probe(ctx, t, d)
         findings.extend(f)
         evidence["probe"] = probe_ev
@@ -234,9 +234,7 @@ def _claims_conversion(ctx: PairContext, gd: GraphDiff) -> bool:
     """``--claim convert`` between two graphs that differ in structure: the claim says
     they compute the same, so their behaviour is probed too where onnxruntime is installed
     (evidence for the report, never a proof)."""
-    if _clean(gd) or not any(
-        str(c).split(":", 1)[0] == "convert" for c in ctx.options.get("claims") or ()
-    ):
+    if _clean(gd) or not any(str(c).split(":", 1)[0] == "convert" for c in ctx.options.claims):
         return False
     try:
         import onnxruntime  # noqa: F401
@@ -513,7 +511,7 @@ def _probe(
 ) -> tuple[list[Finding], dict[str, Any]]:
     from scanner.graph.probe import DEFAULT_BUDGET_S, probe_models
 
-    budget = float(ctx.options.get("probe_budget") or DEFAULT_BUDGET_S)
+    budget = ctx.options.probe_budget or DEFAULT_BUDGET_S
     res = probe_models(
         ctx.trusted.path, ctx.deployed.path, budget_s=budget, hints=_hints(t, d), vocab=_vocab(t)
     )

@@ -281,7 +281,7 @@ def analyze_weights(ctx: PairContext) -> Analysis:
     result = analyze_pair(ctx.trusted, ctx.deployed, ctx.tensors, set(ctx.explained))
     if not result.verdicts:
         return Analysis()
-    allowed = allowed_classes(ctx.options.get("allow", []) or [])
+    allowed = allowed_classes(list(ctx.options.allow))
     findings = [_event_finding(e, allowed) for e in result.events]
     findings.extend(_summary_findings(result, allowed))
     labels = {

@@ -166,18 +166,15 @@ def explicit_fail_on(args: argparse.Namespace) -> Severity | None:
 
 
 def rules_option(text: str) -> Pack | None:
-    """Load the pack named on the command line and make it the active pack, so checks
-    read its thresholds while they run (they run before the report exists)."""
-    from scanner.policy import PackError, activate, load_pack
+    """Load the pack named on the command line (it judges the finished report)."""
+    from scanner.policy import PackError, load_pack
 
     if not text:
-        activate(None)
         return None
     try:
         pack = load_pack(text)
     except PackError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    activate(pack)
     return pack
 
 

@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanner.api import diff_artifacts
     from scanner.demo import make_demo_files
-    from scanner.diff import diff_artifacts
     from scanner.report.build import report_from_diff
 
     if args.keep is not None and not args.keep.is_dir():

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scanner.diff import diff_open
+    from scanner.api import diff_open
+    from scanner.diff.options import DiffOptions
     from scanner.formats import open_artifact
     from scanner.report.build import report_from_diff, with_notes
 
@@ -73,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
                 "--probe was not applied: it runs two ONNX models, and this pair is "
                 f"{trusted.format} / {deployed.format}"
             )
-        options = {
-            "claims": list(args.claim),
-            "allow": list(args.allow),
-            "probe": probe,
-            "probe_budget": args.probe_budget,
-        }
+        options = DiffOptions(
+            claims=tuple(args.claim),
+            allow=tuple(args.allow),
+            probe=probe,
+            probe_budget=args.probe_budget,
+        )
         result = diff_open(trusted, deployed, options=options, progress=progress)
         report = with_notes(report_from_diff(result, args.fail_on), notes)
     return emit(report, args)

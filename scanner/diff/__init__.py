@@ -11,11 +11,13 @@ from scanner.diff.engine import (
     diff_open,
 )
 from scanner.diff.model import CHANGE_CLASSES, Localization, TensorDiff, TensorStatus, ValueDelta
+from scanner.diff.options import DiffOptions
 
 __all__ = [
     "CHANGE_CLASSES",
     "Analysis",
     "Analyzer",
+    "DiffOptions",
     "DiffResult",
     "FileChange",
     "Localization",

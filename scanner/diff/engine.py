@@ -1,10 +1,10 @@
 """Diff a trusted artifact against a deployed one.
 
 Stages: pair tensors by name (then by digest for renames), compare every pair on all
-cores, then hand the open artifacts and per-tensor results to the pair analyzers
-(``scanner.checks``), which add findings, labels and explanations. Whatever change no
-analyzer explains becomes an "unexplained change" finding, so new analyses plug in
-without touching this module.
+cores, then hand the open artifacts and per-tensor results to the pair analyzers the
+caller passes in (the composition root, :mod:`scanner.api`, passes the product's), which
+add findings, labels and explanations. Whatever change no analyzer explains becomes an
+"unexplained change" finding, so new analyses plug in without touching this module.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from scanner.artifact import Artifact
 from scanner.diff.compare import bytes_equal, cast_check, is_float_cast, value_delta
 from scanner.diff.model import TensorDiff, TensorStatus, class_rank
+from scanner.diff.options import DiffOptions
 from scanner.digest import file_sha256, tensor_digest
 from scanner.findings import Finding
 from scanner.formats import open_artifact
@@ -53,7 +54,7 @@ class PairContext:
     deployed: Artifact
     tensors: tuple[TensorDiff, ...]
     files: tuple[FileChange, ...]
-    options: Mapping[str, Any]
+    options: DiffOptions
     explained: Mapping[str, str]
     """Explanations from analyzers that ran earlier."""
 
@@ -196,14 +197,14 @@ def diff_open(
     trusted: Artifact,
     deployed: Artifact,
     *,
-    analyzers: Sequence[PairAnalyzer] | None = None,
-    options: Mapping[str, Any] | None = None,
+    analyzers: Sequence[PairAnalyzer],
+    options: DiffOptions | Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> DiffResult:
-    """Diff two open artifacts."""
-    from scanner.checks.pair import default_analyzers
-
+    """Diff two open artifacts and run ``analyzers`` over the result, in order (the
+    composition root, :mod:`scanner.api`, supplies the product's analyzers)."""
+    options = DiffOptions.of(options)
     started = time.perf_counter()
     progress = progress or NoProgress()
     common, only_t, only_d = pair_names(trusted, deployed)
@@ -265,8 +266,8 @@ def diff_open(
     explained: dict[str, str] = {}
     proposals: list[str] = []
     evidence: dict[str, Any] = {}
-    for analyzer in analyzers if analyzers is not None else default_analyzers():
-        ctx = PairContext(trusted, deployed, tensors, files, dict(options or {}), dict(explained))
+    for analyzer in analyzers:
+        ctx = PairContext(trusted, deployed, tensors, files, options, dict(explained))
         result = analyzer(ctx)
         findings.extend(result.findings)
         explained.update(result.explained)
@@ -298,11 +299,14 @@ def diff_artifacts(
     trusted: str | Path,
     deployed: str | Path,
     *,
-    options: Mapping[str, Any] | None = None,
+    analyzers: Sequence[PairAnalyzer],
+    options: DiffOptions | Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> DiffResult:
     """Open and diff two artifacts. The artifacts in the result are closed on return;
     their tensor descriptions stay usable."""
     with open_artifact(trusted) as t, open_artifact(deployed) as d:
-        return diff_open(t, d, options=options, progress=progress, workers=workers)
+        return diff_open(
+            t, d, analyzers=analyzers, options=options, progress=progress, workers=workers
+        )

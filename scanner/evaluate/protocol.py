@@ -157,12 +157,13 @@ def gate_case(pack: str | None = None, fail_on: Severity | None = None) -> Gate:
         else:
             from dataclasses import replace
 
+            from scanner.api import diff_open
             from scanner.checks.single import scan_open
-            from scanner.diff import diff_open
+            from scanner.diff.options import DiffOptions
             from scanner.formats import open_artifact
             from scanner.report.build import report_from_diff
 
-            options = {"claims": list(claims), "allow": list(allow)}
+            options = DiffOptions(claims=tuple(claims), allow=tuple(allow))
             with open_artifact(trusted) as t, open_artifact(deployed) as d:
                 result = diff_open(t, d, options=options)
                 single = scan_open(d)

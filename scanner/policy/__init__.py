@@ -2,12 +2,11 @@
 
 Public API: :func:`load_pack` / :func:`parse_pack` (validated :class:`Pack`),
 :func:`apply_pack` (a :class:`~scanner.report.model.Report` in, a :class:`PolicyReport`
-out), :func:`threshold` for checks, and :func:`using` to activate a pack.
+out). A pack judges a finished report; rule thresholds are read from the pack there.
 """
 
 from __future__ import annotations
 
-from scanner.policy.active import activate, active_pack, threshold, using
 from scanner.policy.apply import PolicyReport, SuppressedFinding, apply_pack, tensor_class
 from scanner.policy.pack import (
     GATE_INPUTS,
@@ -34,15 +33,11 @@ __all__ = [
     "SuppressedFinding",
     "Suppression",
     "TensorOverride",
-    "activate",
-    "active_pack",
     "apply_pack",
     "load_pack",
     "parse_pack",
     "parse_suppressions",
     "shipped_pack_dir",
     "tensor_class",
-    "threshold",
-    "using",
     "with_suppressions",
 ]

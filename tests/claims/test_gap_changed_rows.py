@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 
 from fixtures import real_model
 from fixtures.real_models import MINILM
-from scanner.diff import diff_artifacts
+from scanner.api import diff_artifacts
 from scanner.redteam.quant import project_into_int8_boxes
 
 NAME = "encoder.layer.2.intermediate.dense.weight"  # (1536, 384)

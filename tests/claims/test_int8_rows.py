@@ -12,8 +12,8 @@ import pytest
 from onnx import numpy_helper
 from safetensors.numpy import save_file
 
+from scanner.api import diff_artifacts
 from scanner.claims import check_claim
-from scanner.diff import diff_artifacts
 from tests.tamper.regions import REGIONS, region_mask
 
 SHIFTS = ("+1", "+3", "rail")

@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from scanner.api import diff_artifacts
 from scanner.cli.main import main
-from scanner.diff import diff_artifacts
 from scanner.findings import Severity
 from scanner.redteam.quant import largest_indices, tamper_onnx_codes
 from tests.claims.conftest import FRACTION

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file as _save_file
 
+from scanner.api import diff_artifacts
 from scanner.claims import check_claim
-from scanner.diff import diff_artifacts
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str) -> None:

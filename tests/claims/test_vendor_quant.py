@@ -15,8 +15,8 @@ import torch
 from onnx import helper, numpy_helper
 from safetensors.numpy import save_file
 
+from scanner.api import diff_artifacts
 from scanner.claims import bnb, check_claim, gptq
-from scanner.diff import diff_artifacts
 from tests.claims.gptq_reference import calibration, gptq_quantize
 
 LAYERS = ("encoder.layer.0.", "encoder.layer.1.")

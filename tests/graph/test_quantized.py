@@ -13,8 +13,8 @@ from onnx import numpy_helper
 
 from fixtures import real_model
 from fixtures.real_models import RAPIDOCR_CLS
+from scanner.api import diff_artifacts
 from scanner.cli.main import main
-from scanner.diff import diff_artifacts
 from scanner.graph.canonical import canonicalize
 from scanner.graph.diff import diff_graphs
 

@@ -12,7 +12,8 @@ from safetensors.numpy import load_file, save_file
 
 from fixtures import real_model
 from fixtures.real_models import MINILM_CONFIG
-from scanner.diff import TensorStatus, diff_artifacts
+from scanner.api import diff_artifacts
+from scanner.diff import TensorStatus
 from scanner.diff import compare as compare_module
 from scanner.findings import Severity
 from scanner.report.build import report_from_diff
