@@ -300,69 +300,21 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
         raise UnsupportedFormatError(
             ctx.path, "zip archive has no data.pkl: not a PyTorch checkpoint"
         )
-    byteorder = "little"
-    if f"{prefix}/byteorder" in members:
-        raw = _read_member(ctx, zf, fh, members[f"{prefix}/byteorder"], 64, "byteorder record")
-        byteorder = raw.decode("ascii", "replace").strip()
-        if byteorder not in ("little", "big"):
-            raise ctx.malformed(f"byteorder record says {byteorder[:20]!r}, not 'little' or 'big'")
-    version = None
-    if f"{prefix}/version" in members:
-        raw = _read_member(ctx, zf, fh, members[f"{prefix}/version"], 64, "version record")
-        version = raw.decode("ascii", "replace").strip()
+    byteorder, version = _zip_records(ctx, zf, fh, members, prefix)
+    storages = _ZipStorages(ctx, members, prefix)
 
-    storages: dict[tuple[str, str], StorageRef] = {}
+    def run_pickle(member: _Member, folder: str, torchscript: bool) -> Any:
+        pkl = _read_member(ctx, zf, fh, member, ctx.limits.max_pickle_bytes, "pickle")
+        vm = ctx.vm(
+            pkl,
+            member.name,
+            base=_raw_offset(member),
+            persistent_load=storages.loader(folder),
+            torchscript=torchscript,
+        )
+        return vm.run()
 
-    def loader(folder: str) -> Any:
-        def persistent_load(pid: Any, offset: int) -> Any:
-            if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-                raise ctx.malformed(
-                    f"{folder}.pkl: unsupported persistent id at pickle offset {offset}"
-                )
-            _, stype, key, location, numel = pid
-            if isinstance(stype, Opaque):
-                return Opaque("storage of an unknown type", offset)
-            if not isinstance(stype, StorageType):
-                raise ctx.malformed(f"{folder}.pkl: storage type is not a torch storage class")
-            if stype.dtype is None:
-                raise UnsupportedFormatError(
-                    ctx.path, f"{stype.torch_name} (quantized storage) is not supported"
-                )
-            if not isinstance(key, str) or not isinstance(location, str):
-                raise ctx.malformed(f"{folder}.pkl: storage key and location must be strings")
-            if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
-                raise ctx.malformed(f"{folder}.pkl: storage {key!r} has a bad element count")
-            known = storages.get((folder, key))
-            if known is not None:
-                if known.dtype != stype.dtype or known.numel != numel:
-                    raise ctx.malformed(
-                        f"storage {key!r} is named with two different types or sizes"
-                    )
-                return known
-            member = members.get(f"{prefix}/{folder}/{key}")
-            if member is None:
-                raise ctx.malformed(f"storage {key!r} has no {folder}/{key} member")
-            itemsize = ITEMSIZE[stype.dtype]
-            if numel * itemsize != member.file_size:
-                raise ctx.malformed(
-                    f"storage {key!r} claims {numel} x {stype.dtype} = {numel * itemsize} bytes, "
-                    f"but {folder}/{key} holds {member.file_size}"
-                )
-            ref = StorageRef(key, stype.dtype, numel, location, itemsize, info=member)
-            storages[(folder, key)] = ref
-            return ref
-
-        return persistent_load
-
-    pkl = _read_member(ctx, zf, fh, data_pkl, ctx.limits.max_pickle_bytes, "pickle")
-    vm = ctx.vm(
-        pkl,
-        data_pkl.name,
-        base=_raw_offset(data_pkl),
-        persistent_load=loader("data"),
-        torchscript=torchscript,
-    )
-    root = vm.run()
+    root = run_pickle(data_pkl, "data", torchscript)
     named = collect_tensors(root, path=ctx.path, limits=ctx.limits, deadline=ctx.deadline)
     meta: dict[str, Any] = {
         "container": "torchscript" if torchscript else "zip",
@@ -375,20 +327,109 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
         if wrapper:
             meta["state_dict_key"] = wrapper
     if constants_pkl is not None:
-        pkl = _read_member(ctx, zf, fh, constants_pkl, ctx.limits.max_pickle_bytes, "pickle")
-        cvm = ctx.vm(
-            pkl,
-            constants_pkl.name,
-            base=_raw_offset(constants_pkl),
-            persistent_load=loader("constants"),
-            torchscript=True,
-        )
-        constants = cvm.run()
+        constants = run_pickle(constants_pkl, "constants", True)
         for name, t in collect_tensors(constants, path=ctx.path, limits=ctx.limits):
             # TorchScript code refers to these as CONSTANTS.c0, CONSTANTS.c1 ...
             named.append((f"CONSTANTS.c{name}", t))
-    # Any other pickle in the archive (debug info, or one an attacker added) is audited.
     expected = {data_pkl.name} | ({constants_pkl.name} if constants_pkl else set())
+    _audit_zip_members(ctx, zf, fh, members, prefix, expected)
+    used = {r.info.name for r in storages.refs.values()}
+    unused = sorted(
+        n
+        for n in members
+        if n.split("/", 1)[1].startswith(("data/", "constants/")) and n not in used
+    )
+    if unused:
+        meta["unreferenced_storages"] = unused[:100]
+    if torchscript:
+        meta["torchscript"] = _torchscript_meta(ctx, zf, fh, members, code, prefix)
+    meta["devices"] = sorted({r.location for r in storages.refs.values()})
+    big = byteorder == "big"
+    tensors = _tensor_infos(ctx, named, big, lambda ref: _zip_storage(ctx, zf, fh, ref))
+    return tensors, meta
+
+
+def _zip_records(
+    ctx: _Context, zf: zipfile.ZipFile, fh: Any, members: dict[str, _Member], prefix: str
+) -> tuple[str, str | None]:
+    """The archive's byte order and format version records."""
+    byteorder = "little"
+    if f"{prefix}/byteorder" in members:
+        raw = _read_member(ctx, zf, fh, members[f"{prefix}/byteorder"], 64, "byteorder record")
+        byteorder = raw.decode("ascii", "replace").strip()
+        if byteorder not in ("little", "big"):
+            raise ctx.malformed(f"byteorder record says {byteorder[:20]!r}, not 'little' or 'big'")
+    version = None
+    if f"{prefix}/version" in members:
+        raw = _read_member(ctx, zf, fh, members[f"{prefix}/version"], 64, "version record")
+        version = raw.decode("ascii", "replace").strip()
+    return byteorder, version
+
+
+class _ZipStorages:
+    """Resolves a zip checkpoint's storage persistent ids to its ``data/`` members."""
+
+    def __init__(self, ctx: _Context, members: dict[str, _Member], prefix: str) -> None:
+        self.ctx = ctx
+        self.members = members
+        self.prefix = prefix
+        self.refs: dict[tuple[str, str], StorageRef] = {}
+
+    def loader(self, folder: str) -> Any:
+        return lambda pid, offset: self.resolve(folder, pid, offset)
+
+    def resolve(self, folder: str, pid: Any, offset: int) -> Any:
+        ctx = self.ctx
+        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+            raise ctx.malformed(
+                f"{folder}.pkl: unsupported persistent id at pickle offset {offset}"
+            )
+        _, stype, key, location, numel = pid
+        if isinstance(stype, Opaque):
+            return Opaque("storage of an unknown type", offset)
+        _check_storage_type(ctx, stype, f"{folder}.pkl")
+        if not isinstance(key, str) or not isinstance(location, str):
+            raise ctx.malformed(f"{folder}.pkl: storage key and location must be strings")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise ctx.malformed(f"{folder}.pkl: storage {key!r} has a bad element count")
+        known = self.refs.get((folder, key))
+        if known is not None:
+            if known.dtype != stype.dtype or known.numel != numel:
+                raise ctx.malformed(f"storage {key!r} is named with two different types or sizes")
+            return known
+        member = self.members.get(f"{self.prefix}/{folder}/{key}")
+        if member is None:
+            raise ctx.malformed(f"storage {key!r} has no {folder}/{key} member")
+        itemsize = ITEMSIZE[stype.dtype]
+        if numel * itemsize != member.file_size:
+            raise ctx.malformed(
+                f"storage {key!r} claims {numel} x {stype.dtype} = {numel * itemsize} bytes, "
+                f"but {folder}/{key} holds {member.file_size}"
+            )
+        ref = StorageRef(key, stype.dtype, numel, location, itemsize, info=member)
+        self.refs[(folder, key)] = ref
+        return ref
+
+
+def _check_storage_type(ctx: _Context, stype: Any, where: str) -> None:
+    if not isinstance(stype, StorageType):
+        raise ctx.malformed(f"{where}: storage type is not a torch storage class")
+    if stype.dtype is None:
+        raise UnsupportedFormatError(
+            ctx.path, f"{stype.torch_name} (quantized storage) is not supported"
+        )
+
+
+def _audit_zip_members(
+    ctx: _Context,
+    zf: zipfile.ZipFile,
+    fh: Any,
+    members: dict[str, _Member],
+    prefix: str,
+    expected: set[str],
+) -> None:
+    """Audit every other pickle in the archive (debug info, or one an attacker added) and
+    look inside every storage for a nested pickle or archive."""
     for name in sorted(members):
         if name.endswith("pkl") and name not in expected:
             m = members[name]
@@ -398,10 +439,8 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
                 _raw_offset(m),
                 lambda m=m: _read_member(ctx, zf, fh, m, ctx.limits.max_pickle_bytes, "pickle"),
             )
-    used = {(r.info.name) for r in storages.values()}
     for name in sorted(members):
-        rest = name[len(prefix) + 1 :]
-        if rest.startswith(("data/", "constants/")):
+        if name[len(prefix) + 1 :].startswith(("data/", "constants/")):
             m = members[name]
             _check_nested(
                 ctx,
@@ -410,30 +449,28 @@ def _read_zip(ctx: _Context, fh: Any) -> tuple[dict[str, TensorInfo], dict[str, 
                 lambda m=m: _member_prefix(ctx, zf, fh, m, _NESTED_HEAD),
                 lambda m=m: _member_prefix(ctx, zf, fh, m, ctx.limits.max_pickle_bytes),
             )
-    unused = sorted(
-        n
-        for n in members
-        if n.split("/", 1)[1].startswith(("data/", "constants/")) and n not in used
-    )
-    if unused:
-        meta["unreferenced_storages"] = unused[:100]
-    if torchscript:
-        meta["torchscript"] = {
-            "code": _audit_torchscript_code(ctx, zf, fh, members, code, prefix),
-            "code_files": [n[len(prefix) + 1 :] for n in code if not n.endswith(".debug_pkl")],
-            "classes": sorted(
-                {
-                    f"{g.module}.{g.name}"
-                    for a in ctx.audits
-                    for g in a.globals
-                    if g.status == "torchscript"
-                }
-            ),
-        }
-    meta["devices"] = sorted({r.location for r in storages.values()})
-    big = byteorder == "big"
-    tensors = _tensor_infos(ctx, named, big, lambda ref: _zip_storage(ctx, zf, fh, ref))
-    return tensors, meta
+
+
+def _torchscript_meta(
+    ctx: _Context,
+    zf: zipfile.ZipFile,
+    fh: Any,
+    members: dict[str, _Member],
+    code: list[str],
+    prefix: str,
+) -> dict[str, Any]:
+    return {
+        "code": _audit_torchscript_code(ctx, zf, fh, members, code, prefix),
+        "code_files": [n[len(prefix) + 1 :] for n in code if not n.endswith(".debug_pkl")],
+        "classes": sorted(
+            {
+                f"{g.module}.{g.name}"
+                for a in ctx.audits
+                for g in a.globals
+                if g.status == "torchscript"
+            }
+        ),
+    }
 
 
 def _audit_torchscript_code(
@@ -529,14 +566,50 @@ def _read_legacy_data(
     sys_info = next_pickle("sys info")
     if not isinstance(sys_info, dict):
         raise ctx.malformed("legacy sys info is not a dict")
-    roots: dict[str, StorageRef] = {}
-    modules: list[str] = []
+    storages = _LegacyStorages(ctx)
+    obj = next_pickle("object pickle", persistent_load=storages.resolve)
+    keys = next_pickle("storage keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ctx.malformed("legacy storage key list is not a list of strings")
+    pos = _place_legacy_storages(ctx, data, pos, storages.roots, keys)
+    if pos != ctx.size:
+        raise ctx.malformed(
+            f"{ctx.size - pos} bytes after the last storage are not part of the checkpoint"
+        )
+    named = collect_tensors(obj, path=ctx.path, limits=ctx.limits, deadline=ctx.deadline)
+    named, wrapper = _strip_wrapper(obj, named)
+    meta: dict[str, Any] = {
+        "container": "legacy",
+        "sys_info": {
+            k: v
+            for k, v in sys_info.items()
+            if isinstance(k, str) and isinstance(v, (bool, int, str))
+        },
+        "devices": sorted({r.location for r in storages.roots.values()}),
+    }
+    if wrapper:
+        meta["state_dict_key"] = wrapper
+    if storages.modules:
+        meta["module_sources"] = storages.modules
+    # Legacy storages are written little-endian whatever the writer's byte order.
+    return _tensor_infos(ctx, named, False, _legacy_storage_bytes), meta
 
-    def persistent_load(pid: Any, offset: int) -> Any:
+
+class _LegacyStorages:
+    """Resolves a legacy checkpoint's persistent ids: storages (and views of them) whose
+    bytes follow the pickles, and whole modules saved with their source."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        self.roots: dict[str, StorageRef] = {}
+        self.modules: list[str] = []
+
+    def resolve(self, pid: Any, offset: int) -> Any:
+        ctx = self.ctx
         if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "module":
             # A whole nn.Module saved with its source: the class global is audited, the
             # source text is recorded, nothing is compiled.
-            modules.append(str(pid[1])[:200])
+            self.modules.append(str(pid[1])[:200])
             return Opaque("module source", offset)
         if not isinstance(pid, tuple) or len(pid) != 6 or pid[0] != "storage":
             raise ctx.malformed(
@@ -545,12 +618,7 @@ def _read_legacy_data(
         _, stype, key, location, numel, view = pid
         if isinstance(stype, Opaque):
             return Opaque("storage of an unknown type", offset)
-        if not isinstance(stype, StorageType):
-            raise ctx.malformed("object pickle: storage type is not a torch storage class")
-        if stype.dtype is None:
-            raise UnsupportedFormatError(
-                ctx.path, f"{stype.torch_name} (quantized storage) is not supported"
-            )
+        _check_storage_type(ctx, stype, "object pickle")
         if not (
             isinstance(key, str)
             and isinstance(location, str)
@@ -564,37 +632,40 @@ def _read_legacy_data(
             raise ctx.malformed(
                 f"storage {key!r} claims {numel} elements, more than the file holds"
             )
-        root = roots.get(key)
+        root = self.roots.get(key)
         if root is None:
             root = StorageRef(key, stype.dtype, numel, location, itemsize, info={"offset": None})
-            roots[key] = root
+            self.roots[key] = root
         elif root.dtype != stype.dtype or root.numel != numel:
             raise ctx.malformed(f"storage {key!r} is named with two different types or sizes")
-        if view is None:
-            return root
+        return root if view is None else self._view(root, view)
+
+    def _view(self, root: StorageRef, view: Any) -> StorageRef:
         if not (
             isinstance(view, tuple)
             and len(view) == 3
             and isinstance(view[0], str)
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in view[1:])
         ):
-            raise ctx.malformed("object pickle: malformed storage view")
+            raise self.ctx.malformed("object pickle: malformed storage view")
         view_key, view_offset, view_size = view
-        if view_offset + view_size > numel:
-            raise ctx.malformed(f"storage view {view_key!r} runs past storage {key!r}")
+        if view_offset + view_size > root.numel:
+            raise self.ctx.malformed(f"storage view {view_key!r} runs past storage {root.key!r}")
         return StorageRef(
             view_key,
-            stype.dtype,
+            root.dtype,
             view_size,
-            location,
-            itemsize,
+            root.location,
+            root.itemsize,
             info={"root": root, "elem_offset": view_offset},
         )
 
-    obj = next_pickle("object pickle", persistent_load=persistent_load)
-    keys = next_pickle("storage keys")
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ctx.malformed("legacy storage key list is not a list of strings")
+
+def _place_legacy_storages(
+    ctx: _Context, data: mmap.mmap, pos: int, roots: dict[str, StorageRef], keys: list[str]
+) -> int:
+    """Find each storage's bytes after the pickles (an element count, then the data), in
+    the order of the key list; return the position after the last one."""
     if len(set(keys)) != len(keys):
         raise ctx.malformed("legacy storage key list names a storage twice")
     missing = sorted(set(roots) - set(keys))
@@ -623,35 +694,15 @@ def _read_legacy_data(
             lambda a=start, n=root.nbytes: bytes(data[a : a + min(_NESTED_HEAD, n)]),
             lambda a=start, n=root.nbytes: bytes(data[a : a + min(n, ctx.limits.max_pickle_bytes)]),
         )
-    if pos != ctx.size:
-        raise ctx.malformed(
-            f"{ctx.size - pos} bytes after the last storage are not part of the checkpoint"
-        )
-    named = collect_tensors(obj, path=ctx.path, limits=ctx.limits, deadline=ctx.deadline)
-    named, wrapper = _strip_wrapper(obj, named)
-    meta: dict[str, Any] = {
-        "container": "legacy",
-        "sys_info": {
-            k: v
-            for k, v in sys_info.items()
-            if isinstance(k, str) and isinstance(v, (bool, int, str))
-        },
-        "devices": sorted({r.location for r in roots.values()}),
-    }
-    if wrapper:
-        meta["state_dict_key"] = wrapper
-    if modules:
-        meta["module_sources"] = modules
+    return pos
 
-    def locate(ref: StorageRef) -> _StorageBytes:
-        elem = 0
-        if "root" in ref.info:
-            elem = ref.info["elem_offset"]
-            ref = ref.info["root"]
-        return _StorageBytes(ref.info["offset"] + elem * ref.itemsize, None)
 
-    # Legacy storages are written little-endian whatever the writer's byte order.
-    return _tensor_infos(ctx, named, False, locate), meta
+def _legacy_storage_bytes(ref: StorageRef) -> _StorageBytes:
+    elem = 0
+    if "root" in ref.info:
+        elem = ref.info["elem_offset"]
+        ref = ref.info["root"]
+    return _StorageBytes(ref.info["offset"] + elem * ref.itemsize, None)
 
 
 # -- bare pickle --------------------------------------------------------------------------
