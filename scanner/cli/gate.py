@@ -156,7 +156,7 @@ def _allow(args: argparse.Namespace, config: Any) -> tuple[str, ...]:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from scanner.policy.config import GateConfig, find_config, load_config
+    from scanner.gate.config import GateConfig, find_config, load_config
 
     if args.no_config:
         if args.config:
