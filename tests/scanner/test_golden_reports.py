@@ -31,9 +31,12 @@ def _normalized(text: str, folder: Path) -> str:
 def test_demo_report_matches_golden_file(
     fmt: str, suffix: str, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # SARIF URIs are relative to the working folder
+    # Relative paths from the working folder: SARIF URIs are relative to it, and the text
+    # report wraps the same way whatever the temporary folder's name.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
     out = tmp_path / f"report.{suffix}"
-    res = run_cli("demo", "--keep", tmp_path, "--format", fmt, "-o", out)
+    res = run_cli("demo", "--keep", "demo", "--format", fmt, "-o", out)
     assert res.code == 0, res.err
     got = _normalized(out.read_text(encoding="utf-8"), tmp_path)
     golden = GOLDEN / f"demo.{suffix}"
