@@ -155,22 +155,83 @@ def _origin(
         for c in _stems(g.codes)
         if c in trusted.tensors and c not in used and trusted.tensors[c].dtype.name in FLOAT_DTYPES
     ]
-    if not cands:
-        # Renamed by the exporter: a unique removed float tensor of a compatible shape.
-        removed = [
-            n
-            for n, i in trusted.tensors.items()
-            if n not in deployed.tensors
-            and n not in used
-            and i.dtype.name in FLOAT_DTYPES
-            and _perm(i.shape, shape) is not None
-        ]
-        cands = removed if len(removed) == 1 else []
-    for c in cands:
-        perm = _perm(trusted.tensors[c].shape, shape)
-        if perm is not None:
-            return c, perm
-    return None, None
+    if cands:
+        for c in cands:
+            perm = _perm(trusted.tensors[c].shape, shape)
+            if perm is not None:
+                return c, perm
+        return None, None
+    # Renamed by the exporter: a unique removed float tensor of a compatible shape, or,
+    # when several fit the shape (the layers of a transformer), the unique one whose
+    # range per channel is the one the stored scales were computed from.
+    removed = [
+        (n, perm)
+        for n, i in trusted.tensors.items()
+        if n not in deployed.tensors and n not in used and i.dtype.name in FLOAT_DTYPES
+        for perm in _perms(i.shape, shape)
+    ]
+    if len({n for n, _ in removed}) == 1:
+        return removed[0]
+    if not removed:
+        return None, None
+    qmin, qmax = CODE_DTYPES.get(deployed.tensors[g.codes].dtype.name, (-128, 127))
+    scale = np.abs(deployed.to_float(g.scale).astype(np.float64).reshape(-1))
+    fitting: dict[str, list[tuple[tuple[int, ...], set[int | None]]]] = {}
+    for n, perm in removed:
+        axes = _scales_fit(np.transpose(read_float(trusted, n), perm), scale, qmin, qmax)
+        if axes:
+            fitting.setdefault(n, []).append((perm, axes))
+    if len(fitting) != 1:
+        return None, None
+    ((name, fits),) = fitting.items()
+    # A square matrix fits both ways (rows of one layout are columns of the other); the
+    # graph's dequantization axis, when known, says which one is stored.
+    hint = None if g.axis_hint is None else g.axis_hint % max(1, len(shape))
+    for perm, axes in fits:
+        if hint in axes:
+            return name, perm
+    return name, fits[0][0]
+
+
+SCALE_FIT_TOLERANCE = 2e-3
+"""Relative slack on range / scale when a quantized tensor is matched to its origin by
+its scales: a half-precision scale, or scales computed from a half-precision copy of
+the weights, are off by up to 2^-10."""
+
+
+def _scales_fit(w: np.ndarray, scale: np.ndarray, qmin: int, qmax: int) -> set[int | None]:
+    """The axes of ``w`` (None: per tensor) along which ``scale`` is what a
+    round-to-nearest quantizer computes from ``w``'s range, under either scheme."""
+    axes: list[int | None] = (
+        [None] if scale.size == 1 else [a for a, d in enumerate(w.shape) if d == scale.size]
+    )
+    w = w.astype(np.float64)
+    found: set[int | None] = set()
+    for axis in axes:
+        rest = tuple(a for a in range(w.ndim) if a != axis) if axis is not None else None
+        hi = np.maximum(w.max(axis=rest), 0.0).reshape(-1)
+        lo = np.minimum(w.min(axis=rest), 0.0).reshape(-1)
+        for scheme, span in (("symmetric", np.maximum(hi, -lo)), ("asymmetric", hi - lo)):
+            low, high = _ratio_window(scheme, qmin, qmax)
+            live = scale > 0
+            if not np.any(live) or np.any(span[~live] > 0):
+                continue
+            ratio = span[live] / scale[live]
+            if np.all(ratio >= low * (1 - SCALE_FIT_TOLERANCE)) and np.all(
+                ratio <= high * (1 + SCALE_FIT_TOLERANCE)
+            ):
+                found.add(axis)
+    return found
+
+
+def _perms(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every axis order :func:`_perm` allows; a square matrix fits both ways."""
+    out = []
+    if src == dst:
+        out.append(tuple(range(len(src))))
+    if len(src) >= 2 and (*src[:-2], src[-1], src[-2]) == dst:
+        out.append((*tuple(range(len(src) - 2)), len(src) - 1, len(src) - 2))
+    return out
 
 
 def _perm(src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[int, ...] | None:
