@@ -17,6 +17,7 @@ from scanner.artifact import Artifact
 from scanner.checks.pair import GRAPH_CHANGED
 from scanner.diff.engine import Analysis, Analyzer, PairContext
 from scanner.findings import Finding, Location, Severity
+from scanner.findings import Region as TensorRegion
 from scanner.graph.canonical import CanonicalGraph
 from scanner.graph.diff import GraphDiff, Region
 from scanner.graph.of_artifact import canonical_of, graph_diff_of
@@ -443,8 +444,23 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
             REWRITE_WEIGHTS,
             f"{', '.join(c.deployed)} ({c.derivation}) differs from the value recomputed "
             f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}" + spread,
-            [Location(artifact="deployed", tensor=k) for k in c.deployed[:4]],
-            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed), "spread": c.spread},
+            [
+                Location(
+                    artifact="deployed",
+                    tensor=k,
+                    # the rows index the compared value, which is the first source's
+                    region=TensorRegion(axis=0, indices=c.rows[:256])
+                    if c.rows and i == 0
+                    else None,
+                )
+                for i, k in enumerate(c.deployed[:4])
+            ],
+            evidence={
+                "trusted": list(c.trusted),
+                "deployed": list(c.deployed),
+                "spread": c.spread,
+                "rows": list(c.rows[:256]),
+            },
         )
     rewrites = [r for r in gd.regions if r.kind in ("fusion", "folding")]
     verified = [c for c in gd.weight_checks if c.ok]
