@@ -217,6 +217,9 @@ def analyze_graph(ctx: PairContext) -> Analysis:
     # Weights proven equal stay explained even when other structure differs: they are
     # the same values, and the structure is reported on its own.
     explained = {k: v for k, v in gd.explained.items() if k not in ctx.explained}
+    explained.update(
+        {k: v for k, v in _one_sided_structure(ctx, t, d).items() if k not in ctx.explained}
+    )
     if serious:
         classification: str | None = "graph change"
     elif gd.identical and not any(c for c in gd.weight_checks if c.trusted != c.deployed):
@@ -229,6 +232,34 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         classification=classification,
         evidence=evidence,
     )
+
+
+def _one_sided_structure(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph) -> dict[str, str]:
+    """Stored tensors only one side has that its graph reads as structure (shapes, axes,
+    scalars: no parameter slot), such as the reshape shapes a quantizer adds for its
+    biases. The graph diff has judged the nodes that read them (a rewrite it knows, or
+    MS209 / MS510), so they are not also reported as unexplained tensors."""
+    from scanner.claims.convert.roles import roles_in
+    from scanner.diff.model import TensorStatus
+
+    sides = {
+        TensorStatus.ADDED: (d, ctx.deployed, "deployed"),
+        TensorStatus.REMOVED: (t, ctx.trusted, "trusted"),
+    }
+    roles: dict[TensorStatus, dict[str, Any]] = {}
+    out: dict[str, str] = {}
+    for diff in ctx.tensors:
+        side = sides.get(diff.status)
+        if side is None:
+            continue
+        if diff.status not in roles:
+            roles[diff.status] = roles_in(side[0], side[1])
+        role = roles[diff.status].get(diff.name)
+        if role is not None and role.readers and not role.parameter:
+            out[diff.name] = (
+                f"{side[2]} graph structure ({role.describe()}), judged by the graph diff"
+            )
+    return out
 
 
 def _claims_conversion(ctx: PairContext, gd: GraphDiff) -> bool:
