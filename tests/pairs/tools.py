@@ -39,18 +39,26 @@ def ort_optimized(key: str, level: str):
     return build
 
 
-def ort_dynamic_int8(key: str):
-    """onnxruntime ``quantize_dynamic`` (int8, per channel). Its quantizer only quantizes
-    initializers, so the vendor's Constant nodes are made initializers first, as its
-    preprocessing docs advise; the trusted side stays the vendor's file."""
+def ort_dynamic_int8(key: str, *, initializers: bool = True):
+    """onnxruntime ``quantize_dynamic`` (int8, per channel). Its quantizer stores int8
+    codes only for initializers, so the vendor's Constant nodes are made initializers
+    first (``initializers``); without that step it keeps the float weights and quantizes
+    them at run time. The trusted side stays the vendor's file."""
 
     def build(folder: Path) -> Path:
         import onnx
         from onnx import numpy_helper
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        out, done = _once(folder, f"{key}-dynamic-int8.onnx")
+        tag = "" if initializers else "-runtime-weights"
+        out, done = _once(folder, f"{key}-dynamic-int8{tag}.onnx")
         if done:
+            return out
+        logging.getLogger().setLevel(logging.ERROR)
+        if not initializers:
+            quantize_dynamic(
+                str(real_model(key)), str(out), weight_type=QuantType.QInt8, per_channel=True
+            )
             return out
         model = onnx.load(str(real_model(key)))
         keep = []
