@@ -257,7 +257,9 @@ def test_faithful_pair_passes(pair: Pair, made: Path, tmp_path: Path) -> None:
     verified = [
         f
         for f in report["findings"]
-        if f["rule_id"] in ("MS401", "MS408", "MS206") and "break" not in f["message"]
+        if f["rule_id"] in ("MS401", "MS408", "MS206")
+        and "break" not in f["message"]
+        and not f["message"].endswith(" on 0 tensors")
     ]
     assert verified or report["classification"] == "identical", report["classification"]
 
