@@ -77,8 +77,9 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
     results: list[tuple[TensorVerdict, LineProfile | None]] = []
     notes: list[str] = []
     used: set[str] = set()
+    ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] = {}
     for g in groups:
-        origin, perm = _origin(g, trusted, deployed, used)
+        origin, perm = _origin(g, trusted, deployed, used, ranges)
         if origin is None:
             notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
             continue
@@ -147,7 +148,11 @@ def _layout_name(g: QuantGroup) -> str:
 
 
 def _origin(
-    g: QuantGroup, trusted: Artifact, deployed: Artifact, used: set[str]
+    g: QuantGroup,
+    trusted: Artifact,
+    deployed: Artifact,
+    used: set[str],
+    ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> tuple[str | None, tuple[int, ...] | None]:
     shape = deployed.tensors[g.codes].shape
     cands = [
@@ -177,8 +182,12 @@ def _origin(
     qmin, qmax = CODE_DTYPES.get(deployed.tensors[g.codes].dtype.name, (-128, 127))
     scale = np.abs(deployed.to_float(g.scale).astype(np.float64).reshape(-1))
     fitting: dict[str, list[tuple[tuple[int, ...], set[int | None]]]] = {}
+    ranges = {} if ranges is None else ranges
     for n, perm in removed:
-        axes = _scales_fit(np.transpose(read_float(trusted, n), perm), scale, qmin, qmax)
+        if n not in ranges:
+            # read once per tensor, however many quantized weights are matched against it
+            ranges[n] = _channel_ranges(read_float(trusted, n))
+        axes = _scales_fit(ranges[n], perm, scale, qmin, qmax)
         if axes:
             fitting.setdefault(n, []).append((perm, axes))
     if len(fitting) != 1:
@@ -199,18 +208,37 @@ its scales: a half-precision scale, or scales computed from a half-precision cop
 the weights, are off by up to 2^-10."""
 
 
-def _scales_fit(w: np.ndarray, scale: np.ndarray, qmin: int, qmax: int) -> set[int | None]:
-    """The axes of ``w`` (None: per tensor) along which ``scale`` is what a
-    round-to-nearest quantizer computes from ``w``'s range, under either scheme."""
-    axes: list[int | None] = (
-        [None] if scale.size == 1 else [a for a, d in enumerate(w.shape) if d == scale.size]
-    )
+def _channel_ranges(w: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+    """Per axis (None: the whole tensor), the largest value and the smallest, clamped
+    to include zero as quantizers do, of each slice along it."""
     w = w.astype(np.float64)
+    out: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+    for axis in (None, *range(w.ndim)):
+        rest = tuple(a for a in range(w.ndim) if a != axis) if axis is not None else None
+        hi = np.maximum(w.max(axis=rest, initial=0.0), 0.0).reshape(-1)
+        lo = np.minimum(w.min(axis=rest, initial=0.0), 0.0).reshape(-1)
+        out[axis] = (hi, lo)
+    return out
+
+
+def _scales_fit(
+    ranges: dict[int | None, tuple[np.ndarray, np.ndarray]],
+    perm: tuple[int, ...],
+    scale: np.ndarray,
+    qmin: int,
+    qmax: int,
+) -> set[int | None]:
+    """The axes of the trusted tensor laid out by ``perm`` (None: per tensor) along
+    which ``scale`` is what a round-to-nearest quantizer computes from its range, under
+    either scheme."""
+    axes: list[int | None] = (
+        [None]
+        if scale.size == 1
+        else [a for a in range(len(perm)) if ranges[perm[a]][0].size == scale.size]
+    )
     found: set[int | None] = set()
     for axis in axes:
-        rest = tuple(a for a in range(w.ndim) if a != axis) if axis is not None else None
-        hi = np.maximum(w.max(axis=rest), 0.0).reshape(-1)
-        lo = np.minimum(w.min(axis=rest), 0.0).reshape(-1)
+        hi, lo = ranges[None if axis is None else perm[axis]]
         for scheme, span in (("symmetric", np.maximum(hi, -lo)), ("asymmetric", hi - lo)):
             low, high = _ratio_window(scheme, qmin, qmax)
             live = scale > 0
