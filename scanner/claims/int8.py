@@ -181,25 +181,31 @@ def _origin(
         return None, None
     qmin, qmax = CODE_DTYPES.get(deployed.tensors[g.codes].dtype.name, (-128, 127))
     scale = np.abs(deployed.to_float(g.scale).astype(np.float64).reshape(-1))
-    fitting: dict[str, list[tuple[tuple[int, ...], set[int | None]]]] = {}
     ranges = {} if ranges is None else ranges
+    fits: list[tuple[str, tuple[int, ...], int | None, float]] = []
     for n, perm in removed:
         if n not in ranges:
             # read once per tensor, however many quantized weights are matched against it
             ranges[n] = _channel_ranges(read_float(trusted, n))
-        axes = _scales_fit(ranges[n], perm, scale, qmin, qmax)
-        if axes:
-            fitting.setdefault(n, []).append((perm, axes))
-    if len(fitting) != 1:
-        return None, None
-    ((name, fits),) = fitting.items()
+        for axis, share in _scales_fit(ranges[n], perm, scale, qmin, qmax).items():
+            fits.append((n, perm, axis, share))
+    whole = [f for f in fits if f[3] == 1.0]
+    if len({f[0] for f in whole}) != 1:
+        # Not one exact fit: an edited scale breaks its own channel only, so the tensor
+        # whose scales fit in all but a few channels is still the origin (and the claim
+        # then names those channels), when no other tensor comes close.
+        best = max((f[3] for f in fits), default=0.0)
+        whole = [f for f in fits if f[3] == best]
+        others = max((f[3] for f in fits if f[0] != whole[0][0]), default=0.0) if whole else 1.0
+        if best < NEAR_FIT or len({f[0] for f in whole}) != 1 or others > 0.5:
+            return None, None
     # A square matrix fits both ways (rows of one layout are columns of the other); the
     # graph's dequantization axis, when known, says which one is stored.
     hint = None if g.axis_hint is None else g.axis_hint % max(1, len(shape))
-    for perm, axes in fits:
-        if hint in axes:
+    for name, perm, axis, _ in whole:
+        if axis == hint:
             return name, perm
-    return name, fits[0][0]
+    return whole[0][0], whole[0][1]
 
 
 SCALE_FIT_TOLERANCE = 2e-3
@@ -221,35 +227,39 @@ def _channel_ranges(w: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndar
     return out
 
 
+NEAR_FIT = 0.9
+"""Share of channels whose scale must follow from a tensor's range for it to be taken as
+the origin of a quantized weight no tensor fits exactly."""
+
+
 def _scales_fit(
     ranges: dict[int | None, tuple[np.ndarray, np.ndarray]],
     perm: tuple[int, ...],
     scale: np.ndarray,
     qmin: int,
     qmax: int,
-) -> set[int | None]:
-    """The axes of the trusted tensor laid out by ``perm`` (None: per tensor) along
-    which ``scale`` is what a round-to-nearest quantizer computes from its range, under
-    either scheme."""
+) -> dict[int | None, float]:
+    """Per axis of the trusted tensor laid out by ``perm`` (None: per tensor) with one
+    channel per scale, the share of channels whose scale is what a round-to-nearest
+    quantizer computes from the channel's range (the better of the two schemes)."""
     axes: list[int | None] = (
         [None]
         if scale.size == 1
         else [a for a in range(len(perm)) if ranges[perm[a]][0].size == scale.size]
     )
-    found: set[int | None] = set()
+    found: dict[int | None, float] = {}
+    live = scale > 0
     for axis in axes:
         hi, lo = ranges[None if axis is None else perm[axis]]
         for scheme, span in (("symmetric", np.maximum(hi, -lo)), ("asymmetric", hi - lo)):
             low, high = _ratio_window(scheme, qmin, qmax)
-            live = scale > 0
-            if not np.any(live) or np.any(span[~live] > 0):
-                continue
-            ratio = span[live] / scale[live]
-            if np.all(ratio >= low * (1 - SCALE_FIT_TOLERANCE)) and np.all(
+            ratio = np.divide(span, scale, out=np.full(span.shape, np.inf), where=live)
+            ok = (ratio >= low * (1 - SCALE_FIT_TOLERANCE)) & (
                 ratio <= high * (1 + SCALE_FIT_TOLERANCE)
-            ):
-                found.add(axis)
-    return found
+            )
+            ok |= ~live & (span == 0)  # an all-zero channel with a zero scale
+            found[axis] = max(found.get(axis, 0.0), float(ok.mean()))
+    return {a: v for a, v in found.items() if v > 0}
 
 
 def _perms(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, ...]]:

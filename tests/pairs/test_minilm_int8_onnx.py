@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fixtures import real_model
@@ -56,3 +57,22 @@ def test_one_row_of_codes_changed_is_named(tmp_path: Path) -> None:
     assert set(blamed) <= {CODES, ORIGIN} | POOLER, blamed
     ms402 = [f for f in report["findings"] if f["rule_id"] == "MS402"]
     assert len(ms402) == 1 and ms402[0]["evidence"]["trusted_tensor"] == ORIGIN
+
+
+def test_one_channel_scale_changed_is_named(tmp_path: Path) -> None:
+    """An edited scale breaks the match by scales in its own channel only: the origin is
+    still found (every other channel fits it, no other tensor comes close) and the
+    scale is named."""
+    twin = tmp_path / "twin.onnx"
+
+    def edit_scale(a: np.ndarray) -> None:
+        flat = a.reshape(-1)
+        flat[40] *= 1.5
+
+    edit.onnx_initializer(real_model(MINILM_INT8_ONNX), twin, CODES[:-1] + "scale", edit_scale)
+    code, report = edit.diff(real_model(MINILM), twin, tmp_path / "r.json")
+    assert code == 1
+    blamed = edit.blamed(report)
+    assert blamed.get(CODES) == {40}, blamed
+    assert set(blamed) <= {CODES, ORIGIN} | POOLER, blamed
+    assert [f["rule_id"] for f in report["findings"] if CODES in str(f["locations"])] == ["MS403"]
