@@ -151,27 +151,34 @@ def infer(
             # carry over is reported against it, tensor by tensor and row by row.
             held[family] = outcome
     _keep_gguf_majority(tried, held)
-    _leave_judged_to_their_claim(held)
-    return tried, list(held.values())
+    return tried, leave_judged_to_their_claim(list(held.values()))
 
 
-def _leave_judged_to_their_claim(held: dict[str, ClaimOutcome]) -> None:
-    """A conversion inferred next to another transformation (an exporter that also
-    quantized, cast or pruned) does not report again what that transformation re-derived:
-    its tensors held there, or failed there with rows and codes named, rather than being
-    "missing" or "with no trusted origin" here."""
-    conv = held.get("convert:")
-    others = [o for k, o in held.items() if k != "convert:"]
-    if conv is None or not others:
-        return
+def leave_judged_to_their_claim(outcomes: list[ClaimOutcome]) -> list[ClaimOutcome]:
+    """A conversion next to another transformation (an exporter that also quantized, cast
+    or pruned; inferred, or claimed together) does not report again what that
+    transformation re-derived: its tensors held there, or failed there with rows and
+    codes named, rather than being "missing" or "with no trusted origin" here."""
+    others = [o for o in outcomes if not _is_convert(o)]
+    if len(others) == len(outcomes) or not others:
+        return outcomes
     trusted = {v.tensor for o in others for v in o.verdicts}
     deployed = {d for o in others for v in o.verdicts for d in v.deployed}
-    keep = tuple(
-        v
-        for v in conv.verdicts
-        if v.ok or not (v.tensor in trusted or (v.deployed and set(v.deployed) <= deployed))
-    )
-    held["convert:"] = replace(conv, verdicts=keep)
+    out = []
+    for o in outcomes:
+        if _is_convert(o):
+            keep = tuple(
+                v
+                for v in o.verdicts
+                if v.ok or not (v.tensor in trusted or (v.deployed and set(v.deployed) <= deployed))
+            )
+            o = replace(o, verdicts=keep)
+        out.append(o)
+    return out
+
+
+def _is_convert(o: ClaimOutcome) -> bool:
+    return o.claim.split(":", 1)[0] == "convert"
 
 
 def _keep_gguf_majority(tried: list[ClaimOutcome], held: dict[str, ClaimOutcome]) -> None:

@@ -5,8 +5,11 @@ dequantized by Cast -> Mul in the graph).
 
 Every one of the 38 quantized weights is re-derived from its float origin, found by its
 scales when names and square shapes do not tell the layers apart. The export leaves out
-the BERT pooler (sentence embeddings do not use it); that is reported, as any trusted
-tensor missing from a deployed file is, and is the only thing that fails the pair."""
+the BERT pooler (sentence embeddings do not use it): without a claim that is reported,
+as any trusted tensor missing from a deployed file is, and is the only thing that fails
+the pair; a user who says so (``--claim convert:drop=pooler`` next to the quantization
+claim) has the pair pass. The pair with those claims and its tampered twin are in the
+table of ``test_real_pairs.py``."""
 
 from __future__ import annotations
 
@@ -76,3 +79,15 @@ def test_one_channel_scale_changed_is_named(tmp_path: Path) -> None:
     assert blamed.get(CODES) == {40}, blamed
     assert set(blamed) <= {CODES, ORIGIN} | POOLER, blamed
     assert [f["rule_id"] for f in report["findings"] if CODES in str(f["locations"])] == ["MS403"]
+
+
+def test_a_drop_claim_that_drops_nothing_fails(tmp_path: Path) -> None:
+    code, report = edit.diff(
+        real_model(MINILM),
+        real_model(MINILM_INT8_ONNX),
+        tmp_path / "r.json",
+        "quantize:int8",
+        "convert:drop=lm_head",
+    )
+    assert code == 1
+    assert set(edit.blamed(report)) == POOLER | {"lm_head"}, edit.blocking(report)

@@ -16,6 +16,8 @@ from fixtures.real_models import (
     AKIKI_ONNX,
     AKIKI_PT,
     AKIKI_ST,
+    MINILM,
+    MINILM_INT8_ONNX,
     RAPIDOCR_CLS,
     RAPIDOCR_DET,
     RAPIDOCR_REC,
@@ -98,6 +100,18 @@ PAIRS = [
         "If_0_else_branch__Inline_0__decoder.rnn.weight_hh",
         300,
         related=frozenset({"_model_8k.decoder.rnn.weight_hh"}),
+    ),
+    Pair(
+        "minilm-int8-onnx",
+        "safetensors F32 -> weight-only int8 ONNX (Cast -> Mul, transposed, renamed)",
+        "two vendors",
+        _wheel(MINILM),
+        _wheel(MINILM_INT8_ONNX),
+        _onnx("val_122_q", edit.codes_up((slice(100, 116), 40))),
+        "val_122_q",
+        40,
+        claims=("quantize:int8:per-channel:symmetric", "convert:drop=pooler"),
+        related=frozenset({"encoder.layer.1.attention.self.query.weight"}),
     ),
     # ---- tool-made pairs: the deployed file made here from the wheel's model
     Pair(
