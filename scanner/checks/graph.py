@@ -243,8 +243,8 @@ def _one_sided_structure(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph)
     from scanner.diff.model import TensorStatus
 
     sides = {
-        TensorStatus.ADDED: (d, ctx.deployed, "deployed"),
-        TensorStatus.REMOVED: (t, ctx.trusted, "trusted"),
+        TensorStatus.ADDED: (d, ctx.deployed),
+        TensorStatus.REMOVED: (t, ctx.trusted),
     }
     roles: dict[TensorStatus, dict[str, Any]] = {}
     out: dict[str, str] = {}
@@ -256,9 +256,7 @@ def _one_sided_structure(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph)
             roles[diff.status] = roles_in(side[0], side[1])
         role = roles[diff.status].get(diff.name)
         if role is not None and role.readers and not role.parameter:
-            out[diff.name] = (
-                f"{side[2]} graph structure ({role.describe()}), judged by the graph diff"
-            )
+            out[diff.name] = "graph structure"  # the class convert gives such tensors
     return out
 
 
