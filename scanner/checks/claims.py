@@ -16,7 +16,7 @@ from typing import Any
 from scanner.claims.base import ClaimOutcome, TensorVerdict
 from scanner.claims.gap import QUANT_GAP  # noqa: F401  (defines MS409 for the catalogue)
 from scanner.claims.grammar import parse_claim
-from scanner.claims.run import infer, run_claim
+from scanner.claims.run import infer, leave_judged_to_their_claim, run_claim
 from scanner.diff.engine import Analysis, Analyzer, PairContext
 from scanner.diff.model import TensorStatus
 from scanner.findings import Finding, Location, Region, Severity
@@ -351,7 +351,9 @@ def analyze_claims(ctx: PairContext) -> Analysis:
     claims = [parse_claim(t) for t in texts]
     if claims:
         return outcome_analysis(
-            run_claim(c, ctx.trusted, ctx.deployed, ctx.tensors) for c in claims
+            leave_judged_to_their_claim(
+                [run_claim(c, ctx.trusted, ctx.deployed, ctx.tensors) for c in claims]
+            )
         )
     if not ctx.changed():
         return Analysis()

@@ -17,6 +17,7 @@ from scanner.artifact import Artifact
 from scanner.checks.pair import GRAPH_CHANGED
 from scanner.diff.engine import Analysis, Analyzer, PairContext
 from scanner.findings import Finding, Location, Severity
+from scanner.findings import Region as TensorRegion
 from scanner.graph.canonical import CanonicalGraph
 from scanner.graph.diff import GraphDiff, Region
 from scanner.graph.of_artifact import canonical_of, graph_diff_of
@@ -216,6 +217,9 @@ def analyze_graph(ctx: PairContext) -> Analysis:
     # Weights proven equal stay explained even when other structure differs: they are
     # the same values, and the structure is reported on its own.
     explained = {k: v for k, v in gd.explained.items() if k not in ctx.explained}
+    explained.update(
+        {k: v for k, v in _one_sided_structure(ctx, t, d).items() if k not in ctx.explained}
+    )
     if serious:
         classification: str | None = "graph change"
     elif gd.identical and not any(c for c in gd.weight_checks if c.trusted != c.deployed):
@@ -228,6 +232,32 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         classification=classification,
         evidence=evidence,
     )
+
+
+def _one_sided_structure(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph) -> dict[str, str]:
+    """Stored tensors only one side has that its graph reads as structure (shapes, axes,
+    scalars: no parameter slot), such as the reshape shapes a quantizer adds for its
+    biases. The graph diff has judged the nodes that read them (a rewrite it knows, or
+    MS209 / MS510), so they are not also reported as unexplained tensors."""
+    from scanner.claims.convert.roles import roles_in
+    from scanner.diff.model import TensorStatus
+
+    sides = {
+        TensorStatus.ADDED: (d, ctx.deployed),
+        TensorStatus.REMOVED: (t, ctx.trusted),
+    }
+    roles: dict[TensorStatus, dict[str, Any]] = {}
+    out: dict[str, str] = {}
+    for diff in ctx.tensors:
+        side = sides.get(diff.status)
+        if side is None:
+            continue
+        if diff.status not in roles:
+            roles[diff.status] = roles_in(side[0], side[1])
+        role = roles[diff.status].get(diff.name)
+        if role is not None and role.readers and not role.parameter:
+            out[diff.name] = "graph structure"  # the class convert gives such tensors
+    return out
 
 
 def _claims_conversion(ctx: PairContext, gd: GraphDiff) -> bool:
@@ -441,8 +471,23 @@ def _diff_findings(gd: GraphDiff, t: CanonicalGraph, d: CanonicalGraph) -> Itera
             REWRITE_WEIGHTS,
             f"{', '.join(c.deployed)} ({c.derivation}) differs from the value recomputed "
             f"from {', '.join(c.trusted[:4])}: max relative error {c.max_rel_err:.3g}" + spread,
-            [Location(artifact="deployed", tensor=k) for k in c.deployed[:4]],
-            evidence={"trusted": list(c.trusted), "deployed": list(c.deployed), "spread": c.spread},
+            [
+                Location(
+                    artifact="deployed",
+                    tensor=k,
+                    # the rows index the compared value, which is the first source's
+                    region=TensorRegion(axis=0, indices=c.rows[:256])
+                    if c.rows and i == 0
+                    else None,
+                )
+                for i, k in enumerate(c.deployed[:4])
+            ],
+            evidence={
+                "trusted": list(c.trusted),
+                "deployed": list(c.deployed),
+                "spread": c.spread,
+                "rows": list(c.rows[:256]),
+            },
         )
     rewrites = [r for r in gd.regions if r.kind in ("fusion", "folding")]
     verified = [c for c in gd.weight_checks if c.ok]

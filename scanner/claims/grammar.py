@@ -163,11 +163,11 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "gguf": ("type", "algorithm"),
     "requantize": ("type", "algorithm"),
     "prune": ("method", "sparsity", "n", "m", "scope", "axis", "remove"),
-    "convert": ("transpose",),
+    "convert": ("transpose", "drop"),
     "merge": ("config", "models", "seed"),
     "lora": ("r", "modules", "adapter"),
 }
-_VERBATIM_KEYS = ("config", "models", "adapter", "modules")
+_VERBATIM_KEYS = ("config", "models", "adapter", "modules", "drop")
 """Values kept as written (paths and module names are case-sensitive)."""
 
 
@@ -182,7 +182,7 @@ def _classify(kind: str, token: str, text: str) -> tuple[str, str]:
                 f"--claim {text!r}: unknown parameter {key!r} for {kind}; "
                 f"known: {', '.join(_KEYS[kind])}"
             )
-        return key, value
+        return key, token.partition("=")[2] if key in _VERBATIM_KEYS else value
     if kind == "cast" and low in CAST_TARGETS:
         return "target", low
     if kind == "quantize":
@@ -306,6 +306,12 @@ def _validate(kind: str, params: dict[str, str], text: str) -> dict[str, str]:
             raise bad(f"scope must be one of {', '.join(PRUNE_SCOPES)}")
     elif kind == "convert" and params.get("transpose", "allow") not in ("allow", "deny"):
         raise bad("transpose must be allow or deny")
+    elif (
+        kind == "convert"
+        and "drop" in params
+        and not [m for m in params["drop"].split(",") if m.strip(".")]
+    ):
+        raise bad("drop needs module names, e.g. convert:drop=pooler,lm_head")
     elif kind == "merge":
         if not params.get("config"):
             raise bad("merge needs its mergekit YAML: merge:CONFIG or merge:config=PATH")

@@ -77,8 +77,9 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
     results: list[tuple[TensorVerdict, LineProfile | None]] = []
     notes: list[str] = []
     used: set[str] = set()
+    ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] = {}
     for g in groups:
-        origin, perm = _origin(g, trusted, deployed, used)
+        origin, perm = _origin(g, trusted, deployed, used, ranges)
         if origin is None:
             notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
             continue
@@ -147,7 +148,11 @@ def _layout_name(g: QuantGroup) -> str:
 
 
 def _origin(
-    g: QuantGroup, trusted: Artifact, deployed: Artifact, used: set[str]
+    g: QuantGroup,
+    trusted: Artifact,
+    deployed: Artifact,
+    used: set[str],
+    ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> tuple[str | None, tuple[int, ...] | None]:
     shape = deployed.tensors[g.codes].shape
     cands = [
@@ -155,22 +160,116 @@ def _origin(
         for c in _stems(g.codes)
         if c in trusted.tensors and c not in used and trusted.tensors[c].dtype.name in FLOAT_DTYPES
     ]
-    if not cands:
-        # Renamed by the exporter: a unique removed float tensor of a compatible shape.
-        removed = [
-            n
-            for n, i in trusted.tensors.items()
-            if n not in deployed.tensors
-            and n not in used
-            and i.dtype.name in FLOAT_DTYPES
-            and _perm(i.shape, shape) is not None
-        ]
-        cands = removed if len(removed) == 1 else []
-    for c in cands:
-        perm = _perm(trusted.tensors[c].shape, shape)
-        if perm is not None:
-            return c, perm
-    return None, None
+    if cands:
+        for c in cands:
+            perm = _perm(trusted.tensors[c].shape, shape)
+            if perm is not None:
+                return c, perm
+        return None, None
+    # Renamed by the exporter: a unique removed float tensor of a compatible shape, or,
+    # when several fit the shape (the layers of a transformer), the unique one whose
+    # range per channel is the one the stored scales were computed from.
+    removed = [
+        (n, perm)
+        for n, i in trusted.tensors.items()
+        if n not in deployed.tensors and n not in used and i.dtype.name in FLOAT_DTYPES
+        for perm in _perms(i.shape, shape)
+    ]
+    if len({n for n, _ in removed}) == 1:
+        return removed[0]
+    if not removed:
+        return None, None
+    qmin, qmax = CODE_DTYPES.get(deployed.tensors[g.codes].dtype.name, (-128, 127))
+    scale = np.abs(deployed.to_float(g.scale).astype(np.float64).reshape(-1))
+    ranges = {} if ranges is None else ranges
+    fits: list[tuple[str, tuple[int, ...], int | None, float]] = []
+    for n, perm in removed:
+        if n not in ranges:
+            # read once per tensor, however many quantized weights are matched against it
+            ranges[n] = _channel_ranges(read_float(trusted, n))
+        for axis, share in _scales_fit(ranges[n], perm, scale, qmin, qmax).items():
+            fits.append((n, perm, axis, share))
+    whole = [f for f in fits if f[3] == 1.0]
+    if len({f[0] for f in whole}) != 1:
+        # Not one exact fit: an edited scale breaks its own channel only, so the tensor
+        # whose scales fit in all but a few channels is still the origin (and the claim
+        # then names those channels), when no other tensor comes close.
+        best = max((f[3] for f in fits), default=0.0)
+        whole = [f for f in fits if f[3] == best]
+        others = max((f[3] for f in fits if f[0] != whole[0][0]), default=0.0) if whole else 1.0
+        if best < NEAR_FIT or len({f[0] for f in whole}) != 1 or others > 0.5:
+            return None, None
+    # A square matrix fits both ways (rows of one layout are columns of the other); the
+    # graph's dequantization axis, when known, says which one is stored.
+    hint = None if g.axis_hint is None else g.axis_hint % max(1, len(shape))
+    for name, perm, axis, _ in whole:
+        if axis == hint:
+            return name, perm
+    return whole[0][0], whole[0][1]
+
+
+SCALE_FIT_TOLERANCE = 2e-3
+"""Relative slack on range / scale when a quantized tensor is matched to its origin by
+its scales: a half-precision scale, or scales computed from a half-precision copy of
+the weights, are off by up to 2^-10."""
+
+
+def _channel_ranges(w: np.ndarray) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
+    """Per axis (None: the whole tensor), the largest value and the smallest, clamped
+    to include zero as quantizers do, of each slice along it."""
+    w = w.astype(np.float64)
+    out: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+    for axis in (None, *range(w.ndim)):
+        rest = tuple(a for a in range(w.ndim) if a != axis) if axis is not None else None
+        hi = np.maximum(w.max(axis=rest, initial=0.0), 0.0).reshape(-1)
+        lo = np.minimum(w.min(axis=rest, initial=0.0), 0.0).reshape(-1)
+        out[axis] = (hi, lo)
+    return out
+
+
+NEAR_FIT = 0.9
+"""Share of channels whose scale must follow from a tensor's range for it to be taken as
+the origin of a quantized weight no tensor fits exactly."""
+
+
+def _scales_fit(
+    ranges: dict[int | None, tuple[np.ndarray, np.ndarray]],
+    perm: tuple[int, ...],
+    scale: np.ndarray,
+    qmin: int,
+    qmax: int,
+) -> dict[int | None, float]:
+    """Per axis of the trusted tensor laid out by ``perm`` (None: per tensor) with one
+    channel per scale, the share of channels whose scale is what a round-to-nearest
+    quantizer computes from the channel's range (the better of the two schemes)."""
+    axes: list[int | None] = (
+        [None]
+        if scale.size == 1
+        else [a for a in range(len(perm)) if ranges[perm[a]][0].size == scale.size]
+    )
+    found: dict[int | None, float] = {}
+    live = scale > 0
+    for axis in axes:
+        hi, lo = ranges[None if axis is None else perm[axis]]
+        for scheme, span in (("symmetric", np.maximum(hi, -lo)), ("asymmetric", hi - lo)):
+            low, high = _ratio_window(scheme, qmin, qmax)
+            ratio = np.divide(span, scale, out=np.full(span.shape, np.inf), where=live)
+            ok = (ratio >= low * (1 - SCALE_FIT_TOLERANCE)) & (
+                ratio <= high * (1 + SCALE_FIT_TOLERANCE)
+            )
+            ok |= ~live & (span == 0)  # an all-zero channel with a zero scale
+            found[axis] = max(found.get(axis, 0.0), float(ok.mean()))
+    return {a: v for a, v in found.items() if v > 0}
+
+
+def _perms(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every axis order :func:`_perm` allows; a square matrix fits both ways."""
+    out = []
+    if src == dst:
+        out.append(tuple(range(len(src))))
+    if len(src) >= 2 and (*src[:-2], src[-1], src[-2]) == dst:
+        out.append((*tuple(range(len(src) - 2)), len(src) - 1, len(src) - 2))
+    return out
 
 
 def _perm(src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from scanner.artifact import Artifact
 from scanner.claims.base import ClaimOutcome
@@ -150,7 +151,34 @@ def infer(
             # carry over is reported against it, tensor by tensor and row by row.
             held[family] = outcome
     _keep_gguf_majority(tried, held)
-    return tried, list(held.values())
+    return tried, leave_judged_to_their_claim(list(held.values()))
+
+
+def leave_judged_to_their_claim(outcomes: list[ClaimOutcome]) -> list[ClaimOutcome]:
+    """A conversion next to another transformation (an exporter that also quantized, cast
+    or pruned; inferred, or claimed together) does not report again what that
+    transformation re-derived: its tensors held there, or failed there with rows and
+    codes named, rather than being "missing" or "with no trusted origin" here."""
+    others = [o for o in outcomes if not _is_convert(o)]
+    if len(others) == len(outcomes) or not others:
+        return outcomes
+    trusted = {v.tensor for o in others for v in o.verdicts}
+    deployed = {d for o in others for v in o.verdicts for d in v.deployed}
+    out = []
+    for o in outcomes:
+        if _is_convert(o):
+            keep = tuple(
+                v
+                for v in o.verdicts
+                if v.ok or not (v.tensor in trusted or (v.deployed and set(v.deployed) <= deployed))
+            )
+            o = replace(o, verdicts=keep)
+        out.append(o)
+    return out
+
+
+def _is_convert(o: ClaimOutcome) -> bool:
+    return o.claim.split(":", 1)[0] == "convert"
 
 
 def _keep_gguf_majority(tried: list[ClaimOutcome], held: dict[str, ClaimOutcome]) -> None:

@@ -242,6 +242,9 @@ class WeightCheck:
     """Deployed scales / zero points of run-time round trips of float constants in it."""
     spread: float | None = None
     """For a failed check: the fraction of elements outside the tolerance."""
+    rows: tuple[int, ...] = ()
+    """For a failed check: indices along the first axis (output channels, rows) holding
+    elements outside the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -706,10 +709,30 @@ def _compare_values(ct: Any, cd: Any) -> WeightCheck:
             quantized=True,
             round_trip=trip,
             spread=None if ok else float(outside.mean()),
+            rows=() if ok else _rows_of(outside),
         )
     ok = rel <= tol
-    spread = None if ok else float((np.abs(a64 - b64) > tol * max(scale, 1e-30)).mean())
-    return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, round_trip=trip, spread=spread)
+    if ok:
+        return WeightCheck(ct.sources, cd.sources, derivation, rel, ok, round_trip=trip)
+    outside = np.abs(a64 - b64) > tol * max(scale, 1e-30)
+    return WeightCheck(
+        ct.sources,
+        cd.sources,
+        derivation,
+        rel,
+        ok,
+        round_trip=trip,
+        spread=float(outside.mean()),
+        rows=_rows_of(outside),
+    )
+
+
+def _rows_of(outside: np.ndarray) -> tuple[int, ...]:
+    """First-axis indices with an element outside the tolerance (a weight's output
+    channels), so a failed check names where the edit is, not only the tensor."""
+    if outside.ndim == 0:
+        return ()
+    return tuple(int(i) for i in np.flatnonzero(outside.reshape(outside.shape[0], -1).any(axis=1)))
 
 
 # --------------------------------------------------------------------------- regions

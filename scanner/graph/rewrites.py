@@ -815,8 +815,11 @@ def _collapse_dynamic(ed: _Editor, n: Node) -> None:
     g = ed.g
     dql_id = g.producer.get(n.inputs[0])
     dql = g.nodes.get(dql_id) if dql_id is not None else None
+    if dql is None or dql.op != "DynamicQuantizeLinear":
+        return
     wq = ed.cval(n.inputs[1])
-    if dql is None or dql.op != "DynamicQuantizeLinear" or wq is None:
+    if wq is None:
+        _collapse_dynamic_float_weight(ed, n, dql)
         return
     wzp = ed.cval(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else np.zeros(1)
     cast = ed.sole_user(n.outputs[0])
@@ -860,6 +863,45 @@ def _collapse_dynamic(ed: _Editor, n: Node) -> None:
     if not any(g.consumers.get(o) for o in dql.outputs if o):
         ed.remove(dql)
     ed.counts["collapsed dynamic quantization"] += 1
+
+
+def _collapse_dynamic_float_weight(ed: _Editor, n: Node, dql: Node) -> None:
+    """The same with the weight stored as float and quantized at run time too
+    (``quantize_dynamic`` on a model whose weights are Constant nodes): DynamicQuantizeLinear
+    on a constant W feeds the integer op, its scale the scale product. The float op on
+    the stored W is what this computes, up to the run-time rounding of W and x; nothing
+    is stored but W, so W is compared as it is."""
+    g = ed.g
+    wdql_id = g.producer.get(n.inputs[1])
+    wdql = g.nodes.get(wdql_id) if wdql_id is not None else None
+    if wdql is None or wdql.op != "DynamicQuantizeLinear" or ed.cval(wdql.inputs[0]) is None:
+        return
+    if len(n.inputs) > 3 and n.inputs[3] and n.inputs[3] != wdql.outputs[2]:
+        return
+    cast = ed.sole_user(n.outputs[0])
+    if cast is None or cast.op != "Cast":
+        return
+    mul = ed.sole_user(cast.outputs[0])
+    if mul is None or mul.op != "Mul":
+        return
+    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
+    sm_id = g.producer.get(other)
+    sm = g.nodes.get(sm_id) if sm_id is not None else None
+    if (
+        sm is None
+        or sm.op != "Mul"
+        or sorted(sm.inputs) != sorted([dql.outputs[1], wdql.outputs[1]])
+    ):
+        return
+    op, attrs = ("MatMul", {}) if n.op == "MatMulInteger" else ("Conv", dict(n.attrs))
+    ed.node(n, op, [dql.inputs[0], wdql.inputs[0]], mul.outputs[:1], attrs)
+    for x in (n, cast, mul, sm):
+        ed.remove(x)
+    g.index()
+    for q in (dql, wdql):
+        if q.id in g.nodes and not any(g.consumers.get(o) for o in q.outputs if o):
+            ed.remove(q)
+    ed.counts["collapsed dynamic quantization (weights quantized at run time)"] += 1
 
 
 def _per_channel(v: np.ndarray, channels: int, rank: int) -> np.ndarray | None:

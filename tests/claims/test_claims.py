@@ -39,7 +39,10 @@ def test_grammar_parses_and_rejects() -> None:
     }
     assert parse_claim("prune:2:4").params["n"] == "2"
     assert parse_claim("cast:bf16").params["target"] == "BF16"
+    # module names keep their case
+    assert parse_claim("convert:drop=Pooler,lm_head").params["drop"] == "Pooler,lm_head"
     for bad, msg in [
+        ("convert:drop=", "module names"),
         ("quantise:int8", "unknown kind"),
         ("cast", "target"),
         ("prune:4:2", "0 < N < M"),

@@ -52,6 +52,7 @@ def check_convert(
     trusted: Artifact, deployed: Artifact, claim: Claim, diffs: Sequence[TensorDiff]
 ) -> ClaimOutcome:
     allow_transpose = claim.param("transpose", "allow") == "allow"
+    dropped = tuple(m.strip(".") for m in (claim.param("drop") or "").split(",") if m.strip("."))
     verdicts: list[TensorVerdict] = []
     notes: list[str] = []
     t_left: list[str] = []
@@ -131,6 +132,10 @@ def check_convert(
             if d_roles is None:
                 verdicts.append(_structure(name, role, "trusted"))
             # with graphs on both sides, structure is the graph diff's business
+        elif _under(name, dropped):
+            verdicts.append(
+                _ok(name, (), "dropped", f"{name}: left out of the conversion, as claimed")
+            )
         else:
             verdicts.append(
                 _bad(
@@ -160,6 +165,20 @@ def check_convert(
                     "added",
                 )
             )
+    for module in dropped:
+        # A claimed drop is a statement about the pair: one that drops nothing is false.
+        if not any(
+            v.stats.get("kind") == "dropped" and _under(v.tensor, (module,)) for v in verdicts
+        ):
+            verdicts.append(
+                _bad(
+                    module,
+                    (),
+                    f"{module}: claimed dropped, but no trusted tensor under it is missing "
+                    "from the deployed artifact",
+                    "drop",
+                )
+            )
     if counts:
         notes.append("paired: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     evidence = {
@@ -169,6 +188,11 @@ def check_convert(
         "structure": sum(1 for v in verdicts if v.change_class == STRUCTURE),
     }
     return ClaimOutcome(str(claim), tuple(verdicts), tuple(notes), evidence, applicable=True)
+
+
+def _under(name: str, modules: tuple[str, ...]) -> bool:
+    """``name`` is a tensor of one of ``modules`` (dotted module paths)."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 def _gates(roles: dict[str, Role] | None) -> dict[str, str]:
