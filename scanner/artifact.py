@@ -182,6 +182,26 @@ class Artifact:
             return memoryview(b"")
         return memoryview(self._map(src.path))[src.offset : src.offset + src.length]
 
+    def release(self, name: str, start: int = 0, length: int | None = None) -> None:
+        """Drop bytes ``[start, start + length)`` of a tensor from this process's mapping.
+
+        The pages stay in the page cache and a later access maps them again, so this is
+        always safe; it keeps the resident set flat while a long pass walks a tensor
+        through :meth:`raw` views (an mmap counts every page it touched until unmapped).
+        """
+        src = self.tensors[name].source
+        if isinstance(src, InlineBytes):
+            return
+        with self._lock:
+            m = self._maps.get(src.path)
+            if m is None or m.closed:
+                return
+            end = src.offset + src.length if length is None else src.offset + start + length
+            begin = (src.offset + start) // mmap.PAGESIZE * mmap.PAGESIZE
+            end = min(len(m), -(-end // mmap.PAGESIZE) * mmap.PAGESIZE)
+            if end > begin:
+                m.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
     def iter_bytes(self, name: str, chunk: int = STREAM_CHUNK) -> Iterator[memoryview]:
         """Stream a tensor's bytes. Each yielded view is only valid until the next one."""
         src = self.tensors[name].source

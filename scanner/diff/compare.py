@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanner.artifact import Artifact, TensorInfo
+from scanner.diff.castbits import cast_mismatches
 from scanner.diff.model import CastCheck, Localization, ValueDelta
 from scanner.values import numpy_dtype
 
@@ -101,9 +102,12 @@ def iter_rows(
             yield r0, values[r0 : r0 + step]
         return
     array = np.frombuffer(raw, dtype=npd).reshape(d0, d1, rest)
+    row_bytes = per_row * npd.itemsize
     for r0 in range(0, d0, step):
         chunk = array[r0 : r0 + step]
         yield r0, chunk if native else chunk.astype(np.float32)
+        # Unmap the pages just walked (they stay cached): resident memory stays flat.
+        artifact.release(info.name, r0 * row_bytes, len(chunk) * row_bytes)
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -207,18 +211,59 @@ def ulp(values: np.ndarray, dtype_name: str) -> np.ndarray:
     return np.ldexp(1.0, (exp - mantissa).astype(np.int64))
 
 
+EXACT_CHUNK_ELEMENTS = 1 << 18
+"""Elements per pass of the exact-cast scan: the 16-bit temporaries stay in L2."""
+
+
+def iter_flat_pairs(
+    a: Artifact, ia: TensorInfo, b: Artifact, ib: TensorInfo, elements: int = EXACT_CHUNK_ELEMENTS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The two tensors' elements, flat and in their storage dtypes, in aligned chunks of
+    ``elements``. Zero-copy mmap views; each chunk's pages are released from the mapping
+    once the caller has moved on, so resident memory stays flat whatever the size."""
+    npa, npb = numpy_dtype(ia.dtype.name), numpy_dtype(ib.dtype.name)
+    assert npa is not None and npb is not None
+    va = np.frombuffer(a.raw(ia.name), dtype=npa)
+    vb = np.frombuffer(b.raw(ib.name), dtype=npb)
+    released = 0
+    for start in range(0, ia.n_elements, elements):
+        yield va[start : start + elements], vb[start : start + elements]
+        # Release in steps of 64 MiB of the wider side: madvise per small chunk costs more
+        # than it saves.
+        done = start + elements
+        if done - released >= (64 << 20) // max(npa.itemsize, npb.itemsize, 1):
+            a.release(ia.name, released * npa.itemsize, (done - released) * npa.itemsize)
+            b.release(ib.name, released * npb.itemsize, (done - released) * npb.itemsize)
+            released = done
+    a.release(ia.name, released * npa.itemsize)
+    b.release(ib.name, released * npb.itemsize)
+
+
+def exact_cast_mismatches(a: Artifact, ia: TensorInfo, b: Artifact, ib: TensorInfo) -> int:
+    """How many deployed elements are not the round-to-nearest-even cast of the trusted
+    ones (the bit-level scan of ``scanner.diff.castbits``; no float statistics)."""
+    target = numpy_dtype(ib.dtype.name)
+    assert target is not None
+    return sum(len(cast_mismatches(ca, cb, target)) for ca, cb in iter_flat_pairs(a, ia, b, ib))
+
+
 def cast_check(
     a: Artifact, a_name: str, b: Artifact, b_name: str
 ) -> tuple[CastCheck, ValueDelta, Localization]:
     """Check a float dtype change element by element against correct rounding.
 
     The localization and delta describe the elements beyond rounding (the ones no cast
-    explains); the delta's ``n_changed`` counts those elements.
+    explains); the delta's ``n_changed`` counts those elements. A cast that is exact
+    (every element the correctly rounded value) is settled by one bit-level pass and
+    needs no statistics: nothing is beyond rounding and nothing changed.
     """
     ia, ib = a.tensors[a_name], b.tensors[b_name]
+    d0, d1, _ = _grid(ia.shape)
+    if exact_cast_mismatches(a, ia, b, ib) == 0:
+        delta, where = _Accumulator(d0, d1).result(ia.n_elements, ia.shape)
+        return CastCheck(ia.dtype.name, ib.dtype.name, True, 0, 0), delta, where
     target_np = numpy_dtype(ib.dtype.name)
     narrower = min(ia.dtype.name, ib.dtype.name, key=lambda n: _FLOAT_FORMAT[n][0])
-    d0, d1, _ = _grid(ia.shape)
     acc = _Accumulator(d0, d1)
     mismatched = 0
     for (r0, ca), (_, cb) in zip(iter_rows(a, ia), iter_rows(b, ib), strict=True):
