@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanner.artifact import Artifact, TensorInfo
-from scanner.diff.castbits import cast_mismatches
+from scanner.diff.castbits import CastScan
 from scanner.diff.model import CastCheck, Localization, ValueDelta
 from scanner.values import numpy_dtype
 
@@ -242,9 +242,10 @@ def iter_flat_pairs(
 def exact_cast_mismatches(a: Artifact, ia: TensorInfo, b: Artifact, ib: TensorInfo) -> int:
     """How many deployed elements are not the round-to-nearest-even cast of the trusted
     ones (the bit-level scan of ``scanner.diff.castbits``; no float statistics)."""
-    target = numpy_dtype(ib.dtype.name)
-    assert target is not None
-    return sum(len(cast_mismatches(ca, cb, target)) for ca, cb in iter_flat_pairs(a, ia, b, ib))
+    source, target = numpy_dtype(ia.dtype.name), numpy_dtype(ib.dtype.name)
+    assert source is not None and target is not None
+    scan = CastScan(source, target, EXACT_CHUNK_ELEMENTS)
+    return sum(len(scan.mismatches(ca, cb)) for ca, cb in iter_flat_pairs(a, ia, b, ib))
 
 
 def cast_check(
