@@ -165,13 +165,16 @@ class Artifact:
                 self._maps[path] = m
             return m
 
-    def _fd(self, path: Path) -> int:
+    def fd(self, path: Path) -> int:
+        """A read-only descriptor of one of the artifact's files, closed with it."""
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
                 fd = os.open(path, os.O_RDONLY)
                 self._fds[path] = fd
             return fd
+
+    _fd = fd  # the name older callers use
 
     def raw(self, name: str) -> memoryview:
         """Zero-copy read-only view of a tensor's bytes (mmap-backed for file data)."""
@@ -210,7 +213,7 @@ class Artifact:
             for start in range(0, len(view), chunk):
                 yield view[start : start + chunk]
             return
-        yield from stream_file_range(self._fd(src.path), src.offset, src.length, chunk, src.path)
+        yield from stream_file_range(self.fd(src.path), src.offset, src.length, chunk, src.path)
 
     def array(self, name: str) -> np.ndarray:
         """The tensor as a read-only numpy array in its storage dtype (a zero-copy view).
