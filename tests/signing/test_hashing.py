@@ -107,3 +107,28 @@ def test_tensor_digests_and_manifest_match_the_definition(tmp_path: Path) -> Non
         manifest = manifest_of(art, workers=2)
         assert manifest == manifest_of(art, workers=1)
     assert manifest.files[0].sha256 == _serial(path)
+
+
+def test_a_failed_key_load_stops_the_hashing(files: list[Path], tmp_path: Path) -> None:
+    """``modelseal sign`` loads the key beside the hashing; a key error stops the hashing
+    at its next window and is the error reported."""
+    from scanner.cli.sign import Beside, StoppedError, StopWhenFailed
+    from scanner.progress import CountingProgress
+    from signing.errors import SigningError
+    from signing.oms import hash_model
+
+    def bad_key() -> None:
+        raise SigningError("cannot read private key")
+
+    job = Beside(bad_key)
+    with pytest.raises(SigningError):
+        job.result()
+    counted = CountingProgress()
+    with pytest.raises(StoppedError):
+        hash_model(tmp_path, progress=StopWhenFailed(counted, job))
+    assert counted.done == 0
+    good = Beside(lambda: "signer")
+    assert good.result() == "signer"
+    counted = CountingProgress()
+    hash_model(tmp_path, progress=StopWhenFailed(counted, good))
+    assert counted.done == sum(p.stat().st_size for p in files)
