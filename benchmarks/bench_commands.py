@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,18 @@ def run(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, int]:
     if code not in ok:
         raise SystemExit(f"{' '.join(cmd)} exited {code}:\n{err[-2000:]}")
     return seconds, usage.ru_maxrss * 1024
+
+
+def in_child(func: Callable[..., None], *args: object) -> None:
+    """Run ``func(*args)`` in a child process: writing a model grows the writer's memory,
+    and Linux reports a parent's resident set at fork as part of each child's peak."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=func, args=args)
+    proc.start()
+    proc.join()
+    if proc.exitcode:
+        raise SystemExit(f"writing the models failed (exit {proc.exitcode})")
 
 
 def build(root: Path, gb: float, shards: int) -> None:
@@ -150,7 +163,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", metavar="WORK", help="works whose name starts so")
     args = parser.parse_args()
     root = args.dir / f"{args.gb}gb-{args.shards}shards"
-    build(root, args.gb, args.shards)
+    in_child(build, root, args.gb, args.shards)
     warm(root)
     size = sum(f.stat().st_size for f in (root / "base").iterdir())
     print(f"model: {size / 1e9:.2f} GB fp16 in {args.shards} shard(s); {os.cpu_count()} cores")
