@@ -7,7 +7,7 @@ about --shard-gb with its index, a byte-identical twin, a twin with one 64x64 bl
 changed, and a cast twin (fp16 -> bf16, bf16 -> fp16; ``benchmarks/scale_models.py``),
 under --dir (kept and reused when present; needs 4 x --gb per dtype of disk). Then runs
 ``manifest``, ``sign``, ``verify`` and ``diff`` (identical, one block, cast) once each as
-fresh processes, page cache as the previous command left it, and prints seconds,
+fresh processes, the files each reads warmed in the page cache first, and prints seconds,
 throughput (model bytes per second; a diff reads two models), the child's peak RSS and
 the linear extrapolation of the time to a 100 GB model.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_commands import in_child, run  # noqa: E402
+from benchmarks.bench_commands import in_child, run, warm  # noqa: E402
 from benchmarks.scale_models import write_model, write_twin  # noqa: E402
 
 TWINS = ("identical", "block", "cast")
@@ -92,6 +92,11 @@ def main() -> int:
         in_child(build, root, args.gb, dtype, shards)
         size = sum(f.stat().st_size for f in (root / "base").iterdir())
         for label, argv, reads in commands(root):
+            # Page cache warm with what the command reads: the figures are the tool's,
+            # not the disk's (on a model larger than memory, add the disk's read time).
+            warm(root / "base")
+            if reads == 2:
+                warm(Path(argv[argv.index("diff") + 2]))
             seconds, rss = run(argv, ok=(0, 1))  # a changed pair fails policy: exit 1
             print(
                 f"| {size / 1e9:.1f} GB {dtype}, {shards} shards | `{label}` | {seconds:.1f} s | "
