@@ -76,16 +76,16 @@ def in_child(func: Callable[..., None], *args: object) -> None:
         raise SystemExit(f"writing the models failed (exit {proc.exitcode})")
 
 
-def build(root: Path, gb: float, shards: int) -> None:
-    marker = root / f".built-{gb}-{shards}"
-    if marker.exists():
+def build(root: Path, gb: float, shards: int, twins: tuple[str, ...] = TWINS) -> None:
+    marker = root / f".built-{gb}-{shards}-{'-'.join(twins)}"
+    if marker.exists() or (root / f".built-{gb}-{shards}").exists():
         return
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     print(f"writing a {gb} GB fp16 model in {shards} shard(s) and its twins in {root} ...")
     write_model(root / "base", gb, "F16", shards)
-    for kind in TWINS:
+    for kind in twins:
         write_twin(root / "base", root / kind, kind, gb, "F16", shards)
     subprocess.run(
         ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"],
@@ -163,7 +163,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", metavar="WORK", help="works whose name starts so")
     args = parser.parse_args()
     root = args.dir / f"{args.gb}gb-{args.shards}shards"
-    in_child(build, root, args.gb, args.shards)
+    # Twins are written only when a diff is asked for.
+    diffs = not args.only or any(o.startswith("diff") for o in args.only)
+    in_child(build, root, args.gb, args.shards, TWINS if diffs else ())
     warm(root)
     size = sum(f.stat().st_size for f in (root / "base").iterdir())
     print(f"model: {size / 1e9:.2f} GB fp16 in {args.shards} shard(s); {os.cpu_count()} cores")
