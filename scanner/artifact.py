@@ -193,7 +193,7 @@ class Artifact:
         through :meth:`raw` views (an mmap counts every page it touched until unmapped).
         """
         src = self.tensors[name].source
-        if isinstance(src, InlineBytes):
+        if isinstance(src, InlineBytes) or not hasattr(mmap, "MADV_DONTNEED"):
             return
         with self._lock:
             m = self._maps.get(src.path)

@@ -52,7 +52,7 @@ def update_from_fd(
             raise OSError(f"file ended at byte {pos}, expected data up to {end}")
         try:
             mapped = mmap.mmap(fd, stop - start, flags=flags, prot=mmap.PROT_READ, offset=start)
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # TypeError: no flags/prot (Windows)
             _update_by_reads(digest, fd, pos, end, on_bytes)
             return
         try:
