@@ -165,13 +165,16 @@ class Artifact:
                 self._maps[path] = m
             return m
 
-    def _fd(self, path: Path) -> int:
+    def fd(self, path: Path) -> int:
+        """A read-only descriptor of one of the artifact's files, closed with it."""
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
                 fd = os.open(path, os.O_RDONLY)
                 self._fds[path] = fd
             return fd
+
+    _fd = fd  # the name older callers use
 
     def raw(self, name: str) -> memoryview:
         """Zero-copy read-only view of a tensor's bytes (mmap-backed for file data)."""
@@ -182,6 +185,26 @@ class Artifact:
             return memoryview(b"")
         return memoryview(self._map(src.path))[src.offset : src.offset + src.length]
 
+    def release(self, name: str, start: int = 0, length: int | None = None) -> None:
+        """Drop bytes ``[start, start + length)`` of a tensor from this process's mapping.
+
+        The pages stay in the page cache and a later access maps them again, so this is
+        always safe; it keeps the resident set flat while a long pass walks a tensor
+        through :meth:`raw` views (an mmap counts every page it touched until unmapped).
+        """
+        src = self.tensors[name].source
+        if isinstance(src, InlineBytes) or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        with self._lock:
+            m = self._maps.get(src.path)
+            if m is None or m.closed:
+                return
+            end = src.offset + src.length if length is None else src.offset + start + length
+            begin = (src.offset + start) // mmap.PAGESIZE * mmap.PAGESIZE
+            end = min(len(m), -(-end // mmap.PAGESIZE) * mmap.PAGESIZE)
+            if end > begin:
+                m.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
     def iter_bytes(self, name: str, chunk: int = STREAM_CHUNK) -> Iterator[memoryview]:
         """Stream a tensor's bytes. Each yielded view is only valid until the next one."""
         src = self.tensors[name].source
@@ -190,7 +213,7 @@ class Artifact:
             for start in range(0, len(view), chunk):
                 yield view[start : start + chunk]
             return
-        yield from stream_file_range(self._fd(src.path), src.offset, src.length, chunk, src.path)
+        yield from stream_file_range(self.fd(src.path), src.offset, src.length, chunk, src.path)
 
     def array(self, name: str) -> np.ndarray:
         """The tensor as a read-only numpy array in its storage dtype (a zero-copy view).

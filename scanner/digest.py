@@ -7,11 +7,11 @@ the container: the same tensor in safetensors, ONNX and GGUF gets the same diges
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from scanner.artifact import STREAM_CHUNK, Artifact, TensorInfo, stream_file_range
+from scanner.artifact import Artifact, FileSpan, TensorInfo
 from scanner.progress import NoProgress, Progress
+from signing._hashing import sha256_file, update_from_fd
 
 TENSOR_DIGEST_DOMAIN = b"modelseal.tensor.v1\n"
 
@@ -26,21 +26,17 @@ def tensor_digest(artifact: Artifact, name: str, progress: Progress | None = Non
     progress = progress or NoProgress()
     info = artifact.tensors[name]
     h = hashlib.sha256(tensor_digest_header(info))
+    src = info.source
+    if isinstance(src, FileSpan) and src.length:
+        # Mapped windows, not copies: the hash reads the page cache in place.
+        update_from_fd(h, artifact.fd(src.path), src.offset, src.length, progress.advance)
+        return "sha256:" + h.hexdigest()
     for chunk in artifact.iter_bytes(name):
         h.update(chunk)
         progress.advance(len(chunk))
     return "sha256:" + h.hexdigest()
 
 
-def file_sha256(path: Path, progress: Progress | None = None, chunk: int = STREAM_CHUNK) -> str:
+def file_sha256(path: Path, progress: Progress | None = None) -> str:
     progress = progress or NoProgress()
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        for piece in stream_file_range(fd, 0, size, chunk, path):
-            h.update(piece)
-            progress.advance(len(piece))
-    finally:
-        os.close(fd)
-    return h.hexdigest()
+    return sha256_file(path, on_bytes=progress.advance)

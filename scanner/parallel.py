@@ -7,6 +7,7 @@ here without copying tensors between processes.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,17 +23,49 @@ def default_workers() -> int:
 
 
 def run_parallel(
-    jobs: Iterable[tuple[int, Callable[[], T]]], workers: int | None = None
+    jobs: Iterable[tuple[int, Callable[[], T]]],
+    workers: int | None = None,
+    budget: int | None = None,
 ) -> list[T]:
-    """Run ``(cost, job)`` pairs, largest cost first, and return results in input order."""
+    """Run ``(cost, job)`` pairs, largest cost first, and return results in input order.
+
+    With a ``budget``, a job starts only while the costs of the jobs running with it stay
+    within the budget (a job alone always runs): when cost is the memory a job holds,
+    peak memory stays near the budget however many cores there are.
+    """
     indexed = list(enumerate(jobs))
     workers = workers or default_workers()
     if workers == 1 or len(indexed) <= 1:
         return [job() for _, (_, job) in indexed]
     results: list[T | None] = [None] * len(indexed)
     order = sorted(indexed, key=lambda item: -item[1][0])
+    gate = _Budget(budget) if budget is not None else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(job): i for i, (_, job) in order}
+        futures = {
+            pool.submit(gate.run if gate else _call, cost, job): i for i, (cost, job) in order
+        }
         for future, i in futures.items():
             results[i] = future.result()
     return results  # type: ignore[return-value]
+
+
+def _call(cost: int, job: Callable[[], T]) -> T:
+    return job()
+
+
+class _Budget:
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._running = 0
+        self._cond = threading.Condition()
+
+    def run(self, cost: int, job: Callable[[], T]) -> T:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._running or self._running + cost <= self._budget)
+            self._running += cost
+        try:
+            return job()
+        finally:
+            with self._cond:
+                self._running -= cost
+                self._cond.notify_all()

@@ -2,12 +2,13 @@
 
 hashlib releases the GIL while it digests a buffer, so a thread pool keeps every core
 busy without the pickling cost of processes. Files are streamed through one reusable
-buffer per file so memory stays flat whatever the model size.
+mapped window per file (see :data:`WINDOW`) so memory stays flat whatever the model size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 CHUNK_SIZE = 4 * 1024 * 1024
-"""Bytes read per call: large enough to amortise syscalls, small enough for caches."""
+"""Bytes read per call when a file cannot be mapped: large enough to amortise syscalls."""
+WINDOW = 64 * 1024 * 1024
+"""Bytes mapped at a time. Each window is populated by the kernel in one call (no page
+fault per page, no copy out of the page cache) and unmapped once hashed, so resident
+memory stays at one window per worker whatever the file size."""
 
 
 def default_workers() -> int:
@@ -26,22 +31,66 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def sha256_file(
-    path: Path, chunk_size: int = CHUNK_SIZE, on_bytes: Callable[[int], None] | None = None
-) -> str:
-    """Lower-case hex sha256 of a file, read in chunks into one reused buffer;
-    ``on_bytes`` is told how many bytes each chunk held (progress)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(chunk_size)
+def update_from_fd(
+    digest: Any,
+    fd: int,
+    offset: int,
+    length: int,
+    on_bytes: Callable[[int], None] | None = None,
+    window: int = WINDOW,
+) -> None:
+    """Feed bytes ``[offset, offset + length)`` of ``fd`` to ``digest`` (anything with
+    ``update``) through mapped windows; falls back to ``pread`` into one reused buffer
+    where the file cannot be mapped. Raises ``OSError`` if the file ends early."""
+    pos, end = offset, offset + length
+    flags = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
+    while pos < end:
+        start = pos - pos % mmap.ALLOCATIONGRANULARITY
+        # Never map past the file's current end: touching such a page is a SIGBUS.
+        stop = min(start + window, end, os.fstat(fd).st_size)
+        if stop <= pos:
+            raise OSError(f"file ended at byte {pos}, expected data up to {end}")
+        try:
+            mapped = mmap.mmap(fd, stop - start, flags=flags, prot=mmap.PROT_READ, offset=start)
+        except (OSError, ValueError, TypeError):  # TypeError: no flags/prot (Windows)
+            _update_by_reads(digest, fd, pos, end, on_bytes)
+            return
+        try:
+            with memoryview(mapped) as view, view[pos - start :] as part:
+                digest.update(part)
+        finally:
+            mapped.close()
+        if on_bytes is not None:
+            on_bytes(stop - pos)
+        pos = stop
+
+
+def _update_by_reads(
+    digest: Any, fd: int, pos: int, end: int, on_bytes: Callable[[int], None] | None
+) -> None:
+    buffer = bytearray(min(CHUNK_SIZE, max(end - pos, 1)))
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            n = handle.readinto(buffer)
-            if not n:
-                break
-            digest.update(view[:n])
-            if on_bytes is not None:
-                on_bytes(n)
+    while pos < end:
+        got = os.preadv(fd, [view[: min(len(buffer), end - pos)]], pos)
+        if got <= 0:
+            raise OSError(f"file ended at byte {pos}, expected data up to {end}")
+        digest.update(view[:got])
+        if on_bytes is not None:
+            on_bytes(got)
+        pos += got
+
+
+def sha256_file(
+    path: Path, chunk_size: int = WINDOW, on_bytes: Callable[[int], None] | None = None
+) -> str:
+    """Lower-case hex sha256 of a file, hashed through mapped windows of ``chunk_size``
+    bytes; ``on_bytes`` is told how many bytes each window held (progress)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        update_from_fd(digest, fd, 0, os.fstat(fd).st_size, on_bytes, chunk_size)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 

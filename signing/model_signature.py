@@ -14,15 +14,19 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signing.bundle import parse_bundle
 from signing.dsse import IN_TOTO_PAYLOAD_TYPE
 from signing.errors import ModelsealError, VerificationError
 from signing.manifest import Manifest
 from signing.oms import Discrepancy, OmsManifest, compare, hash_model
-from signing.signers import Signer
-from signing.verifiers import SignerIdentity, Verifier
+
+if TYPE_CHECKING:
+    # Type names only: signers and verifiers import cryptography, which the sign command
+    # loads beside the hashing rather than before it.
+    from signing.signers import Signer
+    from signing.verifiers import SignerIdentity, Verifier
 
 TensorManifestBuilder = Callable[[Path], Manifest]
 """Computes the per-tensor manifest of a model (the scanner provides one)."""
@@ -64,7 +68,7 @@ def _tensor_extension(manifest: Manifest) -> dict[str, object]:
 
 def sign_model(
     model_path: Path,
-    signer: Signer,
+    signer: Signer | Callable[[], Signer],
     *,
     ignore_paths: Iterable[str | os.PathLike[str]] = (),
     ignore_git_paths: bool = True,
@@ -76,7 +80,8 @@ def sign_model(
     """Hash ``model_path`` the OMS way and sign the statement with ``signer``.
 
     ``ignore_paths`` are relative to the model root (include the signature file if it
-    is written inside the model).
+    is written inside the model). ``signer`` may be a function returning the signer:
+    it is called once the model is hashed (a signer still loading beside the hashing).
     """
     extensions = _tensor_extension(tensor_manifest) if tensor_manifest else None
     manifest = hash_model(
@@ -88,6 +93,8 @@ def sign_model(
         extensions=extensions,
         progress=progress,
     )
+    if not hasattr(signer, "sign"):
+        signer = signer()  # type: ignore[operator]
     return SignedModel(signer.sign(manifest.to_payload(), IN_TOTO_PAYLOAD_TYPE), manifest)
 
 

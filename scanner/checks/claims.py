@@ -368,7 +368,14 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
 
     # Only tensors that differ from the trusted side: an unchanged tensor carries nothing
     # the trusted artifact did not already have, and diff cost must follow the change.
-    changed = [t for t in ctx.changed() if t.deployed_dtype is not None]
+    # An exact cast is a function of the trusted tensor alone, so it carries nothing new
+    # either (and casts are whole models: testing them would cost a pass per grid).
+    changed = [
+        t
+        for t in ctx.changed()
+        if t.deployed_dtype is not None
+        and not (t.status is TensorStatus.CAST and t.cast is not None and t.cast.exact)
+    ]
     if not changed:
         return Analysis()
     # Within a changed tensor, only the rows that changed can carry a new footprint.

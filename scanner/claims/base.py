@@ -249,5 +249,12 @@ def read_float(art: Any, name: str) -> np.ndarray:
     info = art.tensors[name]
     if info.dtype.is_block_quantized or info.dtype.name in ("I4", "U4"):
         return art.to_float(name)
+    if hasattr(art, "release"):
+        # Convert straight from the mapped bytes (one pass, no storage-dtype copy), then
+        # unmap them: the float32 copy is all this leaves resident.
+        try:
+            return np.array(art.array(name), dtype=np.float32)
+        finally:
+            art.release(name)
     arr = read_tensor(art, name)
     return arr if arr.dtype == np.float32 else arr.astype(np.float32)

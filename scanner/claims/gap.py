@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -136,11 +136,27 @@ def _grid(w2: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return q.reshape(w2.shape), (np.abs(q) < 7.5).reshape(w2.shape), d
 
 
-def _mantissa_bits(w2: np.ndarray) -> int:
+Release = Callable[[int, int], None]
+"""Told ``(first_row, n_rows)`` once a pass is done with those rows of a mapped tensor, so
+their pages can be unmapped (``Artifact.release``): memory stays at a few chunks."""
+
+
+def _row_chunks(w2: np.ndarray, release: Release | None = None) -> Iterator[np.ndarray]:
+    """``w2`` as float32 in row chunks of about ``CHUNK_ELEMENTS`` (a storage-dtype view
+    is converted chunk by chunk, never whole)."""
+    chunk = max(1, CHUNK_ELEMENTS // max(w2.shape[1], 1))
+    for r0 in range(0, w2.shape[0], chunk):
+        yield np.asarray(w2[r0 : r0 + chunk], dtype=np.float32)
+        if release is not None:
+            release(r0, min(chunk, w2.shape[0] - r0))
+
+
+def _mantissa_bits(w2: np.ndarray, release: Release | None = None) -> int:
     """Significand bits the values actually use (23 for float32 data, 7 for bf16 data
     stored as float32, 10 for fp16 ...): trailing zero bits common to every element."""
-    bits = np.bitwise_or.reduce(w2.view(np.uint32).reshape(-1) & np.uint32(0x7FFFFF))
-    bits = int(bits)
+    bits = 0
+    for wc in _row_chunks(w2, release):
+        bits |= int(np.bitwise_or.reduce(wc.view(np.uint32).reshape(-1) & np.uint32(0x7FFFFF)))
     if bits == 0:
         return 0
     return 23 - ((bits & -bits).bit_length() - 1)
@@ -179,17 +195,24 @@ def _wall_counts(q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return inner, outer
 
 
-def _is_fp16(w2: np.ndarray, mbits: int) -> bool:
+def _is_fp16(w2: np.ndarray, mbits: int, release: Release | None = None) -> bool:
     """fp16 data: more significand bits than bf16 keeps, and every value an fp16 number.
     (bf16 data usually fits fp16 too, but its lattice is the coarser 7-bit one.)"""
-    return 7 < mbits <= 10 and bool(np.array_equal(w2.astype(np.float16).astype(np.float32), w2))
+    if not 7 < mbits <= 10:
+        return False
+    if w2.dtype == np.float16:
+        return True
+    return all(
+        np.array_equal(wc.astype(np.float16).astype(np.float32), wc)
+        for wc in _row_chunks(w2, release)
+    )
 
 
-def _storage_rounder(w2: np.ndarray, mbits: int) -> Any:
+def _storage_rounder(w2: np.ndarray, mbits: int, fp16: bool) -> Any:
     """The rounding that put the values on their storage lattice: fp16 for fp16 data
     (subnormals included), else round-to-nearest-even to ``mbits`` significand bits in
     float32 (bf16 for 7 bits)."""
-    if _is_fp16(w2, mbits):
+    if fp16:
         return lambda x: x.astype(np.float16).astype(np.float32)
     shift = np.uint32(23 - max(mbits, 0))
     one = np.uint32(1)
@@ -223,7 +246,9 @@ def _simulated_counts(
     return inner / SIM_DRAWS, outer / SIM_DRAWS
 
 
-def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.ndarray]:
+def _counts(
+    w2: np.ndarray, scheme: str, mbits: int, seed: int, fp16: bool, release: Release | None
+) -> dict[str, np.ndarray]:
     """Per-row counts for one grid, in row chunks (bounded memory, cache-sized passes):
     tested elements, on-grid elements, inner/outer wall counts on the true grid, the
     largest control-grid share, and (for low-precision storage) the simulated null."""
@@ -241,14 +266,22 @@ def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.
         "sim_inner": np.zeros((rows, nb)),
         "sim_outer": np.zeros((rows, nb)),
     }
-    rnd = _storage_rounder(w2, mbits) if mbits < MIN_MANTISSA_BITS else None
+    rnd = _storage_rounder(w2, mbits, fp16) if mbits < MIN_MANTISSA_BITS else None
     ctrl_parts: list[np.ndarray] = []
 
     def one(r0: int) -> None:
         # Each chunk writes its own rows; numpy releases the GIL, so chunks run in
         # parallel on all cores.
+        try:
+            count(r0)
+        finally:
+            if release is not None:
+                release(r0, min(chunk, rows - r0))
+
+    def count(r0: int) -> None:
         sl = slice(r0, r0 + chunk)
-        wc = w2[sl]
+        # Converted chunk by chunk: a storage-dtype (mapped) tensor is never copied whole.
+        wc = np.asarray(w2[sl], dtype=np.float32)
         q, valid, step = _grid(wc, scheme)
         valid &= wc != 0
         out["n"][sl] = valid.sum(axis=1)
@@ -300,13 +333,26 @@ def _log_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.where(q > p, -n * kl, 0.0)
 
 
-def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult:
-    """Test one float tensor against one quantization grid."""
-    w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
+def gap_tensor(
+    name: str,
+    w: np.ndarray,
+    scheme: str,
+    n_tests: int,
+    release: Release | None = None,
+    storage: tuple[int, bool] | None = None,
+) -> GapResult:
+    """Test one float tensor against one quantization grid.
+
+    ``w`` may be a read-only view in its storage dtype (float16, bfloat16, float32): it is
+    converted to float32 one row chunk at a time. ``release`` is told which rows each
+    pass is done with; ``storage`` is ``(mantissa bits, fp16)`` when already known (it
+    does not depend on the scheme).
+    """
+    w2 = w.reshape(w.shape[0] if w.ndim > 1 else 1, -1)
     if scheme != "int8-per-channel" and w2.shape[1] % 32:
         return GapResult(name, scheme, w.size, 0.0, False, skipped="rows not a multiple of 32")
-    mbits = _mantissa_bits(w2)
-    c = _counts(w2, scheme, mbits, seed=0)
+    mbits, fp16 = storage if storage is not None else storage_of(w2, release)
+    c = _counts(w2, scheme, mbits, 0, fp16, release)
     total = int(c["n"].sum())
     if total < MIN_ELEMENTS:
         return GapResult(name, scheme, total, 0.0, False, skipped="too small")
@@ -324,7 +370,7 @@ def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult
         p_out = _sim_null(c["sim_outer"].sum(0), nt)
         p_in_rows = _sim_null(c["sim_inner"], n_rows)
         p_out_rows = _sim_null(c["sim_outer"], n_rows)
-        storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
+        storage = "fp16" if fp16 else f"{mbits}-bit significand"
     else:
         # Null share per band: uniform, or what control grids show, whichever is larger.
         ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
@@ -346,7 +392,7 @@ def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult
         best = int(np.argmin(log_r[row_hit].min(axis=0)))
     nb = max(int(nt[best]), 1)
     # The active check is evidence for a finding; only flagged tensors need it.
-    flip = flip_fraction(w2, scheme) if flagged else 0.0
+    flip = flip_fraction(np.asarray(w2, dtype=np.float32), scheme) if flagged else 0.0
     return GapResult(
         name,
         scheme,
@@ -362,6 +408,12 @@ def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult
         flip_fraction=flip,
         extra={"storage": storage} if storage else {},
     )
+
+
+def storage_of(w2: np.ndarray, release: Release | None = None) -> tuple[int, bool]:
+    """(significand bits in use, whether the values are fp16 numbers) of a 2-D tensor."""
+    mbits = _mantissa_bits(w2, release)
+    return mbits, _is_fp16(w2, mbits, release)
 
 
 def flip_fraction(w: np.ndarray, scheme: str, noise: float = NOISE, seed: int = 0) -> float:
@@ -406,12 +458,23 @@ def gap_results(
         n_tests += len(SCHEMES) * len(BANDS) * (1 + n_rows)
     out: list[GapResult] = []
     for name in names:
-        w = art.to_float(name)
+        # The mapped tensor in its storage dtype: passes convert it a row chunk at a time
+        # and unmap the rows behind them, so memory does not grow with the tensor.
+        w = art.array(name)
+        row_bytes = art.tensors[name].nbytes // max(w.shape[0] if w.ndim > 1 else 1, 1)
+        release: Release | None = None
+        if hasattr(art, "release"):
+
+            def release(r0: int, n: int, name: str = name, row_bytes: int = row_bytes) -> None:
+                art.release(name, r0 * row_bytes, n * row_bytes)
+
         picked = np.asarray(rows[name], dtype=np.int64) if name in rows else None
         if picked is not None and w.ndim > 1:
-            w = w[picked]
+            w, release = w[picked], None  # a private copy of the picked rows
+        w2 = w.reshape(w.shape[0] if w.ndim > 1 else 1, -1)
+        storage = storage_of(w2, release)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w, scheme, n_tests)
+            result = gap_tensor(name, w, scheme, n_tests, release, storage)
             if picked is not None and w.ndim > 1:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
             out.append(result)

@@ -31,6 +31,7 @@ from scanner.claims.base import (
 from scanner.claims.grammar import Claim
 from scanner.claims.layouts import CODE_DTYPES, FLOAT_DTYPES, QuantGroup, _stems, find_groups
 from scanner.claims.lines import LineProfile, file_share, judge
+from scanner.parallel import run_parallel
 
 CHUNK = 1 << 18
 """Elements per comparison chunk: small enough to stay in cache, large enough for numpy."""
@@ -60,6 +61,9 @@ def unit_roundoff(dtype_name: str) -> float:
     return {"F16": 2.0**-11, "BF16": 2.0**-8, "F32": 2.0**-24, "F64": 0.0}.get(dtype_name, 0.0)
 
 
+GROUP_MEMORY = 384 << 20
+"""Float32 bytes of trusted tensors checked at once (a tensor larger than this runs alone)."""
+
 SOURCE_PRECISIONS = ("F16", "BF16")
 """Vendors often quantize from a half-precision copy of the float weights; a round-to-
 nearest claim that fails from the float32 values is re-derived from these as well."""
@@ -74,17 +78,29 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
     vgroups = vendor_groups(deployed)
     taken = {n for g in vgroups for n in g.names}
     groups = [g for g in find_groups(deployed) if g.codes not in taken]
-    results: list[tuple[TensorVerdict, LineProfile | None]] = []
     notes: list[str] = []
     used: set[str] = set()
     ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] = {}
+    jobs = []
     for g in groups:
         origin, perm = _origin(g, trusted, deployed, used, ranges)
         if origin is None:
             notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
             continue
         used.add(origin)
-        results.append(check_group(trusted, origin, deployed, g, perm, claim))
+        jobs.append(
+            (
+                4 * trusted.tensors[origin].n_elements,  # the float32 copy a check holds
+                lambda g=g, origin=origin, perm=perm: check_group(
+                    trusted, origin, deployed, g, perm, claim
+                ),
+            )
+        )
+    # Groups are independent and numpy releases the GIL: one per core, in input order,
+    # with at most GROUP_MEMORY of float copies held at once beside the largest.
+    results: list[tuple[TensorVerdict, LineProfile | None]] = run_parallel(
+        jobs, budget=GROUP_MEMORY
+    )
     v_results, v_notes = check_vendor(trusted, deployed, vgroups, claim, used)
     results += v_results
     notes += v_notes

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scanner.errors import UsageError
 from signing.errors import ModelsealError, SigningError
@@ -151,7 +153,14 @@ def run(args: argparse.Namespace) -> int:
     from signing.model_signature import sign_model
     from signing.oms import resolve_cli_ignore_paths
 
-    signer = build_signer(args)
+    progress = progress_for(args.quiet)
+    if args.sigstore:
+        signer: Signer | Beside = build_signer(args)
+    else:
+        # Loading a key imports cryptography and parses the PEM: done beside the hashing,
+        # the long part. A key error stops the hashing at its next window (fail fast).
+        signer = Beside(lambda: build_signer(args))
+        progress = StopWhenFailed(progress, signer)
     ignore = resolve_cli_ignore_paths(args.path, [*args.ignore_paths, args.output])
     tensors = None
     if args.tensors:
@@ -161,19 +170,80 @@ def run(args: argparse.Namespace) -> int:
             tensors = build_manifest(args.path)
         except ModelsealError as exc:
             raise SigningError(f"cannot compute tensor digests of {args.path}: {exc}") from None
-    signed = sign_model(
-        args.path,
-        signer,
-        ignore_paths=ignore,
-        ignore_git_paths=args.ignore_git_paths,
-        allow_symlinks=args.allow_symlinks,
-        tensor_manifest=tensors,
-        progress=progress_for(args.quiet),
-    )
+    try:
+        signed = sign_model(
+            args.path,
+            signer.result if isinstance(signer, Beside) else signer,
+            ignore_paths=ignore,
+            ignore_git_paths=args.ignore_git_paths,
+            allow_symlinks=args.allow_symlinks,
+            tensor_manifest=tensors,
+            progress=progress,
+        )
+    except StoppedError:
+        assert isinstance(signer, Beside)
+        signer.result()  # raises the signer's own error
+        raise
     args.output.write_text(signed.bundle, encoding="utf-8")
     if not args.quiet:
         sys.stderr.write(f"{signed_sentence(signed.manifest, 'signed')} -> {args.output}\n")
     return 0
+
+
+class StoppedError(Exception):
+    """Work stopped because the job beside it failed."""
+
+
+class Beside:
+    """One call run on a daemon thread beside the main work; :meth:`result` waits for it
+    and returns its value or raises its exception."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(call,), daemon=True).start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self._value = call()
+        except BaseException as exc:  # handed to the main thread by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    @property
+    def failed(self) -> bool:
+        return self._done.is_set() and self._error is not None
+
+    def result(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class StopWhenFailed:
+    """A progress observer that stops the work (raises :class:`StoppedError` in the
+    worker reporting progress) once the job beside it has failed."""
+
+    def __init__(self, inner: Any, job: Beside) -> None:
+        self._inner, self._job = inner, job
+
+    def start(self, total: int, description: str) -> None:
+        self._check()
+        self._inner.start(total, description)
+
+    def advance(self, amount: int) -> None:
+        self._check()
+        self._inner.advance(amount)
+
+    def finish(self) -> None:
+        self._inner.finish()
+
+    def _check(self) -> None:
+        if self._job.failed:
+            raise StoppedError
 
 
 def signed_sentence(manifest: OmsManifest, verb: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanner.artifact import Artifact, TensorInfo
+from scanner.diff.castbits import CastScan
 from scanner.diff.model import CastCheck, Localization, ValueDelta
 from scanner.values import numpy_dtype
 
@@ -32,32 +33,39 @@ _FLOAT_FORMAT = {
 }
 
 
+BYTE_CHUNK = 1 << 20
+"""Bytes compared per step: both chunks stay in L2 while numpy compares them."""
+RELEASE_BYTES = 64 << 20
+"""Walked pages are released from the mapping every this many bytes."""
+
+
 def bytes_equal(a: Artifact, a_name: str, b: Artifact, b_name: str) -> bool:
-    """Stream both tensors' bytes and compare them; stops at the first difference."""
+    """Compare both tensors' bytes through zero-copy mmap views, chunk by chunk; stops
+    at the first difference. Walked pages are released as the compare goes, so resident
+    memory stays flat whatever the tensor size."""
     ia, ib = a.tensors[a_name], b.tensors[b_name]
     if ia.nbytes != ib.nbytes:
         return False
-    stream_a, stream_b = a.iter_bytes(a_name), b.iter_bytes(b_name)
-    pending = memoryview(b"")
-    for chunk_a in stream_a:
-        # Both streams use the same chunk size, but stay correct if they did not.
-        need = len(chunk_a)
-        pos = 0
-        while pos < need:
-            if not pending:
-                pending = next(stream_b)
-            take = min(len(pending), need - pos)
-            if not _same_bytes(chunk_a[pos : pos + take], pending[:take]):
-                return False
-            pending = pending[take:]
-            pos += take
-    return True
-
-
-def _same_bytes(x: memoryview, y: memoryview) -> bool:
+    n = ia.nbytes
     # numpy compares ~10x faster than memoryview equality and releases the GIL.
-    word = np.uint64 if len(x) % 8 == 0 else np.uint8
-    return bool(np.array_equal(np.frombuffer(x, dtype=word), np.frombuffer(y, dtype=word)))
+    word = np.uint64 if n % 8 == 0 else np.uint8
+    va = np.frombuffer(a.raw(a_name), dtype=word)
+    vb = np.frombuffer(b.raw(b_name), dtype=word)
+    step = BYTE_CHUNK // va.itemsize
+    released = 0
+    try:
+        for start in range(0, va.size, step):
+            if not np.array_equal(va[start : start + step], vb[start : start + step]):
+                return False
+            done = (start + step) * va.itemsize
+            if done - released >= RELEASE_BYTES:
+                a.release(a_name, released, done - released)
+                b.release(b_name, released, done - released)
+                released = done
+        return True
+    finally:
+        a.release(a_name, released)
+        b.release(b_name, released)
 
 
 def _grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -101,9 +109,12 @@ def iter_rows(
             yield r0, values[r0 : r0 + step]
         return
     array = np.frombuffer(raw, dtype=npd).reshape(d0, d1, rest)
+    row_bytes = per_row * npd.itemsize
     for r0 in range(0, d0, step):
         chunk = array[r0 : r0 + step]
         yield r0, chunk if native else chunk.astype(np.float32)
+        # Unmap the pages just walked (they stay cached): resident memory stays flat.
+        artifact.release(info.name, r0 * row_bytes, len(chunk) * row_bytes)
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -207,18 +218,60 @@ def ulp(values: np.ndarray, dtype_name: str) -> np.ndarray:
     return np.ldexp(1.0, (exp - mantissa).astype(np.int64))
 
 
+EXACT_CHUNK_ELEMENTS = 1 << 18
+"""Elements per pass of the exact-cast scan: the 16-bit temporaries stay in L2."""
+
+
+def iter_flat_pairs(
+    a: Artifact, ia: TensorInfo, b: Artifact, ib: TensorInfo, elements: int = EXACT_CHUNK_ELEMENTS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The two tensors' elements, flat and in their storage dtypes, in aligned chunks of
+    ``elements``. Zero-copy mmap views; each chunk's pages are released from the mapping
+    once the caller has moved on, so resident memory stays flat whatever the size."""
+    npa, npb = numpy_dtype(ia.dtype.name), numpy_dtype(ib.dtype.name)
+    assert npa is not None and npb is not None
+    va = np.frombuffer(a.raw(ia.name), dtype=npa)
+    vb = np.frombuffer(b.raw(ib.name), dtype=npb)
+    released = 0
+    for start in range(0, ia.n_elements, elements):
+        yield va[start : start + elements], vb[start : start + elements]
+        # Release in steps of 64 MiB of the wider side: madvise per small chunk costs more
+        # than it saves.
+        done = start + elements
+        if done - released >= (64 << 20) // max(npa.itemsize, npb.itemsize, 1):
+            a.release(ia.name, released * npa.itemsize, (done - released) * npa.itemsize)
+            b.release(ib.name, released * npb.itemsize, (done - released) * npb.itemsize)
+            released = done
+    a.release(ia.name, released * npa.itemsize)
+    b.release(ib.name, released * npb.itemsize)
+
+
+def exact_cast_mismatches(a: Artifact, ia: TensorInfo, b: Artifact, ib: TensorInfo) -> int:
+    """How many deployed elements are not the round-to-nearest-even cast of the trusted
+    ones (the bit-level scan of ``scanner.diff.castbits``; no float statistics)."""
+    source, target = numpy_dtype(ia.dtype.name), numpy_dtype(ib.dtype.name)
+    assert source is not None and target is not None
+    scan = CastScan(source, target, EXACT_CHUNK_ELEMENTS)
+    return sum(len(scan.mismatches(ca, cb)) for ca, cb in iter_flat_pairs(a, ia, b, ib))
+
+
 def cast_check(
     a: Artifact, a_name: str, b: Artifact, b_name: str
 ) -> tuple[CastCheck, ValueDelta, Localization]:
     """Check a float dtype change element by element against correct rounding.
 
     The localization and delta describe the elements beyond rounding (the ones no cast
-    explains); the delta's ``n_changed`` counts those elements.
+    explains); the delta's ``n_changed`` counts those elements. A cast that is exact
+    (every element the correctly rounded value) is settled by one bit-level pass and
+    needs no statistics: nothing is beyond rounding and nothing changed.
     """
     ia, ib = a.tensors[a_name], b.tensors[b_name]
+    d0, d1, _ = _grid(ia.shape)
+    if exact_cast_mismatches(a, ia, b, ib) == 0:
+        delta, where = _Accumulator(d0, d1).result(ia.n_elements, ia.shape)
+        return CastCheck(ia.dtype.name, ib.dtype.name, True, 0, 0), delta, where
     target_np = numpy_dtype(ib.dtype.name)
     narrower = min(ia.dtype.name, ib.dtype.name, key=lambda n: _FLOAT_FORMAT[n][0])
-    d0, d1, _ = _grid(ia.shape)
     acc = _Accumulator(d0, d1)
     mismatched = 0
     for (r0, ca), (_, cb) in zip(iter_rows(a, ia), iter_rows(b, ib), strict=True):

@@ -11,6 +11,7 @@ file.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import re
@@ -183,7 +184,7 @@ def _parse_header(
         if name in seen:
             raise MalformedArtifactError(path, f"tensor {name!r} appears twice")
         seen.add(name)
-        qname = _GGML_TYPES.get(qtype)
+        qname = _ggml_type_names().get(qtype)
         if qname is None or qname not in DTYPES:
             raise MalformedArtifactError(path, f"tensor {name!r} has unknown ggml type {qtype}")
         dt = DTYPES[qname]
@@ -240,13 +241,13 @@ _BOOL, _STRING, _ARRAY = 7, 8, 9
 LONG_ARRAY = 64
 
 
+@functools.cache
 def _ggml_type_names() -> dict[int, str]:
+    # gguf is imported on first GGUF read, not when this module is imported: scanning a
+    # safetensors file reaches this module through the format registry.
     from gguf import GGMLQuantizationType
 
     return {int(t): t.name for t in GGMLQuantizationType}
-
-
-_GGML_TYPES = _ggml_type_names()
 
 
 class _HeaderWalker:

@@ -1,0 +1,47 @@
+"""run_parallel: results in input order; a budget bounds the cost of jobs running at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from scanner.parallel import run_parallel
+
+
+def _jobs(costs: list[int], log: dict[str, int], lock: threading.Lock):
+    def job(i: int, cost: int):
+        def run() -> int:
+            with lock:
+                log["running"] += cost
+                log["peak"] = max(log["peak"], log["running"])
+                log["together"] = max(log["together"], log["count"] + 1)
+                log["count"] += 1
+            time.sleep(0.02)
+            with lock:
+                log["running"] -= cost
+                log["count"] -= 1
+            return i
+
+        return run
+
+    return [(c, job(i, c)) for i, c in enumerate(costs)]
+
+
+def test_results_come_back_in_input_order_and_jobs_overlap() -> None:
+    log = {"running": 0, "peak": 0, "count": 0, "together": 0}
+    costs = [5, 50, 1, 30, 30, 2, 8, 40]
+    assert run_parallel(_jobs(costs, log, threading.Lock()), workers=4) == list(range(8))
+    assert log["together"] > 1
+
+
+def test_a_budget_bounds_the_cost_running_at_once() -> None:
+    log = {"running": 0, "peak": 0, "count": 0, "together": 0}
+    costs = [60, 50, 40, 30, 20, 10, 10, 10, 120]
+    out = run_parallel(_jobs(costs, log, threading.Lock()), workers=4, budget=100)
+    assert out == list(range(len(costs)))
+    # 120 runs alone; everything else shares the budget.
+    assert log["peak"] <= 120
+    assert log["together"] > 1
+    log = {"running": 0, "peak": 0, "count": 0, "together": 0}
+    run_parallel(_jobs(costs[:-1], log, threading.Lock()), workers=4, budget=100)
+    assert log["peak"] <= 100
