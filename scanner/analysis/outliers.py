@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -60,6 +61,9 @@ LINE_FLOOR = 8.0
 """A line's scale is taken as at least the median |change| over this: a median of a few
 dozen values can land far below the line's typical size by chance."""
 REPORTED = 64
+SPARSE_UPDATE = 0.05
+"""Changed share from which unchanged elements are storage rounding of a small update
+rather than the untouched rest of an edited tensor."""
 
 
 @dataclass(frozen=True)
@@ -163,13 +167,22 @@ class _Scales:
     col_floor: np.ndarray
 
 
-def _scales(a: np.ndarray, b: np.ndarray, dtype: str) -> _Scales:
+def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _Scales:
     absd = np.abs(b.astype(np.float64) - a)
     floor = noise_bound(a, b, dtype)
     m, n = absd.shape
-    g = float(np.median(absd))
-    row = np.median(absd, axis=1) if n >= MIN_SIDE else np.full(m, g)
-    col = np.median(absd, axis=0) if m >= MIN_SIDE else np.full(n, g)
+    frac = float(np.mean(changed))
+    # Narrow storage (BF16, F16) leaves a small update visible only where the weight is
+    # small enough for it to cross a rounding step: the medians then come from the
+    # elements that moved. A change touching few elements keeps the zeros, so the
+    # unchanged rest of the tensor is what an edit is measured against.
+    stat = np.where(changed, absd, np.nan) if SPARSE_UPDATE <= frac < 0.9 else absd
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = float(np.nan_to_num(np.nanmedian(stat)))
+        row = np.nanmedian(stat, axis=1) if n >= MIN_SIDE else np.full(m, g)
+        col = np.nanmedian(stat, axis=0) if m >= MIN_SIDE else np.full(n, g)
+    row, col = np.nan_to_num(row), np.nan_to_num(col)
     row_model = np.maximum(row, g / LINE_FLOOR)
     col_model = np.maximum(col, g / LINE_FLOOR)
     # With most elements unchanged (g = 0) each side's scale counts alone.
@@ -212,7 +225,7 @@ def outlier_profile(
     limits = limits or Thresholds()
     a, b = matrix_view(pair)
     m, n = a.shape
-    sc = _scales(a, b, pair.dtype)
+    sc = _scales(a, b, pair.dtype, pair.changed.reshape(a.shape))
     stats: dict[str, float] = {}
     mask = np.zeros((m, n), dtype=bool)
     rows: tuple[int, ...] = ()
