@@ -726,12 +726,24 @@ def _prune(method: str) -> Planter:
 
 
 def _lora(copy: ModelCopy, ctx: Context) -> Plan:
+    from scanner.analysis.explain import sibling_groups
     from scanner.redteam.weights import lora_merge
 
     mats = _matrices(copy)
     rng = ctx.rng()
-    k = max(1, len(mats) // 3)
-    names = sorted(str(n) for n in rng.choice(mats, size=k, replace=False))
+    # An adapter targets module types (q_proj, v_proj ...) in every layer: pick whole
+    # sibling groups (same name up to layer numbers, same shape) until about a third of
+    # the matrices are covered, groups that repeat across layers first.
+    groups = sibling_groups({n: tuple(copy.shape(n)) for n in mats})
+    unique = {tuple(sorted(g)) for g in groups.values()}
+    repeated = [g for g in unique if len(g) >= 2] or list(unique)
+    order = rng.permutation(len(repeated))
+    names_set: set[str] = set()
+    for i in order:
+        names_set.update(repeated[int(i)])
+        if len(names_set) >= max(1, len(mats) // 3):
+            break
+    names = sorted(names_set)
     rank = int(ctx.param("rank", "8") or 8)
     out, _ = lora_merge(copy.weights(names), names, ctx.seed, rank=rank, rel=ctx.strength)
     return Plan(
@@ -1045,7 +1057,8 @@ ENTRIES: tuple[Entry, ...] = (
         "lora-merge",
         TRANSFORM,
         "low-rank update",
-        "a random rank-8 adapter merged into a third of the matrices",
+        "a random rank-8 adapter merged into module types covering about a third of the "
+        "matrices, in every layer that has them",
         WEIGHTS,
         _lora,
         "rel",
