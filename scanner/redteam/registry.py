@@ -746,8 +746,14 @@ def _lora(copy: ModelCopy, ctx: Context) -> Plan:
     names = sorted(names_set)
     rank = int(ctx.param("rank", "8") or 8)
     out, _ = lora_merge(copy.weights(names), names, ctx.seed, rank=rank, rel=ctx.strength)
+    # A pipeline that merges an adapter declares it: allowing the class suffices where the
+    # module set repeats across layers; a model without repeated layers cannot show an
+    # adapter's consistency, so the merge is claimed (the claim checks rank and modules).
+    layered = any(len(g) >= 2 for g in unique)
+    claim = None if layered else f"lora:r={rank}:modules={','.join(names)}"
     return Plan(
         {n: out[n] for n in names},
+        claim=claim,
         allow=("low-rank update",),
         details={"tensors": names, "rank": rank, "rel": ctx.strength},
     )
