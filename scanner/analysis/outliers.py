@@ -218,9 +218,7 @@ def _tiles(ratio: np.ndarray) -> np.ndarray:
     return np.sqrt(sq.reshape(mt, TILE, nt, TILE).mean(axis=(1, 3)))
 
 
-def outlier_profile(
-    pair: TensorPair, limits: Thresholds | None = None, *, keep: bool = True
-) -> OutlierProfile:
+def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> OutlierProfile:
     """Outlier rows, columns, tiles and elements of ``pair``'s change."""
     limits = limits or Thresholds()
     a, b = matrix_view(pair)
@@ -276,7 +274,7 @@ def outlier_profile(
         tiles,
         elements,
         int(idx.shape[0]),
-        mask if keep else np.zeros((0, 0), dtype=bool),
+        mask,
         box,
         stats,
         limits,
