@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 ULP_BOUND = 2.0
@@ -31,7 +30,13 @@ stored precision before rounding."""
 
 _MANTISSA = {"F64": 52, "F32": 23, "F16": 10, "BF16": 7, "F8_E4M3": 3, "F8_E5M2": 2}
 _MIN_EXP = {"F64": -1022, "F32": -126, "F16": -14, "BF16": -126, "F8_E4M3": -6, "F8_E5M2": -14}
-_NARROWER = {"F16": np.float16, "BF16": ml_dtypes.bfloat16}
+
+
+def _narrower() -> dict[str, type]:
+    # ml_dtypes costs most of a second to import: only a tensor that changed pays for it.
+    import ml_dtypes
+
+    return {"F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ def storage_noise(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str)
     beyond = int(np.count_nonzero(ulps > bound))
     if beyond == 0:
         return NoiseResult(True, "storage rounding", worst, 0)
-    for name, narrow in _NARROWER.items():
+    for name, narrow in _narrower().items():
         if _MANTISSA.get(dtype, 0) <= _MANTISSA[name]:
             continue
         if np.array_equal(ta.astype(narrow).astype(np.float64), tb):
