@@ -63,8 +63,9 @@ class Plan:
     """Tensors to replace (or add) in the copy."""
     onnx_model: Any = None
     """A whole new ModelProto (graph attacks, optimizers)."""
-    writer: Callable[[Path, str], Mapping[str, Any]] | None = None
-    """Writes the output itself (format conversions); receives the marker JSON."""
+    writer: Callable[[Path, str | None], Mapping[str, Any]] | None = None
+    """Writes the output itself (format conversions); receives the marker JSON, or
+    ``None`` when the copy is not marked."""
     nodes: tuple[str, ...] = ()
     claim: str | None = None
     allow: tuple[str, ...] = ()
@@ -474,12 +475,15 @@ def _gguf_quant(qtype: str, tamper: bool = False) -> Planter:
         if not names:
             raise NotApplicableError(f"{copy.path}: no tensor with rows of 32k elements")
 
-        def write(out: Path, marker: str) -> Mapping[str, Any]:
+        def write(out: Path, marker: str | None) -> Mapping[str, Any]:
             import gguf
+
+            from scanner.redteam.io import MARKER_KEY
 
             qt = gguf.GGMLQuantizationType[qtype.upper()]
             wr = gguf.GGUFWriter(str(out), "modelseal-redteam")
-            wr.add_string("modelseal.redteam", marker)
+            if marker is not None:
+                wr.add_string(MARKER_KEY, marker)
             for n in copy.float_names():
                 w = copy.weight(n)
                 if n in names:
@@ -803,15 +807,18 @@ def _rename(copy: ModelCopy, ctx: Context) -> Plan:
         raise NotApplicableError("renaming is written for ONNX and safetensors")
     mapping = fb.rename_map(list(copy.artifact.tensors), ctx.seed)
 
-    def write(out: Path, marker: str) -> Mapping[str, Any]:
+    def write(out: Path, marker: str | None) -> Mapping[str, Any]:
         from safetensors.numpy import save_file
+
+        from scanner.redteam.io import MARKER_KEY
 
         tensors = {mapping[n]: np.array(copy.artifact.array(n)) for n in copy.artifact.tensors}
         meta = {
             str(k): str(v) for k, v in (copy.artifact.metadata.get("safetensors") or {}).items()
         }
-        meta["modelseal.redteam"] = marker
-        save_file(tensors, str(out), metadata=meta)
+        if marker is not None:
+            meta[MARKER_KEY] = marker
+        save_file(tensors, str(out), metadata=meta or None)
         return {}
 
     return Plan(writer=write, details={"renamed": mapping})
@@ -1102,12 +1109,15 @@ def plant(
     strength: float | None = None,
     params: Mapping[str, str] | None = None,
     exact_output: bool = False,
+    mark: bool = False,
 ) -> GroundTruth:
     """Plant ``name`` into a copy of ``model`` at ``out``; write and return its ground
     truth (``OUT.groundtruth.json``). The output path's suffix follows the format; with
     ``exact_output`` an ``out`` whose suffix is not the written format's is refused
     (nothing is written) instead of renamed. A parameter the entry does not take is
-    refused before anything is written."""
+    refused before anything is written. The copy's container metadata stays the
+    source's unless ``mark`` (the marker is a metadata change a strict gate fails on, so
+    a marked copy must never be used to measure detection)."""
     entry = get(name)
     ctx = Context(
         seed, float(entry.default_strength if strength is None else strength), dict(params or {})
@@ -1146,10 +1156,13 @@ def plant(
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        text = json.dumps(marker, sort_keys=True) if mark else None
         if plan.writer is not None:
-            notes = dict(plan.writer(out, json.dumps(marker, sort_keys=True)))
+            notes = dict(plan.writer(out, text))
         else:
-            notes = copy.save(out, plan.changed, marker, onnx_model=plan.onnx_model)
+            notes = copy.save(
+                out, plan.changed, marker if mark else None, onnx_model=plan.onnx_model
+            )
         source = str(copy.path)
         fmt = copy.format
     tensors = gt.changed_tensors(Path(source), out)
@@ -1173,6 +1186,8 @@ def plant(
             **plan.details,
             **notes,
             "allow": list(plan.allow),
+            "marked": mark,
+            "produced_by": f"modelseal redteam {__version__}",
             "write_seconds": round(time.perf_counter() - started, 3),
         },
         verification=dict(plan.verification),
