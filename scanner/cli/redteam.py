@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(--transform), and OUT.groundtruth.json saying what changed, where and with "
             "which parameters. The copy's metadata is the source's (no fingerprint a gate "
             "could key on); --mark adds a modelseal.redteam metadata key for copies handed "
-            "around, never for measuring detection. Graph backdoors are run under onnxruntime to check that they fire on "
-            "their trigger and leave clean outputs unchanged. See docs/redteam.md."
+            "around, never for measuring detection. Graph backdoors are run under "
+            "onnxruntime to check that they fire on their trigger and leave clean outputs "
+            "unchanged. See docs/redteam.md."
         ),
         epilog="Exit codes: 0 written, 2 could not complete (unknown name, wrong format).",
     )
