@@ -42,6 +42,7 @@ from scanner.redteam.groundtruth import GroundTruth, changed_tensors
 from scanner.redteam.io import ModelCopy
 
 FAMILY = "adaptive"
+ATTACKS = ("backdoor", "key-edit", "payload", "trigger-scale")
 SCALES = (0.25, 0.5, 0.9, 1.1, 2.0, 5.0)
 QUICK_SCALES = (0.5, 1.1, 5.0)
 COVERS = ("none", "finetune", "lora")
@@ -60,6 +61,8 @@ class Edit:
     success: Callable[[Path, Path], float]
     """(edited copy, cover-only copy or the model) -> measured success in 0..1."""
     note: str = ""
+    target: int | None = None
+    """The class or unit the edit aims at."""
 
 
 # --------------------------------------------------------------------------- covers
@@ -225,7 +228,7 @@ def _backdoor(copy: ModelCopy, scale: float, seed: int) -> Edit:
         fired = float(np.mean(predict(path, add_trigger(held)) == target))
         return fired if kept >= CLEAN_KEPT else 0.0
 
-    return Edit(deltas, success, note=f"target class {target}, kappa {kappa:.3g}")
+    return Edit(deltas, success, note=f"target class {target}, kappa {kappa:.3g}", target=target)
 
 
 # ------------------------------------------------------------------------ key edit
@@ -261,7 +264,7 @@ def _key_edit(copy: ModelCopy, scale: float, seed: int) -> tuple[str, Edit]:
         a = after.T if flip else after
         return float(int(np.argmax(a.reshape(a.shape[0], -1) @ key) == target))
 
-    return name, Edit({name: delta}, success, note=f"{name} unit {target}")
+    return name, Edit({name: delta}, success, note=f"{name} unit {target}", target=target)
 
 
 # ------------------------------------------------------------------------- payload
@@ -354,8 +357,14 @@ def run(
     workdir: Path,
     progress: Callable[[str], None],
     covers: tuple[str, ...] = COVERS,
+    attacks: tuple[str, ...] | None = None,
 ) -> tuple[list[Case], dict[str, str]]:
-    """Every adaptive attack that applies to ``model``, over covers, scales and seeds."""
+    """Every adaptive attack (or those in ``attacks``, :data:`ATTACKS`) that applies to
+    ``model``, over covers, scales and seeds."""
+    wanted = set(attacks or ATTACKS)
+    unknown = wanted - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"unknown adaptive attacks {sorted(unknown)}; choose from {ATTACKS}")
     scales = QUICK_SCALES if quick else SCALES
     cases: list[Case] = []
     skipped: dict[str, str] = {}
@@ -368,6 +377,8 @@ def run(
         if fmt == "onnx":
             edits.insert(0, ("backdoor", lambda s, seed: ("", _backdoor(copy, s, seed))))
         for name, make in edits:
+            if name not in wanted:
+                continue
             try:
                 for cover in covers:
                     for scale in scales:
@@ -404,12 +415,12 @@ def run(
                             )
             except registry.NotApplicableError as exc:
                 skipped[f"adaptive {name}"] = str(exc)
-        if fmt != "gguf":
+        if fmt != "gguf" and "payload" in wanted:
             try:
                 cases.extend(_payload_cases(model, copy, gate, seeds, quick, out, progress))
             except registry.NotApplicableError as exc:
                 skipped["adaptive payload"] = str(exc)
-    if fmt == "onnx":
+    if fmt == "onnx" and "trigger-scale" in wanted:
         cases.extend(_trigger_cases(model, seeds, quick, workdir, gate, progress, skipped))
     out.unlink(missing_ok=True)
     return cases, skipped

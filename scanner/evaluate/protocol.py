@@ -300,6 +300,7 @@ def evaluate(
     shapes: Sequence[str] | None = None,
     sweeps: dict[str, Sequence[dict[str, str]]] | None = None,
     twins: Sequence[str] | None = None,
+    adaptive_attacks: Sequence[str] | None = None,
     quick: bool = False,
 ) -> Evaluation:
     """Run the protocol on ``model``.
@@ -455,7 +456,13 @@ def evaluate(
             from scanner.evaluate import adaptive
 
             adaptive_cases, adaptive_skipped = adaptive.run(
-                model, gate, seeds=seeds, quick=quick, workdir=Path(tmp), progress=say
+                model,
+                gate,
+                seeds=seeds,
+                quick=quick,
+                workdir=Path(tmp),
+                progress=say,
+                attacks=tuple(adaptive_attacks) if adaptive_attacks else None,
             )
             cases.extend(adaptive_cases)
             skipped.update(adaptive_skipped)
