@@ -302,6 +302,7 @@ def evaluate(
     twins: Sequence[str] | None = None,
     adaptive_attacks: Sequence[str] | None = None,
     quick: bool = False,
+    inspect: Callable[[Path, Path, GroundTruth], None] | None = None,
 ) -> Evaluation:
     """Run the protocol on ``model``.
 
@@ -310,7 +311,9 @@ def evaluate(
     shape, tensor kind and magnitude: the minimal detectable change), ``sweep`` (every
     attacker-controlled planter parameter, :data:`scanner.evaluate.sweeps.GRID`),
     ``combination`` (each attack with each benign twin, both orders) and ``adaptive``
-    (:mod:`scanner.evaluate.adaptive`). ``quick`` trims the grids for a first look."""
+    (:mod:`scanner.evaluate.adaptive`). ``quick`` trims the grids for a first look.
+    ``inspect(trusted, deployed, truth)`` is called before every gate run (audits of
+    what the protocol hands the gate)."""
     from scanner.evaluate import sweeps as grid
     from scanner.formats import open_artifact
 
@@ -321,6 +324,13 @@ def evaluate(
     with open_artifact(model) as art:
         fmt = art.format
     gate = gate_case(pack, fail_on)
+    if inspect is not None:
+        inner = gate
+
+        def gate(trusted: Path, deployed: Path, truth: GroundTruth) -> Any:
+            inspect(trusted, deployed, truth)
+            return inner(trusted, deployed, truth)
+
     cases: list[Case] = []
     skipped: dict[str, str] = {}
     say = progress or (lambda _line: None)

@@ -17,7 +17,7 @@ from fixtures.real_models import RAPIDOCR_CLS, SILERO_ST, SMOLLM_Q4_1
 from scanner.evaluate import evaluate
 from scanner.gate import GateRequest, run_gate
 from scanner.policy import load_pack
-from scanner.redteam.io import MARKER_KEY, ModelCopy, read_marker
+from scanner.redteam.io import ModelCopy, read_marker
 
 PACKS = ("default", "strict", "audit")
 
@@ -38,7 +38,8 @@ def test_an_unchanged_copy_gates_like_the_source(key: str, tmp_path: Path) -> No
         copy.save(plain, {}, None)
         copy.save(marked, {}, {"produced_by": "modelseal redteam", "name": "none"})
     assert read_marker(plain) is None and read_marker(marked) is not None
-    for pack in PACKS:
+    # A GGUF LLM gates in seconds: only the pack that fails on metadata runs there.
+    for pack in ("strict",) if key == SMOLLM_Q4_1 else PACKS:
         self_verdict, _ = _gate(src, src, pack)
         verdict, rules = _gate(src, plain, pack)
         assert verdict == self_verdict, (pack, rules)
@@ -49,27 +50,29 @@ def test_an_unchanged_copy_gates_like_the_source(key: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("pack", PACKS)
 def test_marker_changes_no_verdict_of_the_evaluation(pack: str) -> None:
-    """Benign twins and attacks evaluated under each pack: no case fails on MS208, and
-    no evaluated copy carries the marker key (the evaluation never marks)."""
+    """Twins and an attack evaluated under each pack: no case fails on MS208, and the
+    copies the evaluation writes carry the source's metadata exactly. (What the gate
+    should say about the planted changes is not asserted here: a test must not judge a
+    detector on the planter's own output.)"""
+    seen: list[dict] = []
+
+    def spy(trusted: Path, deployed: Path, truth) -> None:
+        from scanner.formats import open_artifact
+
+        with open_artifact(trusted) as a, open_artifact(deployed) as b:
+            seen.append({"same": a.metadata.get("safetensors") == b.metadata.get("safetensors")})
+
     ev = evaluate(
         real_model(SILERO_ST),
         names=["cast-fp16", "prune-2:4", "rename", "rank1"],
         seeds=1,
         strengths={"rank1": [0.01]},
         pack=pack,
+        inspect=spy,
     )
     assert {c.entry for c in ev.cases} == {"cast-fp16", "prune-2:4", "rename", "rank1"}
+    assert len(seen) == len(ev.cases) and all(s["same"] for s in seen)
     for c in ev.cases:
         assert "MS208" not in c.rules, c
-        assert MARKER_KEY not in c.note
     if pack == "audit":
         assert not any(c.detected for c in ev.cases)  # audit fails nothing
-    else:
-        by = {c.entry: c for c in ev.cases}
-        assert by["rank1"].detected
-        # strict fails an unclaimed rename by design (renamed is allowed only claimed).
-        twins = (
-            ("cast-fp16", "prune-2:4") if pack == "strict" else ("cast-fp16", "prune-2:4", "rename")
-        )
-        for name in twins:
-            assert not by[name].detected, (name, by[name].rules)
