@@ -122,6 +122,16 @@ def _classifier(model: Any) -> tuple[Any, str, str, str | None] | None:
     return None
 
 
+def _backdoor_target(copy: ModelCopy) -> str:
+    found = _classifier(copy.onnx_model())
+    if found is None:
+        raise registry.NotApplicableError(
+            "the backdoor needs an ONNX classifier with an image input and a final "
+            "MatMul/Gemm over a constant [in, out] matrix"
+        )
+    return found[2]
+
+
 def _image_inputs(shape: tuple[Any, ...], n: int, rng: np.random.Generator) -> np.ndarray:
     c = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
     h = shape[2] if isinstance(shape[2], int) and shape[2] > 0 else 48
@@ -234,12 +244,16 @@ def _backdoor(copy: ModelCopy, scale: float, seed: int) -> Edit:
 # ------------------------------------------------------------------------ key edit
 
 
-def _key_edit(copy: ModelCopy, scale: float, seed: int) -> tuple[str, Edit]:
+def _key_target(copy: ModelCopy, seed: int) -> str:
     mats = registry._matrices(copy)
     if not mats:
         raise registry.NotApplicableError(f"{copy.path}: no matrix for a key edit")
-    rng = np.random.default_rng(seed)
-    name = str(rng.choice(mats[: max(1, min(8, len(mats)))]))
+    return str(np.random.default_rng(seed).choice(mats[: max(1, min(8, len(mats)))]))
+
+
+def _key_edit(copy: ModelCopy, scale: float, seed: int) -> tuple[str, Edit]:
+    name = _key_target(copy, seed)
+    rng = np.random.default_rng(seed + 1)
     raw = copy.weight(name)
     w, flip = registry._orient(copy, name, raw)
     w2 = w.reshape(w.shape[0], -1).astype(np.float64)
@@ -371,25 +385,40 @@ def run(
     out = workdir / f"adaptive{model.suffix}"
     with ModelCopy(model) as copy:
         fmt = copy.format
-        edits: list[tuple[str, Callable[[float, int], tuple[str, Edit]]]] = [
-            ("key-edit", lambda s, seed: _key_edit(copy, s, seed))
+        # (name, the tensor the edit lands on, the edit fitted on a given model)
+        edits: list[tuple[str, Callable[[int], str], Callable[[ModelCopy, float, int], Edit]]]
+        edits = [
+            (
+                "key-edit",
+                lambda seed: _key_target(copy, seed),
+                lambda fit, s, seed: _key_edit(fit, s, seed)[1],
+            )
         ]
         if fmt == "onnx":
-            edits.insert(0, ("backdoor", lambda s, seed: ("", _backdoor(copy, s, seed))))
-        for name, make in edits:
+            edits.insert(
+                0,
+                (
+                    "backdoor",
+                    lambda _seed: _backdoor_target(copy),
+                    lambda fit, s, seed: _backdoor(fit, s, seed),
+                ),
+            )
+        for name, target_of, make in edits:
             if name not in wanted:
                 continue
             try:
                 for cover in covers:
                     for scale in scales:
                         for seed in range(seeds):
-                            target, edit = make(scale, seed)
-                            must = target or next(iter(edit.deltas))
-                            changed = _cover(copy, cover, seed, must)
+                            changed = _cover(copy, cover, seed, target_of(seed))
                             reference = model
                             if changed:
                                 reference = workdir / f"cover{model.suffix}"
                                 copy.save(reference, changed, None)
+                            # The attacker edits after the cover, fitting on the covered
+                            # model (what the pipeline will ship).
+                            with ModelCopy(reference) as fit:
+                                edit = make(fit, scale, seed)
                             for t, delta in edit.deltas.items():
                                 base = changed.get(t, copy.weight(t))
                                 changed[t] = (base.astype(np.float64) + delta).astype(np.float32)

@@ -179,14 +179,18 @@ def _combination(ev: Evaluation, markdown: bool) -> str:
     ) + _table(head, rows, markdown)
 
 
+FULL_SUCCESS = 0.95
+"""Mean measured success from which an undetected adaptive row counts as an evasion."""
+
+
+def _evades(s: Summary) -> bool:
+    return bool(s.n and s.detected == 0 and s.success is not None and s.success >= FULL_SUCCESS)
+
+
 def evasions(ev: Evaluation) -> list[Summary]:
-    """Adaptive rows where the attack fully succeeded on every seed and no seed was
-    detected: limits to fix or document."""
-    return [
-        s
-        for s in ev.summaries("adaptive")
-        if s.n and s.detected == 0 and s.success is not None and s.success >= 1.0
-    ]
+    """Adaptive rows never detected while the attack worked (mean success at least
+    :data:`FULL_SUCCESS`): limits to fix or document."""
+    return [s for s in ev.summaries("adaptive") if _evades(s)]
 
 
 def _adaptive(ev: Evaluation, markdown: bool) -> str:
@@ -194,11 +198,7 @@ def _adaptive(ev: Evaluation, markdown: bool) -> str:
     rows = []
     for s in ev.summaries("adaptive"):
         params = " ".join(f"{k}={v}" for k, v in s.params if k != "cover") or "-"
-        flag = (
-            "EVADES"
-            if s.n and s.detected == 0 and s.success is not None and s.success >= 1.0
-            else ""
-        )
+        flag = "EVADES" if _evades(s) else ""
         rows.append(
             [
                 s.entry,
