@@ -3,6 +3,7 @@
     python benchmarks/run_evaluation.py                # full grids, 3 seeds
     python benchmarks/run_evaluation.py --quick        # trimmed grids, 2 seeds (minutes)
     python benchmarks/run_evaluation.py --models silero rapidocr --out /tmp/ev.md
+    python benchmarks/run_evaluation.py --quick --plot-dir docs/img/evaluation   # with plots
 
 Writes the whole of docs/evaluation.md (protocol text, per-model tables with 95% Wilson
 intervals, minimal-detectable-change tables, evasions found) and, with --plot-dir, one
@@ -284,13 +285,17 @@ def main() -> int:
             args.json_dir.mkdir(parents=True, exist_ok=True)
             (args.json_dir / f"{m.key}.json").write_text(to_json(ev))
         if args.plot_dir:
-            plot_detection(ev, args.plot_dir / f"{m.key}.png")
+            png = plot_detection(ev, args.plot_dir / f"{m.key}.png")
+            rel = os.path.relpath(png.resolve(), args.out.resolve().parent)
+            sections[-1] += f"\n![{m.key}: detection vs strength, magnitude and success]({rel})\n"
         sys.stderr.write(f"{m.key}: {time.perf_counter() - t0:.0f} s\n")
     command = "python benchmarks/run_evaluation.py" + (" --quick" if args.quick else "")
     if args.seeds:
         command += f" --seeds {args.seeds}"
     if args.rules != "default":
         command += f" --rules {args.rules}"
+    if args.plot_dir:
+        command += f" --plot-dir {os.path.relpath(args.plot_dir.resolve(), ROOT)}"
     head = HEADER.format(
         command=command,
         when=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
