@@ -1,16 +1,19 @@
 """Plant, gate, score.
 
-For each entry of the red-team registry that applies to the model's format, each
-strength of its sweep and each seed ``0..K-1``: plant into a copy
+For each case of the suites asked for (catalogue, tamper, sweep, combination, adaptive;
+see :func:`evaluate`) and each seed ``0..K-1``: plant into a copy
 (:func:`scanner.redteam.registry.plant`), run the gate on (trusted = the model, deployed
 = the copy) with the claim and allowed classes a pipeline expecting that step would
-configure (benign twins only; attacks get none), and score the verdict against the
-ground truth:
+configure (benign twins only; attacks get none, combinations get the twin's), and score
+the verdict against the ground truth:
 
 * detected: the verdict is ``fail`` (or ``error``: the gate fails closed);
 * localized: a failing finding names a tensor (trusted or deployed name) or an ONNX node
-  that the ground truth lists as changed;
-* false alarm: a benign twin whose verdict is ``fail`` or ``error``.
+  that the ground truth lists as changed (by the attack, in a combination);
+* false alarm: a benign twin whose verdict is ``fail`` or ``error``;
+* absorbed: the planted change did not survive storage (not scored).
+
+Every rate of a row is reported with its 95% Wilson interval over the row's seeds.
 """
 
 from __future__ import annotations
