@@ -239,11 +239,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def _errbar(ax: Any, xs: list[float], rows: list[Summary], label: str) -> None:
+def _errbar(
+    ax: Any, xs: list[float], rows: list[Summary], label: str, *, joined: bool = True
+) -> None:
     ys = [r.detection_rate for r in rows]
     lo = [r.detection_rate - r.ci_low for r in rows]
     hi = [r.ci_high - r.detection_rate for r in rows]
-    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    style = "-" if joined else "none"
+    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, linestyle=style, label=label)
 
 
 def plot_detection(ev: Evaluation, out: Path) -> Path:
@@ -308,7 +311,17 @@ def plot_detection(ev: Evaluation, out: Path) -> Path:
             series.setdefault(label, []).append(s)
         for label, rows in sorted(series.items()):
             rows.sort(key=lambda r: r.strength)
-            _errbar(ax, [r.success or 0.0 for r in rows], rows, label)
+            # Points, not a curve: success is not monotone in the edit size (a large
+            # backdoor edit fires but moves clean predictions, which success counts).
+            _errbar(ax, [r.success or 0.0 for r in rows], rows, label, joined=False)
+            for r in rows:
+                ax.annotate(
+                    f"x{r.strength:g}",
+                    (r.success or 0.0, r.detection_rate),
+                    fontsize=5,
+                    xytext=(2, 2),
+                    textcoords="offset points",
+                )
         ax.set_xlabel("measured attack success")
         ax.set_title("adaptive: detection vs attack success", fontsize=9)
     for ax in axes[0]:
