@@ -229,6 +229,23 @@ def _findings(ev: Evaluation) -> list[str]:
     return out
 
 
+def _strict_mdc(ev: Evaluation) -> str:
+    from scanner.redteam.tamper import SHAPES
+
+    mdc = minimal_detectable(ev)
+    kinds = sorted({k for k, _ in mdc})
+    shapes = [sh for sh in SHAPES if any((k, sh) in mdc for k in kinds)]
+    lines = [
+        "\n#### Minimal detectable change under the strict pack\n",
+        "| tensor kind | " + " | ".join(shapes) + " |",
+        "|" + "---|" * (len(shapes) + 1),
+    ]
+    lines += [
+        "| " + k + " | " + " | ".join(mdc.get((k, sh), "-") for sh in shapes) + " |" for k in kinds
+    ]
+    return "\n".join(lines) + "\n"
+
+
 LIMITS = """## Limits
 
 These follow from the rows above (and from `modelseal evaluate --suite adaptive` on any
@@ -288,6 +305,18 @@ def main() -> int:
             png = plot_detection(ev, args.plot_dir / f"{m.key}.png")
             rel = os.path.relpath(png.resolve(), args.out.resolve().parent)
             sections[-1] += f"\n![{m.key}: detection vs strength, magnitude and success]({rel})\n"
+        if not m.large and "tamper" in m.suites and args.rules != "strict":
+            # The same tamper grid under the strict pack, where no change passes on a
+            # class allowance: what the default pack's allowances cost.
+            strict = evaluate(
+                real_model(m.fixture),
+                seeds=seeds,
+                pack="strict",
+                suites=("tamper",),
+                quick=args.quick,
+                progress=lambda line, k=m.key: sys.stderr.write(f"  [{k} strict] {line}\n"),
+            )
+            sections[-1] += _strict_mdc(strict)
         sys.stderr.write(f"{m.key}: {time.perf_counter() - t0:.0f} s\n")
     command = "python benchmarks/run_evaluation.py" + (" --quick" if args.quick else "")
     if args.seeds:
