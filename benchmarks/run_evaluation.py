@@ -248,24 +248,35 @@ def _strict_mdc(ev: Evaluation) -> str:
 
 LIMITS = """## Limits
 
-These follow from the rows above (and from `modelseal evaluate --suite adaptive` on any
-model); each is a limit of the gate as measured, not a tuning problem:
+What the rows above measure as open, each a limit of the gate as it stands (with the
+detectors of the commit named at the top), never a threshold to tune to these models:
 
-* **Allowed change classes are a cover.** A pack that allows `low-rank update` or
-  `full fine-tune` (the `default` pack does; `strict` does not) passes any edit the
-  classifier files under that class. An adaptive edit sized at the smallest that works
-  (a single-row key edit, a rank-1 classifier backdoor) is filed as an indeterminate
-  update, a low-rank update or a fine-tune, and passes while it works (the EVADES rows).
-  What closes it: `strict` (changes must be re-derived), or a signed adapter / training
-  attestation for the allowed step instead of a class allowance.
-* **Small unexplained changes are "indeterminate".** The default pack allows
-  `indeterminate update`; generic tampering of one element, row or channel of a matrix or
-  kernel is often filed there (the `> 1` cells of the minimal-detectable-change tables).
-* **Payloads under a fine-tune.** A fine-tune rewrites every low byte, so a payload
-  written after it is indistinguishable by byte statistics; only an attested fine-tune
-  (re-derivable) would expose it.
-* **Attacks then a transformation.** A fine-tune or quantization applied after an attack
-  can wash the attack's statistical footprint out of the diff (see the combination rows).
+* **An allowed change class is a cover.** A pipeline that allows `low-rank update` or
+  `full fine-tune` (the `default` pack allows both; the adaptive and combination rows add
+  the cover's class the way such a pipeline is configured) passes an edit the classifier
+  files under that class. An adaptive edit sized at the smallest that works (a rank-1
+  classifier backdoor, a single-row key edit) is filed as a fine-tune, a low-rank update
+  or an indeterminate update and passes while it works: the **EVADES** rows. Without a
+  cover the classifier backdoor is caught (localized edit); the single-row key edit is
+  not, under `default`. What closes it: `strict` (nothing passes on a class allowance),
+  or a signed adapter / training attestation instead of a class allowance.
+* **Small unexplained changes are "indeterminate".** `default` allows
+  `indeterminate update`, and generic tampering of one element, row, column or channel
+  of a matrix or kernel is filed there even at 1 x the tensor's std (the `> 1` cells of
+  the minimal-detectable-change tables). Under `strict` the same changes fail from the
+  float32 noise level up.
+* **A payload written after a fine-tune** sits in low bytes the fine-tune rewrote
+  anyway and passes with the fine-tune (adaptive `payload`, cover `finetune`).
+* **An attack followed by a fine-tune or merge** loses its statistical footprint in the
+  diff (combination rows `attack>twin` with `finetune`).
+* **Spread and resized attacks**: a rank-1 edit spread over several matrices, a
+  prune-activated edit at another sparsity than the planter's default, a gap projection
+  kept off the bin walls (margin 0.45 of a step) and payloads in fewer words or more
+  bytes per word are missed where the sweep rows say so.
+* **Not covered by an adaptive variant with measured success**: the SRA chain (spread
+  below the row-outlier threshold), the handcrafted path, the gap attack (its effect
+  needs a benign target model to measure) and the prune-activated edit (its effect needs
+  the pruned model run); their attacker parameters are swept above.
 """
 
 
