@@ -11,20 +11,27 @@ from scanner.cli.common import add_fail_on, explicit_fail_on, write_text
 from scanner.errors import UsageError
 
 FORMATS = ("text", "markdown", "json")
+SUITES = ("catalogue", "tamper", "sweep", "combination", "adaptive")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="plant every attack and benign twin, run the gate, score detection",
+        help="plant attacks, tampering and benign twins, run the gate, score detection",
         description=(
             "For each attack and benign twin of `modelseal redteam` that applies to MODEL, "
             "over --seeds K and each entry's strength sweep: plant into a copy, run the gate "
             "(diff + scan, judged by --rules PACK, else --fail-on), and score detection, "
             "localization (a failing finding names a truly changed tensor or node), false "
-            "alarms on the benign twins and time. Prints a table (--format text or "
-            "markdown) or the full record (--format json); --plot draws detection against "
-            "strength."
+            "alarms on the benign twins and time, each rate with its 95% Wilson interval. "
+            "--suite chooses what runs (default catalogue; all for everything): tamper "
+            "(generic tampering by region and magnitude: the smallest "
+            "change the gate notices per tensor kind), sweep (every attacker-controlled "
+            "planter parameter), combination (each attack with each benign twin, both "
+            "orders), adaptive (attacks shrunk under an allowed cover, success measured by "
+            "running the model). Prints tables (--format text or markdown) or the full "
+            "record (--format json); --plot draws detection against strength, magnitude "
+            "and attack success."
         ),
         epilog="Exit codes: 0 done, 2 could not complete.",
     )
@@ -38,6 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--seeds", type=int, default=3, metavar="K", help="seeds 0..K-1 per strength (default 3)"
+    )
+    parser.add_argument(
+        "--suite",
+        nargs="+",
+        choices=(*SUITES, "all"),
+        default=["catalogue"],
+        metavar="NAME",
+        help=f"what to run: {', '.join(SUITES)} or all (default catalogue)",
+    )
+    parser.add_argument(
+        "--twins",
+        nargs="+",
+        metavar="NAME",
+        help="benign twins for --suite combination (default: a fixed set, see docs/evaluation.md)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="trimmed strengths, magnitudes and grids"
     )
     parser.add_argument(
         "--rules",
@@ -57,7 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, metavar="FILE", help="write the result to FILE, not stdout"
     )
     output.add_argument(
-        "--plot", type=Path, metavar="PNG", help="detection vs strength (needs the plots extra)"
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="detection vs strength, tamper magnitude and attack success (needs the plots extra)",
     )
     parser.set_defaults(handler=run)
 
@@ -83,11 +110,21 @@ def run(args: argparse.Namespace) -> int:
         from scanner.redteam import registry
 
         known = {e.name for e in registry.ENTRIES}
-        unknown = [a for a in args.attacks if a not in known]
+        unknown = [a for a in (*args.attacks, *(args.twins or ())) if a not in known]
         if unknown:
             raise UsageError(
                 f"unknown entries {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
             )
+    elif args.twins:
+        from scanner.redteam import registry
+
+        unknown = [a for a in args.twins if a not in registry.TRANSFORMS]
+        if unknown:
+            raise UsageError(
+                f"not benign twins: {', '.join(unknown)}; choose from "
+                f"{', '.join(registry.TRANSFORMS)}"
+            )
+    suites = SUITES if "all" in args.suite else tuple(dict.fromkeys(args.suite))
 
     from scanner.evaluate import evaluate, plot_detection, render_table, to_json
 
@@ -97,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         pack=args.rules,
         fail_on=explicit_fail_on(args),
+        suites=suites,
+        twins=args.twins,
+        quick=args.quick,
         progress=lambda line: sys.stderr.write(f"  {line}\n"),
     )
     if args.format == "json":

@@ -26,9 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Write a copy of MODEL (safetensors, ONNX or GGUF) with one attack of the threat "
             "catalogue planted (--attack) or one benign transformation applied "
             "(--transform), and OUT.groundtruth.json saying what changed, where and with "
-            "which parameters. The copy is marked as produced by modelseal redteam in its "
-            "metadata. Graph backdoors are run under onnxruntime to check that they fire on "
-            "their trigger and leave clean outputs unchanged. See docs/redteam.md."
+            "which parameters. The copy's metadata is the source's (no fingerprint a gate "
+            "could key on); --mark adds a modelseal.redteam metadata key for copies handed "
+            "around, never for measuring detection. Graph backdoors are run under "
+            "onnxruntime to check that they fire on their trigger and leave clean outputs "
+            "unchanged. See docs/redteam.md."
         ),
         epilog="Exit codes: 0 written, 2 could not complete (unknown name, wrong format).",
     )
@@ -51,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra parameter, e.g. tensor=NAME (repeat)",
+    )
+    parser.add_argument(
+        "--mark",
+        action="store_true",
+        help="write a modelseal.redteam key into the copy's metadata (a metadata change: "
+        "strict packs fail it on MS208, so never gate a marked copy to measure detection)",
     )
     parser.add_argument(
         "-o",
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         strength=args.strength,
         params=dict(args.param),
         exact_output=True,
+        mark=args.mark,
     )
     strength = f", {entry.strength_name} {truth.strength:g}" if truth.strength is not None else ""
     what = f"{len(truth.tensors)} tensor{'' if len(truth.tensors) == 1 else 's'}"

@@ -13,8 +13,11 @@ the given tensors are replaced:
   re-encoded in their own type when ``gguf`` can quantize it (F32, F16, Q8_0, Q4_0, Q4_1,
   Q5_0, Q5_1), else stored as F32 (recorded in the ground truth).
 
-Every copy carries the marker :data:`MARKER_KEY` in its container metadata, so a planted
-model is never mistaken for a real one.
+The copy carries no fingerprint by default: its container metadata is the source's, so
+a gate sees only the planted change (a metadata marker would be a change of its own that a
+strict pack fails on, inflating detection). Provenance lives in the ground truth written
+next to the copy; ``mark=True`` adds the marker :data:`MARKER_KEY` to the container for
+copies meant to be handed around, never for measuring detection.
 """
 
 from __future__ import annotations
@@ -107,21 +110,25 @@ class ModelCopy:
         self,
         out: Path,
         changed: Mapping[str, np.ndarray],
-        marker: Mapping[str, Any],
+        marker: Mapping[str, Any] | None,
         *,
         onnx_model: Any = None,
     ) -> dict[str, Any]:
-        """Write the copy with ``changed`` tensors replaced; returns notes on storage
-        (for the ground truth): tensors stored in another dtype than the original."""
+        """Write the copy with ``changed`` tensors replaced and, when ``marker`` is given,
+        the marker in its container metadata (else the source's metadata unchanged);
+        returns notes on storage (for the ground truth): tensors stored in another dtype
+        than the original."""
         out.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dict(marker), sort_keys=True)
+        text = None if marker is None else json.dumps(dict(marker), sort_keys=True)
         if self.format == "safetensors":
             return self._save_safetensors(out, changed, text)
         if self.format == "onnx":
             return self._save_onnx(out, changed, text, onnx_model)
         return self._save_gguf(out, changed, text)
 
-    def _save_safetensors(self, out: Path, changed: Mapping[str, np.ndarray], text: str) -> dict:
+    def _save_safetensors(
+        self, out: Path, changed: Mapping[str, np.ndarray], text: str | None
+    ) -> dict:
         from safetensors.numpy import save_file
 
         tensors: dict[str, np.ndarray] = {}
@@ -136,12 +143,13 @@ class ModelCopy:
         meta = {
             str(k): str(v) for k, v in (self.artifact.metadata.get("safetensors") or {}).items()
         }
-        meta[MARKER_KEY] = text
-        save_file(tensors, str(out), metadata=meta)
+        if text is not None:
+            meta[MARKER_KEY] = text
+        save_file(tensors, str(out), metadata=meta or None)
         return {}
 
     def _save_onnx(
-        self, out: Path, changed: Mapping[str, np.ndarray], text: str, model: Any
+        self, out: Path, changed: Mapping[str, np.ndarray], text: str | None, model: Any
     ) -> dict:
         import onnx
         from onnx import numpy_helper
@@ -161,15 +169,16 @@ class ModelCopy:
                         dt = numpy_helper.to_array(attr.t).dtype
                         value = np.asarray(changed[node.output[0]]).astype(dt)
                         attr.t.CopyFrom(numpy_helper.from_array(value, attr.t.name))
-        kept = [p for p in model.metadata_props if p.key != MARKER_KEY]
-        del model.metadata_props[:]
-        model.metadata_props.extend(kept)
-        prop = model.metadata_props.add()
-        prop.key, prop.value = MARKER_KEY, text
+        if text is not None:
+            kept = [p for p in model.metadata_props if p.key != MARKER_KEY]
+            del model.metadata_props[:]
+            model.metadata_props.extend(kept)
+            prop = model.metadata_props.add()
+            prop.key, prop.value = MARKER_KEY, text
         onnx.save(model, str(out))
         return {}
 
-    def _save_gguf(self, out: Path, changed: Mapping[str, np.ndarray], text: str) -> dict:
+    def _save_gguf(self, out: Path, changed: Mapping[str, np.ndarray], text: str | None) -> dict:
         import gguf
 
         reader = gguf.GGUFReader(str(self.artifact.path))
@@ -177,12 +186,15 @@ class ModelCopy:
         arch = str(arch_field.contents()) if arch_field is not None else "unknown"
         writer = gguf.GGUFWriter(str(out), arch)
         for field in reader.fields.values():
-            if field.name.startswith("GGUF.") or field.name in ("general.architecture", MARKER_KEY):
+            if field.name.startswith("GGUF.") or field.name == "general.architecture":
+                continue
+            if text is not None and field.name == MARKER_KEY:
                 continue
             vtype = field.types[0]
             sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-        writer.add_string(MARKER_KEY, text)
+        if text is not None:
+            writer.add_string(MARKER_KEY, text)
         stored_as: dict[str, str] = {}
         for t in reader.tensors:
             qtype = gguf.GGMLQuantizationType(int(t.tensor_type))

@@ -31,6 +31,8 @@ from scanner.redteam.io import ModelCopy
 
 ATTACK = "attack"
 TRANSFORM = "transform"
+TAMPER = "generic tamper"
+"""Family of the generic tamper entries (measured apart: the minimal detectable change)."""
 
 
 class NotApplicableError(UsageError):
@@ -63,8 +65,9 @@ class Plan:
     """Tensors to replace (or add) in the copy."""
     onnx_model: Any = None
     """A whole new ModelProto (graph attacks, optimizers)."""
-    writer: Callable[[Path, str], Mapping[str, Any]] | None = None
-    """Writes the output itself (format conversions); receives the marker JSON."""
+    writer: Callable[[Path, str | None], Mapping[str, Any]] | None = None
+    """Writes the output itself (format conversions); receives the marker JSON, or
+    ``None`` when the copy is not marked."""
     nodes: tuple[str, ...] = ()
     claim: str | None = None
     allow: tuple[str, ...] = ()
@@ -203,8 +206,15 @@ def _sra(last: bool) -> Planter:
         from scanner.redteam.weights import plant_sra
 
         chain = _chain(copy)
-        if last:
+        # span: how many layers (from the end) the chain covers; the attacker chooses it.
+        span = ctx.param("span")
+        if span is not None:
+            if int(span) < 2:
+                raise UsageError("span must be at least 2 layers")
+            chain = chain[-int(span) :]
+        elif last:
             chain = chain[-3:]
+        rescale = (ctx.param("rescale") or ("1" if last else "0")) not in ("0", "false", "no")
         width = int(ctx.strength)
         too_narrow = [
             c.weight
@@ -218,9 +228,10 @@ def _sra(last: bool) -> Planter:
             )
         names = [c.weight for c in chain] + [p for c in chain for p in c.params]
         base = copy.weights(names)
-        out, truth = plant_sra(base, chain, seed=ctx.seed, rescale=last, width=width)
+        out, truth = plant_sra(base, chain, seed=ctx.seed, rescale=rescale, width=width)
         return Plan(
-            {n: out[n] for n in names}, details={"chain": truth.details["chain"], "rescaled": last}
+            {n: out[n] for n in names},
+            details={"chain": truth.details["chain"], "rescaled": rescale, "span": len(chain)},
         )
 
     return run
@@ -250,9 +261,17 @@ def _handcrafted(copy: ModelCopy, ctx: Context) -> Plan:
 def _rank1(copy: ModelCopy, ctx: Context) -> Plan:
     from scanner.redteam.weights import plant_rank1
 
-    name = _pick(copy, ctx, _matrices(copy), "a rank-1 edit")
-    out, truth = plant_rank1({name: copy.weight(name)}, name, ctx.seed, rel=ctx.strength)
-    return Plan({name: out[name]}, details={"tensor": name, **truth.details})
+    mats = _matrices(copy)
+    name = _pick(copy, ctx, mats, "a rank-1 edit")
+    # tensors: the edit spread over N matrices (each at rel / N), an attacker's way to
+    # keep every single tensor's change small.
+    count = max(1, int(ctx.param("tensors", "1") or 1))
+    names = [name, *[n for n in mats if n != name][: count - 1]]
+    changed: dict[str, np.ndarray] = {}
+    for i, n in enumerate(names):
+        out, _ = plant_rank1({n: copy.weight(n)}, n, ctx.seed + i, rel=ctx.strength / len(names))
+        changed[n] = out[n]
+    return Plan(changed, details={"tensor": name, "tensors": names, "rank": 1})
 
 
 def _abliteration(copy: ModelCopy, ctx: Context) -> Plan:
@@ -274,6 +293,12 @@ def _abliteration(copy: ModelCopy, ctx: Context) -> Plan:
             "width (no residual stream to edit)"
         )
     names = sorted(names)
+    # span: the share of the residual-writing matrices edited (an attacker may edit a
+    # few layers only).
+    share = float(ctx.param("span", "1") or 1)
+    if share < 1:
+        keep = max(1, round(share * len(names)))
+        names = sorted(str(n) for n in ctx.rng().choice(names, size=keep, replace=False))
     out, _ = plant_abliteration({n: oriented[n] for n in names}, names, ctx.seed)
     changed = {n: (out[n].T.copy() if flips[n] else out[n]) for n in names}
     return Plan(changed, details={"direction_dim": width, "tensors": names})
@@ -291,10 +316,23 @@ def _lowbyte(copy: ModelCopy, ctx: Context) -> Plan:
         "a payload",
     )
     n_bytes = int(ctx.param("bytes", "2") or 2)
-    out, truth = plant_lowbyte_payload(
-        {name: copy.weight(name)}, name, ctx.seed, fraction=ctx.strength, n_bytes=n_bytes
-    )
-    return Plan({name: out[name]}, details={"tensor": name, **truth.details})
+    # tensors: the payload split over N tensors (each carries fraction / N of its words).
+    count = max(1, int(ctx.param("tensors", "1") or 1))
+    pool = sorted(_float32_weights(copy), key=lambda n: -int(np.prod(copy.shape(n))))
+    names = [name, *[n for n in pool if n != name][: count - 1]]
+    changed: dict[str, np.ndarray] = {}
+    spans = []
+    for i, n in enumerate(names):
+        out, truth = plant_lowbyte_payload(
+            {n: copy.weight(n)},
+            n,
+            ctx.seed + i,
+            fraction=ctx.strength / len(names),
+            n_bytes=n_bytes,
+        )
+        changed[n] = out[n]
+        spans.append({"tensor": n, **truth.details})
+    return Plan(changed, details={"tensor": name, "payload": spans, "bytes": n_bytes})
 
 
 def _exponent(copy: ModelCopy, ctx: Context) -> Plan:
@@ -383,6 +421,47 @@ def _pin_codes(w: np.ndarray, new: np.ndarray, scheme: str) -> np.ndarray:
             break
         new[bad] = w[bad]
     return new
+
+
+# ---------------------------------------------------------------- generic tampering
+
+
+def tamper_targets(copy: ModelCopy) -> dict[str, list[str]]:
+    """Tensors a generic tamper may hit, by kind (:data:`scanner.redteam.tamper.KINDS`)."""
+    from scanner.redteam.tamper import tensor_kind
+
+    out: dict[str, list[str]] = {}
+    for n in copy.float_names():
+        kind = tensor_kind(n, copy.shape(n), copy.dtype(n))
+        if kind is not None:
+            out.setdefault(kind, []).append(n)
+    return out
+
+
+def _tamper(shape_kind: str) -> Planter:
+    def run(copy: ModelCopy, ctx: Context) -> Plan:
+        from scanner.redteam.tamper import tamper
+
+        targets = tamper_targets(copy)
+        kind = ctx.param("kind")
+        if kind is not None and kind not in targets:
+            raise NotApplicableError(
+                f"{copy.path}: no {kind} tensor (kinds here: {', '.join(sorted(targets))})"
+            )
+        names = sorted(targets[kind] if kind else [n for v in targets.values() for n in v])
+        if not names:
+            raise NotApplicableError(f"{copy.path}: no tensor to tamper with")
+        rng = ctx.rng()
+        name = ctx.param("tensor") or str(rng.choice(names))
+        if name not in copy.artifact.tensors:
+            raise UsageError(f"tensor {name!r} is not in {copy.path}")
+        new, n = tamper(copy.weight(name), shape_kind, ctx.strength, rng)
+        return Plan(
+            {name: new},
+            details={"tensor": name, "region": shape_kind, "elements": n, "kind": kind or ""},
+        )
+
+    return run
 
 
 # --------------------------------------------------------- quantization (both sides)
@@ -474,12 +553,15 @@ def _gguf_quant(qtype: str, tamper: bool = False) -> Planter:
         if not names:
             raise NotApplicableError(f"{copy.path}: no tensor with rows of 32k elements")
 
-        def write(out: Path, marker: str) -> Mapping[str, Any]:
+        def write(out: Path, marker: str | None) -> Mapping[str, Any]:
             import gguf
+
+            from scanner.redteam.io import MARKER_KEY
 
             qt = gguf.GGMLQuantizationType[qtype.upper()]
             wr = gguf.GGUFWriter(str(out), "modelseal-redteam")
-            wr.add_string("modelseal.redteam", marker)
+            if marker is not None:
+                wr.add_string(MARKER_KEY, marker)
             for n in copy.float_names():
                 w = copy.weight(n)
                 if n in names:
@@ -821,15 +903,18 @@ def _rename(copy: ModelCopy, ctx: Context) -> Plan:
         raise NotApplicableError("renaming is written for ONNX and safetensors")
     mapping = fb.rename_map(list(copy.artifact.tensors), ctx.seed)
 
-    def write(out: Path, marker: str) -> Mapping[str, Any]:
+    def write(out: Path, marker: str | None) -> Mapping[str, Any]:
         from safetensors.numpy import save_file
+
+        from scanner.redteam.io import MARKER_KEY
 
         tensors = {mapping[n]: np.array(copy.artifact.array(n)) for n in copy.artifact.tensors}
         meta = {
             str(k): str(v) for k, v in (copy.artifact.metadata.get("safetensors") or {}).items()
         }
-        meta["modelseal.redteam"] = marker
-        save_file(tensors, str(out), metadata=meta)
+        if marker is not None:
+            meta[MARKER_KEY] = marker
+        save_file(tensors, str(out), metadata=meta or None)
         return {}
 
     return Plan(writer=write, details={"renamed": mapping})
@@ -1011,6 +1096,21 @@ ENTRIES: tuple[Entry, ...] = (
         "scale",
         (50.0,),
     ),
+    # Generic tampering (no attack semantics): the minimal-detectable-change sweep.
+    *(
+        Entry(
+            f"tamper-{shape}",
+            ATTACK,
+            TAMPER,
+            f"generic tamper: one {shape} region moved by magnitude x the tensor's std",
+            WEIGHTS,
+            _tamper(shape),
+            "magnitude",
+            (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+            1e-3,
+        )
+        for shape in ("element", "row", "column", "block", "channel", "scattered")
+    ),
     # Benign twins.
     Entry("cast-fp16", TRANSFORM, "cast", "float32 -> float16", (ST,), _cast("fp16")),
     Entry("cast-bf16", TRANSFORM, "cast", "float32 -> bfloat16", (ST,), _cast("bf16")),
@@ -1121,12 +1221,15 @@ def plant(
     strength: float | None = None,
     params: Mapping[str, str] | None = None,
     exact_output: bool = False,
+    mark: bool = False,
 ) -> GroundTruth:
     """Plant ``name`` into a copy of ``model`` at ``out``; write and return its ground
     truth (``OUT.groundtruth.json``). The output path's suffix follows the format; with
     ``exact_output`` an ``out`` whose suffix is not the written format's is refused
     (nothing is written) instead of renamed. A parameter the entry does not take is
-    refused before anything is written."""
+    refused before anything is written. The copy's container metadata stays the
+    source's unless ``mark`` (the marker is a metadata change a strict gate fails on, so
+    a marked copy must never be used to measure detection)."""
     entry = get(name)
     ctx = Context(
         seed, float(entry.default_strength if strength is None else strength), dict(params or {})
@@ -1165,10 +1268,13 @@ def plant(
 
         out.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        text = json.dumps(marker, sort_keys=True) if mark else None
         if plan.writer is not None:
-            notes = dict(plan.writer(out, json.dumps(marker, sort_keys=True)))
+            notes = dict(plan.writer(out, text))
         else:
-            notes = copy.save(out, plan.changed, marker, onnx_model=plan.onnx_model)
+            notes = copy.save(
+                out, plan.changed, marker if mark else None, onnx_model=plan.onnx_model
+            )
         source = str(copy.path)
         fmt = copy.format
     tensors = gt.changed_tensors(Path(source), out)
@@ -1192,6 +1298,8 @@ def plant(
             **plan.details,
             **notes,
             "allow": list(plan.allow),
+            "marked": mark,
+            "produced_by": f"modelseal redteam {__version__}",
             "write_seconds": round(time.perf_counter() - started, 3),
         },
         verification=dict(plan.verification),

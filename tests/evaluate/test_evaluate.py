@@ -69,9 +69,9 @@ def test_outputs(result, tmp_path: Path) -> None:
     text = render_table(result)
     assert "rank1" in text and "false alarms" in text
     md = render_table(result, markdown=True)
-    assert md.startswith("| kind | name |")
+    assert "| kind | name | family | strength | flagged [95% CI] (k/n) |" in md
     data = json.loads(to_json(result))
-    assert data["schema"] == "modelseal/evaluation/v1"
+    assert data["schema"] == "modelseal/evaluation/v2"
     assert len(data["cases"]) == len(result.cases)
     rates = {(s["entry"], s["strength"]): s["detection_rate"] for s in data["summaries"]}
     assert rates[("rank1", 0.05)] == 1.0 and rates[("cast-fp16", 1.0)] == 0.0

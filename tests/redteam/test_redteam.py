@@ -50,10 +50,10 @@ def _plant(name: str, key: str, tmp_path: Path, seed: int = 3) -> tuple[Path, Gr
 def _check_common(src: Path, truth: GroundTruth) -> None:
     out = Path(truth.output)
     assert out.is_file()
-    marker = read_marker(out)
-    assert marker is not None and marker["produced_by"] == "modelseal redteam"
-    assert marker["name"] == truth.name
-    assert read_marker(src) is None
+    # No fingerprint: the copy's metadata carries no marker (provenance is in the truth).
+    assert read_marker(out) is None
+    assert truth.details["marked"] is False
+    assert truth.details["produced_by"].startswith("modelseal redteam")
     again = GroundTruth.read(truth_path(out))
     assert again.to_dict() == truth.to_dict()
     assert truth.tensors or truth.nodes, "nothing changed"
@@ -72,7 +72,17 @@ def test_weight_entries_also_plant_into_onnx(name: str, tmp_path: Path) -> None:
     _check_common(src, truth)
     model = onnx.load(truth.output)
     onnx.checker.check_model(model)
-    assert any(p.key == MARKER_KEY for p in model.metadata_props)
+    assert not any(p.key == MARKER_KEY for p in model.metadata_props)
+
+
+@pytest.mark.parametrize("key", [SILERO_ST, RAPIDOCR_CLS])
+def test_mark_writes_the_marker_on_request(key: str, tmp_path: Path) -> None:
+    src = real_model(key)
+    truth = registry.plant(src, "rank1", tmp_path / f"m{src.suffix}", seed=1, mark=True)
+    marker = read_marker(Path(truth.output))
+    assert marker is not None and marker["produced_by"] == "modelseal redteam"
+    assert marker["name"] == "rank1" and truth.details["marked"] is True
+    assert read_marker(src) is None
 
 
 def test_sra_chain_is_isolated(tmp_path: Path) -> None:
@@ -169,13 +179,14 @@ def test_benign_twin_claims_hold(name: str, tmp_path: Path) -> None:
     assert result.holds, result.message
 
 
-def test_gguf_in_gguf_out_with_marker_and_metadata(tmp_path: Path) -> None:
+def test_gguf_in_gguf_out_keeps_metadata(tmp_path: Path) -> None:
     src, truth = _plant("rank1", SMOLLM_Q4_1, tmp_path)
     _check_common(src, truth)
     assert truth.tensors == (truth.details["tensor"],)
     with open_artifact(src) as a, open_artifact(Path(truth.output)) as b:
-        before = {k: v for k, v in a.metadata["gguf"].items() if k != MARKER_KEY}
-        after = {k: v for k, v in b.metadata["gguf"].items() if k != MARKER_KEY}
+        before = dict(a.metadata["gguf"])
+        after = dict(b.metadata["gguf"])
+        assert MARKER_KEY not in after
         assert before.keys() <= after.keys()
         assert b.tensors[truth.tensors[0]].dtype.name == "Q4_1"
 
