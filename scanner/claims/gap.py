@@ -103,12 +103,15 @@ MIN_MANTISSA_BITS = 16
 """Below this many significand bits (bf16, fp16 data) the residuals live on a coarse
 lattice whose alignment with the walls is arithmetic; the null is then simulated on the
 same lattice instead of taken from uniform and control grids."""
-LATTICE_SHARE = 0.02
+LATTICE_SHARE = 0.25
 """A tensor whose elements sit on one grid's code points (within ``ON_GRID_TOL``) this
-often (ten times chance) holds dequantized or QAT values of that grid: those elements are
+often (over a hundred times chance) holds dequantized or QAT values of that grid: those elements are
 explained by it, and are tested against no grid (their residuals on other grids are
 arithmetic, not a weight distribution's)."""
 LATTICE_SAMPLE_ROWS = 64
+LATTICE_RESOLUTION = 0.0625
+"""Dequantized codes are tested on a grid only where their lattice step is at most this
+share of the grid's bin (sixteen lattice points per bin or more)."""
 LATTICE_ROWS = 0.99
 """Share of a tensor's values on their row's even lattice for it to count as dequantized
 codes; the null is then simulated on that lattice."""
@@ -225,7 +228,7 @@ def row_lattice(w2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     or rounding of the extent), else None. The step is the smallest gap between distinct
     values; a row is a lattice when ``LATTICE_ROWS`` of its values are whole steps from
     its smallest value."""
-    if w2.shape[1] < 2 * 256:
+    if w2.shape[1] < 128:
         return None
     srt = np.sort(w2, axis=1)
     gaps = np.diff(srt, axis=1)
@@ -325,6 +328,12 @@ def _counts(
         if lattice is not None and lattice != scheme:
             lq = _grid(wc, lattice, extent).q
             on |= valid & (np.abs(lq - np.rint(lq)) < ON_GRID_TOL)
+        if grid_lattice is not None:
+            # Dequantized codes: where the lattice has fewer than 1 / LATTICE_RESOLUTION
+            # points per bin, wall distances are arithmetic, not chosen: not tested.
+            bin_width = np.abs(c.to_value(q + np.float32(0.5)) - c.to_value(q - np.float32(0.5)))
+            coarse = grid_lattice[1][sl][:, None] > LATTICE_RESOLUTION * bin_width
+            on |= valid & coarse
         valid &= ~on
         out["n"][sl] = valid.sum(axis=1)
         out["on_grid"][sl] = on.sum(axis=1)
@@ -333,7 +342,8 @@ def _counts(
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
                 c, valid, rnd, seed + r0, sl
             )
-            return
+            if grid_lattice is None:
+                return
         part = np.zeros((len(CONTROL_OFFSETS), nb))
         for k, off in enumerate(CONTROL_OFFSETS):
             ic, oc = _wall_counts(q + np.float32(off), valid)
@@ -439,6 +449,13 @@ def gap_tensor(
         p_in_rows = _sim_null(c["sim_inner"], n_rows)
         p_out_rows = _sim_null(c["sim_outer"], n_rows)
         if rows_lattice is not None:
+            # Uneven bins (NF4, FP4) put the density's slope inside a bin on the lattice
+            # too; the control grids see that slope, so the larger null is kept.
+            ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
+            ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
+            p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
+            p_in_rows = np.maximum(p_in_rows, ctrl_rows)
+            p_out_rows = np.maximum(p_out_rows, ctrl_rows)
             storage = "dequantized codes (even lattice per row)"
         else:
             storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
