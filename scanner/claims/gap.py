@@ -115,9 +115,13 @@ share of the grid's bin (sixteen lattice points per bin or more)."""
 LATTICE_ROWS = 0.99
 """Share of a tensor's values on their row's even lattice for it to count as dequantized
 codes; the null is then simulated on that lattice."""
-MAX_TEST_ELEMENTS = 1 << 22
+MAX_TEST_ELEMENTS = 1 << 18
 """Elements tested per tensor and grid: larger tensors are tested on evenly spaced rows
-(every row when the change is localized to rows, as in a diff)."""
+(at least this many elements). Power: on 262,144 elements the per-tensor test sees 1% of
+the weights pressed within 0.05 of the walls (Chernoff bound near e^-50 against a
+threshold near e^-30 for a large model); the per-row test covers every sampled row, so an attack on
+a share f of the rows is seen on about f of the sampled rows (all rows of a tensor up to
+this size, and in a diff only changed rows are candidates)."""
 BANDS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25)
 CONTROL_OFFSETS = (0.25, 0.5, 0.75)
 NOISE = 0.15
@@ -426,7 +430,10 @@ def gap_tensor(
     if rows_lattice is not None:
         # Dequantized codes: the null is simulated on their own lattice (below).
         lattice = None
-    c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice)
+    # Non-finite weights (a flipped exponent) give non-finite scales: those elements
+    # fall out of ``valid``, without a warning per grid.
+    with np.errstate(all="ignore"):
+        c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice)
     total = int(c["n"].sum())
     on_grid = int(c["on_grid"].sum())
     on_frac = on_grid / max(total + on_grid, 1)
