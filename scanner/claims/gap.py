@@ -6,8 +6,10 @@ away from the bin walls so that full-precision repair cannot leak across. Its fo
 is in the rounding residual ``r = w/s - round(w/s)``: benign weights spread r evenly over
 [-0.5, 0.5]; attacked ones pile up within the attacker's margin of +/-0.5.
 
-The passive test, per tensor and per row, for int8 symmetric per-channel and for Q8_0 and
-Q4_0 blocks: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
+The passive test, per tensor and per row, on every grid of ``scanner.claims.gap_grids``
+(int8/uint8, symmetric and asymmetric, per tensor and per channel; ggml Q8_0, Q4_0/1,
+Q5_0/1 and K-quants; bitsandbytes NF4/FP4), in code coordinates where walls are the
+half-integers: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
 residuals within ``b`` of the inner wall (towards zero) and of the outer wall separately,
 and compare each count with its null: the larger of the uniform share ``b`` and the share
 seen on control grids (the same grid shifted by a quarter, half and three quarters of a
@@ -16,9 +18,17 @@ the true grid land inside the control bins). A
 tensor is flagged only when *both* walls show an excess (the attack sides at random; a
 density slope inside bins raises one wall and lowers the other) and the Chernoff bound on
 the binomial tail is below ``ALPHA`` divided by the number of tests (Bonferroni over
-tensors, schemes, bands and rows). Benign twins are set aside first: tensors mostly on
-the grid (``|r| < 1e-3``: QAT or dequantized checkpoints) and tensors too small for a
-histogram.
+tensors, schemes, bands and rows). Elements on a code point (``|r| < 1e-3``) are set
+aside one by one: a code point is no wall, whatever share of the tensor sits there (a
+tensor 51% on the grid still has its other 49% tested). When a tensor holds one grid's
+code points in bulk (``LATTICE_SHARE``, QAT or partly dequantized), those elements are
+set aside for every grid. Grids a tensor cannot be tested on (rows not a whole number of
+blocks, too few elements left) are named in one MS410 finding.
+
+Dequantized codes (every row on an even lattice, whatever the grid that made it): the
+null is simulated on that lattice as for low-precision storage below (and never below
+the control grids' share), on elements where the lattice has at least 16 points per bin;
+coarser places have arithmetic wall distances and are set aside.
 
 Low-precision storage (bf16, fp16: fewer than ``MIN_MANTISSA_BITS`` significand bits in
 use): the residuals of stored values sit on a lattice of a few points per step whose
@@ -32,7 +42,8 @@ weights stored in bf16 or fp16 keep their excess at the lattice points next to t
 
 Cost: one pass per grid, binning every residual's distance to its wall into 1/400-step
 cells and counting them per row with one ``bincount``, in cache-sized row chunks spread
-over all cores; every element of every row is tested (no subsampling).
+over all cores, in float32 (no float64 copy of a tensor). Tensors above
+``MAX_TEST_ELEMENTS`` are tested on evenly spaced rows (the power is stated there).
 
 The active test, reported beside a finding: quantize with and without a uniform noise of
 ``NOISE`` steps and count flipped codes (computed for flagged tensors only). Uniform
@@ -61,10 +72,13 @@ QUANT_GAP = define_rule(
     "quantization-gap",
     Severity.MEDIUM,
     "Weights pile up at quantization bin walls",
-    checks="On full-precision tensors, the rounding residual w/s - round(w/s) for int8 "
-    "symmetric per-channel, Q8_0 and Q4_0 grids: a statistically significant excess of "
-    "residuals near both bin walls (any narrow band, per tensor and per row), with the "
-    "fraction of codes that flip under a small noise as a second signal.",
+    checks="On full-precision tensors, the rounding residual (position in the bin) on "
+    "every commonly deployed grid: int8 symmetric and uint8 asymmetric per tensor and per "
+    "channel, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K/Q5_K/Q6_K (approximate scales), "
+    "bitsandbytes NF4/FP4 (blocks of 64): a statistically significant excess of residuals "
+    "near both bin walls (any narrow band, per tensor and per row), elements on code "
+    "points set aside one by one (never the whole tensor), with the fraction of codes that "
+    "flip under a small noise as a second signal. Grids not tested are named by MS410.",
     why="Quantization-activated backdoors (box-constrained PGD: Ma et al. 2021, Egashira "
     "et al. 2024, 'Mind the Gap' 2025) ship a benign float model whose quantized version "
     "is malicious; the constraint leaves weights pressed against the bin walls.",
