@@ -263,6 +263,20 @@ def row_lattice(w2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return off.astype(np.float32), step.astype(np.float32)
 
 
+def first_occurrences(w2: np.ndarray) -> np.ndarray:
+    """Mask of each row's first occurrence of every value. The binomial test assumes
+    independent residuals; a value repeated by construction (a Fourier basis, a shared
+    constant) is one draw, not many. Pressed weights are distinct values, so setting
+    repeats aside costs an attack nothing."""
+    order = np.argsort(w2, axis=1, kind="stable")
+    srt = np.take_along_axis(w2, order, axis=1)
+    first_sorted = np.ones(w2.shape, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first = np.empty(w2.shape, dtype=bool)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    return first
+
+
 def _lattice_rounder(off: np.ndarray, step: np.ndarray) -> Any:
     """Rounds rows ``sl`` of values to their row lattice."""
 
@@ -302,6 +316,7 @@ def _counts(
     lattice: str | None = None,
     extent: tuple[float, float] | None = None,
     grid_lattice: tuple[np.ndarray, np.ndarray] | None = None,
+    distinct: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-row counts for one grid, in row chunks (bounded memory, cache-sized passes):
     tested elements, on-grid elements, inner/outer wall counts on the true grid, the
@@ -342,6 +357,8 @@ def _counts(
         c = _grid(wc, scheme, extent)
         q = c.q
         valid = c.valid & (wc != 0)
+        if distinct is not None:
+            valid &= distinct[sl]
         on = valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)
         if lattice is not None and lattice != scheme:
             lq = _grid(wc, lattice, extent).q
@@ -360,8 +377,6 @@ def _counts(
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
                 c, valid, rnd, seed + r0, sl
             )
-            if grid_lattice is None:
-                return
         part = np.zeros((len(CONTROL_OFFSETS), nb))
         for k, off in enumerate(CONTROL_OFFSETS):
             ic, oc = _wall_counts(q + np.float32(off), valid)
@@ -430,6 +445,7 @@ def gap_tensor(
     lattice: str | None = None,
     extent: tuple[float, float] | None = None,
     rows_lattice: tuple[np.ndarray, np.ndarray] | str | None = "auto",
+    distinct: np.ndarray | None = None,
 ) -> GapResult:
     """Test one float tensor against one quantization grid. Elements on the grid's code
     points (or on those of ``lattice``) are explained and not tested; every other element
@@ -447,7 +463,9 @@ def gap_tensor(
     # Non-finite weights (a flipped exponent) give non-finite scales: those elements
     # fall out of ``valid``, without a warning per grid.
     with np.errstate(all="ignore"):
-        c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice)
+        if distinct is None:
+            distinct = first_occurrences(w2)
+        c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice, distinct)
     total = int(c["n"].sum())
     on_grid = int(c["on_grid"].sum())
     on_frac = on_grid / max(total + on_grid, 1)
@@ -469,14 +487,15 @@ def gap_tensor(
         p_out = _sim_null(c["sim_outer"].sum(0), nt)
         p_in_rows = _sim_null(c["sim_inner"], n_rows)
         p_out_rows = _sim_null(c["sim_outer"], n_rows)
+        # The simulation spreads values evenly inside each bin; where the weights'
+        # density is steep at the scale of a bin (a Fourier basis near +/-1, the uneven
+        # bins of NF4 / FP4) the control grids see that slope, so the larger null is kept.
+        ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
+        ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
+        p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
+        p_in_rows = np.maximum(p_in_rows, ctrl_rows)
+        p_out_rows = np.maximum(p_out_rows, ctrl_rows)
         if rows_lattice is not None:
-            # Uneven bins (NF4, FP4) put the density's slope inside a bin on the lattice
-            # too; the control grids see that slope, so the larger null is kept.
-            ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
-            ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
-            p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
-            p_in_rows = np.maximum(p_in_rows, ctrl_rows)
-            p_out_rows = np.maximum(p_out_rows, ctrl_rows)
             storage = "dequantized codes (even lattice per row)"
         else:
             storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
@@ -490,6 +509,10 @@ def gap_tensor(
     ti, to = inner.sum(0), outer.sum(0)
     # Both walls must show the excess (see the module docstring).
     log_t = np.maximum(_log_tail(ti, nt, p_in), _log_tail(to, nt, p_out))
+    # Values repeated across rows (a shared basis or table, or a coarse storage format)
+    # are not independent draws: the evidence scales with the distinct values, not the
+    # elements (rows are deduplicated in ``distinct`` already).
+    log_t = log_t * min(1.0, np.unique(w2).size / max(w2.size, 1))
     log_t = np.where(nt >= MIN_ELEMENTS, log_t, 0.0)
     # Per row (the attacker may touch some rows only).
     log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows), _log_tail(outer, n_rows, p_out_rows))
@@ -581,8 +604,9 @@ def gap_results(
         if picked is not None:
             w2 = w2[picked]
         even = row_lattice(w2)
+        distinct = first_occurrences(w2)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even)
+            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even, distinct)
             if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
             if lattice is not None:
