@@ -446,6 +446,7 @@ def gap_tensor(
     extent: tuple[float, float] | None = None,
     rows_lattice: tuple[np.ndarray, np.ndarray] | str | None = "auto",
     distinct: np.ndarray | None = None,
+    distinct_share: float | None = None,
 ) -> GapResult:
     """Test one float tensor against one quantization grid. Elements on the grid's code
     points (or on those of ``lattice``) are explained and not tested; every other element
@@ -512,7 +513,9 @@ def gap_tensor(
     # Values repeated across rows (a shared basis or table, or a coarse storage format)
     # are not independent draws: the evidence scales with the distinct values, not the
     # elements (rows are deduplicated in ``distinct`` already).
-    log_t = log_t * min(1.0, np.unique(w2).size / max(w2.size, 1))
+    if distinct_share is None:
+        distinct_share = np.unique(w2).size / max(w2.size, 1)
+    log_t = log_t * min(1.0, distinct_share)
     log_t = np.where(nt >= MIN_ELEMENTS, log_t, 0.0)
     # Per row (the attacker may touch some rows only).
     log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows), _log_tail(outer, n_rows, p_out_rows))
@@ -605,8 +608,9 @@ def gap_results(
             w2 = w2[picked]
         even = row_lattice(w2)
         distinct = first_occurrences(w2)
+        share = np.unique(w2).size / max(w2.size, 1)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even, distinct)
+            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even, distinct, share)
             if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
             if lattice is not None:
