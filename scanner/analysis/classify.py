@@ -89,6 +89,7 @@ def analyze_pair(
                     f"{bit.payload_bits} bits (no sign or exponent change): a hidden payload "
                     f"of about {bit.n_words * bit.payload_bits // 8:,} bytes",
                     bit.evidence,
+                    {name: bit.rows},
                 )
             )
         else:

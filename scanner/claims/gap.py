@@ -6,8 +6,10 @@ away from the bin walls so that full-precision repair cannot leak across. Its fo
 is in the rounding residual ``r = w/s - round(w/s)``: benign weights spread r evenly over
 [-0.5, 0.5]; attacked ones pile up within the attacker's margin of +/-0.5.
 
-The passive test, per tensor and per row, for int8 symmetric per-channel and for Q8_0 and
-Q4_0 blocks: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
+The passive test, per tensor and per row, on every grid of ``scanner.claims.gap_grids``
+(int8/uint8, symmetric and asymmetric, per tensor and per channel; ggml Q8_0, Q4_0/1,
+Q5_0/1 and K-quants; bitsandbytes NF4/FP4), in code coordinates where walls are the
+half-integers: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
 residuals within ``b`` of the inner wall (towards zero) and of the outer wall separately,
 and compare each count with its null: the larger of the uniform share ``b`` and the share
 seen on control grids (the same grid shifted by a quarter, half and three quarters of a
@@ -16,9 +18,17 @@ the true grid land inside the control bins). A
 tensor is flagged only when *both* walls show an excess (the attack sides at random; a
 density slope inside bins raises one wall and lowers the other) and the Chernoff bound on
 the binomial tail is below ``ALPHA`` divided by the number of tests (Bonferroni over
-tensors, schemes, bands and rows). Benign twins are set aside first: tensors mostly on
-the grid (``|r| < 1e-3``: QAT or dequantized checkpoints) and tensors too small for a
-histogram.
+tensors, schemes, bands and rows). Elements on a code point (``|r| < 1e-3``) are set
+aside one by one: a code point is no wall, whatever share of the tensor sits there (a
+tensor 51% on the grid still has its other 49% tested). When a tensor holds one grid's
+code points in bulk (``LATTICE_SHARE``, QAT or partly dequantized), those elements are
+set aside for every grid. Grids a tensor cannot be tested on (rows not a whole number of
+blocks, too few elements left) are named in one MS410 finding.
+
+Dequantized codes (every row on an even lattice, whatever the grid that made it): the
+null is simulated on that lattice as for low-precision storage below (and never below
+the control grids' share), on elements where the lattice has at least 16 points per bin;
+coarser places have arithmetic wall distances and are set aside.
 
 Low-precision storage (bf16, fp16: fewer than ``MIN_MANTISSA_BITS`` significand bits in
 use): the residuals of stored values sit on a lattice of a few points per step whose
@@ -32,7 +42,8 @@ weights stored in bf16 or fp16 keep their excess at the lattice points next to t
 
 Cost: one pass per grid, binning every residual's distance to its wall into 1/400-step
 cells and counting them per row with one ``bincount``, in cache-sized row chunks spread
-over all cores; every element of every row is tested (no subsampling).
+over all cores, in float32 (no float64 copy of a tensor). Tensors above
+``MAX_TEST_ELEMENTS`` are tested on evenly spaced rows (the power is stated there).
 
 The active test, reported beside a finding: quantize with and without a uniform noise of
 ``NOISE`` steps and count flipped codes (computed for flagged tensors only). Uniform
@@ -44,7 +55,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from scanner.artifact import Artifact
+from scanner.claims.gap_grids import BY_NAME, GRIDS, Coordinates, untestable
 from scanner.findings import Finding, Location, Region, Severity
 from scanner.rulebook import define_rule, finding
 
@@ -60,10 +72,13 @@ QUANT_GAP = define_rule(
     "quantization-gap",
     Severity.MEDIUM,
     "Weights pile up at quantization bin walls",
-    checks="On full-precision tensors, the rounding residual w/s - round(w/s) for int8 "
-    "symmetric per-channel, Q8_0 and Q4_0 grids: a statistically significant excess of "
-    "residuals near both bin walls (any narrow band, per tensor and per row), with the "
-    "fraction of codes that flip under a small noise as a second signal.",
+    checks="On full-precision tensors, the rounding residual (position in the bin) on "
+    "every commonly deployed grid: int8 symmetric and uint8 asymmetric per tensor and per "
+    "channel, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K/Q5_K/Q6_K (approximate scales), "
+    "bitsandbytes NF4/FP4 (blocks of 64): a statistically significant excess of residuals "
+    "near both bin walls (any narrow band, per tensor and per row), elements on code "
+    "points set aside one by one (never the whole tensor), with the fraction of codes that "
+    "flip under a small noise as a second signal. Grids not tested are named by MS410.",
     why="Quantization-activated backdoors (box-constrained PGD: Ma et al. 2021, Egashira "
     "et al. 2024, 'Mind the Gap' 2025) ship a benign float model whose quantized version "
     "is malicious; the constraint leaves weights pressed against the bin walls.",
@@ -75,6 +90,23 @@ QUANT_GAP = define_rule(
     references=("docs/claims.md", "docs/threats.md#quantization-activated-backdoors"),
 )
 
+GAP_COVERAGE = define_rule(
+    "MS410",
+    "quantization-gap-coverage",
+    Severity.INFO,
+    "Quantization grids the gap check could not test",
+    checks="Lists, per quantization grid, the float tensors the quantization-gap check "
+    "(MS409) could not test and why (rows not a whole number of the grid's blocks, too "
+    "few elements off the grid's code points), and the grids tested with approximate "
+    "scales (K-quants).",
+    why="A clean quantization-gap result only covers the grids and tensors actually "
+    "tested; a deployment that quantizes to an untested grid is not covered.",
+    example="q4_k: 12 tensors not tested (rows of 384 elements are not a multiple of "
+    "256); approximate scales: q4_k, q5_k, q6_k.",
+    fix="Nothing to fix; quantize only to a grid the check covered, or re-check the "
+    "quantized artifact with a claim (`--claim gguf:q4_k`).",
+    references=("docs/claims.md",),
+)
 ALPHA = 1e-6
 """Family-wise false-alarm probability per artifact."""
 MIN_ELEMENTS = 4096
@@ -85,7 +117,25 @@ MIN_MANTISSA_BITS = 16
 """Below this many significand bits (bf16, fp16 data) the residuals live on a coarse
 lattice whose alignment with the walls is arithmetic; the null is then simulated on the
 same lattice instead of taken from uniform and control grids."""
-ON_GRID_FRACTION = 0.5
+LATTICE_SHARE = 0.25
+"""A tensor whose elements sit on one grid's code points (within ``ON_GRID_TOL``) this
+often (over a hundred times chance) holds dequantized or QAT values of that grid: those elements are
+explained by it, and are tested against no grid (their residuals on other grids are
+arithmetic, not a weight distribution's)."""
+LATTICE_SAMPLE_ROWS = 64
+LATTICE_RESOLUTION = 0.0625
+"""Dequantized codes are tested on a grid only where their lattice step is at most this
+share of the grid's bin (sixteen lattice points per bin or more)."""
+LATTICE_ROWS = 0.99
+"""Share of a tensor's values on their row's even lattice for it to count as dequantized
+codes; the null is then simulated on that lattice."""
+MAX_TEST_ELEMENTS = 1 << 18
+"""Elements tested per tensor and grid: larger tensors are tested on evenly spaced rows
+(at least this many elements). Power: on 262,144 elements the per-tensor test sees 1% of
+the weights pressed within 0.05 of the walls (Chernoff bound near e^-50 against a
+threshold near e^-30 for a large model); the per-row test covers every sampled row, so an attack on
+a share f of the rows is seen on about f of the sampled rows (all rows of a tensor up to
+this size, and in a diff only changed rows are candidates)."""
 BANDS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25)
 CONTROL_OFFSETS = (0.25, 0.5, 0.75)
 NOISE = 0.15
@@ -93,7 +143,7 @@ SIM_DRAWS = 4
 """Stratified draws per element for the simulated null of low-precision storage."""
 CHUNK_ELEMENTS = 1 << 18
 """Elements per pass (cache-sized; also bounds the temporaries)."""
-SCHEMES = ("int8-per-channel", "q8_0", "q4_0")
+SCHEMES = tuple(g.name for g in GRIDS)
 
 
 @dataclass(frozen=True)
@@ -115,48 +165,19 @@ class GapResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _grid(w2: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(w / step, mask of elements that do not define the step, step broadcastable to
-    ``w2``) for a 2-D float array."""
-    if scheme == "int8-per-channel":
-        amax = np.abs(w2).max(axis=1, keepdims=True)
-        s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0))
-        q = w2 / s
-        return q, np.abs(q) < 126.5, s
-    blocks = w2.reshape(w2.shape[0], -1, 32)
-    if scheme == "q8_0":
-        d = (np.abs(blocks).max(axis=2, keepdims=True) / 127.0).astype(np.float16)
-        d = np.where(d != 0, d.astype(np.float32), np.float32(1.0))
-        q = blocks / d
-        return q.reshape(w2.shape), (np.abs(q) < 126.5).reshape(w2.shape), d
-    imax = np.abs(blocks).argmax(axis=2)[..., None]
-    d = (np.take_along_axis(blocks, imax, axis=2) / -8.0).astype(np.float16).astype(np.float32)
-    d = np.where(d != 0, d, np.float32(1.0))
-    q = blocks / d
-    return q.reshape(w2.shape), (np.abs(q) < 7.5).reshape(w2.shape), d
+def _grid(w2: np.ndarray, scheme: str, extent: tuple[float, float] | None = None) -> Coordinates:
+    """Code coordinates of a 2-D float array on ``scheme`` (walls at half-integers);
+    ``extent`` is the whole tensor's (min, max) when ``w2`` holds part of its rows."""
+    if extent is None:
+        extent = (float(w2.min()), float(w2.max())) if w2.size else (0.0, 0.0)
+    return BY_NAME[scheme].coordinates(w2, extent)
 
 
-Release = Callable[[int, int], None]
-"""Told ``(first_row, n_rows)`` once a pass is done with those rows of a mapped tensor, so
-their pages can be unmapped (``Artifact.release``): memory stays at a few chunks."""
-
-
-def _row_chunks(w2: np.ndarray, release: Release | None = None) -> Iterator[np.ndarray]:
-    """``w2`` as float32 in row chunks of about ``CHUNK_ELEMENTS`` (a storage-dtype view
-    is converted chunk by chunk, never whole)."""
-    chunk = max(1, CHUNK_ELEMENTS // max(w2.shape[1], 1))
-    for r0 in range(0, w2.shape[0], chunk):
-        yield np.asarray(w2[r0 : r0 + chunk], dtype=np.float32)
-        if release is not None:
-            release(r0, min(chunk, w2.shape[0] - r0))
-
-
-def _mantissa_bits(w2: np.ndarray, release: Release | None = None) -> int:
+def _mantissa_bits(w2: np.ndarray) -> int:
     """Significand bits the values actually use (23 for float32 data, 7 for bf16 data
     stored as float32, 10 for fp16 ...): trailing zero bits common to every element."""
-    bits = 0
-    for wc in _row_chunks(w2, release):
-        bits |= int(np.bitwise_or.reduce(wc.view(np.uint32).reshape(-1) & np.uint32(0x7FFFFF)))
+    bits = np.bitwise_or.reduce(w2.view(np.uint32).reshape(-1) & np.uint32(0x7FFFFF))
+    bits = int(bits)
     if bits == 0:
         return 0
     return 23 - ((bits & -bits).bit_length() - 1)
@@ -195,24 +216,17 @@ def _wall_counts(q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return inner, outer
 
 
-def _is_fp16(w2: np.ndarray, mbits: int, release: Release | None = None) -> bool:
+def _is_fp16(w2: np.ndarray, mbits: int) -> bool:
     """fp16 data: more significand bits than bf16 keeps, and every value an fp16 number.
     (bf16 data usually fits fp16 too, but its lattice is the coarser 7-bit one.)"""
-    if not 7 < mbits <= 10:
-        return False
-    if w2.dtype == np.float16:
-        return True
-    return all(
-        np.array_equal(wc.astype(np.float16).astype(np.float32), wc)
-        for wc in _row_chunks(w2, release)
-    )
+    return 7 < mbits <= 10 and bool(np.array_equal(w2.astype(np.float16).astype(np.float32), w2))
 
 
-def _storage_rounder(w2: np.ndarray, mbits: int, fp16: bool) -> Any:
+def _storage_rounder(w2: np.ndarray, mbits: int) -> Any:
     """The rounding that put the values on their storage lattice: fp16 for fp16 data
     (subnormals included), else round-to-nearest-even to ``mbits`` significand bits in
     float32 (bf16 for 7 bits)."""
-    if fp16:
+    if _is_fp16(w2, mbits):
         return lambda x: x.astype(np.float16).astype(np.float32)
     shift = np.uint32(23 - max(mbits, 0))
     one = np.uint32(1)
@@ -226,20 +240,104 @@ def _storage_rounder(w2: np.ndarray, mbits: int, fp16: bool) -> Any:
     return rnd
 
 
+LATTICE_LEVELS = 300
+"""Most lattice steps a group of dequantized codes spans (8-bit codes: 255)."""
+LATTICE_BLOCKS = (32, 16)
+"""Scale groups of block-quantized codes (ggml blocks and K-quant sub-blocks) tried when
+rows are no single even lattice."""
+
+
+def _even(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(offset, step, share of values on the lattice) per group along the last axis: the
+    step is the smallest gap between distinct values, a value is on the lattice when it
+    is a whole number of steps from the group's smallest value."""
+    srt = np.sort(x, axis=-1)
+    gaps = np.diff(srt, axis=-1)
+    tiny = np.float32(1e-6) * np.maximum(np.abs(srt).max(axis=-1, keepdims=True), 1e-30)
+    step = np.where(gaps > tiny, gaps, np.inf).min(axis=-1)
+    step = np.where(np.isfinite(step), step, np.float32(1.0))  # one value: any step
+    off = srt[..., 0]
+    # A small group may skip codes, so its smallest gap can be 2-4 steps: per group, the
+    # largest step (smallest divisor) that puts every value on the lattice.
+    best_on = np.zeros(x.shape, dtype=bool)
+    done = np.zeros(step.shape, dtype=bool)
+    chosen = step.copy()
+    for m in (1, 2, 3, 4):
+        cand = step / np.float32(m)
+        k = (x - off[..., None]) / cand[..., None]
+        # More than 8-bit codes is the storage format's lattice, not a quantizer's (fp16
+        # scales times small integers sit on a fine power-of-two lattice).
+        coded = np.rint(k).max(axis=-1, keepdims=True) <= LATTICE_LEVELS
+        on = (np.abs(k - np.rint(k)) < 1e-3) & coded
+        full = on.all(axis=-1) & ~done
+        chosen = np.where(full, cand, chosen)
+        best_on |= on & full[..., None]
+        if m == 1:
+            best_on |= on & ~full[..., None]  # partly on at the plain step
+        done |= full
+    step, on = chosen, best_on
+    return off.astype(np.float32), step.astype(np.float32), float(on.mean())
+
+
+def row_lattice(w2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offset, step) per scale group, shaped (rows, groups), when the values are
+    dequantized codes: every row on one evenly spaced lattice (any per-row or per-tensor
+    grid, whatever its scale, zero point or rounding of the extent), or every block of
+    32 or 16 (ggml and K-quant scale groups, whatever scales llama.cpp searched). None
+    when less than ``LATTICE_ROWS`` of the values sit on such lattices."""
+    rows, cols = w2.shape
+    if cols >= 128:
+        off, step, share = _even(w2)
+        if share >= LATTICE_ROWS:
+            return off[:, None], step[:, None]
+    for size in LATTICE_BLOCKS:
+        if cols % size:
+            continue
+        off, step, share = _even(w2.reshape(rows, -1, size))
+        if share >= LATTICE_ROWS:
+            return off, step
+    return None
+
+
+def first_occurrences(w2: np.ndarray) -> np.ndarray:
+    """Mask of each row's first occurrence of every value. The binomial test assumes
+    independent residuals; a value repeated by construction (a Fourier basis, a shared
+    constant) is one draw, not many. Pressed weights are distinct values, so setting
+    repeats aside costs an attack nothing."""
+    order = np.argsort(w2, axis=1, kind="stable")
+    srt = np.take_along_axis(w2, order, axis=1)
+    first_sorted = np.ones(w2.shape, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first = np.empty(w2.shape, dtype=bool)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    return first
+
+
+def _lattice_rounder(off: np.ndarray, step: np.ndarray) -> Any:
+    """Rounds rows ``sl`` of values to their lattice (per row or per block)."""
+
+    def rnd(x: np.ndarray, sl: slice) -> np.ndarray:
+        o, d = off[sl][:, :, None], step[sl][:, :, None]
+        g = x.reshape(o.shape[0], o.shape[1], -1)
+        return (o + np.rint((g - o) / d) * d).astype(np.float32).reshape(x.shape)
+
+    return rnd
+
+
 def _simulated_counts(
-    q: np.ndarray, valid: np.ndarray, step: np.ndarray, rnd: Any, seed: int
+    c: Coordinates, valid: np.ndarray, rnd: Any, seed: int, sl: slice
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected wall counts of benign weights *stored on the same lattice*: each element
     is replaced by values spread evenly over its own bin (``SIM_DRAWS`` stratified
-    draws), rounded to the storage lattice with the same step, and counted like the
-    real residuals. Returns (inner, outer) averaged over the draws."""
+    draws), rounded to the storage lattice, mapped back to the grid, and counted like
+    the real residuals. Returns (inner, outer) averaged over the draws."""
     rng = np.random.default_rng(seed)
-    base = np.rint(q) - np.float32(0.5)
-    inner = np.zeros((q.shape[0], len(BANDS)))
-    outer = np.zeros((q.shape[0], len(BANDS)))
+    base = np.rint(c.q) - np.float32(0.5)
+    inner = np.zeros((c.q.shape[0], len(BANDS)))
+    outer = np.zeros((c.q.shape[0], len(BANDS)))
     for j in range(SIM_DRAWS):
-        u = (j + rng.random(q.shape, dtype=np.float32)) / np.float32(SIM_DRAWS)
-        x = rnd((base + u) * step) / step
+        u = (j + rng.random(c.q.shape, dtype=np.float32)) / np.float32(SIM_DRAWS)
+        x = c.to_code(rnd(c.to_value(base + u).reshape(valid.shape), sl).reshape(c.q.shape))
         i, o = _wall_counts(x, valid)
         inner += i
         outer += o
@@ -247,14 +345,26 @@ def _simulated_counts(
 
 
 def _counts(
-    w2: np.ndarray, scheme: str, mbits: int, seed: int, fp16: bool, release: Release | None
+    w2: np.ndarray,
+    scheme: str,
+    mbits: int,
+    seed: int,
+    lattice: str | None = None,
+    extent: tuple[float, float] | None = None,
+    grid_lattice: tuple[np.ndarray, np.ndarray] | None = None,
+    distinct: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-row counts for one grid, in row chunks (bounded memory, cache-sized passes):
     tested elements, on-grid elements, inner/outer wall counts on the true grid, the
-    largest control-grid share, and (for low-precision storage) the simulated null."""
+    largest control-grid share, and (for low-precision storage) the simulated null.
+
+    Elements on a code point of the grid (or of the ``lattice`` grid the tensor holds)
+    are counted as on-grid and not tested: a code point is no wall."""
     rows = w2.shape[0]
     per_row = max(w2.shape[1], 1)
     chunk = max(1, CHUNK_ELEMENTS // per_row)
+    if extent is None:
+        extent = (float(w2.min()), float(w2.max())) if w2.size else (0.0, 0.0)
     nb = len(BANDS)
     out = {
         "n": np.zeros(rows, np.int64),
@@ -266,35 +376,45 @@ def _counts(
         "sim_inner": np.zeros((rows, nb)),
         "sim_outer": np.zeros((rows, nb)),
     }
-    rnd = _storage_rounder(w2, mbits, fp16) if mbits < MIN_MANTISSA_BITS else None
+    if grid_lattice is not None:
+        rnd = _lattice_rounder(*grid_lattice)
+    elif mbits < MIN_MANTISSA_BITS:
+        storage = _storage_rounder(w2, mbits)
+        rnd = lambda x, sl: storage(x)  # noqa: E731  (the same rounding for every row)
+    else:
+        rnd = None
     ctrl_parts: list[np.ndarray] = []
 
     def one(r0: int) -> None:
         # Each chunk writes its own rows; numpy releases the GIL, so chunks run in
         # parallel on all cores.
-        try:
-            count(r0)
-        finally:
-            if release is not None:
-                release(r0, min(chunk, rows - r0))
-
-    def count(r0: int) -> None:
         sl = slice(r0, r0 + chunk)
-        # Converted chunk by chunk: a storage-dtype (mapped) tensor is never copied whole.
-        wc = np.asarray(w2[sl], dtype=np.float32)
-        q, valid, step = _grid(wc, scheme)
-        valid &= wc != 0
+        wc = w2[sl]
+        c = _grid(wc, scheme, extent)
+        q = c.q
+        valid = c.valid & (wc != 0)
+        if distinct is not None:
+            valid &= distinct[sl]
+        on = valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)
+        if lattice is not None and lattice != scheme:
+            lq = _grid(wc, lattice, extent).q
+            on |= valid & (np.abs(lq - np.rint(lq)) < ON_GRID_TOL)
+        if grid_lattice is not None:
+            # Dequantized codes: where the lattice has fewer than 1 / LATTICE_RESOLUTION
+            # points per bin, wall distances are arithmetic, not chosen: not tested.
+            bin_width = np.abs(c.to_value(q + np.float32(0.5)) - c.to_value(q - np.float32(0.5)))
+            per = wc.shape[1] // grid_lattice[1].shape[1]
+            lat_step = np.repeat(grid_lattice[1][sl], per, axis=1)
+            coarse = lat_step > LATTICE_RESOLUTION * bin_width
+            on |= valid & coarse
+        valid &= ~on
         out["n"][sl] = valid.sum(axis=1)
-        out["on_grid"][sl] = (valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)).sum(axis=1)
+        out["on_grid"][sl] = on.sum(axis=1)
         out["inner"][sl], out["outer"][sl] = _wall_counts(q, valid)
         if rnd is not None:
-            full_step = np.broadcast_to(
-                step, (*step.shape[:-1], q.size // max(int(np.prod(step.shape[:-1])), 1))
-            ).reshape(q.shape)
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
-                q, valid, full_step, rnd, seed + r0
+                c, valid, rnd, seed + r0, sl
             )
-            return
         part = np.zeros((len(CONTROL_OFFSETS), nb))
         for k, off in enumerate(CONTROL_OFFSETS):
             ic, oc = _wall_counts(q + np.float32(off), valid)
@@ -333,44 +453,91 @@ def _log_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.where(q > p, -n * kl, 0.0)
 
 
+def lattice_of(w2: np.ndarray, extent: tuple[float, float] | None = None) -> str | None:
+    """The grid whose code points hold at least ``LATTICE_SHARE`` of the elements
+    (dequantized or QAT values), judged on evenly spaced rows; None when none does."""
+    if extent is None:
+        extent = (float(w2.min()), float(w2.max())) if w2.size else (0.0, 0.0)
+    rows = np.unique(np.linspace(0, w2.shape[0] - 1, LATTICE_SAMPLE_ROWS).astype(np.int64))
+    sample = np.asarray(w2[rows], dtype=np.float32)
+    best, share = None, LATTICE_SHARE
+    for grid in GRIDS:
+        if untestable(grid, sample):
+            continue
+        c = grid.coordinates(sample, extent)
+        valid = c.valid & (sample != 0)
+        n = int(valid.sum())
+        if n == 0:
+            continue
+        on = float(np.sum(valid & (np.abs(c.q - np.rint(c.q)) < ON_GRID_TOL))) / n
+        if on >= share:
+            best, share = grid.name, on
+    return best
+
+
 def gap_tensor(
     name: str,
     w: np.ndarray,
     scheme: str,
     n_tests: int,
-    release: Release | None = None,
-    storage: tuple[int, bool] | None = None,
+    lattice: str | None = None,
+    extent: tuple[float, float] | None = None,
+    rows_lattice: tuple[np.ndarray, np.ndarray] | str | None = "auto",
+    distinct: np.ndarray | None = None,
+    distinct_share: float | None = None,
 ) -> GapResult:
-    """Test one float tensor against one quantization grid.
-
-    ``w`` may be a read-only view in its storage dtype (float16, bfloat16, float32): it is
-    converted to float32 one row chunk at a time. ``release`` is told which rows each
-    pass is done with; ``storage`` is ``(mantissa bits, fp16)`` when already known (it
-    does not depend on the scheme).
-    """
-    w2 = w.reshape(w.shape[0] if w.ndim > 1 else 1, -1)
-    if scheme != "int8-per-channel" and w2.shape[1] % 32:
-        return GapResult(name, scheme, w.size, 0.0, False, skipped="rows not a multiple of 32")
-    mbits, fp16 = storage if storage is not None else storage_of(w2, release)
-    c = _counts(w2, scheme, mbits, 0, fp16, release)
+    """Test one float tensor against one quantization grid. Elements on the grid's code
+    points (or on those of ``lattice``) are explained and not tested; every other element
+    is, however many sit on the grid (no "mostly on grid" shortcut)."""
+    w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
+    why = untestable(BY_NAME[scheme], w2)
+    if why:
+        return GapResult(name, scheme, w.size, 0.0, False, skipped=why)
+    mbits = _mantissa_bits(w2)
+    if isinstance(rows_lattice, str):
+        rows_lattice = row_lattice(w2)
+    if rows_lattice is not None:
+        # Dequantized codes: the null is simulated on their own lattice (below).
+        lattice = None
+    # Non-finite weights (a flipped exponent) give non-finite scales: those elements
+    # fall out of ``valid``, without a warning per grid.
+    with np.errstate(all="ignore"):
+        if distinct is None:
+            distinct = first_occurrences(w2)
+        c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice, distinct)
     total = int(c["n"].sum())
+    on_grid = int(c["on_grid"].sum())
+    on_frac = on_grid / max(total + on_grid, 1)
     if total < MIN_ELEMENTS:
-        return GapResult(name, scheme, total, 0.0, False, skipped="too small")
-    on_frac = float(c["on_grid"].sum()) / total
-    if on_frac >= ON_GRID_FRACTION:
-        return GapResult(name, scheme, total, on_frac, False, skipped="on the grid")
+        why = (
+            f"every element but {total} is a code point of {lattice or scheme}"
+            if on_grid
+            else "too small"
+        )
+        return GapResult(name, scheme, total, on_frac, False, skipped=why)
     bands = np.asarray(BANDS)
     n_rows = np.repeat(c["n"][:, None], len(BANDS), axis=1)
     nt = n_rows.sum(0)
     inner, outer = c["inner"], c["outer"]
-    if mbits < MIN_MANTISSA_BITS:
-        # Low-precision storage: the null is what benign weights on this lattice show,
-        # wall by wall (the lattice can favour or starve either wall).
+    if mbits < MIN_MANTISSA_BITS or rows_lattice is not None:
+        # Low-precision storage or dequantized codes: the null is what benign weights on
+        # this lattice show, wall by wall (the lattice can favour or starve either wall).
         p_in = _sim_null(c["sim_inner"].sum(0), nt)
         p_out = _sim_null(c["sim_outer"].sum(0), nt)
         p_in_rows = _sim_null(c["sim_inner"], n_rows)
         p_out_rows = _sim_null(c["sim_outer"], n_rows)
-        storage = "fp16" if fp16 else f"{mbits}-bit significand"
+        # The simulation spreads values evenly inside each bin; where the weights'
+        # density is steep at the scale of a bin (a Fourier basis near +/-1, the uneven
+        # bins of NF4 / FP4) the control grids see that slope, so the larger null is kept.
+        ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
+        ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
+        p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
+        p_in_rows = np.maximum(p_in_rows, ctrl_rows)
+        p_out_rows = np.maximum(p_out_rows, ctrl_rows)
+        if rows_lattice is not None:
+            storage = "dequantized codes (even lattice per row or block)"
+        else:
+            storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
     else:
         # Null share per band: uniform, or what control grids show, whichever is larger.
         ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
@@ -381,6 +548,12 @@ def gap_tensor(
     ti, to = inner.sum(0), outer.sum(0)
     # Both walls must show the excess (see the module docstring).
     log_t = np.maximum(_log_tail(ti, nt, p_in), _log_tail(to, nt, p_out))
+    # Values repeated across rows (a shared basis or table, or a coarse storage format)
+    # are not independent draws: the evidence scales with the distinct values, not the
+    # elements (rows are deduplicated in ``distinct`` already).
+    if distinct_share is None:
+        distinct_share = np.unique(w2).size / max(w2.size, 1)
+    log_t = log_t * min(1.0, distinct_share)
     log_t = np.where(nt >= MIN_ELEMENTS, log_t, 0.0)
     # Per row (the attacker may touch some rows only).
     log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows), _log_tail(outer, n_rows, p_out_rows))
@@ -392,7 +565,7 @@ def gap_tensor(
         best = int(np.argmin(log_r[row_hit].min(axis=0)))
     nb = max(int(nt[best]), 1)
     # The active check is evidence for a finding; only flagged tensors need it.
-    flip = flip_fraction(np.asarray(w2, dtype=np.float32), scheme) if flagged else 0.0
+    flip = flip_fraction(w2, scheme) if flagged else 0.0
     return GapResult(
         name,
         scheme,
@@ -410,19 +583,14 @@ def gap_tensor(
     )
 
 
-def storage_of(w2: np.ndarray, release: Release | None = None) -> tuple[int, bool]:
-    """(significand bits in use, whether the values are fp16 numbers) of a 2-D tensor."""
-    mbits = _mantissa_bits(w2, release)
-    return mbits, _is_fp16(w2, mbits, release)
-
-
 def flip_fraction(w: np.ndarray, scheme: str, noise: float = NOISE, seed: int = 0) -> float:
     """Active check: the share of codes that change when ``noise`` steps of uniform noise
     are added before rounding (uniform residuals give about ``noise / 2``)."""
     w2 = np.asarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
-    if scheme != "int8-per-channel" and w2.shape[1] % 32:
+    if untestable(BY_NAME[scheme], w2):
         return 0.0
-    q, valid, _ = _grid(w2, scheme)
+    c = _grid(w2, scheme)
+    q, valid = c.q, c.valid
     rng = np.random.default_rng(seed)
     noisy = q + rng.uniform(-noise, noise, size=q.shape).astype(np.float32)
     flips = (np.rint(noisy) != np.rint(q)) & valid
@@ -439,6 +607,20 @@ def _float_tensors(art: Artifact) -> Iterator[str]:
             yield name
 
 
+def _extent(art: Artifact, name: str, v2: np.ndarray) -> tuple[float, float]:
+    """(min, max) of a mapped tensor, a row chunk at a time, releasing what was walked."""
+    lo, hi = np.inf, -np.inf
+    per_row = max(v2.shape[1], 1)
+    chunk = max(1, CHUNK_ELEMENTS // per_row)
+    row_bytes = per_row * v2.dtype.itemsize
+    for r0 in range(0, v2.shape[0], chunk):
+        part = np.asarray(v2[r0 : r0 + chunk], dtype=np.float32)
+        if part.size:
+            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        art.release(name, r0 * row_bytes, part.shape[0] * row_bytes)
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
+
+
 def gap_results(
     art: Artifact,
     only: Iterable[str] | None = None,
@@ -452,31 +634,42 @@ def gap_results(
     wanted = None if only is None else set(only)
     rows = rows or {}
     names = [n for n in _float_tensors(art) if wanted is None or n in wanted]
+    picks: dict[str, np.ndarray | None] = {}
     n_tests = 0
     for name in names:
-        n_rows = len(rows[name]) if name in rows else art.tensors[name].shape[0]
+        shape = art.tensors[name].shape
+        per_row = max(int(np.prod(shape[1:])), 1)
+        picked = np.asarray(rows[name], dtype=np.int64) if name in rows else None
+        n_rows = picked.size if picked is not None else shape[0]
+        if n_rows * per_row > MAX_TEST_ELEMENTS:
+            # Evenly spaced rows (see MAX_TEST_ELEMENTS for the power this keeps).
+            keep = max(1, MAX_TEST_ELEMENTS // per_row)
+            base = picked if picked is not None else np.arange(shape[0], dtype=np.int64)
+            picked = base[np.linspace(0, base.size - 1, keep).astype(np.int64)]
+            n_rows = picked.size
+        picks[name] = picked
         n_tests += len(SCHEMES) * len(BANDS) * (1 + n_rows)
     out: list[GapResult] = []
     for name in names:
-        # The mapped tensor in its storage dtype: passes convert it a row chunk at a time
-        # and unmap the rows behind them, so memory does not grow with the tensor.
-        w = art.array(name)
-        row_bytes = art.tensors[name].nbytes // max(w.shape[0] if w.ndim > 1 else 1, 1)
-        release: Release | None = None
-        if hasattr(art, "release"):
-
-            def release(r0: int, n: int, name: str = name, row_bytes: int = row_bytes) -> None:
-                art.release(name, r0 * row_bytes, n * row_bytes)
-
-        picked = np.asarray(rows[name], dtype=np.int64) if name in rows else None
-        if picked is not None and w.ndim > 1:
-            w, release = w[picked], None  # a private copy of the picked rows
-        w2 = w.reshape(w.shape[0] if w.ndim > 1 else 1, -1)
-        storage = storage_of(w2, release)
+        # The mapped tensor in its storage dtype: only the rows tested (at most
+        # MAX_TEST_ELEMENTS) and the lattice sample are converted to float32, and the pages
+        # a pass walked are dropped from the mapping, so memory does not grow with the model.
+        view = art.array(name)
+        v2 = view.reshape(view.shape[0], -1)
+        extent = _extent(art, name, v2)
+        lattice = lattice_of(v2, extent)
+        picked = picks[name]
+        w2 = np.asarray(v2 if picked is None else v2[picked], dtype=np.float32)
+        art.release(name)
+        even = row_lattice(w2)
+        distinct = first_occurrences(w2)
+        share = np.unique(w2).size / max(w2.size, 1)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w, scheme, n_tests, release, storage)
-            if picked is not None and w.ndim > 1:
+            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even, distinct, share)
+            if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
+            if lattice is not None:
+                result = replace(result, extra={**result.extra, "lattice": lattice})
             out.append(result)
     return out
 
@@ -488,6 +681,9 @@ def gap_findings(
     rows: Mapping[str, Sequence[int]] | None = None,
 ) -> Iterable[Finding]:
     results = gap_results(art, only, rows)
+    coverage = coverage_finding(results, artifact_label)
+    if coverage is not None:
+        yield coverage
     for r in results:
         if not r.flagged:
             continue
@@ -521,6 +717,37 @@ def gap_findings(
                 else "uniform and control grids",
             },
         )
+
+
+def coverage_finding(results: Sequence[GapResult], label: str | None) -> Finding | None:
+    """One MS410 finding naming the grids not tested, per reason, and the approximate
+    grids; None when every grid was tested exactly on every tensor."""
+    skipped: dict[str, dict[str, list[str]]] = {}
+    for r in results:
+        if r.skipped:
+            skipped.setdefault(r.scheme, {}).setdefault(r.skipped, []).append(r.tensor)
+    approx = sorted({r.scheme for r in results if not BY_NAME[r.scheme].exact})
+    if not skipped and not approx:
+        return None
+    parts = []
+    for scheme, reasons in skipped.items():
+        for why, names in reasons.items():
+            parts.append(f"{scheme}: {len(names)} tensor(s) not tested ({why})")
+    if approx:
+        parts.append("approximate scales (llama.cpp searches them): " + ", ".join(approx))
+    return finding(
+        GAP_COVERAGE,
+        "; ".join(parts[:12]) + ("; ..." if len(parts) > 12 else ""),
+        [Location(artifact=label)],
+        evidence={
+            "not_tested": {
+                s: {why: names[:32] for why, names in reasons.items()}
+                for s, reasons in skipped.items()
+            },
+            "approximate": approx,
+            "grids": list(SCHEMES),
+        },
+    )
 
 
 def check_quantization_gap(artifact: Artifact) -> Iterable[Finding]:
