@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures import real_model
 from fixtures.real_models import MINILM, RAPIDOCR_CLS
+from scanner.analysis import rules as weight_checks
 from scanner.analysis.outliers import module_type
 from scanner.api import diff_open
-from scanner.checks import weights as weight_checks
 from scanner.formats import open_artifact
 from scanner.redteam import weights as rt
 from scanner.redteam.weights import ChainLayer

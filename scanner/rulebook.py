@@ -20,9 +20,9 @@ from scanner.findings import Finding, Location, Severity
 RULE_MODULES: tuple[str, ...] = (
     "scanner.checks.structure",
     "scanner.checks.pair",
-    "scanner.checks.weights",
-    "scanner.checks.claims",
-    "scanner.checks.graph",
+    "scanner.analysis.rules",
+    "scanner.claims.rules",
+    "scanner.graph.rules",
     "scanner.checks.serialization",
     "scanner.checks.manifest",
     "scanner.claims.gap",

@@ -344,7 +344,9 @@ def default_analyzers() -> list[PairAnalyzer]:
     Claimed transformations run first (they explain changes), then the change
     classification of weights and the graph diff, then the generic checks.
     """
-    from scanner.checks import claims, graph, weights
+    from scanner.analysis import rules as weights
+    from scanner.claims import rules as claims
+    from scanner.graph import rules as graph
 
     return [
         Analyzer("cast", analyze_casts),

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.artifact import Artifact
-from scanner.checks.graph import check_graph_backdoors
 from scanner.checks.serialization import check_serialization
 from scanner.checks.structure import (
     check_external_data,
@@ -19,6 +18,7 @@ from scanner.checks.structure import (
 from scanner.claims.gap import check_quantization_gap
 from scanner.findings import Finding
 from scanner.formats import open_artifact
+from scanner.graph.rules import check_graph_backdoors
 
 SingleCheck = Callable[[Artifact], Iterable[Finding]]
 

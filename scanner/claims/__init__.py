@@ -8,7 +8,7 @@ Public API:
 * :class:`ClaimResult` -- the outcome, with per-tensor :class:`TensorVerdict` details.
 
 The diff analyzer that runs claims inside ``modelseal diff`` is
-``scanner.checks.claims``.
+``scanner.claims.rules``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def check_claim(
 
         outcome = run_claim(claim, ctx.trusted, ctx.deployed, ctx.tensors)
         outcomes.append(outcome)
-        from scanner.checks.claims import outcome_analysis
+        from scanner.claims.rules import outcome_analysis
 
         return outcome_analysis([outcome])
 

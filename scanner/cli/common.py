@@ -58,7 +58,7 @@ def severity_option(text: str) -> Severity:
 def allow_option(text: str) -> str:
     """``--allow`` values: a change class the analyzers name, or one of its aliases; an
     unknown one is refused with the valid values listed."""
-    from scanner.checks.weights import ALIASES, allowed_classes
+    from scanner.analysis.rules import ALIASES, allowed_classes
     from scanner.diff.model import CHANGE_CLASSES
 
     if not allowed_classes([text]):

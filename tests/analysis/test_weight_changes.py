@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scanner.analysis.rules import allowed_classes
 from scanner.api import diff_artifacts
-from scanner.checks.weights import allowed_classes
 from scanner.findings import Severity
 from scanner.redteam import weights as rt
 from scanner.redteam.weights import ChainLayer
