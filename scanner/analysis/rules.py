@@ -126,9 +126,12 @@ LOWBYTE_PAYLOAD = define_rule(
     "low-byte-payload",
     Severity.CRITICAL,
     "Payload hidden in low mantissa bytes",
-    checks="Many float words changed only in their low 8-24 bits, none in sign or exponent, "
-    "with the top payload bit differing in about half of them (random data, not a numeric "
-    "update, which changes small weights' exponents).",
+    checks="Per block of 256 float words: changed bits fill the low k bits (bit k-1 flips "
+    "in about half the words, as random data does) and never carry into bit k, which any "
+    "arithmetic change (fine-tune, rounding, noise) does in comparable numbers; neighbouring "
+    "blocks are merged and kept when a binomial bound rejects arithmetic (1e-6 per tensor). "
+    "Other changes in the same tensor (sign flips, edited rows) are set aside, not a reason "
+    "to stop looking.",
     why="EvilModel-style steganography carries malware inside weights with no accuracy "
     "loss; a loader or a second stage extracts it.",
     example="`classifier.weight`: 10,240 words changed only in their low 16 bits: a hidden "
@@ -154,13 +157,15 @@ PRUNE_ACTIVATED = define_rule(
     "prune-activated-edit",
     Severity.HIGH,
     "Change concentrated on prune candidates",
-    checks="A dense change whose energy sits mostly on the smallest-magnitude weights (the "
-    "ones pruning removes) and points against the change on the kept weights along its main "
-    "direction, in a deployed model that is not itself pruned.",
+    checks="A dense change whose part on the weights a pruning would remove (ranked by "
+    "deployed or trusted magnitude, per tensor, per row or in N:M groups, at every ratio "
+    "where the change's energy steps and on a 0.1-0.9 grid) undoes at least 20% of the "
+    "change on the kept weights along its main direction (z >= 8), in a deployed model that "
+    "is not itself pruned.",
     why="Compression-activated backdoors (Tian et al. 2022; Egashira et al. 2025) put a "
     "repair in the weights pruning removes; the model is benign until someone prunes it.",
-    example="`fc2.weight`: 91% of the change sits on the 50% smallest weights and opposes "
-    "the change on kept weights (opposition 0.84).",
+    example="`fc2.weight`: the change on the 70% smallest weights cancels 84% of the "
+    "change on the kept weights along its main direction (z = 31).",
     fix="Reject; do not prune or deploy this artifact.",
     references=("docs/analysis.md", "docs/threats.md#pruning-activated-backdoors"),
 )
