@@ -1,0 +1,132 @@
+"""The full tamper matrix: every (model, storage, host, shape) cell at every magnitude,
+several seeds, plus the benign twins; prints and writes a markdown table.
+
+    PYTHONPATH=. python benchmarks/bench_tamper_matrix.py --seeds 2 -o matrix.md
+
+Per cell: the detection rate over all magnitudes and seeds, the rate at or above the
+stated bound (``tests/tamper/test_matrix.py``: 8 rounding bounds when alone, cast or in
+codes; 0.5 median |w| under a fine-tune or LoRA merge; one code step), and the smallest
+magnitude from which every trial (that one and all larger) was detected ("-": none).
+Missed trials are listed with what the scanner reported. Benign twins: each is run
+with its claim or ``--allow`` (must pass) and without (must carry no attack or outlier
+finding); the false-alarm rate is over both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.tamper.matrix import (  # noqa: E402
+    Trial,
+    all_cells,
+    at_bound,
+    benign_twin,
+    magnitudes_for,
+    trial,
+    twin_specs,
+)
+from tests.tamper.subjects import SUBJECTS, load_subject  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--models", nargs="*", default=list(SUBJECTS))
+    parser.add_argument("--hosts", nargs="*", default=None, help="only these hosts")
+    parser.add_argument("-o", "--output", type=Path, help="write the markdown table here")
+    parser.add_argument("--no-twins", action="store_true")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    trials: dict[tuple[str, str, str, str], list[Trial]] = defaultdict(list)
+    twins = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for model in args.models:
+            subject = load_subject(model, work / model)
+            for cell in all_cells([model]):
+                if args.hosts and cell.host not in args.hosts:
+                    continue
+                for seed in range(args.seeds):
+                    t = trial(subject, cell, 1000 + seed, work)
+                    key = (cell.model, cell.storage, cell.host, cell.shape)
+                    trials[key].append(t)
+                    if not t.detected:
+                        print(f"missed {cell.label} seed {seed}: {t.verdict.summary()}", flush=True)
+            if not args.no_twins:
+                for spec in twin_specs(subject, quick=False):
+                    twin = benign_twin(subject, spec, work)
+                    twins.append(twin)
+                    state = "FALSE ALARM" if twin.false_alarm else "ok"
+                    print(f"twin {model} {spec}: {state} (exit {twin.verdict.code})", flush=True)
+    table = render(trials, twins, time.time() - started, args)
+    print(table)
+    if args.output:
+        args.output.write_text(table)
+    return 0
+
+
+def render(trials, twins, seconds: float, args) -> str:  # type: ignore[no-untyped-def]
+    lines = [
+        "| model | storage | host | shape | detected | at/above bound | all detected from |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    total = hit = total_b = hit_b = 0
+    for key in sorted(trials):
+        ts = trials[key]
+        n, k = len(ts), sum(t.detected for t in ts)
+        above = [t for t in ts if at_bound(t.cell)]
+        nb, kb = len(above), sum(t.detected for t in above)
+        total, hit, total_b, hit_b = total + n, hit + k, total_b + nb, hit_b + kb
+        lines.append(f"| {' | '.join(key)} | {k}/{n} | {kb}/{nb} | {smallest(ts, key[1])} |")
+    lines.append("")
+    lines.append(
+        f"All cells: {hit}/{total} trials detected; at or above the bound: {hit_b}/{total_b}."
+    )
+    if twins:
+        alarms = [t for t in twins if t.false_alarm]
+        lines += ["", "| model | benign twin | with claim/--allow | without |", "|---|---|---|---|"]
+        for t in twins:
+            bare = (
+                ", ".join(sorted({f["rule_id"] for f in t.bare.attacks()})) or "no attack finding"
+            )
+            lines.append(
+                f"| {t.model} | {t.name} `{' '.join(t.args)}` | exit {t.verdict.code} | "
+                f"exit {t.bare.code}, {bare} |"
+            )
+        lines.append("")
+        lines.append(f"False alarms: {len(alarms)}/{len(twins)} benign twins.")
+    lines.append("")
+    lines.append(
+        f"Command: `PYTHONPATH=. python benchmarks/bench_tamper_matrix.py --seeds {args.seeds}"
+        + (f" --models {' '.join(args.models)}" if args.models != list(SUBJECTS) else "")
+        + (f" --hosts {' '.join(args.hosts)}" if args.hosts else "")
+        + f"` ({seconds:.0f} s)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def smallest(ts: list[Trial], storage: str) -> str:
+    """The smallest magnitude from which every trial at it and above was detected."""
+    order = magnitudes_for(storage)
+    found = "-"
+    for mag in reversed(order):
+        at = [t for t in ts if t.cell.magnitude == mag]
+        if at and all(t.detected for t in at):
+            found = mag
+        elif at:
+            break
+    return found
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
