@@ -2,10 +2,11 @@
 
 Order matters: bit-level footprints first (they are exact), then exact-zero patterns
 (pruning and its look-alikes), then the connectivity detectors (replaced subnetwork,
-handcrafted path), then rank structure and the prune-candidate test for what is left.
-Pair-level context settles the rest: one rank-1 tensor is a knowledge edit, the same
-direction in many tensors is abliteration, low rank in many tensors is an adapter merge,
-full-rank smooth change is fine-tuning.
+handcrafted path), then the prune-candidate test, then explain-or-fail for what is left
+(:mod:`scanner.analysis.explain`): storage noise element by element, outlier regions and
+confined changes as localized edits, a diffuse remainder as a full fine-tune, low rank
+as an adapter merge only in a consistent module set across layers (otherwise a
+knowledge edit), one direction in many tensors as abliteration.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from scanner.analysis.bits import analyze_bits
+from scanner.analysis.events import Event, Verdict
+from scanner.analysis.explain import explain
 from scanner.analysis.layers import LayerGraph, infer_layers
-from scanner.analysis.lowrank import RankProfile, rank_profile
 from scanner.analysis.pruning import analyze_prune_activated, analyze_zeros
 from scanner.analysis.sra import (
     Footprint,
@@ -32,38 +34,10 @@ from scanner.analysis.tensors import TensorPair, load_pair
 from scanner.artifact import Artifact
 from scanner.diff.model import TensorDiff, TensorStatus, class_rank
 
-SHARED_COS = 0.9
-"""|cosine| above which two tensors' dominant delta directions count as the same."""
-SHARED_MIN = 3
-"""Tensors sharing one direction before it counts as abliteration-like."""
-SPARSE_ROWS = 0.02
-"""A change confined to at most this share of rows (or columns) is "a few sparse rows"."""
-BLOCK_AREA = 0.10
-"""A change whose changed rows x changed columns cover at most this share of the tensor
-is confined to a block (an update by training spreads over all rows and columns)."""
+__all__ = ["Event", "Verdict", "WeightAnalysis", "analyze_pair"]
 
-
-@dataclass(frozen=True)
-class Verdict:
-    """The class of one changed tensor and the figures behind it."""
-
-    name: str
-    cls: str
-    kind: str
-    evidence: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One detection spanning one or more tensors (a chain, a shared direction ...)."""
-
-    cls: str
-    kind: str
-    tensors: tuple[str, ...]
-    message: str
-    evidence: dict[str, object] = field(default_factory=dict)
-    channels: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    """Tensor -> output channels / rows involved (for locations)."""
+FOLLOWED = ("low-rank update", "full fine-tune", "pruning")
+"""Classes a diffuse change of a vector (bias, norm) takes from the pair's matrices."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +89,7 @@ def analyze_pair(
                     f"{bit.payload_bits} bits (no sign or exponent change): a hidden payload "
                     f"of about {bit.n_words * bit.payload_bits // 8:,} bytes",
                     bit.evidence,
+                    {name: bit.rows},
                 )
             )
         else:
@@ -184,9 +159,8 @@ def analyze_pair(
                     )
                 )
 
-    # 4. Rank structure and prune candidates for what is left.
+    # 4. Prune candidates, then explain or fail what is left.
     rest = {n: p for n, p in pairs.items() if n not in verdicts}
-    profiles: dict[str, RankProfile] = {}
     for name, p in rest.items():
         if len(p.shape) < 2:
             continue
@@ -205,62 +179,24 @@ def analyze_pair(
                     pa.evidence,
                 )
             )
-            continue
-        a2 = p.trusted.reshape(p.trusted.shape[0], -1)
-        b2 = p.deployed.reshape(a2.shape)
-        # The delta is zero outside the changed rows and columns: its rank structure is
-        # that of the changed submatrix, which keeps the cost proportional to the change.
-        ch = p.changed.reshape(a2.shape)
-        rows, cols = np.flatnonzero(ch.any(axis=1)), np.flatnonzero(ch.any(axis=0))
-        if rows.size * cols.size < 0.5 * a2.size:
-            a2, b2 = a2[np.ix_(rows, cols)], b2[np.ix_(rows, cols)]
-        profiles[name] = rank_profile(a2, b2, p.dtype)
-    _rank_verdicts(pairs, profiles, verdicts, events, suspicious_zeros)
-
-    # 5. 1-D and leftover tensors follow the pair's dominant benign class.
-    benign = Counter(
-        v.cls
-        for v in verdicts.values()
-        if v.cls in ("full fine-tune", "low-rank update", "indeterminate update", "pruning")
-    )
-    for name, p in pairs.items():
+    for name, ev in suspicious_zeros.items():
         if name in verdicts:
             continue
-        frac = float(np.mean(p.changed))
-        if name in suspicious_zeros:
-            verdicts[name] = Verdict(name, "localized edit", "zeros on non-candidates",
-                                     suspicious_zeros[name])  # fmt: skip
-            events.append(
-                Event(
-                    "localized edit",
-                    "zeros written on weights pruning would keep",
-                    (name,),
-                    f"{name}: {suspicious_zeros[name]['new_zeros']} weights set to exactly zero, "
-                    f"only {suspicious_zeros[name]['candidate_share']:.0%} of them prune "
-                    "candidates",
-                    suspicious_zeros[name],
-                )
+        verdicts[name] = Verdict(name, "localized edit", "zeros on non-candidates", ev)
+        events.append(
+            Event(
+                "localized edit",
+                "zeros written on weights pruning would keep",
+                (name,),
+                f"{name}: {ev['new_zeros']} weights set to exactly zero, only "
+                f"{ev['candidate_share']:.0%} of them prune candidates",
+                ev,
             )
-        elif frac >= 0.5 or benign:
-            cls = benign.most_common(1)[0][0] if benign else "full fine-tune"
-            if frac < 0.5 and cls == "pruning":
-                cls = "full fine-tune"
-            verdicts[name] = Verdict(name, cls, "dense change" if frac >= 0.5 else "follows pair",
-                                     {"fraction_changed": round(frac, 4)})  # fmt: skip
-        else:
-            idx = np.flatnonzero(p.changed.reshape(-1))
-            verdicts[name] = Verdict(name, "localized edit", "few elements",
-                                     {"elements": [int(i) for i in idx[:16]]})  # fmt: skip
-            events.append(
-                Event(
-                    "localized edit",
-                    "few elements changed",
-                    (name,),
-                    f"{name}: {idx.size} of {p.changed.size} elements changed at "
-                    f"{[int(i) for i in idx[:8]]}",
-                    {"elements": [int(i) for i in idx[:64]]},
-                )
-            )
+        )
+    rest = {n: p for n, p in pairs.items() if n not in verdicts}
+    shapes = {n: tuple(info.shape) for n, info in trusted.tensors.items()}
+    explain(pairs, list(rest), shapes, verdicts, events)
+    _follow_pair(pairs, verdicts)
     classes = [v.cls for v in verdicts.values()]
     classification = max(classes, key=class_rank) if classes else None
     evidence: dict[str, object] = {
@@ -331,105 +267,17 @@ def chain_events(
     )
 
 
-def _rank_verdicts(
-    pairs: dict[str, TensorPair],
-    profiles: dict[str, RankProfile],
-    verdicts: dict[str, Verdict],
-    events: list[Event],
-    suspicious_zeros: dict[str, dict[str, object]],
-) -> None:
-    def sparse(name: str) -> bool:
-        w = pairs[name].diff.where
-        if w is None or not w.rows or w.n_rows < 16:
-            return False
-        few_rows = len(w.rows) <= max(2, SPARSE_ROWS * w.n_rows)
-        few_cols = bool(w.cols) and w.n_cols >= 16 and len(w.cols) <= max(2, SPARSE_ROWS * w.n_cols)
-        # Training touches every row and column of a weight it updates (even when low
-        # storage precision leaves some elements unchanged, the survivors are scattered
-        # over the whole matrix); a change whose rows x columns cover a small part of
-        # the tensor is a planted block, however dense its spectrum.
-        confined = (
-            bool(w.cols)
-            and w.n_cols >= 16
-            and (len(w.rows) / w.n_rows) * (len(w.cols) / w.n_cols) <= BLOCK_AREA
-        )
-        return few_rows or few_cols or confined
-
-    # Shared dominant direction (abliteration): compare top singular vectors.
-    dominant = {
-        n: pr
-        for n, pr in profiles.items()
-        if pr.status == "low-rank" and pr.top_share >= 0.9 and pr.left is not None
-    }
-    vectors: list[tuple[str, np.ndarray]] = []
-    for n, pr in dominant.items():
-        vectors.append((n, pr.left))  # type: ignore[arg-type]
-        vectors.append((n, pr.right))  # type: ignore[arg-type]
-    groups: list[set[str]] = []
-    used: set[int] = set()
-    for i, (n, v) in enumerate(vectors):
-        if i in used:
-            continue
-        members = {n}
-        for j in range(i + 1, len(vectors)):
-            m, w = vectors[j]
-            if m != n and w.shape == v.shape and abs(float(v @ w)) >= SHARED_COS:
-                members.add(m)
-                used.add(j)
-        if len(members) >= SHARED_MIN:
-            groups.append(members)
-    shared = set().union(*groups) if groups else set()
-    for g in groups:
-        names = tuple(sorted(g))
-        for n in names:
-            verdicts[n] = Verdict(n, "localized edit", "shared direction", profiles[n].summary())
-        events.append(
-            Event(
-                "localized edit",
-                "one direction removed from many tensors",
-                names,
-                f"{len(names)} tensors changed by rank-1 updates along one shared direction "
-                "(abliteration-like): " + ", ".join(names[:6]) + ("..." if len(names) > 6 else ""),
-                {"tensors": list(names), "min_abs_cosine": SHARED_COS},
-            )
-        )
-    low = [n for n, pr in profiles.items() if pr.status == "low-rank" and n not in shared]
-    full = [n for n, pr in profiles.items() if pr.status == "full-rank"]
-    few_tensors = len(low) + len(full) <= 2
-    for n in low:
-        pr = profiles[n]
-        if (pr.rank or 0) <= 2 and few_tensors:
-            verdicts[n] = Verdict(n, "localized edit", f"rank-{pr.rank} edit", pr.summary())
-            events.append(
-                Event(
-                    "localized edit",
-                    "rank-1 edit of one tensor" if pr.rank == 1 else "rank-2 edit of one tensor",
-                    (n,),
-                    f"{n}: the change is rank {pr.rank} (top direction holds "
-                    f"{pr.top_share:.1%} of its energy; residual {pr.residual:.2f}x rounding "
-                    "noise): a direct knowledge edit (ROME-like)",
-                    pr.summary(),
-                )
-            )
-        else:
-            verdicts[n] = Verdict(n, "low-rank update", f"rank {pr.rank}", pr.summary())
-    mostly_finetune = len(full) >= max(3, 0.5 * len(profiles))
-    for n, pr in profiles.items():
-        if n in verdicts:
-            continue
-        if pr.status == "indeterminate":
-            verdicts[n] = Verdict(n, "indeterminate update", "below rounding noise", pr.summary())
-        elif sparse(n) and not mostly_finetune and n not in suspicious_zeros:
-            w = pairs[n].diff.where
-            verdicts[n] = Verdict(n, "localized edit", "confined change", pr.summary())
-            events.append(
-                Event(
-                    "localized edit",
-                    "change confined to a few rows, columns or a block",
-                    (n,),
-                    f"{n}: change confined to {w.describe() if w else 'a few rows'}",  # type: ignore[union-attr]
-                    pr.summary(),
-                )
-            )
-        else:
-            verdicts[n] = Verdict(n, "full fine-tune", "full-rank dense change", pr.summary())
+def _follow_pair(pairs: dict[str, TensorPair], verdicts: dict[str, Verdict]) -> None:
+    """A diffuse change of a vector has no rank of its own: it takes the pair's dominant
+    training class (a LoRA merge may also move biases); pruning leaves biases alone, so
+    a bias change next to pruning is fine-tuning."""
+    dominant = Counter(
+        v.cls for n, v in verdicts.items() if v.cls in FOLLOWED and len(pairs[n].shape) >= 2
+    )
+    if not dominant:
+        return
+    cls = dominant.most_common(1)[0][0]
+    cls = "full fine-tune" if cls == "pruning" else cls
+    for n, v in list(verdicts.items()):
+        if v.kind == "diffuse change" and v.cls == "full fine-tune" and n in pairs:
+            verdicts[n] = Verdict(n, cls, "follows pair", v.evidence)

@@ -3,13 +3,16 @@
 Runs after the claimed-transformation analyzers: every CHANGED tensor they did not
 explain is classified (``scanner.analysis.classify``), labelled with its change class and
 explained, so the generic "tensor changed" rule (MS201) does not report it twice.
-Attacks become findings of their own rule; benign classes (pruning, low-rank update,
-full fine-tune, changes within rounding noise) one informational summary each.
+Attacks and localized edits become findings of their own rule; routine classes (pruning,
+low-rank update, full fine-tune) one summary each (MS308), which fails at medium until
+something allows the class; storage rounding noise one informational summary (MS309).
 
 Policy: the default severity is the rule's; ``--allow CLASS`` (aliases such as
 ``finetune``, ``lora``, ``prune``, ``localized-edit``) drops the findings of an allowed
-class to info. Rules packs override severities later by rule id, tensor pattern and
-``evidence["class"]``.
+class to info and labels its tensors ``allowed_by`` so a rules pack honours it too.
+Allowing a class never touches another class's findings: outlier regions inside a
+fine-tune are localized edits. Rules packs override severities later by rule id, tensor
+pattern and ``evidence["class"]``.
 """
 
 from __future__ import annotations
@@ -152,17 +155,47 @@ PRUNE_ACTIVATED = define_rule(
 CHANGE_CLASSIFIED = define_rule(
     "MS308",
     "weight-change-classified",
+    Severity.MEDIUM,
+    "Weight change of a routine class that nothing allowed",
+    checks="Changed tensors whose whole change fits a routine class: pruning (new zeros on "
+    "prune candidates: magnitude, N:M, structured), a low-rank update (low rank in a "
+    "consistent module set: every layer's copy of each touched module changed with low "
+    "rank) or a full fine-tune (a diffuse change of every row and column; DARE-style "
+    "drop-and-rescale merges included), with no outlier region (those are MS303). One "
+    "finding per class; it fails (medium) unless `--allow CLASS`, a verified claim, the "
+    "rules pack or, in `gate`, an attested chain accepts the class, and is reported at "
+    "info when one does.",
+    why="The deployed model must be the trusted one transformed only in the ways you "
+    "allowed. A fine-tune, adapter merge or pruning nobody declared is a change of "
+    "behaviour nobody reviewed, however benign its shape.",
+    example="full fine-tune: 36 tensors (36 full-rank diffuse change); not allowed (pass "
+    "--allow finetune, a claim or a rules pack that allows it).",
+    fix="If the change is expected, say so: `--allow finetune` (or `lora`, `prune`), a "
+    "claim such as `--claim lora:r=8:modules=q_proj,v_proj`, a rules pack whose `[classes] "
+    "allow` lists the class, or an attested chain in `gate`. Allowing a class never "
+    "silences outlier regions (MS303) or the attack rules.",
+    references=(
+        "docs/analysis.md",
+        "docs/policy.md",
+        "docs/threats.md#continued-training-adapters-and-merges",
+    ),
+)
+ROUNDING_NOISE = define_rule(
+    "MS309",
+    "storage-rounding-noise",
     Severity.INFO,
-    "Weight change classified as a routine transformation",
-    checks="Changed tensors whose change is pruning (new zeros on prune candidates: "
-    "magnitude, N:M, structured), a low-rank update (rank <= 24 in several tensors), a full "
-    "fine-tune (dense, full-rank, smooth; DARE-style drop-and-rescale merges included) or an "
-    "update within storage rounding noise (rank indeterminate).",
-    why="Routine training and compression change weights too; naming the class lets a policy "
-    "accept what is expected (rules packs may forbid a class).",
-    example="low-rank update: 24 tensors, ranks 8-8.",
-    fix="Nothing by default; a rules pack can raise the severity of a class it forbids.",
-    references=("docs/analysis.md", "docs/threats.md#continued-training-adapters-and-merges"),
+    "Change within storage rounding noise",
+    checks="Changed tensors where every changed element moved by at most 2 units in the "
+    "last place of the stored dtype at that element's magnitude (one code for integer "
+    "storage), or every changed value is the trusted value rounded to nearest-even in a "
+    "narrower float dtype (a round trip through F16 or BF16). Decided element by element, "
+    "never from an aggregate: one element beyond the bound makes the change something "
+    "else.",
+    why="Re-saving or converting a model can perturb the last bits of weights; such a "
+    "change cannot carry an edit, and naming it keeps it apart from real updates.",
+    example="rounding noise: 12 tensors (12 storage rounding); largest change 1 ulp.",
+    fix="Nothing; informational.",
+    references=("docs/analysis.md",),
 )
 
 EVENT_RULES: dict[str, Rule] = {
@@ -191,7 +224,8 @@ ALIASES: dict[str, str] = {
     "knowledge-edit": "localized edit",
     "rome": "localized edit",
     "abliteration": "localized edit",
-    "indeterminate": "indeterminate update",
+    "indeterminate": "rounding noise",
+    "noise": "rounding noise",
     "bit-level": "bit-level tampering",
     "bits": "bit-level tampering",
     "sra": "replaced subnetwork",
@@ -217,8 +251,14 @@ def allowed_classes(values: Iterable[str]) -> set[str]:
     return out
 
 
-def _location(tensor: str, channels: tuple[int, ...] | None) -> Location:
-    region = Region(axis=0, indices=tuple(channels[:256])) if channels else None
+def _location(
+    tensor: str, channels: tuple[int, ...] | None, columns: tuple[int, ...] | None = None
+) -> Location:
+    region = None
+    if columns and not channels:
+        region = Region(axis=1, indices=tuple(columns[:256]))
+    elif channels:
+        region = Region(axis=0, indices=tuple(channels[:256]))
     return Location(artifact="deployed", tensor=tensor, region=region)
 
 
@@ -229,7 +269,7 @@ def _event_finding(event: Event, allowed: set[str]) -> Finding:
     return finding(
         rule,
         message,
-        [_location(t, event.channels.get(t)) for t in event.tensors[:64]],
+        [_location(t, event.channels.get(t), event.columns.get(t)) for t in event.tensors[:64]],
         evidence={"class": event.cls, "kind": event.kind, **_jsonable(event.evidence)},
         severity=Severity.INFO if ok else None,
     )
@@ -245,12 +285,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-BENIGN = ("pruning", "indeterminate update", "low-rank update", "full fine-tune")
+ROUTINE = ("pruning", "low-rank update", "full fine-tune")
+"""Classes that pass only when something allows them (MS308)."""
+SUMMARIZED = ("rounding noise", *ROUTINE)
 
 
 def _summary_findings(result: WeightAnalysis, allowed: set[str]) -> list[Finding]:
     findings: list[Finding] = []
-    for cls in BENIGN:
+    for cls in SUMMARIZED:
         members = [v for v in result.verdicts.values() if v.cls == cls]
         if not members:
             continue
@@ -260,11 +302,20 @@ def _summary_findings(result: WeightAnalysis, allowed: set[str]) -> list[Finding
         detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
         ranks = sorted({v.evidence.get("rank") for v in members if v.evidence.get("rank")})
         extra = f"; ranks {ranks[0]}-{ranks[-1]}" if ranks else ""
+        if cls == "rounding noise":
+            rule, severity, note = ROUNDING_NOISE, None, ""
+        elif cls in allowed:
+            rule, severity, note = CHANGE_CLASSIFIED, Severity.INFO, " (allowed by --allow)"
+        else:
+            rule, severity = CHANGE_CLASSIFIED, None
+            note = (
+                f"; not allowed (pass --allow {_ALLOW_HINT[cls]}, a claim, or a rules pack "
+                "that allows it)"
+            )
         findings.append(
             finding(
-                CHANGE_CLASSIFIED,
-                f"{cls}: {len(members)} tensors ({detail}){extra}"
-                + (" (allowed)" if cls in allowed else ""),
+                rule,
+                f"{cls}: {len(members)} tensors ({detail}){extra}{note}",
                 [_location(v.name, None) for v in members[:20]],
                 evidence={
                     "class": cls,
@@ -272,9 +323,13 @@ def _summary_findings(result: WeightAnalysis, allowed: set[str]) -> list[Finding
                         v.name: _jsonable({"kind": v.kind, **v.evidence}) for v in members[:200]
                     },
                 },
+                severity=severity,
             )
         )
     return findings
+
+
+_ALLOW_HINT = {"pruning": "prune", "low-rank update": "lora", "full fine-tune": "finetune"}
 
 
 def analyze_weights(ctx: PairContext) -> Analysis:
@@ -285,7 +340,12 @@ def analyze_weights(ctx: PairContext) -> Analysis:
     findings = [_event_finding(e, allowed) for e in result.events]
     findings.extend(_summary_findings(result, allowed))
     labels = {
-        v.name: {"class": v.cls, "change_kind": v.kind, **_jsonable(_short(v.evidence))}
+        v.name: {
+            "class": v.cls,
+            "change_kind": v.kind,
+            **({"allowed_by": "--allow"} if v.cls in allowed else {}),
+            **_jsonable(_short(v.evidence)),
+        }
         for v in result.verdicts.values()
     }
     return Analysis(
@@ -299,7 +359,8 @@ def analyze_weights(ctx: PairContext) -> Analysis:
 
 def _short(evidence: dict[str, object]) -> dict[str, object]:
     keep = ("rank", "rank_status", "snr", "top_share", "residual_over_noise", "pattern",
-            "candidate_share", "new_zero_fraction", "words", "channels")  # fmt: skip
+            "candidate_share", "new_zero_fraction", "words", "channels", "remainder",
+            "outlier_rows", "outlier_cols", "n_outlier_elements", "max_change_ulps")  # fmt: skip
     return {k: evidence[k] for k in keep if k in evidence}
 
 

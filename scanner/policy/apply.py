@@ -241,6 +241,8 @@ def _unallowed_classes(
             continue
         if t.delta is not None and t.delta.rel_l2 <= min_rel and t.status is TensorStatus.CHANGED:
             continue
+        if t.labels.get("allowed_by"):
+            continue  # accepted on the command line (--allow): any one acceptance suffices
         allowed, by = ctx.pack.allowed_classes(t.name, claimed=_claimed(t, None, ctx.attested))
         if cls in allowed:
             continue

@@ -1,0 +1,99 @@
+"""Fit one changed tensor: storage noise, outlier regions, and what is left.
+
+A tensor's change passes only when something explains all of it. This module splits the
+change into (1) storage noise (every changed element within the dtype bound), (2)
+outlier regions (rows, columns, blocks, elements far outside the rest of the change:
+:mod:`scanner.analysis.outliers`) and (3) the remainder, which is either nothing beyond
+storage noise, a diffuse change (every row and column moves: a training update, whose
+rank structure :mod:`scanner.analysis.lowrank` measures) or a confined one (a few rows,
+columns or scattered elements moved with the rest untouched: an edit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scanner.analysis.lowrank import RankProfile, rank_profile
+from scanner.analysis.noise import NoiseResult, noise_bound, storage_noise
+from scanner.analysis.outliers import OutlierProfile, Thresholds, matrix_view, outlier_profile
+from scanner.analysis.tensors import TensorPair
+
+DIFFUSE_CHANGED = 0.05
+"""A diffuse change moves at least this share of the tensor's elements ..."""
+DIFFUSE_COVER = 0.5
+"""... in at least this share of its rows and of its columns (training updates every
+row and column of a weight it touches; storage precision may leave some unchanged)."""
+MIN_RANK_SIDE = 8
+"""Below this many rows or columns a rank says nothing (a 2 x 384 table is rank <= 2)."""
+
+
+@dataclass(frozen=True, eq=False)
+class TensorFit:
+    name: str
+    noise: NoiseResult
+    outliers: OutlierProfile | None
+    remainder: str
+    """``none`` (nothing beyond storage noise once outliers are removed), ``diffuse`` or
+    ``confined``."""
+    rank: RankProfile | None
+    """Rank structure of a diffuse remainder of a matrix."""
+    confined_rows: tuple[int, ...] = ()
+    confined_cols: tuple[int, ...] = ()
+    beyond: int = 0
+    """Elements of the remainder beyond storage noise."""
+    changed_fraction: float = 0.0
+
+    def evidence(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "remainder": self.remainder,
+            "fraction_changed": round(self.changed_fraction, 4),
+            **self.noise.evidence(),
+        }
+        if self.outliers is not None and self.outliers.found:
+            out.update(self.outliers.evidence())
+        if self.rank is not None:
+            out.update(self.rank.summary())
+        if self.remainder == "confined":
+            out.update(
+                confined_rows=list(self.confined_rows[:64]),
+                confined_cols=list(self.confined_cols[:64]),
+                elements_beyond_noise=self.beyond,
+            )
+        return out
+
+
+def fit_tensor(pair: TensorPair, limits: Thresholds | None = None) -> TensorFit:
+    a, b = matrix_view(pair)
+    changed = pair.changed.reshape(a.shape)
+    frac = float(np.mean(changed))
+    noise = storage_noise(a, b, changed, pair.dtype)
+    if noise.within:
+        return TensorFit(pair.name, noise, None, "none", None, changed_fraction=frac)
+    prof = outlier_profile(pair, limits)
+    mask = prof.mask
+    beyond = (np.abs(b.astype(np.float64) - a) > noise_bound(a, b, pair.dtype)) & ~mask
+    n_beyond = int(beyond.sum())
+    if n_beyond == 0:
+        return TensorFit(pair.name, noise, prof, "none", None, changed_fraction=frac)
+    m, n = a.shape
+    rest = changed & ~mask
+    row_cover = float(np.mean(rest.any(axis=1))) if n > 1 else 1.0
+    col_cover = float(np.mean(rest.any(axis=0))) if m > 1 else 1.0
+    diffuse = (
+        float(np.mean(rest)) >= DIFFUSE_CHANGED
+        and (m < MIN_RANK_SIDE or row_cover >= DIFFUSE_COVER)
+        and (n < MIN_RANK_SIDE or col_cover >= DIFFUSE_COVER)
+    )
+    if not diffuse:
+        rows = tuple(pair.row_index(i) for i in np.flatnonzero(beyond.any(axis=1)))
+        cols = tuple(int(j) for j in np.flatnonzero(beyond.any(axis=0)))
+        return TensorFit(pair.name, noise, prof, "confined", None, rows, cols, n_beyond, frac)
+    rank = None
+    if min(m, n) >= MIN_RANK_SIDE:
+        kept = np.where(mask, a, b) if prof.found else b
+        rank = rank_profile(a, kept, pair.dtype)
+    return TensorFit(
+        pair.name, noise, prof, "diffuse", rank, beyond=n_beyond, changed_fraction=frac
+    )

@@ -1,0 +1,95 @@
+"""Storage rounding noise: the only change that may be called "below rounding noise".
+
+Two roundings of one real value to the same float dtype differ by at most one unit in
+the last place (ulp) of that dtype at that magnitude; arithmetic done in the stored
+precision before the final rounding (a re-export that rescales, re-normalizes or sums in
+a different order) adds about one more. So a changed element is storage noise when
+
+    |b - a| <= ULP_BOUND * ulp_dtype(max(|a|, |b|))
+
+and a changed tensor is storage noise only when **every** changed element is. The test
+is element by element on the stored dtype, never on an aggregate: one element beyond the
+bound makes the tensor something else (a fine-tune, an edit) for the other detectors to
+explain. Integer storage (codes) has a step of one code.
+
+A round trip through a narrower float dtype (F32 -> F16/BF16 -> F32) is a cast, i.e. a
+re-derivation: every changed deployed value must equal the trusted value rounded to
+nearest-even in that dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+ULP_BOUND = 2.0
+"""Ulps of the stored dtype (at the element's magnitude) a stored value may move by and
+still be storage noise: one for two roundings of one value, one for arithmetic in the
+stored precision before rounding."""
+
+_MANTISSA = {"F64": 52, "F32": 23, "F16": 10, "BF16": 7, "F8_E4M3": 3, "F8_E5M2": 2}
+_MIN_EXP = {"F64": -1022, "F32": -126, "F16": -14, "BF16": -126, "F8_E4M3": -6, "F8_E5M2": -14}
+_NARROWER = {"F16": np.float16, "BF16": ml_dtypes.bfloat16}
+
+
+@dataclass(frozen=True)
+class NoiseResult:
+    within: bool
+    """Every changed element is within the bound (or a narrower-dtype round trip)."""
+    kind: str
+    """``storage rounding`` or ``round trip through F16`` / ``BF16``; empty if not."""
+    worst_ulps: float
+    """Largest change seen, in ulps of the stored dtype at that element's magnitude."""
+    beyond: int
+    """Changed elements beyond the bound."""
+
+    def evidence(self) -> dict[str, object]:
+        return {
+            "noise_kind": self.kind,
+            "max_change_ulps": round(min(self.worst_ulps, 1e12), 3),
+            "ulp_bound": ULP_BOUND,
+            "elements_beyond_bound": self.beyond,
+        }
+
+
+def element_ulp(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """Ulp of ``dtype`` at ``max(|a|, |b|)`` per element (1 for integer storage)."""
+    if dtype not in _MANTISSA:
+        return np.ones(np.shape(a), dtype=np.float64)
+    mag = np.maximum(np.abs(a), np.abs(b)).astype(np.float64)
+    _, exp = np.frexp(mag)  # mag = m * 2**exp with m in [0.5, 1): floor(log2) = exp - 1
+    exp = np.maximum(exp - 1, _MIN_EXP[dtype])
+    return np.ldexp(1.0, exp - _MANTISSA[dtype])
+
+
+def noise_bound(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """The largest change of each element that is still storage noise: ``ULP_BOUND``
+    ulps of a float dtype, one code of integer storage."""
+    if dtype not in _MANTISSA:
+        return np.ones(np.shape(a), dtype=np.float64)
+    return ULP_BOUND * element_ulp(a, b, dtype)
+
+
+def storage_noise(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str) -> NoiseResult:
+    """Whether every changed element of ``a -> b`` (float views of ``dtype`` storage) is
+    storage rounding noise."""
+    ta = a[changed].astype(np.float64)
+    tb = b[changed].astype(np.float64)
+    if ta.size == 0:
+        return NoiseResult(True, "storage rounding", 0.0, 0)
+    if not (np.all(np.isfinite(ta)) and np.all(np.isfinite(tb))):
+        return NoiseResult(False, "", float("inf"), int(ta.size))
+    ulps = np.abs(tb - ta) / element_ulp(ta, tb, dtype)
+    worst = float(ulps.max())
+    bound = ULP_BOUND if dtype in _MANTISSA else 1.0
+    beyond = int(np.count_nonzero(ulps > bound))
+    if beyond == 0:
+        return NoiseResult(True, "storage rounding", worst, 0)
+    for name, narrow in _NARROWER.items():
+        if _MANTISSA.get(dtype, 0) <= _MANTISSA[name]:
+            continue
+        if np.array_equal(ta.astype(narrow).astype(np.float64), tb):
+            return NoiseResult(True, f"round trip through {name}", worst, 0)
+    return NoiseResult(False, "", worst, beyond)

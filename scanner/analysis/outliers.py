@@ -1,0 +1,260 @@
+"""Localized edits inside (or instead of) a diffuse change, by robust statistics.
+
+A fine-tune, a LoRA merge or a re-save moves a weight matrix diffusely: the size of the
+change varies from row to row and column to column (some neurons learn more), but
+smoothly, and each element's change is of the size its row and column predict. A hand
+edit is a region whose change is far outside that: a row or a column overwritten or
+scaled, a block, a few elements. With the delta ``D`` seen as an ``m x n`` matrix:
+
+* row scale ``r_i`` = median_j |D_ij|, column scale ``c_j`` = median_i |D_ij| (medians, so
+  a region covering less than half a row or column cannot move them);
+* a row (column) is an outlier when its scale is more than ``ROW_RATIO`` times the median
+  row scale **and** more than ``ROBUST_Z`` robust standard deviations (1.4826 x MAD of
+  the log scales) above it: the second test adapts to fine-tunes whose rows learn at
+  very different rates;
+* every element's expected size is ``r_i c_j / g`` (``g`` the median |D|: the separable
+  model of a gradient update, exact for a rank-1 change), floored at the storage-noise
+  bound of the element (:mod:`scanner.analysis.noise`); an element is an outlier when
+  ``|D_ij|`` exceeds ``ELEMENT_RATIO`` times that and ``TAIL_FACTOR`` times the 99th
+  percentile of all elements' ratios (the tensor's own tail); 16 x 16 tiles are outliers
+  when the RMS of their ratios exceeds ``TILE_RATIO`` (and ``TAIL_FACTOR`` times the 99th
+  percentile of tile RMS), which finds blocks of moderate size element by element;
+* thresholds rise (at most to ``SIBLING_CAP`` times the base) to ``SIBLING_FACTOR`` times
+  what sibling tensors of the same module type in other layers show, so a fine-tune
+  whose every layer has heavy tails is not an edit in each, while an edit in one layer
+  still stands out against its siblings.
+
+Everything is one pass over the delta (medians by partition), proportional to its size;
+the caller only loads tensors that changed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from scanner.analysis.noise import noise_bound
+from scanner.analysis.tensors import TensorPair
+
+ROW_RATIO = 8.0
+"""A row (column) scale this many times the median row scale may be an outlier."""
+ROBUST_Z = 6.0
+"""... when it is also this many robust standard deviations above the median (log scale)."""
+ELEMENT_RATIO = 32.0
+"""An element this many times its expected size may be an outlier."""
+TILE_RATIO = 8.0
+"""A 16 x 16 tile whose RMS ratio is this many times the expected size may be an outlier."""
+TAIL_FACTOR = 10.0
+"""... when it is also this many times the 99th percentile of the tensor's ratios."""
+TILE = 16
+SIBLING_FACTOR = 2.0
+SIBLING_CAP = 8.0
+MIN_SIDE = 8
+"""A side shorter than this gives no scale of its own (a vector has no column scales)."""
+REPORTED = 64
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    row: float = ROW_RATIO
+    col: float = ROW_RATIO
+    element: float = ELEMENT_RATIO
+    tile: float = TILE_RATIO
+
+
+@dataclass(frozen=True, eq=False)
+class OutlierProfile:
+    """Outlier regions of one tensor's change and the statistics behind them."""
+
+    name: str
+    matrix: tuple[int, int]
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+    tiles: tuple[tuple[int, int], ...]
+    """Top-left (row, col) of outlier tiles."""
+    elements: tuple[tuple[int, int], ...]
+    """(row, col) of outlier elements outside outlier rows, columns and tiles (first few)."""
+    n_elements: int
+    mask: np.ndarray = field(repr=False)
+    """Elements of the outlier regions (matrix view, local rows)."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """Largest ratio of each family (row, col, element, tile), for sibling comparison."""
+    thresholds: Thresholds = Thresholds()
+
+    @property
+    def found(self) -> bool:
+        return bool(self.rows or self.cols or self.tiles or self.n_elements)
+
+    def describe(self) -> str:
+        parts = []
+        if self.rows:
+            parts.append(f"rows {_span(self.rows)}")
+        if self.cols:
+            parts.append(f"columns {_span(self.cols)}")
+        if self.tiles:
+            shown = ", ".join(f"[{r}:{r + TILE}, {c}:{c + TILE}]" for r, c in self.tiles[:4])
+            parts.append(f"{len(self.tiles)} block(s) {shown}")
+        if self.n_elements:
+            shown = ", ".join(f"({r}, {c})" for r, c in self.elements[:6])
+            parts.append(f"{self.n_elements} element(s) {shown}")
+        return "; ".join(parts)
+
+    def evidence(self) -> dict[str, object]:
+        return {
+            "outlier_rows": list(self.rows[:REPORTED]),
+            "outlier_cols": list(self.cols[:REPORTED]),
+            "outlier_blocks": [list(t) for t in self.tiles[:REPORTED]],
+            "outlier_elements": [list(e) for e in self.elements[:REPORTED]],
+            "n_outlier_elements": self.n_elements,
+            "matrix_view": list(self.matrix),
+            "max_ratios": {k: round(min(v, 1e12), 2) for k, v in self.stats.items()},
+            "thresholds": {k: round(v, 2) for k, v in self.thresholds.__dict__.items()},
+        }
+
+
+def _span(idx: tuple[int, ...]) -> str:
+    shown = ", ".join(map(str, idx[:8]))
+    return f"[{shown}{', ...' if len(idx) > 8 else ''}] ({len(idx)})"
+
+
+def matrix_view(pair: TensorPair) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as ``m x n`` float arrays: leading axes of size 1 dropped (an ONNX LSTM's
+    ``[1, 4H, I]`` is its ``4H x I`` matrix), the rest flattened into columns; a vector
+    is one row."""
+    if pair.complete:
+        shape = list(pair.shape)
+        while len(shape) > 1 and shape[0] == 1:
+            shape.pop(0)
+        m = shape[0] if len(shape) > 1 else 1
+    else:
+        m = pair.trusted.shape[0]
+    a = pair.trusted.reshape(m, -1)
+    return a, pair.deployed.reshape(a.shape)
+
+
+def module_type(name: str) -> str:
+    """The name with its layer numbers blanked: siblings share it."""
+    return re.sub(r"\d+", "#", name)
+
+
+@dataclass(frozen=True)
+class _Scales:
+    absd: np.ndarray
+    ratio: np.ndarray
+    row_scale: np.ndarray
+    col_scale: np.ndarray
+    row_floor: np.ndarray
+    col_floor: np.ndarray
+
+
+def _scales(a: np.ndarray, b: np.ndarray, dtype: str) -> _Scales:
+    absd = np.abs(b.astype(np.float64) - a)
+    floor = noise_bound(a, b, dtype)
+    m, n = absd.shape
+    g = float(np.median(absd))
+    row = np.median(absd, axis=1) if n >= MIN_SIDE else np.full(m, g)
+    col = np.median(absd, axis=0) if m >= MIN_SIDE else np.full(n, g)
+    # With most elements unchanged (g = 0) each side's scale counts alone.
+    expected = np.outer(row, col) / g if g > 0 else np.maximum(row[:, None], col[None, :])
+    expected = np.maximum(expected, floor)
+    row_floor = np.median(floor, axis=1) if n >= MIN_SIDE else floor.max(axis=1)
+    col_floor = np.median(floor, axis=0) if m >= MIN_SIDE else floor.max(axis=0)
+    return _Scales(absd, absd / expected, row, col, row_floor, col_floor)
+
+
+def _line_ratios(scale: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ratio of each line's scale to the median line scale, and the robust-z bound."""
+    s = np.maximum(scale, floor)
+    logs = np.log(s)
+    center = float(np.median(logs))
+    mad = 1.4826 * float(np.median(np.abs(logs - center)))
+    return s / math.exp(center), math.exp(ROBUST_Z * mad)
+
+
+def _tiles(ratio: np.ndarray) -> np.ndarray:
+    m, n = ratio.shape
+    mt, nt = m // TILE, n // TILE
+    sq = np.square(ratio[: mt * TILE, : nt * TILE])
+    return np.sqrt(sq.reshape(mt, TILE, nt, TILE).mean(axis=(1, 3)))
+
+
+def outlier_profile(
+    pair: TensorPair, limits: Thresholds | None = None, *, keep: bool = True
+) -> OutlierProfile:
+    """Outlier rows, columns, tiles and elements of ``pair``'s change."""
+    limits = limits or Thresholds()
+    a, b = matrix_view(pair)
+    m, n = a.shape
+    sc = _scales(a, b, pair.dtype)
+    stats: dict[str, float] = {}
+    mask = np.zeros((m, n), dtype=bool)
+    rows: tuple[int, ...] = ()
+    cols: tuple[int, ...] = ()
+    if n >= MIN_SIDE and m >= 2:
+        ratio, spread = _line_ratios(sc.row_scale, sc.row_floor)
+        stats["row"] = float(ratio.max())
+        hit = np.flatnonzero((ratio > max(limits.row, spread)) & (sc.row_scale > sc.row_floor))
+        if hit.size and hit.size <= m // 2:
+            rows = tuple(pair.row_index(i) for i in hit)
+            mask[hit] = True
+    if m >= MIN_SIDE and n >= 2:
+        ratio, spread = _line_ratios(sc.col_scale, sc.col_floor)
+        stats["col"] = float(ratio.max())
+        hit = np.flatnonzero((ratio > max(limits.col, spread)) & (sc.col_scale > sc.col_floor))
+        if hit.size and hit.size <= n // 2:
+            cols = tuple(int(j) for j in hit)
+            mask[:, hit] = True
+    tiles: tuple[tuple[int, int], ...] = ()
+    if m >= TILE and n >= TILE:
+        t = _tiles(sc.ratio)
+        stats["tile"] = float(t.max())
+        tail = TAIL_FACTOR * float(np.quantile(t, 0.99))
+        hit_t = np.argwhere(t > max(limits.tile, tail))
+        for r, c in hit_t:
+            block = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
+            if not mask[block].all():
+                mask[block] = True
+                tiles += ((pair.row_index(r * TILE), int(c * TILE)),)
+    stats["element"] = float(sc.ratio.max())
+    tail = TAIL_FACTOR * float(np.quantile(sc.ratio, 0.99))
+    lone = (sc.ratio > max(limits.element, tail)) & ~mask
+    idx = np.argwhere(lone)
+    mask |= lone
+    elements = tuple((pair.row_index(r), int(c)) for r, c in idx[:REPORTED])
+    return OutlierProfile(
+        pair.name,
+        (m, n),
+        rows,
+        cols,
+        tiles,
+        elements,
+        int(idx.shape[0]),
+        mask if keep else np.zeros((0, 0), dtype=bool),
+        stats,
+        limits,
+    )
+
+
+def sibling_thresholds(
+    stats: Mapping[str, Mapping[str, float]], name: str, groups: Mapping[str, list[str]]
+) -> Thresholds:
+    """Thresholds for ``name`` raised to what its siblings (same module type and shape,
+    other layers) show: ``SIBLING_FACTOR`` x their median largest ratio, at most
+    ``SIBLING_CAP`` x the base."""
+    base = Thresholds()
+    peers = [p for p in groups.get(name, []) if p != name and p in stats]
+    if len(peers) < 2:
+        return base
+    raised = {}
+    for family, value in base.__dict__.items():
+        seen = [stats[p][family] for p in peers if family in stats[p]]
+        if not seen:
+            raised[family] = value
+            continue
+        typical = float(np.median(seen))
+        raised[family] = min(max(value, SIBLING_FACTOR * typical), SIBLING_CAP * value)
+    return replace(base, **raised)
