@@ -80,12 +80,14 @@ def explain(
         if edited or f.remainder == "confined":
             verdicts[n] = Verdict(n, "localized edit", _edit_kind(f), ev)
             events.append(_edit_event(f, pairs[n], ev))
+            if f.low_rank:
+                low[n] = f.rank  # type: ignore[assignment]  # its remainder still counts for its module set
         elif f.remainder == "none":
             verdicts[n] = Verdict(n, "rounding noise", "storage rounding", ev)
-        elif f.rank is not None and f.rank.status == "low-rank":
-            low[n] = f.rank
+        elif f.low_rank:
+            low[n] = f.rank  # type: ignore[assignment]
             verdicts[n] = Verdict(n, "low-rank update", f"rank {f.rank.rank}", ev)
-        elif f.rank is not None:
+        elif f.rank is not None and f.rank.status == "full-rank":
             verdicts[n] = Verdict(n, "full fine-tune", "full-rank diffuse change", ev)
         else:
             verdicts[n] = Verdict(n, "full fine-tune", "diffuse change", ev)
@@ -194,10 +196,12 @@ def _low_rank_sets(
     events: list[Event],
 ) -> None:
     """Low-rank tensors outside a consistent module set are a knowledge edit."""
-    covered = {n for n, v in verdicts.items() if v.cls in ("low-rank update", "rounding noise")}
+    covered = {n for n, v in verdicts.items() if v.cls == "rounding noise"} | set(low)
     edits: list[str] = []
     for n in low:
         siblings = groups.get(n, [n])
+        if verdicts[n].cls != "low-rank update":
+            continue  # already an edit (outlier region); its remainder only counted above
         if len(siblings) < 2 or not all(s in covered for s in siblings):
             edits.append(n)
     if not edits:

@@ -27,6 +27,18 @@ DIFFUSE_COVER = 0.5
 row and column of a weight it touches; storage precision may leave some unchanged)."""
 MIN_RANK_SIDE = 8
 """Below this many rows or columns a rank says nothing (a 2 x 384 table is rank <= 2)."""
+RANK_SNR = 8.0
+"""A low rank is certified only when the change's energy is at least this many times
+the rounding noise energy: the rank test leaves up to half a rounding's energy
+unexplained, which near the noise floor hides the tail of a full-rank update."""
+RANK_GAP = 1.5
+"""... and only with a gap in the spectrum: the rank-th singular value at least this many
+times the next (an adapter's few directions stand above the noise; a training update's
+spectrum decays smoothly, and a rank read off it is only where the test ran out of
+noise) ..."""
+RANK_SHARE = 0.25
+"""... and only up to this share of the smaller side (rank 22 of a 64-row matrix is the
+decaying spectrum of a training update, not an adapter)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,11 +56,27 @@ class TensorFit:
     beyond: int = 0
     """Elements of the remainder beyond storage noise."""
     changed_fraction: float = 0.0
+    subresolution: bool = False
+    """Every change is within the storage bound at the tensor's typical magnitude."""
+
+    @property
+    def low_rank(self) -> bool:
+        """The remainder is certifiably low rank (see ``RANK_SNR``, ``RANK_SHARE``)."""
+        r = self.rank
+        if r is None or r.status != "low-rank" or r.rank is None:
+            return False
+        side = min(self.outliers.matrix) if self.outliers is not None else r.rank
+        s = r.sigmas
+        if r.rank >= len(s):
+            return False  # no singular value beyond it was measured: no gap to see
+        gap = s[r.rank - 1] / s[r.rank] if s[r.rank] > 0 else float("inf")
+        return r.snr >= RANK_SNR and gap >= RANK_GAP and r.rank <= max(1, RANK_SHARE * side)
 
     def evidence(self) -> dict[str, object]:
         out: dict[str, object] = {
             "remainder": self.remainder,
             "fraction_changed": round(self.changed_fraction, 4),
+            **({"below_resolution": True} if self.subresolution else {}),
             **self.noise.evidence(),
         }
         if self.outliers is not None and self.outliers.found:
@@ -71,6 +99,10 @@ def fit_tensor(pair: TensorPair, limits: Thresholds | None = None) -> TensorFit:
     noise = storage_noise(a, b, changed, pair.dtype)
     if noise.within:
         return TensorFit(pair.name, noise, None, "none", None, changed_fraction=frac)
+    if _below_resolution(a, b, changed, pair.dtype):
+        return TensorFit(
+            pair.name, noise, None, "diffuse", None, changed_fraction=frac, subresolution=True
+        )
     prof = outlier_profile(pair, limits)
     mask = prof.mask
     beyond = (np.abs(b.astype(np.float64) - a) > noise_bound(a, b, pair.dtype)) & ~mask
@@ -97,3 +129,17 @@ def fit_tensor(pair: TensorPair, limits: Thresholds | None = None) -> TensorFit:
     return TensorFit(
         pair.name, noise, prof, "diffuse", rank, beyond=n_beyond, changed_fraction=frac
     )
+
+
+def _below_resolution(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str) -> bool:
+    """A sparse change whose every element is within the storage bound at the tensor's
+    typical (median) magnitude: what a small diffuse update leaves after narrow storage,
+    where it crosses a rounding step only at weights much smaller than typical. Not
+    rounding noise (the elements moved beyond their own bound), but too small to be an
+    edit: it counts as part of a diffuse update."""
+    if float(np.mean(changed)) >= DIFFUSE_CHANGED:
+        return False
+    typical = np.full(1, float(np.median(np.abs(a))))
+    bound = float(noise_bound(typical, typical, dtype)[0])
+    d = np.abs(b[changed].astype(np.float64) - a[changed])
+    return bool(d.size) and float(d.max()) <= bound

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -40,9 +41,9 @@ import numpy as np
 from scanner.analysis.noise import noise_bound
 from scanner.analysis.tensors import TensorPair
 
-ROW_RATIO = 8.0
+ROW_RATIO = 20.0
 """A row (column) scale this many times the median row scale may be an outlier."""
-ROBUST_Z = 6.0
+ROBUST_Z = 8.0
 """... when it is also this many robust standard deviations above the median (log scale)."""
 ELEMENT_RATIO = 32.0
 """An element this many times its expected size may be an outlier."""
@@ -53,9 +54,16 @@ TAIL_FACTOR = 10.0
 TILE = 16
 SIBLING_FACTOR = 2.0
 SIBLING_CAP = 8.0
-MIN_SIDE = 8
-"""A side shorter than this gives no scale of its own (a vector has no column scales)."""
+MIN_SIDE = 16
+"""A line shorter than this gives no scale of its own (its median is too noisy; a vector
+has no column scales)."""
+LINE_FLOOR = 8.0
+"""A line's scale is taken as at least the median |change| over this: a median of a few
+dozen values can land far below the line's typical size by chance."""
 REPORTED = 64
+SPARSE_UPDATE = 0.05
+"""Changed share from which unchanged elements are storage rounding of a small update
+rather than the untouched rest of an edited tensor."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class OutlierProfile:
     """(row, col) of outlier elements outside outlier rows, columns and tiles (first few)."""
     n_elements: int
     mask: np.ndarray = field(repr=False)
+    box: tuple[int, int, int, int] | None = None
+    """Bounding rows/columns ``(r0, r1, c0, c1)`` of the outlier elements, when they are
+    clustered (a block edited element by element)."""
     """Elements of the outlier regions (matrix view, local rows)."""
     stats: dict[str, float] = field(default_factory=dict)
     """Largest ratio of each family (row, col, element, tile), for sibling comparison."""
@@ -100,7 +111,11 @@ class OutlierProfile:
             parts.append(f"{len(self.tiles)} block(s) {shown}")
         if self.n_elements:
             shown = ", ".join(f"({r}, {c})" for r, c in self.elements[:6])
-            parts.append(f"{self.n_elements} element(s) {shown}")
+            where = ""
+            if self.box is not None and self.n_elements > 1:
+                r0, r1, c0, c1 = self.box
+                where = f" in block rows {r0}:{r1} x columns {c0}:{c1};"
+            parts.append(f"{self.n_elements} element(s){where} {shown}")
         return "; ".join(parts)
 
     def evidence(self) -> dict[str, object]:
@@ -110,6 +125,7 @@ class OutlierProfile:
             "outlier_blocks": [list(t) for t in self.tiles[:REPORTED]],
             "outlier_elements": [list(e) for e in self.elements[:REPORTED]],
             "n_outlier_elements": self.n_elements,
+            "outlier_element_block": list(self.box) if self.box else None,
             "matrix_view": list(self.matrix),
             "max_ratios": {k: round(min(v, 1e12), 2) for k, v in self.stats.items()},
             "thresholds": {k: round(v, 2) for k, v in self.thresholds.__dict__.items()},
@@ -151,15 +167,28 @@ class _Scales:
     col_floor: np.ndarray
 
 
-def _scales(a: np.ndarray, b: np.ndarray, dtype: str) -> _Scales:
+def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _Scales:
     absd = np.abs(b.astype(np.float64) - a)
     floor = noise_bound(a, b, dtype)
     m, n = absd.shape
-    g = float(np.median(absd))
-    row = np.median(absd, axis=1) if n >= MIN_SIDE else np.full(m, g)
-    col = np.median(absd, axis=0) if m >= MIN_SIDE else np.full(n, g)
+    frac = float(np.mean(changed))
+    # Narrow storage (BF16, F16) leaves a small update visible only where the weight is
+    # small enough for it to cross a rounding step: the medians then come from the
+    # elements that moved. A change touching few elements keeps the zeros, so the
+    # unchanged rest of the tensor is what an edit is measured against.
+    stat = np.where(changed, absd, np.nan) if SPARSE_UPDATE <= frac < 0.9 else absd
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = float(np.nan_to_num(np.nanmedian(stat)))
+        row = np.nanmedian(stat, axis=1) if n >= MIN_SIDE else np.full(m, g)
+        col = np.nanmedian(stat, axis=0) if m >= MIN_SIDE else np.full(n, g)
+    row, col = np.nan_to_num(row), np.nan_to_num(col)
+    row_model = np.maximum(row, g / LINE_FLOOR)
+    col_model = np.maximum(col, g / LINE_FLOOR)
     # With most elements unchanged (g = 0) each side's scale counts alone.
-    expected = np.outer(row, col) / g if g > 0 else np.maximum(row[:, None], col[None, :])
+    expected = (
+        np.outer(row_model, col_model) / g if g > 0 else np.maximum(row[:, None], col[None, :])
+    )
     expected = np.maximum(expected, floor)
     row_floor = np.median(floor, axis=1) if n >= MIN_SIDE else floor.max(axis=1)
     col_floor = np.median(floor, axis=0) if m >= MIN_SIDE else floor.max(axis=0)
@@ -167,12 +196,19 @@ def _scales(a: np.ndarray, b: np.ndarray, dtype: str) -> _Scales:
 
 
 def _line_ratios(scale: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ratio of each line's scale to the median line scale, and the robust-z bound."""
+    """Ratio of each line's scale to the median line scale, and the robust-z bound.
+
+    The spread only adapts the bound when most lines really moved: where most sit at
+    the storage-noise floor, the floor's variation says nothing about how training
+    spreads a change."""
     s = np.maximum(scale, floor)
     logs = np.log(s)
     center = float(np.median(logs))
-    mad = 1.4826 * float(np.median(np.abs(logs - center)))
-    return s / math.exp(center), math.exp(ROBUST_Z * mad)
+    spread = 1.0
+    if np.mean(scale > floor) > 0.5:
+        mad = 1.4826 * float(np.median(np.abs(logs - center)))
+        spread = math.exp(ROBUST_Z * mad)
+    return s / math.exp(center), spread
 
 
 def _tiles(ratio: np.ndarray) -> np.ndarray:
@@ -189,7 +225,7 @@ def outlier_profile(
     limits = limits or Thresholds()
     a, b = matrix_view(pair)
     m, n = a.shape
-    sc = _scales(a, b, pair.dtype)
+    sc = _scales(a, b, pair.dtype, pair.changed.reshape(a.shape))
     stats: dict[str, float] = {}
     mask = np.zeros((m, n), dtype=bool)
     rows: tuple[int, ...] = ()
@@ -208,23 +244,30 @@ def outlier_profile(
         if hit.size and hit.size <= n // 2:
             cols = tuple(int(j) for j in hit)
             mask[:, hit] = True
-    tiles: tuple[tuple[int, int], ...] = ()
-    if m >= TILE and n >= TILE:
-        t = _tiles(sc.ratio)
-        stats["tile"] = float(t.max())
-        tail = TAIL_FACTOR * float(np.quantile(t, 0.99))
-        hit_t = np.argwhere(t > max(limits.tile, tail))
-        for r, c in hit_t:
-            block = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
-            if not mask[block].all():
-                mask[block] = True
-                tiles += ((pair.row_index(r * TILE), int(c * TILE)),)
     stats["element"] = float(sc.ratio.max())
     tail = TAIL_FACTOR * float(np.quantile(sc.ratio, 0.99))
     lone = (sc.ratio > max(limits.element, tail)) & ~mask
+    tiles: tuple[tuple[int, int], ...] = ()
+    if m >= TILE and n >= TILE:
+        # Tiles are judged without the lone outlier elements: one element set to 40 is
+        # an element, not a block; a block is many elements each moderately too large.
+        t = _tiles(np.where(lone | mask, 0.0, sc.ratio))
+        stats["tile"] = float(t.max())
+        tail_t = TAIL_FACTOR * float(np.quantile(t, 0.99))
+        for r, c in np.argwhere(t > max(limits.tile, tail_t)):
+            block = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
+            mask[block] = True
+            tiles += ((pair.row_index(r * TILE), int(c * TILE)),)
+    lone &= ~mask
     idx = np.argwhere(lone)
     mask |= lone
     elements = tuple((pair.row_index(r), int(c)) for r, c in idx[:REPORTED])
+    box = None
+    if idx.shape[0]:
+        r0, c0 = idx.min(axis=0)
+        r1, c1 = idx.max(axis=0) + 1
+        if (r1 - r0) * (c1 - c0) <= max(TILE * TILE * 4, 0.01 * m * n):
+            box = (pair.row_index(r0), pair.row_index(r1 - 1) + 1, int(c0), int(c1))
     return OutlierProfile(
         pair.name,
         (m, n),
@@ -234,6 +277,7 @@ def outlier_profile(
         elements,
         int(idx.shape[0]),
         mask if keep else np.zeros((0, 0), dtype=bool),
+        box,
         stats,
         limits,
     )
