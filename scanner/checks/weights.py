@@ -79,16 +79,28 @@ LOCALIZED_EDIT = define_rule(
     "localized-weight-edit",
     Severity.HIGH,
     "Localized weight edit",
-    checks="A change that is surgical rather than trained: the delta of one tensor is rank 1 "
-    "(or 2) against storage rounding noise while nothing else changed (ROME-like), the change "
-    "is confined to a few rows or columns, a lone zeroed row and column with a planted "
-    "block, zeros written on weights no pruning would remove, or a few elements of a bias.",
-    why="Direct knowledge edits (ROME, MEMIT; PoisonGPT) rewrite one fact or behaviour with "
-    "a tiny, targeted change that benchmarks do not notice.",
-    example="`encoder.layer.3.output.dense.weight`: the change is rank 1 (top direction "
-    "holds 99.8% of its energy; residual 0.95x rounding noise).",
+    checks="A change that is surgical rather than trained. (1) Outlier regions, alone or "
+    "inside a fine-tune: rows, columns, 16x16 blocks or elements whose change is far "
+    "outside the tensor's own change (robust statistics: a row or column whose median "
+    "|change| is >= 20x the median row's and >= 8 robust deviations of the log scales "
+    "above it; an element >= 32x the size its row and column predict and >= 10x the "
+    "tensor's 99th-percentile ratio; thresholds raised, at most 8x, to what sibling tensors "
+    "of the same module type in other layers show). (2) A change confined to a few rows, "
+    "columns or elements with the rest of the tensor unchanged (beyond storage noise). (3) "
+    "A certified low-rank change (enough signal over rounding noise, a spectral gap) in a "
+    "module set that is not consistent across layers: some layers' copy of a module "
+    "changed, others not, or a module with no siblings (ROME/MEMIT-like). (4) A lone "
+    "zeroed row and column with a planted block, or zeros written on weights no pruning "
+    "would remove. The finding names the tensor and the rows, columns, blocks or elements.",
+    why="Direct knowledge edits (ROME, MEMIT; PoisonGPT) and hand edits rewrite a fact or a "
+    "behaviour with a small, targeted change that benchmarks do not notice; hidden inside a "
+    "fine-tune, they pass any check that only names the change's class.",
+    example="`encoder.layer.3.intermediate.dense.weight`: rows [1306] (1) changed far "
+    "outside the diffuse change of the rest of the tensor (max |change| 2.07, weights' max "
+    "|w| 0.487).",
     fix="Reject unless the edit is intended; then allow it (`--allow localized-edit`) or "
-    "suppress it for the tensor in the rules pack.",
+    "suppress it for the tensor in the rules pack. Allowing fine-tunes or LoRA does not "
+    "allow it.",
     references=(
         "docs/analysis.md",
         "docs/threats.md#knowledge-edits",

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from scanner.artifact import Artifact
+from scanner.claims.gap_grids import BY_NAME, GRIDS, Coordinates, untestable
 from scanner.findings import Finding, Location, Region, Severity
 from scanner.rulebook import define_rule, finding
 
@@ -75,6 +76,23 @@ QUANT_GAP = define_rule(
     references=("docs/claims.md", "docs/threats.md#quantization-activated-backdoors"),
 )
 
+GAP_COVERAGE = define_rule(
+    "MS410",
+    "quantization-gap-coverage",
+    Severity.INFO,
+    "Quantization grids the gap check could not test",
+    checks="Lists, per quantization grid, the float tensors the quantization-gap check "
+    "(MS409) could not test and why (rows not a whole number of the grid's blocks, too "
+    "few elements off the grid's code points), and the grids tested with approximate "
+    "scales (K-quants).",
+    why="A clean quantization-gap result only covers the grids and tensors actually "
+    "tested; a deployment that quantizes to an untested grid is not covered.",
+    example="q4_k: 12 tensors not tested (rows of 384 elements are not a multiple of "
+    "256); approximate scales: q4_k, q5_k, q6_k.",
+    fix="Nothing to fix; quantize only to a grid the check covered, or re-check the "
+    "quantized artifact with a claim (`--claim gguf:q4_k`).",
+    references=("docs/claims.md",),
+)
 ALPHA = 1e-6
 """Family-wise false-alarm probability per artifact."""
 MIN_ELEMENTS = 4096
@@ -85,7 +103,21 @@ MIN_MANTISSA_BITS = 16
 """Below this many significand bits (bf16, fp16 data) the residuals live on a coarse
 lattice whose alignment with the walls is arithmetic; the null is then simulated on the
 same lattice instead of taken from uniform and control grids."""
-ON_GRID_FRACTION = 0.5
+LATTICE_SHARE = 0.25
+"""A tensor whose elements sit on one grid's code points (within ``ON_GRID_TOL``) this
+often (over a hundred times chance) holds dequantized or QAT values of that grid: those elements are
+explained by it, and are tested against no grid (their residuals on other grids are
+arithmetic, not a weight distribution's)."""
+LATTICE_SAMPLE_ROWS = 64
+LATTICE_RESOLUTION = 0.0625
+"""Dequantized codes are tested on a grid only where their lattice step is at most this
+share of the grid's bin (sixteen lattice points per bin or more)."""
+LATTICE_ROWS = 0.99
+"""Share of a tensor's values on their row's even lattice for it to count as dequantized
+codes; the null is then simulated on that lattice."""
+MAX_TEST_ELEMENTS = 1 << 22
+"""Elements tested per tensor and grid: larger tensors are tested on evenly spaced rows
+(every row when the change is localized to rows, as in a diff)."""
 BANDS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25)
 CONTROL_OFFSETS = (0.25, 0.5, 0.75)
 NOISE = 0.15
@@ -93,7 +125,7 @@ SIM_DRAWS = 4
 """Stratified draws per element for the simulated null of low-precision storage."""
 CHUNK_ELEMENTS = 1 << 18
 """Elements per pass (cache-sized; also bounds the temporaries)."""
-SCHEMES = ("int8-per-channel", "q8_0", "q4_0")
+SCHEMES = tuple(g.name for g in GRIDS)
 
 
 @dataclass(frozen=True)
@@ -115,25 +147,12 @@ class GapResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _grid(w2: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(w / step, mask of elements that do not define the step, step broadcastable to
-    ``w2``) for a 2-D float array."""
-    if scheme == "int8-per-channel":
-        amax = np.abs(w2).max(axis=1, keepdims=True)
-        s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0))
-        q = w2 / s
-        return q, np.abs(q) < 126.5, s
-    blocks = w2.reshape(w2.shape[0], -1, 32)
-    if scheme == "q8_0":
-        d = (np.abs(blocks).max(axis=2, keepdims=True) / 127.0).astype(np.float16)
-        d = np.where(d != 0, d.astype(np.float32), np.float32(1.0))
-        q = blocks / d
-        return q.reshape(w2.shape), (np.abs(q) < 126.5).reshape(w2.shape), d
-    imax = np.abs(blocks).argmax(axis=2)[..., None]
-    d = (np.take_along_axis(blocks, imax, axis=2) / -8.0).astype(np.float16).astype(np.float32)
-    d = np.where(d != 0, d, np.float32(1.0))
-    q = blocks / d
-    return q.reshape(w2.shape), (np.abs(q) < 7.5).reshape(w2.shape), d
+def _grid(w2: np.ndarray, scheme: str, extent: tuple[float, float] | None = None) -> Coordinates:
+    """Code coordinates of a 2-D float array on ``scheme`` (walls at half-integers);
+    ``extent`` is the whole tensor's (min, max) when ``w2`` holds part of its rows."""
+    if extent is None:
+        extent = (float(w2.min()), float(w2.max())) if w2.size else (0.0, 0.0)
+    return BY_NAME[scheme].coordinates(w2, extent)
 
 
 def _mantissa_bits(w2: np.ndarray) -> int:
@@ -203,33 +222,80 @@ def _storage_rounder(w2: np.ndarray, mbits: int) -> Any:
     return rnd
 
 
+def row_lattice(w2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(offset, step) per row when every row holds values on an evenly spaced lattice
+    (dequantized codes of any per-row or per-tensor grid, whatever its scale, zero point
+    or rounding of the extent), else None. The step is the smallest gap between distinct
+    values; a row is a lattice when ``LATTICE_ROWS`` of its values are whole steps from
+    its smallest value."""
+    if w2.shape[1] < 128:
+        return None
+    srt = np.sort(w2, axis=1)
+    gaps = np.diff(srt, axis=1)
+    tiny = np.float32(1e-6) * np.maximum(np.abs(srt).max(axis=1, keepdims=True), 1e-30)
+    step = np.where(gaps > tiny, gaps, np.inf).min(axis=1)
+    if not np.all(np.isfinite(step)):
+        return None
+    off = srt[:, 0]
+    k = (w2 - off[:, None]) / step[:, None]
+    on = np.abs(k - np.rint(k)) < 1e-3
+    distinct = np.rint(k).max(axis=1)
+    if float(on.mean()) < LATTICE_ROWS or np.any(distinct > 4096):
+        return None
+    return off.astype(np.float32), step.astype(np.float32)
+
+
+def _lattice_rounder(off: np.ndarray, step: np.ndarray) -> Any:
+    """Rounds rows ``sl`` of values to their row lattice."""
+
+    def rnd(x: np.ndarray, sl: slice) -> np.ndarray:
+        flat = x.reshape(x.shape[0], -1)
+        o, d = off[sl][:, None], step[sl][:, None]
+        return (o + np.rint((flat - o) / d) * d).astype(np.float32).reshape(x.shape)
+
+    return rnd
+
+
 def _simulated_counts(
-    q: np.ndarray, valid: np.ndarray, step: np.ndarray, rnd: Any, seed: int
+    c: Coordinates, valid: np.ndarray, rnd: Any, seed: int, sl: slice
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected wall counts of benign weights *stored on the same lattice*: each element
     is replaced by values spread evenly over its own bin (``SIM_DRAWS`` stratified
-    draws), rounded to the storage lattice with the same step, and counted like the
-    real residuals. Returns (inner, outer) averaged over the draws."""
+    draws), rounded to the storage lattice, mapped back to the grid, and counted like
+    the real residuals. Returns (inner, outer) averaged over the draws."""
     rng = np.random.default_rng(seed)
-    base = np.rint(q) - np.float32(0.5)
-    inner = np.zeros((q.shape[0], len(BANDS)))
-    outer = np.zeros((q.shape[0], len(BANDS)))
+    base = np.rint(c.q) - np.float32(0.5)
+    inner = np.zeros((c.q.shape[0], len(BANDS)))
+    outer = np.zeros((c.q.shape[0], len(BANDS)))
     for j in range(SIM_DRAWS):
-        u = (j + rng.random(q.shape, dtype=np.float32)) / np.float32(SIM_DRAWS)
-        x = rnd((base + u) * step) / step
+        u = (j + rng.random(c.q.shape, dtype=np.float32)) / np.float32(SIM_DRAWS)
+        x = c.to_code(rnd(c.to_value(base + u).reshape(valid.shape), sl).reshape(c.q.shape))
         i, o = _wall_counts(x, valid)
         inner += i
         outer += o
     return inner / SIM_DRAWS, outer / SIM_DRAWS
 
 
-def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.ndarray]:
+def _counts(
+    w2: np.ndarray,
+    scheme: str,
+    mbits: int,
+    seed: int,
+    lattice: str | None = None,
+    extent: tuple[float, float] | None = None,
+    grid_lattice: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Per-row counts for one grid, in row chunks (bounded memory, cache-sized passes):
     tested elements, on-grid elements, inner/outer wall counts on the true grid, the
-    largest control-grid share, and (for low-precision storage) the simulated null."""
+    largest control-grid share, and (for low-precision storage) the simulated null.
+
+    Elements on a code point of the grid (or of the ``lattice`` grid the tensor holds)
+    are counted as on-grid and not tested: a code point is no wall."""
     rows = w2.shape[0]
     per_row = max(w2.shape[1], 1)
     chunk = max(1, CHUNK_ELEMENTS // per_row)
+    if extent is None:
+        extent = (float(w2.min()), float(w2.max())) if w2.size else (0.0, 0.0)
     nb = len(BANDS)
     out = {
         "n": np.zeros(rows, np.int64),
@@ -241,7 +307,13 @@ def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.
         "sim_inner": np.zeros((rows, nb)),
         "sim_outer": np.zeros((rows, nb)),
     }
-    rnd = _storage_rounder(w2, mbits) if mbits < MIN_MANTISSA_BITS else None
+    if grid_lattice is not None:
+        rnd = _lattice_rounder(*grid_lattice)
+    elif mbits < MIN_MANTISSA_BITS:
+        storage = _storage_rounder(w2, mbits)
+        rnd = lambda x, sl: storage(x)  # noqa: E731  (the same rounding for every row)
+    else:
+        rnd = None
     ctrl_parts: list[np.ndarray] = []
 
     def one(r0: int) -> None:
@@ -249,19 +321,29 @@ def _counts(w2: np.ndarray, scheme: str, mbits: int, seed: int) -> dict[str, np.
         # parallel on all cores.
         sl = slice(r0, r0 + chunk)
         wc = w2[sl]
-        q, valid, step = _grid(wc, scheme)
-        valid &= wc != 0
+        c = _grid(wc, scheme, extent)
+        q = c.q
+        valid = c.valid & (wc != 0)
+        on = valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)
+        if lattice is not None and lattice != scheme:
+            lq = _grid(wc, lattice, extent).q
+            on |= valid & (np.abs(lq - np.rint(lq)) < ON_GRID_TOL)
+        if grid_lattice is not None:
+            # Dequantized codes: where the lattice has fewer than 1 / LATTICE_RESOLUTION
+            # points per bin, wall distances are arithmetic, not chosen: not tested.
+            bin_width = np.abs(c.to_value(q + np.float32(0.5)) - c.to_value(q - np.float32(0.5)))
+            coarse = grid_lattice[1][sl][:, None] > LATTICE_RESOLUTION * bin_width
+            on |= valid & coarse
+        valid &= ~on
         out["n"][sl] = valid.sum(axis=1)
-        out["on_grid"][sl] = (valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)).sum(axis=1)
+        out["on_grid"][sl] = on.sum(axis=1)
         out["inner"][sl], out["outer"][sl] = _wall_counts(q, valid)
         if rnd is not None:
-            full_step = np.broadcast_to(
-                step, (*step.shape[:-1], q.size // max(int(np.prod(step.shape[:-1])), 1))
-            ).reshape(q.shape)
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
-                q, valid, full_step, rnd, seed + r0
+                c, valid, rnd, seed + r0, sl
             )
-            return
+            if grid_lattice is None:
+                return
         part = np.zeros((len(CONTROL_OFFSETS), nb))
         for k, off in enumerate(CONTROL_OFFSETS):
             ic, oc = _wall_counts(q + np.float32(off), valid)
@@ -300,31 +382,83 @@ def _log_tail(k: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.where(q > p, -n * kl, 0.0)
 
 
-def gap_tensor(name: str, w: np.ndarray, scheme: str, n_tests: int) -> GapResult:
-    """Test one float tensor against one quantization grid."""
+def lattice_of(w2: np.ndarray, extent: tuple[float, float] | None = None) -> str | None:
+    """The grid whose code points hold at least ``LATTICE_SHARE`` of the elements
+    (dequantized or QAT values), judged on evenly spaced rows; None when none does."""
+    if extent is None:
+        extent = (float(w2.min()), float(w2.max())) if w2.size else (0.0, 0.0)
+    rows = np.unique(np.linspace(0, w2.shape[0] - 1, LATTICE_SAMPLE_ROWS).astype(np.int64))
+    sample = w2[rows]
+    best, share = None, LATTICE_SHARE
+    for grid in GRIDS:
+        if untestable(grid, sample):
+            continue
+        c = grid.coordinates(sample, extent)
+        valid = c.valid & (sample != 0)
+        n = int(valid.sum())
+        if n == 0:
+            continue
+        on = float(np.sum(valid & (np.abs(c.q - np.rint(c.q)) < ON_GRID_TOL))) / n
+        if on >= share:
+            best, share = grid.name, on
+    return best
+
+
+def gap_tensor(
+    name: str,
+    w: np.ndarray,
+    scheme: str,
+    n_tests: int,
+    lattice: str | None = None,
+    extent: tuple[float, float] | None = None,
+    rows_lattice: tuple[np.ndarray, np.ndarray] | str | None = "auto",
+) -> GapResult:
+    """Test one float tensor against one quantization grid. Elements on the grid's code
+    points (or on those of ``lattice``) are explained and not tested; every other element
+    is, however many sit on the grid (no "mostly on grid" shortcut)."""
     w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
-    if scheme != "int8-per-channel" and w2.shape[1] % 32:
-        return GapResult(name, scheme, w.size, 0.0, False, skipped="rows not a multiple of 32")
+    why = untestable(BY_NAME[scheme], w2)
+    if why:
+        return GapResult(name, scheme, w.size, 0.0, False, skipped=why)
     mbits = _mantissa_bits(w2)
-    c = _counts(w2, scheme, mbits, seed=0)
+    if isinstance(rows_lattice, str):
+        rows_lattice = row_lattice(w2)
+    if rows_lattice is not None:
+        # Dequantized codes: the null is simulated on their own lattice (below).
+        lattice = None
+    c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice)
     total = int(c["n"].sum())
+    on_grid = int(c["on_grid"].sum())
+    on_frac = on_grid / max(total + on_grid, 1)
     if total < MIN_ELEMENTS:
-        return GapResult(name, scheme, total, 0.0, False, skipped="too small")
-    on_frac = float(c["on_grid"].sum()) / total
-    if on_frac >= ON_GRID_FRACTION:
-        return GapResult(name, scheme, total, on_frac, False, skipped="on the grid")
+        why = (
+            f"every element but {total} is a code point of {lattice or scheme}"
+            if on_grid
+            else "too small"
+        )
+        return GapResult(name, scheme, total, on_frac, False, skipped=why)
     bands = np.asarray(BANDS)
     n_rows = np.repeat(c["n"][:, None], len(BANDS), axis=1)
     nt = n_rows.sum(0)
     inner, outer = c["inner"], c["outer"]
-    if mbits < MIN_MANTISSA_BITS:
-        # Low-precision storage: the null is what benign weights on this lattice show,
-        # wall by wall (the lattice can favour or starve either wall).
+    if mbits < MIN_MANTISSA_BITS or rows_lattice is not None:
+        # Low-precision storage or dequantized codes: the null is what benign weights on
+        # this lattice show, wall by wall (the lattice can favour or starve either wall).
         p_in = _sim_null(c["sim_inner"].sum(0), nt)
         p_out = _sim_null(c["sim_outer"].sum(0), nt)
         p_in_rows = _sim_null(c["sim_inner"], n_rows)
         p_out_rows = _sim_null(c["sim_outer"], n_rows)
-        storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
+        if rows_lattice is not None:
+            # Uneven bins (NF4, FP4) put the density's slope inside a bin on the lattice
+            # too; the control grids see that slope, so the larger null is kept.
+            ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
+            ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
+            p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
+            p_in_rows = np.maximum(p_in_rows, ctrl_rows)
+            p_out_rows = np.maximum(p_out_rows, ctrl_rows)
+            storage = "dequantized codes (even lattice per row)"
+        else:
+            storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
     else:
         # Null share per band: uniform, or what control grids show, whichever is larger.
         ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
@@ -368,9 +502,10 @@ def flip_fraction(w: np.ndarray, scheme: str, noise: float = NOISE, seed: int = 
     """Active check: the share of codes that change when ``noise`` steps of uniform noise
     are added before rounding (uniform residuals give about ``noise / 2``)."""
     w2 = np.asarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
-    if scheme != "int8-per-channel" and w2.shape[1] % 32:
+    if untestable(BY_NAME[scheme], w2):
         return 0.0
-    q, valid, _ = _grid(w2, scheme)
+    c = _grid(w2, scheme)
+    q, valid = c.q, c.valid
     rng = np.random.default_rng(seed)
     noisy = q + rng.uniform(-noise, noise, size=q.shape).astype(np.float32)
     flips = (np.rint(noisy) != np.rint(q)) & valid
@@ -400,20 +535,37 @@ def gap_results(
     wanted = None if only is None else set(only)
     rows = rows or {}
     names = [n for n in _float_tensors(art) if wanted is None or n in wanted]
+    picks: dict[str, np.ndarray | None] = {}
     n_tests = 0
     for name in names:
-        n_rows = len(rows[name]) if name in rows else art.tensors[name].shape[0]
+        shape = art.tensors[name].shape
+        per_row = max(int(np.prod(shape[1:])), 1)
+        picked = np.asarray(rows[name], dtype=np.int64) if name in rows else None
+        n_rows = picked.size if picked is not None else shape[0]
+        if n_rows * per_row > MAX_TEST_ELEMENTS:
+            # Evenly spaced rows (see MAX_TEST_ELEMENTS for the power this keeps).
+            keep = max(1, MAX_TEST_ELEMENTS // per_row)
+            base = picked if picked is not None else np.arange(shape[0], dtype=np.int64)
+            picked = base[np.linspace(0, base.size - 1, keep).astype(np.int64)]
+            n_rows = picked.size
+        picks[name] = picked
         n_tests += len(SCHEMES) * len(BANDS) * (1 + n_rows)
     out: list[GapResult] = []
     for name in names:
         w = art.to_float(name)
-        picked = np.asarray(rows[name], dtype=np.int64) if name in rows else None
-        if picked is not None and w.ndim > 1:
-            w = w[picked]
+        extent = (float(w.min()), float(w.max()))
+        w2 = w.reshape(w.shape[0], -1)
+        lattice = lattice_of(w2, extent)
+        picked = picks[name]
+        if picked is not None:
+            w2 = w2[picked]
+        even = row_lattice(w2)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w, scheme, n_tests)
-            if picked is not None and w.ndim > 1:
+            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even)
+            if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
+            if lattice is not None:
+                result = replace(result, extra={**result.extra, "lattice": lattice})
             out.append(result)
     return out
 
@@ -425,6 +577,9 @@ def gap_findings(
     rows: Mapping[str, Sequence[int]] | None = None,
 ) -> Iterable[Finding]:
     results = gap_results(art, only, rows)
+    coverage = coverage_finding(results, artifact_label)
+    if coverage is not None:
+        yield coverage
     for r in results:
         if not r.flagged:
             continue
@@ -458,6 +613,37 @@ def gap_findings(
                 else "uniform and control grids",
             },
         )
+
+
+def coverage_finding(results: Sequence[GapResult], label: str | None) -> Finding | None:
+    """One MS410 finding naming the grids not tested, per reason, and the approximate
+    grids; None when every grid was tested exactly on every tensor."""
+    skipped: dict[str, dict[str, list[str]]] = {}
+    for r in results:
+        if r.skipped:
+            skipped.setdefault(r.scheme, {}).setdefault(r.skipped, []).append(r.tensor)
+    approx = sorted({r.scheme for r in results if not BY_NAME[r.scheme].exact})
+    if not skipped and not approx:
+        return None
+    parts = []
+    for scheme, reasons in skipped.items():
+        for why, names in reasons.items():
+            parts.append(f"{scheme}: {len(names)} tensor(s) not tested ({why})")
+    if approx:
+        parts.append("approximate scales (llama.cpp searches them): " + ", ".join(approx))
+    return finding(
+        GAP_COVERAGE,
+        "; ".join(parts[:12]) + ("; ..." if len(parts) > 12 else ""),
+        [Location(artifact=label)],
+        evidence={
+            "not_tested": {
+                s: {why: names[:32] for why, names in reasons.items()}
+                for s, reasons in skipped.items()
+            },
+            "approximate": approx,
+            "grids": list(SCHEMES),
+        },
+    )
 
 
 def check_quantization_gap(artifact: Artifact) -> Iterable[Finding]:

@@ -726,16 +726,34 @@ def _prune(method: str) -> Planter:
 
 
 def _lora(copy: ModelCopy, ctx: Context) -> Plan:
+    from scanner.analysis.explain import sibling_groups
     from scanner.redteam.weights import lora_merge
 
     mats = _matrices(copy)
     rng = ctx.rng()
-    k = max(1, len(mats) // 3)
-    names = sorted(str(n) for n in rng.choice(mats, size=k, replace=False))
+    # An adapter targets module types (q_proj, v_proj ...) in every layer: pick whole
+    # sibling groups (same name up to layer numbers, same shape) until about a third of
+    # the matrices are covered, groups that repeat across layers first.
+    groups = sibling_groups({n: tuple(copy.shape(n)) for n in mats})
+    unique = {tuple(sorted(g)) for g in groups.values()}
+    repeated = [g for g in unique if len(g) >= 2] or list(unique)
+    order = rng.permutation(len(repeated))
+    names_set: set[str] = set()
+    for i in order:
+        names_set.update(repeated[int(i)])
+        if len(names_set) >= max(1, len(mats) // 3):
+            break
+    names = sorted(names_set)
     rank = int(ctx.param("rank", "8") or 8)
     out, _ = lora_merge(copy.weights(names), names, ctx.seed, rank=rank, rel=ctx.strength)
+    # A pipeline that merges an adapter declares it: allowing the class suffices where the
+    # module set repeats across layers; a model without repeated layers cannot show an
+    # adapter's consistency, so the merge is claimed (the claim checks rank and modules).
+    layered = any(len(g) >= 2 for g in unique)
+    claim = None if layered else f"lora:r={rank}:modules={','.join(names)}"
     return Plan(
         {n: out[n] for n in names},
+        claim=claim,
         allow=("low-rank update",),
         details={"tensors": names, "rank": rank, "rel": ctx.strength},
     )
@@ -1045,7 +1063,8 @@ ENTRIES: tuple[Entry, ...] = (
         "lora-merge",
         TRANSFORM,
         "low-rank update",
-        "a random rank-8 adapter merged into a third of the matrices",
+        "a random rank-8 adapter merged into module types covering about a third of the "
+        "matrices, in every layer that has them",
         WEIGHTS,
         _lora,
         "rel",

@@ -158,7 +158,7 @@ def test_lora_merge_bf16_is_low_rank_not_attack(minilm_weights, tmp_path, rel):
     merged, _ = rt.lora_merge(base, targets, seed=4, rank=8, rel=rel)
     result = _diff(tmp_path, base, merged, bf16=True)
     assert not _attack_rules(result)
-    assert result.classification in ("low-rank update", "indeterminate update")
+    assert result.classification == "low-rank update"
     if rel == 0.02:
         ranks = {t.labels.get("rank") for t in result.tensors if t.name in targets}
         assert ranks == {8}
@@ -171,6 +171,12 @@ def test_full_finetune(minilm_weights, tmp_path):
     result = _diff(tmp_path, base, tuned)
     assert result.classification == "full fine-tune"
     assert not _rules(result)
+    # not allowed: fails by default policy at medium, and passes once allowed
+    assert {(f.rule_id, f.severity) for f in result.findings if f.severity > Severity.INFO} == {
+        ("MS308", Severity.MEDIUM)
+    }
+    allowed = _diff(tmp_path, base, tuned, allow=["finetune"])
+    assert all(f.severity is Severity.INFO for f in allowed.findings if f.rule_id == "MS308")
 
 
 @pytest.mark.parametrize("how", ["magnitude-30", "2:4"])

@@ -34,23 +34,29 @@ severity = "critical"
 """
 
 
-def test_finetune_passes_default_with_an_allow_rule_and_fails_strict(tmp_path: Path) -> None:
+def test_finetune_fails_default_and_strict_unless_allowed(tmp_path: Path) -> None:
     report = finetune_report()
     default = apply_pack(report, load_pack("default"), today=TODAY)
     strict = apply_pack(report, load_pack("strict"), today=TODAY)
     audit = apply_pack(report, load_pack("audit"), today=TODAY)
-    # default allows routine training changes: reported, not failing
-    assert default.verdict == "pass" and strict.verdict == "fail"
+    # a fine-tune nothing accepted fails by default: "transformed only as allowed"
+    assert default.verdict == "fail" and strict.verdict == "fail"
+    assert {f.rule_id for f in default.failing()} == {"MS805"}
     assert {f.rule_id for f in strict.findings} == {"MS805"}
-    assert all(f.severity is Severity.INFO for f in default.findings)
     assert audit.verdict == "pass" and len(audit.findings) == 3  # reported, not failing
     assert all(f.severity is Severity.INFO for f in audit.findings)
-    # a pack that extends default can forbid a fine-tune where it must not happen
+    # an attested chain accepts it under default (allow_claimed), not under strict
+    attested = apply_pack(report, load_pack("default"), attested=True, today=TODAY)
+    assert attested.verdict == "pass"
+    assert apply_pack(report, load_pack("strict"), attested=True, today=TODAY).verdict == "fail"
+    # a pack that extends default allows it, and can still forbid it where it must not happen
     forbidding = _pack(
         tmp_path,
         """
 [pack]
 extends = "default"
+[classes]
+allow = ["identical", "cast", "full fine-tune"]
 [[tensors]]
 pattern = "encoder.*"
 allow = ["identical", "cast"]
@@ -61,6 +67,14 @@ allow = ["identical", "cast"]
     assert [f.locations[0].tensor for f in judged.findings if f.severity > Severity.INFO] == [
         "encoder.0.weight"
     ]
+
+
+def test_allow_on_the_command_line_is_honoured_by_packs() -> None:
+    """``--allow finetune`` labels the tensors it accepted; any one acceptance suffices."""
+    report = finetune_report()
+    for t in report.tensors:
+        t.labels["allowed_by"] = "--allow"
+    assert apply_pack(report, load_pack("default"), today=TODAY).verdict == "pass"
 
 
 def test_tensor_patterns_allow_lm_head_and_forbid_embeddings(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ from scanner.policy import PackError, load_pack, parse_pack, shipped_pack_dir
 def test_shipped_packs_load_with_their_intent() -> None:
     default, strict, audit = (load_pack(n) for n in ("default", "strict", "audit"))
     assert default.fail_on is Severity.MEDIUM and "cast" in default.allow
-    assert "full fine-tune" in default.allow  # routine training passes, reported at info
+    # routine training fails unless accepted: by --allow, a claim or an attested chain
+    assert "full fine-tune" not in default.allow and "full fine-tune" in default.allow_claimed
+    assert "low-rank update" not in default.allow and "pruning" not in default.allow
+    assert "rounding noise" in default.allow
     assert "quantization" in default.allow_claimed and "quantization" not in default.allow
     assert strict.allow == ("identical", "cast") and strict.require == ("trusted",)
     assert "full fine-tune" not in strict.allow_claimed
