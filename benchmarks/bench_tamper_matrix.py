@@ -3,10 +3,11 @@ several seeds, plus the benign twins; prints and writes a markdown table.
 
     PYTHONPATH=. python benchmarks/bench_tamper_matrix.py --seeds 2 -o matrix.md
 
-Per cell: the detection rate over all magnitudes and seeds, the rate at or above the
-stated bound (``tests/tamper/test_matrix.py``: 8 rounding bounds when alone, cast or in
-codes; 0.5 median |w| under a fine-tune or LoRA merge; one code step), and the smallest
-magnitude from which every trial (that one and all larger) was detected ("-": none).
+Per cell: detected / trials over all magnitudes and seeds, the same at or above the
+stated bound (``BOUND`` in ``tests/tamper/matrix.py``: 8 rounding bounds alone or after a
+cast, one code step in codes, 0.5 median |w| under a fine-tune or LoRA merge), and the
+smallest magnitude from which every trial (at it and all larger) was detected ("-":
+none).
 Missed trials are listed with what the scanner reported. Benign twins: each is run
 with its claim or ``--allow`` (must pass) and without (must carry no attack or outlier
 finding); the false-alarm rate is over both.
@@ -76,29 +77,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(trials, twins, seconds: float, args) -> str:  # type: ignore[no-untyped-def]
+    """One row per (model, storage, host), one column per shape; a cell reads
+    ``detected/trials · at-or-above-bound detected/trials · all detected from``."""
+    from tests.tamper.regions import REGIONS
+
+    rows = sorted({k[:3] for k in trials})
     lines = [
-        "| model | storage | host | shape | detected | at/above bound | all detected from |",
-        "|---|---|---|---|---|---|---|",
+        "| model | storage | host | " + " | ".join(REGIONS) + " |",
+        "|---|---|---|" + "---|" * len(REGIONS),
     ]
     total = hit = total_b = hit_b = 0
-    for key in sorted(trials):
-        ts = trials[key]
-        n, k = len(ts), sum(t.detected for t in ts)
-        above = [t for t in ts if at_bound(t.cell)]
-        nb, kb = len(above), sum(t.detected for t in above)
-        total, hit, total_b, hit_b = total + n, hit + k, total_b + nb, hit_b + kb
-        lines.append(f"| {' | '.join(key)} | {k}/{n} | {kb}/{nb} | {smallest(ts, key[1])} |")
+    for row in rows:
+        cells = []
+        for shape in REGIONS:
+            ts = trials.get((*row, shape), [])
+            if not ts:
+                cells.append("")
+                continue
+            n, k = len(ts), sum(t.detected for t in ts)
+            above = [t for t in ts if at_bound(t.cell)]
+            nb, kb = len(above), sum(t.detected for t in above)
+            total, hit, total_b, hit_b = total + n, hit + k, total_b + nb, hit_b + kb
+            cells.append(f"{k}/{n} · {kb}/{nb} · {smallest(ts, row[1])}")
+        lines.append(f"| {' | '.join(row)} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(
-        f"All cells: {hit}/{total} trials detected; at or above the bound: {hit_b}/{total_b}."
-    )
+    lines.append(f"All trials: {hit}/{total} detected; at or above the bound: {hit_b}/{total_b}.")
+    missed = [t for ts in trials.values() for t in ts if at_bound(t.cell) and not t.detected]
+    if missed:
+        lines += ["", "Missed at or above the bound (cell, seed, tensor: what was reported):", ""]
+        for t in missed:
+            lines.append(f"- `{t.cell.label}` seed {t.seed} `{t.tensor}`: {t.verdict.summary()}")
     if twins:
         alarms = [t for t in twins if t.false_alarm]
         lines += ["", "| model | benign twin | with claim/--allow | without |", "|---|---|---|---|"]
         for t in twins:
-            bare = (
-                ", ".join(sorted({f["rule_id"] for f in t.bare.attacks()})) or "no attack finding"
-            )
+            attacks = sorted({f["rule_id"] for f in t.bare.attacks()})
+            bare = ", ".join(attacks) or "no attack finding"
             lines.append(
                 f"| {t.model} | {t.name} `{' '.join(t.args)}` | exit {t.verdict.code} | "
                 f"exit {t.bare.code}, {bare} |"
