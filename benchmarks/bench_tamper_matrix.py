@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                     key = (cell.model, cell.storage, cell.host, cell.shape)
                     trials[key].append(t)
                     if not t.detected:
-                        print(f"missed {cell.label} seed {seed}: {t.verdict.summary()}", flush=True)
+                        print(
+                            f"missed {cell.label} seed {seed}: {t.reason}; {t.verdict.summary()}",
+                            flush=True,
+                        )
             if not args.no_twins:
                 for spec in twin_specs(subject, quick=False):
                     twin = benign_twin(subject, spec, work)
@@ -106,7 +109,9 @@ def render(trials, twins, seconds: float, args) -> str:  # type: ignore[no-untyp
     if missed:
         lines += ["", "Missed at or above the bound (cell, seed, tensor: what was reported):", ""]
         for t in missed:
-            lines.append(f"- `{t.cell.label}` seed {t.seed} `{t.tensor}`: {t.verdict.summary()}")
+            lines.append(
+                f"- `{t.cell.label}` seed {t.seed} `{t.tensor}`: {t.reason}; {t.verdict.summary()}"
+            )
     if twins:
         alarms = [t for t in twins if t.false_alarm]
         lines += ["", "| model | benign twin | with claim/--allow | without |", "|---|---|---|---|"]

@@ -100,6 +100,23 @@ class Trial:
     def detected(self) -> bool:
         return self.verdict.code == 1 and any(self._localizes(f) for f in self.verdict.failing())
 
+    @property
+    def reason(self) -> str:
+        """Why a trial counts as missed (empty when detected)."""
+        if self.detected:
+            return ""
+        if self.verdict.code != 1:
+            return f"exit {self.verdict.code}"
+        named = [
+            f
+            for f in self.verdict.failing()
+            for loc in f.get("locations", [])
+            if _same_tensor(loc.get("tensor"), self.tensor)
+        ]
+        if not named:
+            return "fails, tampered tensor not named"
+        return "fails, tensor named, " + ("rows" if self.rows else "columns") + " not located"
+
     def _localizes(self, finding: dict) -> bool:
         for loc in finding.get("locations", []):
             if not _same_tensor(loc.get("tensor"), self.tensor):

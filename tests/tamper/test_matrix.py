@@ -105,9 +105,7 @@ def test_tamper_at_the_bound_fails_and_is_localized(
         t = trial(subject, cell, seed, tmp_path)
         if not t.detected:
             where = f"rows {t.rows}" if t.rows else f"cols {t.cols}" if t.cols else ""
-            missed.append(
-                f"seed {seed} {t.tensor} {where}: exit {t.verdict.code}, {t.verdict.summary()}"
-            )
+            missed.append(f"seed {seed} {t.tensor} {where}: {t.reason}; {t.verdict.summary()}")
     assert not missed, f"{cell.label}: " + "\n".join(missed)
 
 
