@@ -46,6 +46,8 @@ ATTACK_RULES = frozenset(
 """Findings that accuse: attack detectors, outliers, and a claim that does not hold."""
 
 FAILING = ("medium", "high", "critical")
+QUIET_RULES = frozenset({"MS410", "MS502", "MS208"})
+"""Left out of summaries: grids not tested, graph matches, metadata notes."""
 
 FINETUNE_LR = 1e-4
 """The fine-tune a tamper hides under: AdamW, 6 steps (every element moves ~ 5e-4, about
@@ -80,9 +82,14 @@ class Verdict:
         return [f for f in self.findings if f["rule_id"] in ATTACK_RULES]
 
     def summary(self) -> str:
-        return "; ".join(
-            f"{f['rule_id']} {f['severity']}: {f['message'][:90]}" for f in self.findings[:4]
+        """The weightiest findings first (what failed, then how the change was
+        classified); notes about untested grids or graph matches left out."""
+        rank = {"critical": 0, "high": 1, "medium": 2, "low": 3, "info": 4}
+        shown = sorted(
+            (f for f in self.findings if f["rule_id"] not in QUIET_RULES),
+            key=lambda f: rank.get(f["severity"], 5),
         )
+        return "; ".join(f"{f['rule_id']} {f['severity']}: {f['message'][:90]}" for f in shown[:3])
 
 
 @dataclass(frozen=True)
