@@ -16,10 +16,12 @@ finding); the false-alarm rate is over both.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +29,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.tamper.matrix import (  # noqa: E402
+    Cell,
     Trial,
+    Twin,
+    Verdict,
     all_cells,
     at_bound,
     benign_twin,
@@ -45,11 +50,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", nargs="*", default=None, help="only these hosts")
     parser.add_argument("-o", "--output", type=Path, help="write the markdown table here")
     parser.add_argument("--no-twins", action="store_true")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="append every trial and twin to this JSON-lines file and skip those already "
+        "in it (a long run can be resumed, or run in parts)",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="only render the table from --record"
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
+    done_trials, done_twins = load_record(args.record)
+    if not args.render_only:
+        run(args, done_trials, done_twins)
+        done_trials, done_twins = (
+            load_record(args.record) if args.record else (done_trials, done_twins)
+        )
     trials: dict[tuple[str, str, str, str], list[Trial]] = defaultdict(list)
-    twins = []
+    for t in done_trials.values():
+        if t.cell.model in args.models and (not args.hosts or t.cell.host in args.hosts):
+            trials[(t.cell.model, t.cell.storage, t.cell.host, t.cell.shape)].append(t)
+    twins = [t for t in done_twins.values() if t.model in args.models]
+    table = render(trials, twins, time.time() - started, args)
+    print(table)
+    if args.output:
+        args.output.write_text(table)
+    return 0
+
+
+def run(args, done_trials: dict, done_twins: dict) -> None:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for model in args.models:
@@ -58,25 +89,85 @@ def main(argv: list[str] | None = None) -> int:
                 if args.hosts and cell.host not in args.hosts:
                     continue
                 for seed in range(args.seeds):
+                    if (cell.label, 1000 + seed) in done_trials:
+                        continue
                     t = trial(subject, cell, 1000 + seed, work)
-                    key = (cell.model, cell.storage, cell.host, cell.shape)
-                    trials[key].append(t)
+                    done_trials[(cell.label, t.seed)] = t
+                    append(args.record, trial_record(t))
                     if not t.detected:
                         print(
                             f"missed {cell.label} seed {seed}: {t.reason}; {t.verdict.summary()}",
                             flush=True,
                         )
-            if not args.no_twins:
-                for spec in twin_specs(subject, quick=False):
-                    twin = benign_twin(subject, spec, work)
-                    twins.append(twin)
-                    state = "FALSE ALARM" if twin.false_alarm else "ok"
-                    print(f"twin {model} {spec}: {state} (exit {twin.verdict.code})", flush=True)
-    table = render(trials, twins, time.time() - started, args)
-    print(table)
-    if args.output:
-        args.output.write_text(table)
-    return 0
+            if args.no_twins:
+                continue
+            for spec in twin_specs(subject, quick=False):
+                if (model, spec) in done_twins:
+                    continue
+                twin = benign_twin(subject, spec, work)
+                done_twins[(model, spec)] = twin
+                append(args.record, twin_record(twin))
+                state = "FALSE ALARM" if twin.false_alarm else "ok"
+                print(f"twin {model} {spec}: {state} (exit {twin.verdict.code})", flush=True)
+
+
+def append(path: Path | None, record: dict) -> None:
+    if path is not None:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def trial_record(t: Trial) -> dict:
+    return {
+        "trial": asdict(t.cell),
+        "seed": t.seed,
+        "tensor": t.tensor,
+        "rows": list(t.rows),
+        "cols": list(t.cols),
+        "code": t.verdict.code,
+        "findings": list(t.verdict.findings),
+    }
+
+
+def twin_record(t: Twin) -> dict:
+    return {
+        "twin": t.name,
+        "model": t.model,
+        "args": list(t.args),
+        "code": t.verdict.code,
+        "findings": list(t.verdict.findings),
+        "bare_code": t.bare.code,
+        "bare_findings": list(t.bare.findings),
+    }
+
+
+def load_record(path: Path | None) -> tuple[dict, dict]:
+    trials: dict = {}
+    twins: dict = {}
+    if path is None or not path.is_file():
+        return trials, twins
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if "trial" in r:
+            t = Trial(
+                Cell(**r["trial"]),
+                r["seed"],
+                r["tensor"],
+                tuple(r["rows"]),
+                tuple(r["cols"]),
+                Verdict(r["code"], tuple(r["findings"])),
+            )
+            trials[(t.cell.label, t.seed)] = t
+        else:
+            w = Twin(
+                r["model"],
+                r["twin"],
+                tuple(r["args"]),
+                Verdict(r["code"], tuple(r["findings"])),
+                Verdict(r["bare_code"], tuple(r["bare_findings"])),
+            )
+            twins[(w.model, w.name)] = w
+    return trials, twins
 
 
 def render(trials, twins, seconds: float, args) -> str:  # type: ignore[no-untyped-def]
