@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures import real_model
 from fixtures.real_models import MINILM, RAPIDOCR_CLS
+from scanner.analysis.outliers import module_type
 from scanner.checks import weights as weight_checks
 from scanner.diff import diff_open
 from scanner.formats import open_artifact
@@ -87,6 +88,13 @@ def main() -> None:
     def pick(rng: np.random.Generator, k: int, pool: list[str]) -> list[str]:
         return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
 
+    # An adapter targets module types in every layer: two random module types, all layers.
+    module_types = sorted({module_type(m) for m in mats})
+
+    def adapter_targets(rng: np.random.Generator) -> list[str]:
+        chosen = set(pick(rng, 2, module_types))
+        return [m for m in mats if module_type(m) in chosen]
+
     cases: dict[str, tuple[str, str | None, Case]] = {
         "SRA full chain": ("cnn", "MS301", sra(False, None)),
         "SRA last 3, rescaled": ("cnn", "MS301", sra(True, 3)),
@@ -103,9 +111,9 @@ def main() -> None:
         "prune-activated": ("st", "MS307", lambda r, s: (rt.plant_prune_activated(
             mini, pick(r, 1, [m for m in mats if "intermediate" in m])[0], s)[0], False)),
         "LoRA r=8 0.5% bf16": ("st", None, lambda r, s: (rt.lora_merge(
-            mini, pick(r, 8, mats), s, 8, 0.005)[0], True)),
+            mini, adapter_targets(r), s, 8, 0.005)[0], True)),
         "LoRA r=8 2% bf16": ("st", None, lambda r, s: (rt.lora_merge(
-            mini, pick(r, 8, mats), s, 8, 0.02)[0], True)),
+            mini, adapter_targets(r), s, 8, 0.02)[0], True)),
         "full fine-tune": ("st", None, lambda r, s: (rt.simulate_finetune(
             mini, s, float(r.uniform(0.002, 0.02)))[0], False)),
         "magnitude prune 30%": ("st", None, lambda r, s: (rt.magnitude_prune(mini, mats, 0.3)[0], False)),  # noqa: E501

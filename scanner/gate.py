@@ -99,14 +99,16 @@ def run_gate(
             gate["signature"] = sig.record
             gate["steps"].append("signature")
         attested = False
+        signed: frozenset[str] = frozenset()
         if request.attestations is not None:
-            chain, attested = _chain(request, now)
+            chain, attested, signed = _chain(request, now)
             findings.extend(chain.findings)
             gate["chain"] = chain.record
             gate["steps"].append("attestation chain")
         report = _analyse(request, progress, analyzers)
         gate["steps"].extend(["diff", "scan"] if request.trusted is not None else ["scan"])
         gate["attested"] = attested
+        gate["signed_classes"] = sorted(signed)
         gate["checked"], gate["not_checked"] = _coverage(request, gate)
         fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
         fields.update(
@@ -115,7 +117,12 @@ def run_gate(
             evidence={**report.evidence, "gate": gate},
         )
         return apply_pack(
-            Report(**fields), request.pack, attested=attested, today=today, fail_on=request.fail_on
+            Report(**fields),
+            request.pack,
+            attested=attested,
+            signed=signed,
+            today=today,
+            fail_on=request.fail_on,
         )
 
 
@@ -230,7 +237,16 @@ def check_signature(
     return (), record
 
 
-def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bool]:
+# Step kinds that cannot be re-derived, and the change classes a verified, signed step of
+# that kind vouches for (the pack still decides: they count as claimed, so they pass
+# only where the pack's ``allow_claimed`` lists them).
+SIGNED_STEP_CLASSES = {
+    "fine-tune": ("full fine-tune", "low-rank update", "rounding noise"),
+    "train": ("full fine-tune", "low-rank update", "rounding noise"),
+}
+
+
+def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bool, frozenset[str]]:
     from scanner.claims_bridge import check_step
     from scanner.manifest import build_manifest
     from signing.attest import CheckStatus
@@ -282,13 +298,21 @@ def _chain(request: GateRequest, now: dt.datetime | None) -> tuple[_Evidence, bo
     )
     # Attested means: the chain verified, every step on it was re-derived (not just
     # declared), and it starts at the trusted artifact the diff compares against.
+    rooted = report.passed and (request.trusted is None or trusted_digest in report.roots)
     attested = (
-        report.passed
+        rooted
         and bool(report.steps)
         and all(s.recheck.status is CheckStatus.PASS for s in report.steps)
-        and (request.trusted is None or trusted_digest in report.roots)
     )
-    return _Evidence(findings, to_dict(report)), attested
+    # A verified chain from the trusted artifact vouches, by its signers, for the classes
+    # of its declared (not re-derivable) steps.
+    signed = frozenset(
+        c
+        for s in report.steps
+        if rooted
+        for c in SIGNED_STEP_CLASSES.get(s.step.statement.kind, ())
+    )
+    return _Evidence(findings, to_dict(report)), attested, signed
 
 
 def _analyse(request: GateRequest, progress: Progress, analyzers: Sequence[Any] | None) -> Report:

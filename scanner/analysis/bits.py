@@ -18,6 +18,9 @@ edited row, a light fine-tune elsewhere) neither hide a payload nor make one up:
 - Bit-flip attacks (Rowhammer-style, or a patched file) toggle one or two sign or
   exponent bits in a handful of words: a huge relative change on very few elements.
 
+Scope: float32 (payload widths 8-23 bits) and fp16 (8-10 bits); bf16 has 7 mantissa
+bits, so an 8-bit payload there rewrites exponent bits and reads as a numeric change.
+
 Power: a payload region of about 110 words or more (220 bytes at 2 bytes per word) is
 found in a tensor of a few million words; smaller ones fall under the multiple-test
 bound. Limit: under a fine-tune whose per-word change is larger than the payload width,

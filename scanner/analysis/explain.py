@@ -71,6 +71,9 @@ def explain(
     groups = sibling_groups(shapes)
     fits = fit_all({n: pairs[n] for n in names}, groups)
     low: dict[str, RankProfile] = {}
+    # Siblings whose change reads as low rank without the margin to certify it (an
+    # adapter's weakest direction near the noise) still belong to the adapter's module set.
+    lowish = {n for n, f in fits.items() if f.rank is not None and f.rank.status == "low-rank"}
     for n, f in fits.items():
         ev = f.evidence()
         if f.noise.within:
@@ -92,7 +95,9 @@ def explain(
         else:
             verdicts[n] = Verdict(n, "full fine-tune", "diffuse change", ev)
     shared = _shared_directions(low, verdicts, events)
-    _low_rank_sets({n: p for n, p in low.items() if n not in shared}, groups, verdicts, events)
+    _low_rank_sets(
+        {n: p for n, p in low.items() if n not in shared}, lowish, groups, verdicts, events
+    )
     return fits
 
 
@@ -191,12 +196,13 @@ def _shared_directions(
 
 def _low_rank_sets(
     low: Mapping[str, RankProfile],
+    lowish: set[str],
     groups: Mapping[str, list[str]],
     verdicts: dict[str, Verdict],
     events: list[Event],
 ) -> None:
     """Low-rank tensors outside a consistent module set are a knowledge edit."""
-    covered = {n for n, v in verdicts.items() if v.cls == "rounding noise"} | set(low)
+    covered = {n for n, v in verdicts.items() if v.cls == "rounding noise"} | set(low) | lowish
     edits: list[str] = []
     for n in low:
         siblings = groups.get(n, [n])

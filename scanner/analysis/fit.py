@@ -105,7 +105,7 @@ def fit_tensor(pair: TensorPair, limits: Thresholds | None = None) -> TensorFit:
         )
     prof = outlier_profile(pair, limits)
     mask = prof.mask
-    beyond = (np.abs(b.astype(np.float64) - a) > noise_bound(a, b, pair.dtype)) & ~mask
+    beyond = (np.abs(b - a, dtype=np.float32) > noise_bound(a, b, pair.dtype)) & ~mask
     n_beyond = int(beyond.sum())
     if n_beyond == 0:
         return TensorFit(pair.name, noise, prof, "none", None, changed_fraction=frac)

@@ -57,9 +57,19 @@ class NoiseResult:
 def element_ulp(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     """Ulp of ``dtype`` at ``max(|a|, |b|)`` per element (1 for integer storage)."""
     if dtype not in _MANTISSA:
-        return np.ones(np.shape(a), dtype=np.float64)
-    mag = np.maximum(np.abs(a), np.abs(b)).astype(np.float64)
-    _, exp = np.frexp(mag)  # mag = m * 2**exp with m in [0.5, 1): floor(log2) = exp - 1
+        return np.ones(np.shape(a), dtype=np.float32)
+    mag = np.maximum(np.abs(a), np.abs(b))
+    if dtype in ("F32", "BF16"):
+        # Same exponent range as float32: the spacing of float32 shifted by the mantissa
+        # difference (np.spacing is much cheaper than frexp / ldexp per element).
+        shift = 2.0 ** (_MANTISSA["F32"] - _MANTISSA[dtype])
+        return np.spacing(mag.astype(np.float32, copy=False)) * np.float32(shift)
+    if dtype == "F16":
+        return np.spacing(mag.astype(np.float16)).astype(np.float32)
+    if dtype == "F64":
+        return np.spacing(mag.astype(np.float64))
+    mag64 = mag.astype(np.float64)
+    _, exp = np.frexp(mag64)  # mag = m * 2**exp with m in [0.5, 1): floor(log2) = exp - 1
     exp = np.maximum(exp - 1, _MIN_EXP[dtype])
     return np.ldexp(1.0, exp - _MANTISSA[dtype])
 
@@ -68,8 +78,8 @@ def noise_bound(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     """The largest change of each element that is still storage noise: ``ULP_BOUND``
     ulps of a float dtype, one code of integer storage."""
     if dtype not in _MANTISSA:
-        return np.ones(np.shape(a), dtype=np.float64)
-    return ULP_BOUND * element_ulp(a, b, dtype)
+        return np.ones(np.shape(a), dtype=np.float32)
+    return element_ulp(a, b, dtype) * np.float32(ULP_BOUND)
 
 
 def storage_noise(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str) -> NoiseResult:
@@ -81,7 +91,7 @@ def storage_noise(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str)
         return NoiseResult(True, "storage rounding", 0.0, 0)
     if not (np.all(np.isfinite(ta)) and np.all(np.isfinite(tb))):
         return NoiseResult(False, "", float("inf"), int(ta.size))
-    ulps = np.abs(tb - ta) / element_ulp(ta, tb, dtype)
+    ulps = np.abs(tb - ta) / element_ulp(ta, tb, dtype).astype(np.float64)
     worst = float(ulps.max())
     bound = ULP_BOUND if dtype in _MANTISSA else 1.0
     beyond = int(np.count_nonzero(ulps > bound))

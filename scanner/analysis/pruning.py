@@ -118,7 +118,7 @@ def analyze_zeros(pair: TensorPair) -> PruneResult | None:
     return None
 
 
-GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))
+GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 """Prune ratios always tried on the deployed magnitudes (what a user prunes), besides
 the change points of the energy curve of every ranking."""
 MIN_RATIO = 0.02
@@ -132,7 +132,7 @@ the candidates (a normal z-score; tested a few dozen times per tensor)."""
 NM_GROUPS = ((2, 4), (4, 8))
 """Semi-structured (N:M) patterns whose candidates are tried."""
 POWER_STEPS = 12
-WARM_STEPS = 4
+WARM_STEPS = 3
 
 
 def _change_points(cum: np.ndarray, energy: float) -> list[float]:

@@ -6,8 +6,10 @@ away from the bin walls so that full-precision repair cannot leak across. Its fo
 is in the rounding residual ``r = w/s - round(w/s)``: benign weights spread r evenly over
 [-0.5, 0.5]; attacked ones pile up within the attacker's margin of +/-0.5.
 
-The passive test, per tensor and per row, for int8 symmetric per-channel and for Q8_0 and
-Q4_0 blocks: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
+The passive test, per tensor and per row, on every grid of ``scanner.claims.gap_grids``
+(int8/uint8, symmetric and asymmetric, per tensor and per channel; ggml Q8_0, Q4_0/1,
+Q5_0/1 and K-quants; bitsandbytes NF4/FP4), in code coordinates where walls are the
+half-integers: for bands ``b`` (distance to the nearest wall) from 0.01 to 0.25, count
 residuals within ``b`` of the inner wall (towards zero) and of the outer wall separately,
 and compare each count with its null: the larger of the uniform share ``b`` and the share
 seen on control grids (the same grid shifted by a quarter, half and three quarters of a
@@ -16,9 +18,17 @@ the true grid land inside the control bins). A
 tensor is flagged only when *both* walls show an excess (the attack sides at random; a
 density slope inside bins raises one wall and lowers the other) and the Chernoff bound on
 the binomial tail is below ``ALPHA`` divided by the number of tests (Bonferroni over
-tensors, schemes, bands and rows). Benign twins are set aside first: tensors mostly on
-the grid (``|r| < 1e-3``: QAT or dequantized checkpoints) and tensors too small for a
-histogram.
+tensors, schemes, bands and rows). Elements on a code point (``|r| < 1e-3``) are set
+aside one by one: a code point is no wall, whatever share of the tensor sits there (a
+tensor 51% on the grid still has its other 49% tested). When a tensor holds one grid's
+code points in bulk (``LATTICE_SHARE``, QAT or partly dequantized), those elements are
+set aside for every grid. Grids a tensor cannot be tested on (rows not a whole number of
+blocks, too few elements left) are named in one MS410 finding.
+
+Dequantized codes (every row on an even lattice, whatever the grid that made it): the
+null is simulated on that lattice as for low-precision storage below (and never below
+the control grids' share), on elements where the lattice has at least 16 points per bin;
+coarser places have arithmetic wall distances and are set aside.
 
 Low-precision storage (bf16, fp16: fewer than ``MIN_MANTISSA_BITS`` significand bits in
 use): the residuals of stored values sit on a lattice of a few points per step whose
@@ -32,7 +42,8 @@ weights stored in bf16 or fp16 keep their excess at the lattice points next to t
 
 Cost: one pass per grid, binning every residual's distance to its wall into 1/400-step
 cells and counting them per row with one ``bincount``, in cache-sized row chunks spread
-over all cores; every element of every row is tested (no subsampling).
+over all cores, in float32 (no float64 copy of a tensor). Tensors above
+``MAX_TEST_ELEMENTS`` are tested on evenly spaced rows (the power is stated there).
 
 The active test, reported beside a finding: quantize with and without a uniform noise of
 ``NOISE`` steps and count flipped codes (computed for flagged tensors only). Uniform
@@ -61,10 +72,13 @@ QUANT_GAP = define_rule(
     "quantization-gap",
     Severity.MEDIUM,
     "Weights pile up at quantization bin walls",
-    checks="On full-precision tensors, the rounding residual w/s - round(w/s) for int8 "
-    "symmetric per-channel, Q8_0 and Q4_0 grids: a statistically significant excess of "
-    "residuals near both bin walls (any narrow band, per tensor and per row), with the "
-    "fraction of codes that flip under a small noise as a second signal.",
+    checks="On full-precision tensors, the rounding residual (position in the bin) on "
+    "every commonly deployed grid: int8 symmetric and uint8 asymmetric per tensor and per "
+    "channel, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K/Q5_K/Q6_K (approximate scales), "
+    "bitsandbytes NF4/FP4 (blocks of 64): a statistically significant excess of residuals "
+    "near both bin walls (any narrow band, per tensor and per row), elements on code "
+    "points set aside one by one (never the whole tensor), with the fraction of codes that "
+    "flip under a small noise as a second signal. Grids not tested are named by MS410.",
     why="Quantization-activated backdoors (box-constrained PGD: Ma et al. 2021, Egashira "
     "et al. 2024, 'Mind the Gap' 2025) ship a benign float model whose quantized version "
     "is malicious; the constraint leaves weights pressed against the bin walls.",
@@ -115,9 +129,13 @@ share of the grid's bin (sixteen lattice points per bin or more)."""
 LATTICE_ROWS = 0.99
 """Share of a tensor's values on their row's even lattice for it to count as dequantized
 codes; the null is then simulated on that lattice."""
-MAX_TEST_ELEMENTS = 1 << 22
+MAX_TEST_ELEMENTS = 1 << 18
 """Elements tested per tensor and grid: larger tensors are tested on evenly spaced rows
-(every row when the change is localized to rows, as in a diff)."""
+(at least this many elements). Power: on 262,144 elements the per-tensor test sees 1% of
+the weights pressed within 0.05 of the walls (Chernoff bound near e^-50 against a
+threshold near e^-30 for a large model); the per-row test covers every sampled row, so an attack on
+a share f of the rows is seen on about f of the sampled rows (all rows of a tensor up to
+this size, and in a diff only changed rows are candidates)."""
 BANDS = (0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25)
 CONTROL_OFFSETS = (0.25, 0.5, 0.75)
 NOISE = 0.15
@@ -245,6 +263,20 @@ def row_lattice(w2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return off.astype(np.float32), step.astype(np.float32)
 
 
+def first_occurrences(w2: np.ndarray) -> np.ndarray:
+    """Mask of each row's first occurrence of every value. The binomial test assumes
+    independent residuals; a value repeated by construction (a Fourier basis, a shared
+    constant) is one draw, not many. Pressed weights are distinct values, so setting
+    repeats aside costs an attack nothing."""
+    order = np.argsort(w2, axis=1, kind="stable")
+    srt = np.take_along_axis(w2, order, axis=1)
+    first_sorted = np.ones(w2.shape, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first = np.empty(w2.shape, dtype=bool)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    return first
+
+
 def _lattice_rounder(off: np.ndarray, step: np.ndarray) -> Any:
     """Rounds rows ``sl`` of values to their row lattice."""
 
@@ -284,6 +316,7 @@ def _counts(
     lattice: str | None = None,
     extent: tuple[float, float] | None = None,
     grid_lattice: tuple[np.ndarray, np.ndarray] | None = None,
+    distinct: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-row counts for one grid, in row chunks (bounded memory, cache-sized passes):
     tested elements, on-grid elements, inner/outer wall counts on the true grid, the
@@ -324,6 +357,8 @@ def _counts(
         c = _grid(wc, scheme, extent)
         q = c.q
         valid = c.valid & (wc != 0)
+        if distinct is not None:
+            valid &= distinct[sl]
         on = valid & (np.abs(q - np.rint(q)) < ON_GRID_TOL)
         if lattice is not None and lattice != scheme:
             lq = _grid(wc, lattice, extent).q
@@ -342,8 +377,6 @@ def _counts(
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
                 c, valid, rnd, seed + r0, sl
             )
-            if grid_lattice is None:
-                return
         part = np.zeros((len(CONTROL_OFFSETS), nb))
         for k, off in enumerate(CONTROL_OFFSETS):
             ic, oc = _wall_counts(q + np.float32(off), valid)
@@ -412,6 +445,8 @@ def gap_tensor(
     lattice: str | None = None,
     extent: tuple[float, float] | None = None,
     rows_lattice: tuple[np.ndarray, np.ndarray] | str | None = "auto",
+    distinct: np.ndarray | None = None,
+    distinct_share: float | None = None,
 ) -> GapResult:
     """Test one float tensor against one quantization grid. Elements on the grid's code
     points (or on those of ``lattice``) are explained and not tested; every other element
@@ -426,7 +461,12 @@ def gap_tensor(
     if rows_lattice is not None:
         # Dequantized codes: the null is simulated on their own lattice (below).
         lattice = None
-    c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice)
+    # Non-finite weights (a flipped exponent) give non-finite scales: those elements
+    # fall out of ``valid``, without a warning per grid.
+    with np.errstate(all="ignore"):
+        if distinct is None:
+            distinct = first_occurrences(w2)
+        c = _counts(w2, scheme, mbits, 0, lattice, extent, rows_lattice, distinct)
     total = int(c["n"].sum())
     on_grid = int(c["on_grid"].sum())
     on_frac = on_grid / max(total + on_grid, 1)
@@ -448,14 +488,15 @@ def gap_tensor(
         p_out = _sim_null(c["sim_outer"].sum(0), nt)
         p_in_rows = _sim_null(c["sim_inner"], n_rows)
         p_out_rows = _sim_null(c["sim_outer"], n_rows)
+        # The simulation spreads values evenly inside each bin; where the weights'
+        # density is steep at the scale of a bin (a Fourier basis near +/-1, the uneven
+        # bins of NF4 / FP4) the control grids see that slope, so the larger null is kept.
+        ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
+        ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
+        p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
+        p_in_rows = np.maximum(p_in_rows, ctrl_rows)
+        p_out_rows = np.maximum(p_out_rows, ctrl_rows)
         if rows_lattice is not None:
-            # Uneven bins (NF4, FP4) put the density's slope inside a bin on the lattice
-            # too; the control grids see that slope, so the larger null is kept.
-            ctrl = c["ctrl_sum"].max(axis=0) / np.maximum(nt, 1)
-            ctrl_rows = c["ctrl"] / np.maximum(n_rows, 1)
-            p_in, p_out = np.maximum(p_in, ctrl), np.maximum(p_out, ctrl)
-            p_in_rows = np.maximum(p_in_rows, ctrl_rows)
-            p_out_rows = np.maximum(p_out_rows, ctrl_rows)
             storage = "dequantized codes (even lattice per row)"
         else:
             storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
@@ -469,6 +510,12 @@ def gap_tensor(
     ti, to = inner.sum(0), outer.sum(0)
     # Both walls must show the excess (see the module docstring).
     log_t = np.maximum(_log_tail(ti, nt, p_in), _log_tail(to, nt, p_out))
+    # Values repeated across rows (a shared basis or table, or a coarse storage format)
+    # are not independent draws: the evidence scales with the distinct values, not the
+    # elements (rows are deduplicated in ``distinct`` already).
+    if distinct_share is None:
+        distinct_share = np.unique(w2).size / max(w2.size, 1)
+    log_t = log_t * min(1.0, distinct_share)
     log_t = np.where(nt >= MIN_ELEMENTS, log_t, 0.0)
     # Per row (the attacker may touch some rows only).
     log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows), _log_tail(outer, n_rows, p_out_rows))
@@ -560,8 +607,10 @@ def gap_results(
         if picked is not None:
             w2 = w2[picked]
         even = row_lattice(w2)
+        distinct = first_occurrences(w2)
+        share = np.unique(w2).size / max(w2.size, 1)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even)
+            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even, distinct, share)
             if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
             if lattice is not None:

@@ -88,7 +88,9 @@ def _reshaped(c: Coordinates, shape: tuple[int, ...]) -> Coordinates:
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float16).astype(np.float32)
+    # Scales beyond fp16 (non-finite or huge weights) become inf, as in a ggml file.
+    with np.errstate(over="ignore"):
+        return x.astype(np.float16).astype(np.float32)
 
 
 def int8_symmetric(per_row: bool) -> Callable[[np.ndarray, Extent], Coordinates]:

@@ -69,6 +69,8 @@ class _Context:
     tensors: Mapping[str, TensorDiff]
     attested: bool
     today: dt.date
+    signed: frozenset[str] = frozenset()
+    """Classes a verified chain's signed, declared steps vouch for (count as claimed)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -99,6 +101,7 @@ def apply_pack(
     pack: Pack,
     *,
     attested: bool = False,
+    signed: frozenset[str] = frozenset(),
     today: dt.date | None = None,
     fail_on: Severity | None = None,
 ) -> PolicyReport:
@@ -106,13 +109,16 @@ def apply_pack(
 
     ``attested`` says the deployed artifact's history verified as an attested chain of
     re-derived steps from the trusted artifact, so ``allow_claimed`` classes apply to
-    every tensor. ``fail_on`` (an explicit ``--fail-on``) wins over the pack's.
+    every tensor; ``signed`` names classes a verified chain's declared steps (a signed
+    fine-tune) vouch for, which count as claimed for those classes only. ``fail_on`` (an
+    explicit ``--fail-on``) wins over the pack's.
     """
     ctx = _Context(
         pack=pack,
         tensors=_tensor_index(report.tensors),
         attested=attested,
         today=today or dt.date.today(),
+        signed=frozenset(signed),
     )
     judged: list[Finding] = []
     disabled = 0
@@ -198,7 +204,8 @@ def _allowance(f: Finding, names: list[str], ctx: _Context) -> tuple[str, str] |
     if not names:
         if not isinstance(cls_evidence, str):
             return None
-        allowed, by = ctx.pack.allowed_classes(None, claimed=_claimed(None, f, ctx.attested))
+        claimed = _claimed(None, f, ctx.attested) or cls_evidence in ctx.signed
+        allowed, by = ctx.pack.allowed_classes(None, claimed=claimed)
         return (cls_evidence, by) if cls_evidence in allowed else None
     if not isinstance(cls_evidence, str) and f.rule_id not in CHANGE_REPORT_RULES:
         # A detector's finding (a gap attack, a trigger, non-finite values ...) is not
@@ -214,7 +221,8 @@ def _allowance(f: Finding, names: list[str], ctx: _Context) -> tuple[str, str] |
         )
         if cls is None:
             return None  # an unclassified change is never allowed by class
-        allowed, by = ctx.pack.allowed_classes(name, claimed=_claimed(t, f, ctx.attested))
+        claimed = _claimed(t, f, ctx.attested) or cls in ctx.signed
+        allowed, by = ctx.pack.allowed_classes(name, claimed=claimed)
         if cls not in allowed:
             return None
         sources.append((cls, by))
@@ -243,7 +251,8 @@ def _unallowed_classes(
             continue
         if t.labels.get("allowed_by"):
             continue  # accepted on the command line (--allow): any one acceptance suffices
-        allowed, by = ctx.pack.allowed_classes(t.name, claimed=_claimed(t, None, ctx.attested))
+        claimed = _claimed(t, None, ctx.attested) or cls in ctx.signed
+        allowed, by = ctx.pack.allowed_classes(t.name, claimed=claimed)
         if cls in allowed:
             continue
         settings = ctx.pack.settings(CLASS_NOT_ALLOWED.id, [t.name])

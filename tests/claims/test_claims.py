@@ -228,7 +228,8 @@ def test_quantization_gap(minilm, name: str) -> None:
     q = quantize_int8(w)
     on_grid = q.codes.astype(np.float32) * q.scale[:, None]
     r = gap_tensor(name, on_grid, "int8-per-channel", 10**6)
-    assert not r.flagged and r.skipped == "on the grid"
+    # Every element is a code point: explained, none left to test.
+    assert not r.flagged and "code point" in r.skipped
 
 
 def test_scan_flags_gap_attack_and_cli_claims(

@@ -10,6 +10,7 @@ to be switched to the default analyzers once that classifier lands.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -168,6 +169,26 @@ def test_finetune_passes_an_allowing_pack_and_fails_strict(setup: dict[str, Path
     # the fine-tune itself: a class no claim, --allow or pack accepts (MS308; MS805 for a
     # classified tensor no finding reports)
     assert {"MS308", "MS805"} & {f.rule_id for f in strict.failing()}
+
+
+def test_signed_finetune_chain_is_accepted_by_default_not_without_it(
+    setup: dict[str, Path],
+) -> None:
+    """Default pack: a fine-tune passes when a verified chain of signed fine-tune steps
+    from the trusted artifact vouches for it, and fails (MS308) without the chain."""
+    signed = run_gate(_request(setup, "default"), analyzers=_analyzers())
+    assert signed.evidence["gate"]["signed_classes"] == [
+        "full fine-tune",
+        "low-rank update",
+        "rounding noise",
+    ]
+    assert signed.verdict == "pass", [f.message for f in signed.failing()]
+    unsigned = dataclasses.replace(
+        _request(setup, "default"), attestations=None, chain_policy=None, artifacts=()
+    )
+    judged = run_gate(unsigned, analyzers=_analyzers())
+    assert judged.verdict == "fail"
+    assert {"MS308", "MS805"} & {f.rule_id for f in judged.failing()}
 
 
 def test_cli_gate_with_config_tampered_signature_and_html(
