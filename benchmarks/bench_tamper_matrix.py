@@ -198,10 +198,18 @@ def render(trials, twins, seconds: float, args) -> str:  # type: ignore[no-untyp
     lines.append(f"All trials: {hit}/{total} detected; at or above the bound: {hit_b}/{total_b}.")
     missed = [t for ts in trials.values() for t in ts if at_bound(t.cell) and not t.detected]
     if missed:
-        lines += ["", "Missed at or above the bound (cell, seed, tensor: what was reported):", ""]
+        groups: dict[tuple[str, str], list[Trial]] = defaultdict(list)
         for t in missed:
+            c = t.cell
+            groups[(f"{c.model}/{c.storage}/{c.host}/{c.shape}", t.reason)].append(t)
+        lines += ["", "Missed at or above the bound (cell: trials, magnitudes, why, e.g.):", ""]
+        for (label, reason), ts in sorted(groups.items()):
+            mags = sorted(
+                {t.cell.magnitude for t in ts}, key=magnitudes_for(ts[0].cell.storage).index
+            )
             lines.append(
-                f"- `{t.cell.label}` seed {t.seed} `{t.tensor}`: {t.reason}; {t.verdict.summary()}"
+                f"- `{label}`: {len(ts)} at {', '.join(mags)}: {reason}; "
+                f"`{ts[0].tensor}`: {ts[0].verdict.summary()[:160]}"
             )
     if twins:
         alarms = [t for t in twins if t.false_alarm]
