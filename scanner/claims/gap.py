@@ -240,27 +240,63 @@ def _storage_rounder(w2: np.ndarray, mbits: int) -> Any:
     return rnd
 
 
+LATTICE_LEVELS = 300
+"""Most lattice steps a group of dequantized codes spans (8-bit codes: 255)."""
+LATTICE_BLOCKS = (32, 16)
+"""Scale groups of block-quantized codes (ggml blocks and K-quant sub-blocks) tried when
+rows are no single even lattice."""
+
+
+def _even(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(offset, step, share of values on the lattice) per group along the last axis: the
+    step is the smallest gap between distinct values, a value is on the lattice when it
+    is a whole number of steps from the group's smallest value."""
+    srt = np.sort(x, axis=-1)
+    gaps = np.diff(srt, axis=-1)
+    tiny = np.float32(1e-6) * np.maximum(np.abs(srt).max(axis=-1, keepdims=True), 1e-30)
+    step = np.where(gaps > tiny, gaps, np.inf).min(axis=-1)
+    step = np.where(np.isfinite(step), step, np.float32(1.0))  # one value: any step
+    off = srt[..., 0]
+    # A small group may skip codes, so its smallest gap can be 2-4 steps: per group, the
+    # largest step (smallest divisor) that puts every value on the lattice.
+    best_on = np.zeros(x.shape, dtype=bool)
+    done = np.zeros(step.shape, dtype=bool)
+    chosen = step.copy()
+    for m in (1, 2, 3, 4):
+        cand = step / np.float32(m)
+        k = (x - off[..., None]) / cand[..., None]
+        # More than 8-bit codes is the storage format's lattice, not a quantizer's (fp16
+        # scales times small integers sit on a fine power-of-two lattice).
+        coded = np.rint(k).max(axis=-1, keepdims=True) <= LATTICE_LEVELS
+        on = (np.abs(k - np.rint(k)) < 1e-3) & coded
+        full = on.all(axis=-1) & ~done
+        chosen = np.where(full, cand, chosen)
+        best_on |= on & full[..., None]
+        if m == 1:
+            best_on |= on & ~full[..., None]  # partly on at the plain step
+        done |= full
+    step, on = chosen, best_on
+    return off.astype(np.float32), step.astype(np.float32), float(on.mean())
+
+
 def row_lattice(w2: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(offset, step) per row when every row holds values on an evenly spaced lattice
-    (dequantized codes of any per-row or per-tensor grid, whatever its scale, zero point
-    or rounding of the extent), else None. The step is the smallest gap between distinct
-    values; a row is a lattice when ``LATTICE_ROWS`` of its values are whole steps from
-    its smallest value."""
-    if w2.shape[1] < 128:
-        return None
-    srt = np.sort(w2, axis=1)
-    gaps = np.diff(srt, axis=1)
-    tiny = np.float32(1e-6) * np.maximum(np.abs(srt).max(axis=1, keepdims=True), 1e-30)
-    step = np.where(gaps > tiny, gaps, np.inf).min(axis=1)
-    if not np.all(np.isfinite(step)):
-        return None
-    off = srt[:, 0]
-    k = (w2 - off[:, None]) / step[:, None]
-    on = np.abs(k - np.rint(k)) < 1e-3
-    distinct = np.rint(k).max(axis=1)
-    if float(on.mean()) < LATTICE_ROWS or np.any(distinct > 4096):
-        return None
-    return off.astype(np.float32), step.astype(np.float32)
+    """(offset, step) per scale group, shaped (rows, groups), when the values are
+    dequantized codes: every row on one evenly spaced lattice (any per-row or per-tensor
+    grid, whatever its scale, zero point or rounding of the extent), or every block of
+    32 or 16 (ggml and K-quant scale groups, whatever scales llama.cpp searched). None
+    when less than ``LATTICE_ROWS`` of the values sit on such lattices."""
+    rows, cols = w2.shape
+    if cols >= 128:
+        off, step, share = _even(w2)
+        if share >= LATTICE_ROWS:
+            return off[:, None], step[:, None]
+    for size in LATTICE_BLOCKS:
+        if cols % size:
+            continue
+        off, step, share = _even(w2.reshape(rows, -1, size))
+        if share >= LATTICE_ROWS:
+            return off, step
+    return None
 
 
 def first_occurrences(w2: np.ndarray) -> np.ndarray:
@@ -278,12 +314,12 @@ def first_occurrences(w2: np.ndarray) -> np.ndarray:
 
 
 def _lattice_rounder(off: np.ndarray, step: np.ndarray) -> Any:
-    """Rounds rows ``sl`` of values to their row lattice."""
+    """Rounds rows ``sl`` of values to their lattice (per row or per block)."""
 
     def rnd(x: np.ndarray, sl: slice) -> np.ndarray:
-        flat = x.reshape(x.shape[0], -1)
-        o, d = off[sl][:, None], step[sl][:, None]
-        return (o + np.rint((flat - o) / d) * d).astype(np.float32).reshape(x.shape)
+        o, d = off[sl][:, :, None], step[sl][:, :, None]
+        g = x.reshape(o.shape[0], o.shape[1], -1)
+        return (o + np.rint((g - o) / d) * d).astype(np.float32).reshape(x.shape)
 
     return rnd
 
@@ -367,7 +403,9 @@ def _counts(
             # Dequantized codes: where the lattice has fewer than 1 / LATTICE_RESOLUTION
             # points per bin, wall distances are arithmetic, not chosen: not tested.
             bin_width = np.abs(c.to_value(q + np.float32(0.5)) - c.to_value(q - np.float32(0.5)))
-            coarse = grid_lattice[1][sl][:, None] > LATTICE_RESOLUTION * bin_width
+            per = wc.shape[1] // grid_lattice[1].shape[1]
+            lat_step = np.repeat(grid_lattice[1][sl], per, axis=1)
+            coarse = lat_step > LATTICE_RESOLUTION * bin_width
             on |= valid & coarse
         valid &= ~on
         out["n"][sl] = valid.sum(axis=1)
@@ -497,7 +535,7 @@ def gap_tensor(
         p_in_rows = np.maximum(p_in_rows, ctrl_rows)
         p_out_rows = np.maximum(p_out_rows, ctrl_rows)
         if rows_lattice is not None:
-            storage = "dequantized codes (even lattice per row)"
+            storage = "dequantized codes (even lattice per row or block)"
         else:
             storage = "fp16" if _is_fp16(w2, mbits) else f"{mbits}-bit significand"
     else:

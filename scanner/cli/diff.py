@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Compare DEPLOYED with TRUSTED tensor by tensor: which tensors are identical, "
             "cast, changed (how much, and which rows / columns / blocks), added, removed or "
             "renamed; plus changes to graph, metadata and other files. Any unexplained "
-            "change fails."
+            "change fails; a fine-tune, LoRA merge or pruning fails too until --allow, a "
+            "claim or a rules pack accepts it."
         ),
         epilog="Exit codes: 0 pass, 1 policy failure, 2 could not complete.\n"
         "Example: modelseal diff trusted/ deployed/ --format sarif -o diff.sarif",
@@ -38,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=allow_option,
         action="append",
         default=[],
-        help="accept a class of change (e.g. finetune, low-rank, pruning; an unknown class is "
-        "refused with the list); repeatable",
+        help="accept a class of change (e.g. finetune, lora, prune; an unknown class is "
+        "refused with the list); never accepts localized edits found inside it; repeatable",
     )
     parser.add_argument(
         "--probe",

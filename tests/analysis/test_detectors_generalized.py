@@ -285,3 +285,28 @@ def test_gap_coverage_names_untested_grids(minilm_weights, tmp_path: Path, run_c
     assert "q4_k" in cover[0]["evidence"]["approximate"]
     assert not [f for f in findings if f["rule_id"] == "MS409"]
     assert out.code == 0
+
+
+def test_gap_dequantized_gguf_is_no_attack() -> None:
+    """Rows of a real llama.cpp Q4_K_M file (Q8_0, Q5_0, Q4_K, Q6_K tensors) dequantized to
+    float: their values are block lattices, explained by the quantization, on every grid."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from fixtures.real_models import GEMMA3_Q4_K_M, assembled_model
+
+    reader = GGUFReader(str(assembled_model(GEMMA3_Q4_K_M)))
+    seen: dict[str, str] = {}
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        wanted = kind in ("Q8_0", "Q5_0", "Q4_K", "Q6_K") and kind not in seen
+        if len(t.shape) < 2 or not t.name.startswith("blk.") or not wanted:
+            continue
+        seen[kind] = t.name
+        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1, int(t.shape[0]))
+        w = np.ascontiguousarray(w[:64])
+        assert row_lattice(w) is not None, (t.name, kind)
+        for scheme in SCHEMES:
+            r = _gap(t.name, w, scheme)
+            assert not r.flagged, (t.name, kind, scheme, r.log10_p)
+    assert len(seen) == 4

@@ -242,6 +242,8 @@ def test_finetune_of_a_transformer(mini, tmp_path):
 
 def test_lora_across_every_layer(mini, tmp_path):
     bf16 = True
+    # a two-layer model keeps the three diffs fast; "every layer" is both of them
+    mini = {k: v for k, v in mini.items() if k.startswith(("encoder.layer.4.", "encoder.layer.5."))}
     rng = np.random.default_rng(8)
     merged = dict(mini)
     targets = sorted(k for k in mini if k.endswith(("self.query.weight", "self.value.weight")))
