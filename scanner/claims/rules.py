@@ -370,11 +370,16 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
     # the trusted artifact did not already have, and diff cost must follow the change.
     # An exact cast is a function of the trusted tensor alone, so it carries nothing new
     # either (and casts are whole models: testing them would cost a pass per grid).
+    # Likewise a tensor an earlier analyzer re-derived from the trusted one (a claimed or
+    # inferred conversion, merge or adapter, verified within rounding): a gap attack must
+    # move weights by a fraction of a quantization step, far beyond that bound.
     changed = [
         t
         for t in ctx.changed()
         if t.deployed_dtype is not None
         and not (t.status is TensorStatus.CAST and t.cast is not None and t.cast.exact)
+        and t.name not in ctx.explained
+        and (t.deployed_name or t.name) not in ctx.explained
     ]
     if not changed:
         return Analysis()

@@ -1,4 +1,8 @@
-"""Trusted-vs-deployed diff: pairing, comparison, localization, pluggable analyses."""
+"""Trusted-vs-deployed diff: pairing, comparison, localization, pluggable analyses.
+
+The engine runs the analyzers it is handed; ``scanner.api.diff_artifacts`` and
+``scanner.api.diff_open`` run it with the product's analyzers.
+"""
 
 from scanner.diff.engine import (
     Analysis,
@@ -7,8 +11,6 @@ from scanner.diff.engine import (
     FileChange,
     PairAnalyzer,
     PairContext,
-    diff_artifacts,
-    diff_open,
 )
 from scanner.diff.model import CHANGE_CLASSES, Localization, TensorDiff, TensorStatus, ValueDelta
 from scanner.diff.options import DiffOptions
@@ -26,6 +28,4 @@ __all__ = [
     "TensorDiff",
     "TensorStatus",
     "ValueDelta",
-    "diff_artifacts",
-    "diff_open",
 ]

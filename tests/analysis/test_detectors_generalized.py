@@ -20,9 +20,9 @@ from fixtures.real_models import SILERO_ST
 from scanner.analysis.bits import analyze_bits
 from scanner.analysis.pruning import analyze_prune_activated
 from scanner.analysis.tensors import TensorPair
+from scanner.api import diff_artifacts
 from scanner.claims.gap import SCHEMES, gap_tensor, lattice_of, row_lattice
 from scanner.claims.gap_grids import BY_NAME
-from scanner.diff import diff_artifacts
 from tests.analysis.weights_io import write_safetensors
 
 ATTN_OUT = "encoder.layer.3.attention.output.dense.weight"  # 384 x 384
