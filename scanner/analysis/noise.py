@@ -10,7 +10,8 @@ a different order) adds about one more. So a changed element is storage noise wh
 and a changed tensor is storage noise only when **every** changed element is. The test
 is element by element on the stored dtype, never on an aggregate: one element beyond the
 bound makes the tensor something else (a fine-tune, an edit) for the other detectors to
-explain. Integer storage (codes) has a step of one code.
+explain. Integer storage (codes) has no rounding noise at all: storing or copying codes
+never changes them, so a changed code needs a claim (re-quantization) to explain it.
 
 A round trip through a narrower float dtype (F32 -> F16/BF16 -> F32) is a cast, i.e. a
 re-derivation: every changed deployed value must equal the trusted value rounded to
@@ -80,8 +81,9 @@ def element_ulp(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def noise_bound(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
-    """The largest change of each element that is still storage noise: ``ULP_BOUND``
-    ulps of a float dtype, one code of integer storage."""
+    """The rounding scale of each element: ``ULP_BOUND`` ulps of a float dtype, one code
+    of integer storage (a floor for statistics; integer codes are never storage noise,
+    see :func:`storage_noise`)."""
     if dtype not in _MANTISSA:
         return np.ones(np.shape(a), dtype=np.float32)
     return element_ulp(a, b, dtype) * np.float32(ULP_BOUND)
@@ -98,7 +100,9 @@ def storage_noise(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str)
         return NoiseResult(False, "", float("inf"), int(ta.size))
     ulps = np.abs(tb - ta) / element_ulp(ta, tb, dtype).astype(np.float64)
     worst = float(ulps.max())
-    bound = ULP_BOUND if dtype in _MANTISSA else 1.0
+    if dtype not in _MANTISSA:
+        return NoiseResult(False, "", worst, int(ta.size))
+    bound = ULP_BOUND
     beyond = int(np.count_nonzero(ulps > bound))
     if beyond == 0:
         return NoiseResult(True, "storage rounding", worst, 0)
