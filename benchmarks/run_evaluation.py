@@ -251,20 +251,19 @@ LIMITS = """## Limits
 What the rows above measure as open, each a limit of the gate as it stands (with the
 detectors of the commit named at the top), never a threshold to tune to these models:
 
-* **An allowed change class is a cover.** A pipeline that allows `low-rank update` or
-  `full fine-tune` (the `default` pack allows both; the adaptive and combination rows add
-  the cover's class the way such a pipeline is configured) passes an edit the classifier
-  files under that class. An adaptive edit sized at the smallest that works (a rank-1
-  classifier backdoor, a single-row key edit) is filed as a fine-tune, a low-rank update
-  or an indeterminate update and passes while it works: the **EVADES** rows. Without a
-  cover the classifier backdoor is caught (localized edit); the single-row key edit is
-  not, under `default`. What closes it: `strict` (nothing passes on a class allowance),
-  or a signed adapter / training attestation instead of a class allowance.
-* **Small unexplained changes are "indeterminate".** `default` allows
-  `indeterminate update`, and generic tampering of one element, row, column or channel
-  of a matrix or kernel is filed there even at 1 x the tensor's std (the `> 1` cells of
-  the minimal-detectable-change tables). Under `strict` the same changes fail from the
-  float32 noise level up.
+* **An allowed fine-tune is a cover.** A pipeline that allows `full fine-tune` (by
+  `--allow`, a claim or a signed training step; the adaptive and combination rows add the
+  cover's class the way such a pipeline is configured) passes an edit fitted into the
+  fine-tune's own delta when it does not stand out from that delta's rows, columns and
+  elements: an adaptive rank-1 classifier backdoor or single-row key edit sized at the
+  smallest that works, under a fine-tune cover, passes while it works (the **EVADES**
+  rows). Without a cover both are caught (localized edit, MS303), as is every generic
+  tamper of one element, row, column, block or channel from about 1e-6 x the tensor's
+  std (the minimal-detectable-change tables). What closes it: a signed training
+  attestation whose claim can be re-derived, or not allowing the class.
+* **LoRA twins outside a transformer encoder are false alarms**: the `lora-merge` twin of
+  the rapidocr CNN and of SmolLM2 (GGUF, re-encoded blocks) fails, while on MiniLM and
+  Silero it passes under its claim (the transform rows with a non-zero rate).
 * **A payload written after a fine-tune** sits in low bytes the fine-tune rewrote
   anyway and passes with the fine-tune (adaptive `payload`, cover `finetune`).
 * **An attack followed by a fine-tune or merge** loses its statistical footprint in the
