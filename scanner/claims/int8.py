@@ -29,7 +29,14 @@ from scanner.claims.base import (
     sorted_rows,
 )
 from scanner.claims.grammar import Claim
-from scanner.claims.layouts import CODE_DTYPES, FLOAT_DTYPES, QuantGroup, _stems, find_groups
+from scanner.claims.layouts import (
+    CODE_DTYPES,
+    FLOAT_DTYPES,
+    QuantGroup,
+    _stems,
+    find_groups,
+    group_scale,
+)
 from scanner.claims.lines import LineProfile, file_share, judge
 from scanner.parallel import run_parallel
 
@@ -196,7 +203,7 @@ def _origin(
     if not removed:
         return None, None
     qmin, qmax = CODE_DTYPES.get(deployed.tensors[g.codes].dtype.name, (-128, 127))
-    scale = np.abs(deployed.to_float(g.scale).astype(np.float64).reshape(-1))
+    scale = np.abs(group_scale(deployed, g).astype(np.float64))
     ranges = {} if ranges is None else ranges
     fits: list[tuple[str, tuple[int, ...], int | None, float]] = []
     for n, perm in removed:
@@ -327,7 +334,7 @@ def check_group(
     c_info = deployed.tensors[g.codes]
     qmin, qmax = CODE_DTYPES[c_info.dtype.name]
     names = g.names
-    scale = deployed.to_float(g.scale).astype(np.float32).reshape(-1)
+    scale = group_scale(deployed, g)
     zp = (
         deployed.array(g.zero_point).astype(np.float32).reshape(-1)
         if g.zero_point

@@ -7,8 +7,10 @@ Recognized layouts (``docs/claims.md`` has the table):
   exporters (``x.weight`` I8 + ``x.weight_scale`` [+ ``x.weight_zero_point``]), and the
   ``x.weight`` + ``x.scales`` / ``x.scale`` / ``x.zeros`` / ``x.zp`` variants;
 * ONNX graph references: ``DequantizeLinear``, ``QLinearConv``, ``QLinearMatMul``,
-  ``MatMulInteger``, ``ConvInteger`` and ``DynamicQuantizeLSTM`` name their weight, scale
-  and zero-point inputs explicitly, and the node type fixes the channel axis;
+  ONNX Runtime's ``QGemm``, ``MatMulInteger``, ``ConvInteger`` and ``DynamicQuantizeLSTM``
+  name their weight, scale and zero-point inputs explicitly, and the node type fixes the
+  channel axis; the int32 bias of ``QLinearConv`` / ``QGemm`` has no stored scale of its
+  own, its scale being the input's times the weight's;
 * weight-only int8 dequantized in the graph by hand: integer codes -> ``Cast`` to float
   [-> ``Sub`` zero point] -> ``Mul`` by a float scale initializer (``X_q`` + ``X_scale``
   as some vendors export); the scale's shape (e.g. ``[rows, 1]``) gives the axis.
@@ -22,6 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 from scanner.artifact import Artifact
 
@@ -62,10 +67,23 @@ class QuantGroup:
     """Channel axis stated by the graph (None: infer from shapes)."""
     op: str = ""
     """The graph operator that consumes the codes, if known."""
+    scale_factors: tuple[str, ...] = ()
+    """Further tensors the scale is multiplied by (an int32 bias of a QOperator node is
+    stored at input scale x weight scale, with no scale tensor of its own)."""
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.codes, self.scale, self.zero_point) if n)
+        return tuple(n for n in (self.codes, self.scale, self.zero_point, *self.scale_factors) if n)
+
+
+def group_scale(deployed: Artifact, group: QuantGroup) -> np.ndarray:
+    """The group's scale as float32, multiplied out as the runtime does."""
+    scale = deployed.to_float(group.scale).astype(np.float32).reshape(-1)
+    for factor in group.scale_factors:
+        scale = (scale * deployed.to_float(factor).astype(np.float32).reshape(-1)).astype(
+            np.float32
+        )
+    return scale
 
 
 def _stems(name: str) -> list[str]:
@@ -98,12 +116,23 @@ def _sibling(tensors: Mapping[str, object], name: str, suffixes: tuple[str, ...]
     return None
 
 
-# Which inputs of which op are (codes, scale, zero point), and the channel axis of codes.
-_GRAPH_WEIGHT_INPUTS: dict[str, list[tuple[int, int, int | None, int | None]]] = {
-    "DequantizeLinear": [(0, 1, 2, None)],
-    "QLinearConv": [(3, 4, 5, 0)],
-    "QLinearMatMul": [(3, 4, 5, 1)],
-    "DynamicQuantizeLSTM": [(1, 8, 9, 0), (2, 10, 11, 0)],
+class _Inputs(NamedTuple):
+    """Which inputs of an operator are a quantized weight's codes, scale, zero point and
+    scale factors, and the channel axis of the codes (None: from the node)."""
+
+    codes: int
+    scale: int
+    zero_point: int | None
+    axis: int | None
+    factors: tuple[int, ...] = ()
+
+
+_GRAPH_WEIGHT_INPUTS: dict[str, list[_Inputs]] = {
+    "DequantizeLinear": [_Inputs(0, 1, 2, None)],
+    "QLinearConv": [_Inputs(3, 4, 5, 0), _Inputs(8, 1, None, 0, (4,))],
+    "QLinearMatMul": [_Inputs(3, 4, 5, 1)],
+    "QGemm": [_Inputs(3, 4, 5, None), _Inputs(6, 1, None, 0, (4,))],
+    "DynamicQuantizeLSTM": [_Inputs(1, 8, 9, 0), _Inputs(2, 10, 11, 0)],
 }
 
 
@@ -113,17 +142,24 @@ def find_groups(deployed: Artifact) -> list[QuantGroup]:
     groups: dict[str, QuantGroup] = {}
     if deployed.graph is not None:
         for node in deployed.graph.nodes:
-            for ci, si, zi, axis in _GRAPH_WEIGHT_INPUTS.get(node.op_type, []):
+            for spec in _GRAPH_WEIGHT_INPUTS.get(node.op_type, []):
                 ins = node.inputs
-                if len(ins) <= si or ins[ci] not in tensors or ins[si] not in tensors:
+                ci, si, zi = spec.codes, spec.scale, spec.zero_point
+                if len(ins) <= max(ci, si, *spec.factors):
+                    continue
+                factors = tuple(ins[f] for f in spec.factors)
+                if any(t not in tensors for t in (ins[ci], ins[si], *factors)):
                     continue
                 if tensors[ins[ci]].dtype.name not in CODE_DTYPES:
                     continue
                 zp = ins[zi] if zi is not None and len(ins) > zi and ins[zi] in tensors else None
+                axis = spec.axis
                 if node.op_type == "DequantizeLinear":
                     axis = _attr_axis(deployed, node.name, default=1)
+                elif node.op_type == "QGemm" and axis is None:
+                    axis = 0 if _attr_int(deployed, node.name, "transB", 0) else 1
                 groups[ins[ci]] = QuantGroup(
-                    ins[ci], ins[si], zp, _stems(ins[ci])[0], axis, node.op_type
+                    ins[ci], ins[si], zp, _stems(ins[ci])[0], axis, node.op_type, factors
                 )
             if node.op_type in ("MatMulInteger", "ConvInteger") and len(node.inputs) > 1:
                 code = node.inputs[1]
@@ -150,7 +186,7 @@ def find_groups(deployed: Artifact) -> list[QuantGroup]:
         zp = _sibling(tensors, name, _ZP_SUFFIXES)
         groups[name] = QuantGroup(name, scale, zp, _stems(name)[0])
     # A zero point or scale is never itself a weight.
-    side = {n for g in groups.values() for n in (g.scale, g.zero_point) if n}
+    side = {n for g in groups.values() for n in (g.scale, g.zero_point, *g.scale_factors) if n}
     return [g for n, g in sorted(groups.items()) if n not in side]
 
 
@@ -193,6 +229,10 @@ def _cast_mul_groups(deployed: Artifact) -> list[QuantGroup]:
 
 
 def _attr_axis(art: Artifact, node_name: str, default: int) -> int:
+    return _attr_int(art, node_name, "axis", default)
+
+
+def _attr_int(art: Artifact, node_name: str, attr: str, default: int) -> int:
     model = art.graph.model if art.graph is not None else None
     if model is None:
         return default
@@ -202,7 +242,7 @@ def _attr_axis(art: Artifact, node_name: str, default: int) -> int:
         for index, node in enumerate(graph.node):
             if (node.name or f"{node.op_type}_{index}") == node_name:
                 for a in node.attribute:
-                    if a.name == "axis":
+                    if a.name == attr:
                         return int(a.i)
                 return default
     return default

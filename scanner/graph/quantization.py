@@ -95,13 +95,50 @@ def _collapse_quantization(ed: _Editor) -> None:
 
 
 def _collapsible(ed: _Editor, ql: Node) -> bool:
-    """A QuantizeLinear read only by DequantizeLinear nodes (and not a graph output)."""
+    """A QuantizeLinear read only by DequantizeLinear nodes with its own scale and zero
+    point (and not a graph output): only then is the pair a rounding of its input. A
+    dequantize at another scale rescales the activation, which nothing explains."""
     users = ed.users(ql.outputs[0])
     return (
         bool(users)
         and ql.outputs[0] not in ed.g.outputs
-        and all(ed.g.nodes[u].op == "DequantizeLinear" and s == 0 for u, s in users)
+        and all(
+            ed.g.nodes[u].op == "DequantizeLinear"
+            and s == 0
+            and _same_parameters(ed, ql, ed.g.nodes[u])
+            for u, s in users
+        )
     )
+
+
+def _parameters(ed: _Editor, n: Node) -> tuple[np.ndarray, np.ndarray, int] | None:
+    scale = ed.cval(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else None
+    zp_t = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else ""
+    zp = ed.cval(zp_t) if zp_t else np.zeros(1, dtype=np.uint8)
+    if scale is None or zp is None:
+        return None
+    scale = np.asarray(scale, dtype=np.float64).ravel()
+    axis = int(n.attrs.get("axis", 1)) if scale.size > 1 else 0
+    return scale, np.asarray(zp, dtype=np.int64).ravel(), axis
+
+
+def _same_parameters(ed: _Editor, ql: Node, dq: Node) -> bool:
+    """Whether both nodes carry equal constant scales, zero points and axis. (Two
+    different tensors holding the same value count as the same: QOperator files repeat
+    an activation's scale beside each operator that reads it.)"""
+    if ql.inputs[1:] == dq.inputs[1:] and ql.attrs.get("axis") == dq.attrs.get("axis"):
+        return True
+    a, b = _parameters(ed, ql), _parameters(ed, dq)
+    if a is None or b is None:
+        return False
+    return _equal(a[0], b[0]) and _equal(a[1], b[1]) and a[2] == b[2]
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal values, a single value standing for a uniform vector."""
+    if a.size != b.size and min(a.size, b.size) != 1:
+        return False
+    return bool(np.all(a == b))
 
 
 def _collapse_dynamic(ed: _Editor, n: Node) -> None:

@@ -35,6 +35,7 @@ from scanner.graph.editor import (
     _Editor,
 )
 from scanner.graph.fold import _fold_into_conv, _folded_bound, _moved_atol
+from scanner.graph.qoperator import expand_qoperator
 from scanner.graph.quantization import _collapse_quantization, _round_trip
 
 
@@ -55,6 +56,8 @@ def normalize(g: CanonicalGraph) -> None:
         _unfuse(ed)
         g.index()
         _expand_contrib(ed)
+        g.index()
+        expand_qoperator(ed)
         g.index()
         _div_to_mul(ed)
         g.index()

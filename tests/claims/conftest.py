@@ -111,10 +111,14 @@ def rapidocr_float(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def onnx_quantized(work: Path) -> dict[str, Path]:
     """The float classifier and its onnxruntime int8 per-channel quantizations:
-    ``float``, ``dynamic`` (ConvInteger / MatMulInteger) and ``qdq`` (static, QDQ format,
-    calibrated on two seeded random images)."""
+    ``float``, ``dynamic`` (ConvInteger / MatMulInteger), ``qdq`` (static, QDQ format, calibrated on
+    two seeded random images), ``qoperator`` (the same static quantization written as
+    QLinearConv / QLinearMatMul operators), and ``fused`` (onnxruntime's basic
+    optimizations: BatchNormalization folded into Conv biases) with its QOperator
+    quantization ``fused_qoperator`` (int32 biases, a QGemm)."""
     import logging
 
+    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -126,6 +130,7 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
     src = rapidocr_float(work)
     dyn = work / "cls_dynamic.onnx"
     qdq = work / "cls_qdq.onnx"
+    qop = work / "cls_qoperator.onnx"
     # onnxruntime logs a preprocessing hint per call; it says nothing about the result.
     logging.getLogger().setLevel(logging.ERROR)
     quantize_dynamic(str(src), str(dyn), weight_type=QuantType.QInt8, per_channel=True)
@@ -140,12 +145,33 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
-    quantize_static(
-        str(src),
-        str(qdq),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-    )
-    return {"float": src, "dynamic": dyn, "qdq": qdq}
+    # onnxruntime's basic optimizations fold BatchNormalization into the Conv weights
+    # and biases and turn the classifier's MatMul + Add into a Gemm: quantized, the
+    # biases become int32 codes and the Gemm a QGemm.
+    fused = work / "cls_fused.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(fused)
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    fused_qop = work / "cls_fused_qoperator.onnx"
+    for source, path, fmt in (
+        (src, qdq, QuantFormat.QDQ),
+        (src, qop, QuantFormat.QOperator),
+        (fused, fused_qop, QuantFormat.QOperator),
+    ):
+        quantize_static(
+            str(source),
+            str(path),
+            Reader(),
+            quant_format=fmt,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
+    return {
+        "float": src,
+        "dynamic": dyn,
+        "qdq": qdq,
+        "qoperator": qop,
+        "fused": fused,
+        "fused_qoperator": fused_qop,
+    }

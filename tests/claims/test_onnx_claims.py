@@ -20,7 +20,11 @@ from tests.claims.conftest import FRACTION
 
 TAMPERED = "conv11_se_1_weights"
 """The largest quantized weight of the classifier (50 x 200 x 1 x 1)."""
-CLAIMS = {"dynamic": "quantize:int8:symmetric", "qdq": "quantize:int8:per-channel:symmetric"}
+CLAIMS = {
+    "dynamic": "quantize:int8:symmetric",
+    "qdq": "quantize:int8:per-channel:symmetric",
+    "qoperator": "quantize:int8:per-channel:symmetric",
+}
 """onnxruntime's dynamic quantizer writes ConvInteger weights per-tensor even when asked
 for per-channel (only MatMulInteger weights get one scale per column), so its claim leaves
 the granularity open; the QDQ quantizer honours per-channel for every Conv weight."""
@@ -31,7 +35,7 @@ def _float_weight(path: Path, name: str) -> np.ndarray:
     return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == name)
 
 
-@pytest.mark.parametrize("flavour", ["dynamic", "qdq"])
+@pytest.mark.parametrize("flavour", sorted(CLAIMS))
 def test_tampered_onnx_twin_fails_and_is_localized(
     onnx_quantized: dict[str, Path], work: Path, flavour: str
 ) -> None:
@@ -70,7 +74,7 @@ def test_tampered_onnx_twin_fails_and_is_localized(
     )
 
 
-@pytest.mark.parametrize("flavour", ["dynamic", "qdq"])
+@pytest.mark.parametrize("flavour", sorted(CLAIMS))
 def test_faithful_onnx_quantization_diff_exits_0(
     onnx_quantized: dict[str, Path], work: Path, flavour: str
 ) -> None:
@@ -103,3 +107,98 @@ def test_faithful_onnx_quantization_diff_exits_0(
         }
     )
     assert code == 0, f"non-claim findings block the faithful {flavour} quantization: {blocking}"
+
+
+def _rescaled(model: onnx.ModelProto, node: onnx.NodeProto, index: int, factor: float) -> None:
+    """Point input ``index`` of ``node`` at a new initializer: the old scale x ``factor``."""
+    old = next(t for t in model.graph.initializer if t.name == node.input[index])
+    new = numpy_helper.from_array(
+        (numpy_helper.to_array(old) * factor).astype(np.float32), old.name + "_edited"
+    )
+    model.graph.initializer.append(new)
+    node.input[index] = new.name
+
+
+@pytest.mark.parametrize("flavour", ["qdq", "qoperator"])
+def test_rescaled_activation_fails_and_names_the_node(
+    onnx_quantized: dict[str, Path], work: Path, flavour: str
+) -> None:
+    """An activation dequantized at another scale than it was quantized at multiplies it
+    by the ratio: weights and codes are untouched, so only the graph can tell."""
+    m = onnx.load(str(onnx_quantized[flavour]))
+    inits = {t.name for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    if flavour == "qdq":
+        # the DequantizeLinear of the 8th quantized activation read by a Conv reads
+        # 1.5x its scale
+        readers = {i: n for n in m.graph.node for i in n.input}
+        edited = [
+            n
+            for n in m.graph.node
+            if n.op_type == "DequantizeLinear"
+            and n.input[0] in producer
+            and producer[n.input[0]].op_type == "QuantizeLinear"
+            and producer[n.input[0]].input[0] not in inits
+            and getattr(readers.get(n.output[0]), "op_type", "") == "Conv"
+        ][7]
+        _rescaled(m, edited, 1, 1.5)
+    else:
+        # a QLinearConv writes its output at 0.8x the scale its reader assumes
+        edited = [n for n in m.graph.node if n.op_type == "QLinearConv"][20]
+        _rescaled(m, edited, 6, 0.8)
+    bad = work / f"cls_{flavour}_rescaled.onnx"
+    onnx.save(m, str(bad))
+    out = work / f"cls_{flavour}_rescaled.json"
+    claim = CLAIMS[flavour]
+    args = ["diff", str(onnx_quantized["float"]), str(bad), "--claim", claim]
+    assert main([*args, "--format", "json", "-o", str(out)]) == 1
+    findings = json.loads(out.read_text())["findings"]
+    # The weights still verify: the claim is not what fails.
+    assert any(x["rule_id"] == "MS401" for x in findings)
+    graph = [x for x in findings if x["rule_id"] == "MS209" and x["severity"] == "high"]
+    assert any(edited.name in {loc.get("node") for loc in x["locations"]} for x in graph), graph
+
+
+def test_fused_qoperator_with_int32_biases_and_qgemm_passes(
+    onnx_quantized: dict[str, Path], work: Path
+) -> None:
+    src, q = onnx_quantized["fused"], onnx_quantized["fused_qoperator"]
+    m = onnx.load(str(q))
+    biases = [n.input[8] for n in m.graph.node if n.op_type == "QLinearConv" and len(n.input) > 8]
+    assert len(biases) > 40 and any(n.op_type == "QGemm" for n in m.graph.node)
+    out = work / "cls_fused_qoperator.json"
+    claim = CLAIMS["qoperator"]
+    code = main(["diff", str(src), str(q), "--claim", claim, "--format", "json", "-o", str(out)])
+    findings = json.loads(out.read_text())["findings"]
+    blocking = [
+        (x["rule_id"], x["message"][:120])
+        for x in findings
+        if x["severity"] in ("medium", "high", "critical")
+    ]
+    assert code == 0, blocking
+    verified = next(x for x in findings if x["rule_id"] == "MS401")["evidence"]["per_tensor"]
+    # every int32 bias was re-derived at input scale x weight scale, like the weights
+    assert {b.removesuffix("_quantized") for b in biases} <= set(verified)
+    assert all(v["ok"] for v in verified.values())
+    assert {v["dtype"] for k, v in verified.items() if k + "_quantized" in biases} == {"i32"}
+
+
+def test_fused_qoperator_bias_edit_fails_and_is_localized(
+    onnx_quantized: dict[str, Path], work: Path
+) -> None:
+    """One output channel's int32 bias moved by 5% of the tensor's largest bias: tiny next
+    to the layer's weights, and many thousands of bias steps."""
+    m = onnx.load(str(onnx_quantized["fused_qoperator"]))
+    node = [n for n in m.graph.node if n.op_type == "QLinearConv" and len(n.input) > 8][30]
+    bias = next(t for t in m.graph.initializer if t.name == node.input[8])
+    codes = numpy_helper.to_array(bias).copy()
+    channel = int(np.argsort(np.abs(codes))[len(codes) // 2])
+    codes[channel] += max(1, int(0.05 * np.abs(codes).max()))
+    bias.CopyFrom(numpy_helper.from_array(codes, bias.name))
+    bad = work / "cls_fused_qoperator_bias.onnx"
+    onnx.save(m, str(bad))
+    result = diff_artifacts(onnx_quantized["fused"], bad, options={"claims": [CLAIMS["qoperator"]]})
+    failed = [f for f in result.findings if f.rule_id == "MS402"]
+    assert len(failed) == 1, [(f.rule_id, f.message) for f in result.findings]
+    assert failed[0].locations[0].tensor == bias.name
+    assert failed[0].locations[0].region.indices == (channel,)
