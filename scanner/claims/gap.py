@@ -45,6 +45,12 @@ cells and counting them per row with one ``bincount``, in cache-sized row chunks
 over all cores, in float32 (no float64 copy of a tensor). Tensors above
 ``MAX_TEST_ELEMENTS`` are tested on evenly spaced rows (the power is stated there).
 
+In a diff, a tensor flagged against these nulls is tested again against the change
+itself: the trusted rows moved by the same deltas shuffled within each row. A benign
+change moves a weight independently of its place in the bin, so that null keeps whatever
+layout the trusted weights had on this grid (dequantized from another grid, smeared by
+the change) and removes only the dependence on position that a gap attack creates.
+
 The active test, reported beside a finding: quantize with and without a uniform noise of
 ``NOISE`` steps and count flipped codes (computed for flagged tensors only). Uniform
 residuals flip ``NOISE / 2`` of codes (on average); residuals inside a margin smaller
@@ -55,7 +61,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -485,10 +491,16 @@ def gap_tensor(
     rows_lattice: tuple[np.ndarray, np.ndarray] | str | None = "auto",
     distinct: np.ndarray | None = None,
     distinct_share: float | None = None,
+    reference: Callable[[], np.ndarray | None] | None = None,
 ) -> GapResult:
     """Test one float tensor against one quantization grid. Elements on the grid's code
     points (or on those of ``lattice``) are explained and not tested; every other element
-    is, however many sit on the grid (no "mostly on grid" shortcut)."""
+    is, however many sit on the grid (no "mostly on grid" shortcut).
+
+    ``reference`` gives the same rows of the trusted tensor in a diff (read only if the
+    tensor is flagged): what the deployed tensor shows at the walls is then judged
+    against what the same change, shuffled, does to the trusted rows (see
+    ``_reference_null``)."""
     w2 = np.ascontiguousarray(w, dtype=np.float32).reshape(w.shape[0] if w.ndim > 1 else 1, -1)
     why = untestable(BY_NAME[scheme], w2)
     if why:
@@ -545,19 +557,20 @@ def gap_tensor(
         p_in_rows = p_out_rows = np.maximum(bands[None, :], c["ctrl"] / np.maximum(n_rows, 1))
         storage = ""
     threshold = math.log(ALPHA / max(n_tests, 1))
-    ti, to = inner.sum(0), outer.sum(0)
-    # Both walls must show the excess (see the module docstring).
-    log_t = np.maximum(_log_tail(ti, nt, p_in), _log_tail(to, nt, p_out))
-    # Values repeated across rows (a shared basis or table, or a coarse storage format)
-    # are not independent draws: the evidence scales with the distinct values, not the
-    # elements (rows are deduplicated in ``distinct`` already).
     if distinct_share is None:
         distinct_share = np.unique(w2).size / max(w2.size, 1)
-    log_t = log_t * min(1.0, distinct_share)
-    log_t = np.where(nt >= MIN_ELEMENTS, log_t, 0.0)
-    # Per row (the attacker may touch some rows only).
-    log_r = np.maximum(_log_tail(inner, n_rows, p_in_rows), _log_tail(outer, n_rows, p_out_rows))
-    log_r = np.where(n_rows >= MIN_ROW_ELEMENTS, log_r, 0.0)
+    log_t, log_r = _tails(c, n_rows, (p_in, p_out), (p_in_rows, p_out_rows), distinct_share)
+    trusted_rows = (
+        reference() if reference is not None and min(log_t.min(), log_r.min()) < threshold else None
+    )
+    if trusted_rows is not None and trusted_rows.shape[0] == w2.shape[0]:
+        # Only when flagged: the reference costs a second pass over the rows.
+        ref = _reference_null(trusted_rows, w2, scheme, extent)
+        p_in, p_out = np.maximum(p_in, ref[0]), np.maximum(p_out, ref[1])
+        p_in_rows, p_out_rows = np.maximum(p_in_rows, ref[2]), np.maximum(p_out_rows, ref[3])
+        log_t, log_r = _tails(c, n_rows, (p_in, p_out), (p_in_rows, p_out_rows), distinct_share)
+        storage = (storage + "; " if storage else "") + "null includes the shuffled change"
+    ti, to = inner.sum(0), outer.sum(0)
     row_hit = (log_r < threshold).any(axis=1)
     best = int(np.argmin(log_t))
     flagged = bool(log_t[best] < threshold) or bool(row_hit.any())
@@ -580,6 +593,70 @@ def gap_tensor(
         rows=tuple(int(i) for i in np.flatnonzero(row_hit)),
         flip_fraction=flip,
         extra={"storage": storage} if storage else {},
+    )
+
+
+def _tails(
+    c: Mapping[str, np.ndarray],
+    n_rows: np.ndarray,
+    null: tuple[np.ndarray, np.ndarray],
+    null_rows: tuple[np.ndarray, np.ndarray],
+    distinct_share: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log tail bounds per band for the whole tensor and per row and band; both walls
+    must show the excess (see the module docstring)."""
+    nt = n_rows.sum(0)
+    inner, outer = c["inner"], c["outer"]
+    log_t = np.maximum(
+        _log_tail(inner.sum(0), nt, null[0]), _log_tail(outer.sum(0), nt, null[1])
+    )
+    # Values repeated across rows (a shared basis or table, or a coarse storage format)
+    # are not independent draws: the evidence scales with the distinct values, not the
+    # elements (rows are deduplicated in ``distinct`` already).
+    log_t = np.where(nt >= MIN_ELEMENTS, log_t * min(1.0, distinct_share), 0.0)
+    # Per row (the attacker may touch some rows only).
+    log_r = np.maximum(
+        _log_tail(inner, n_rows, null_rows[0]), _log_tail(outer, n_rows, null_rows[1])
+    )
+    return log_t, np.where(n_rows >= MIN_ROW_ELEMENTS, log_r, 0.0)
+
+
+REFERENCE_SE = 4.0
+"""Standard errors added to the shuffled-change wall shares when they serve as a null."""
+
+
+def _reference_null(
+    trusted: np.ndarray, deployed: np.ndarray, scheme: str, extent: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Wall shares of the trusted rows moved by the same changes shuffled within each row,
+    per band for the tensor and per row, as an upper confidence bound.
+
+    A benign change (fine-tune, merge) moves a weight independently of where it sits in
+    its bin; a gap attack moves each weight towards its nearest wall. Shuffling the deltas
+    keeps what a change of that size does to the trusted weights' own layout (weights at
+    arithmetic positions, dequantized from another grid, smeared by the fine-tune) and
+    removes only the dependence on position, which is the footprint."""
+    t2 = np.ascontiguousarray(trusted, dtype=np.float32).reshape(trusted.shape[0], -1)
+    d2 = np.ascontiguousarray(deployed, dtype=np.float32).reshape(t2.shape)
+    rng = np.random.default_rng(0)
+    with np.errstate(all="ignore"):
+        delta = rng.permuted(d2 - t2, axis=1)
+        moved = np.where(np.isfinite(delta), t2 + delta, d2).astype(np.float32)
+        # Every element counts: the shuffled copy has no meaningful repeats to set aside.
+        c = _counts(moved, scheme, _mantissa_bits(moved), 0, None, extent, None, None)
+    n_rows = np.repeat(c["n"][:, None], len(BANDS), axis=1).astype(np.float64)
+    nt = n_rows.sum(0)
+
+    def bound(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+        n = np.maximum(n, 1)
+        p = k / n
+        return np.minimum(p + REFERENCE_SE * np.sqrt(np.maximum(p, 1 / n) / n), 1 - 1e-9)
+
+    return (
+        bound(c["inner"].sum(0), nt),
+        bound(c["outer"].sum(0), nt),
+        bound(c["inner"], n_rows),
+        bound(c["outer"], n_rows),
     )
 
 
@@ -625,11 +702,14 @@ def gap_results(
     art: Artifact,
     only: Iterable[str] | None = None,
     rows: Mapping[str, Sequence[int]] | None = None,
+    reference: Artifact | None = None,
+    reference_names: Mapping[str, str] | None = None,
 ) -> list[GapResult]:
     """Every float tensor of ``art`` (or those named in ``only``) against every scheme.
 
     ``rows`` restricts a tensor to some of its rows (axis 0); reported rows keep the
-    tensor's own indices.
+    tensor's own indices. ``reference`` is the trusted artifact of a diff, its tensors
+    found under ``reference_names`` (deployed name -> trusted name, default the same).
     """
     wanted = None if only is None else set(only)
     rows = rows or {}
@@ -664,8 +744,11 @@ def gap_results(
         even = row_lattice(w2)
         distinct = first_occurrences(w2)
         share = np.unique(w2).size / max(w2.size, 1)
+        trusted = _trusted_rows(reference, (reference_names or {}).get(name, name), v2, picked)
         for scheme in SCHEMES:
-            result = gap_tensor(name, w2, scheme, n_tests, lattice, extent, even, distinct, share)
+            result = gap_tensor(
+                name, w2, scheme, n_tests, lattice, extent, even, distinct, share, trusted
+            )
             if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
             if lattice is not None:
@@ -674,13 +757,41 @@ def gap_results(
     return out
 
 
+def _trusted_rows(
+    reference: Artifact | None, name: str, v2: np.ndarray, picked: np.ndarray | None
+) -> Callable[[], np.ndarray | None] | None:
+    """A reader of the trusted tensor's tested rows, read once on first call; None when
+    there is no trusted tensor of the same shape."""
+    if reference is None or name not in reference.tensors:
+        return None
+    if tuple(reference.tensors[name].shape[:1]) != v2.shape[:1]:
+        return None
+    cache: list[np.ndarray | None] = []
+
+    def read() -> np.ndarray | None:
+        if not cache:
+            view = reference.array(name)
+            t2 = view.reshape(view.shape[0], -1)
+            cache.append(
+                np.asarray(t2 if picked is None else t2[picked], dtype=np.float32)
+                if t2.shape == v2.shape
+                else None
+            )
+            reference.release(name)
+        return cache[0]
+
+    return read
+
+
 def gap_findings(
     art: Artifact,
     artifact_label: str | None = None,
     only: Iterable[str] | None = None,
     rows: Mapping[str, Sequence[int]] | None = None,
+    reference: Artifact | None = None,
+    reference_names: Mapping[str, str] | None = None,
 ) -> Iterable[Finding]:
-    results = gap_results(art, only, rows)
+    results = gap_results(art, only, rows, reference, reference_names)
     coverage = coverage_finding(results, artifact_label)
     if coverage is not None:
         yield coverage

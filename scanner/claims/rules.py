@@ -362,8 +362,10 @@ def analyze_claims(ctx: PairContext) -> Analysis:
 
 
 def analyze_gap_pair(ctx: PairContext) -> Analysis:
-    """The quantization-gap check on the trusted side of a pair: a full-precision model
-    that claims to be benign can be built to turn malicious only once quantized."""
+    """The quantization-gap check on the deployed side of a pair: a full-precision model
+    that claims to be benign can be built to turn malicious only once quantized. What the
+    trusted tensor already showed at a grid's walls is part of the null: a new footprint
+    is one the change made."""
     from scanner.claims.gap import gap_findings
 
     # Only tensors that differ from the trusted side: an unchanged tensor carries nothing
@@ -398,6 +400,8 @@ def analyze_gap_pair(ctx: PairContext) -> Analysis:
             artifact_label="deployed",
             only=[t.deployed_name or t.name for t in changed],
             rows=rows,
+            reference=ctx.trusted,
+            reference_names={t.deployed_name or t.name: t.name for t in changed},
         )
     )
     return Analysis(findings=found)

@@ -63,6 +63,11 @@ TWINS = [
     "gguf/gguf:Q8_0",
     "gguf/gguf:Q4_K",
     "gguf/gguf:Q6_K",
+    # SmolLM2's F32 base is dequantized Q4_1: its weights sit at arithmetic positions on
+    # other grids, which a fine-tune or LoRA merge smears but keeps
+    "gguf/finetune:0.0001",
+    "gguf/lora:0.01",
+    "encoder/prune:0.5",
 ]
 
 
