@@ -607,9 +607,7 @@ def _tails(
     must show the excess (see the module docstring)."""
     nt = n_rows.sum(0)
     inner, outer = c["inner"], c["outer"]
-    log_t = np.maximum(
-        _log_tail(inner.sum(0), nt, null[0]), _log_tail(outer.sum(0), nt, null[1])
-    )
+    log_t = np.maximum(_log_tail(inner.sum(0), nt, null[0]), _log_tail(outer.sum(0), nt, null[1]))
     # Values repeated across rows (a shared basis or table, or a coarse storage format)
     # are not independent draws: the evidence scales with the distinct values, not the
     # elements (rows are deduplicated in ``distinct`` already).
