@@ -148,6 +148,8 @@ def _check_rank(
         group[t.name] = True
         ok = prof.rank is not None and prof.rank <= r
         found = f"rank {prof.rank}" if prof.rank is not None else "full rank"
+        axis, where = (0, ()) if ok else beyond_rank(a, b, r)
+        located = f"; beyond rank {r} in {_AXIS_NAMES[axis]} {list(where[:8])}" if where else ""
         verdicts.append(
             TensorVerdict(
                 t.name,
@@ -155,8 +157,11 @@ def _check_rank(
                 ok,
                 LORA_CLASS,
                 f"{t.name}: delta of {found}"
-                + (f" (claimed r={r})" if ok else f", above the claimed r={r}"),
+                + (f" (claimed r={r})" if ok else f", above the claimed r={r}")
+                + located,
                 stats=stats,
+                rows=where,
+                axis=axis,
                 problem="" if ok else "rank",
             )
         )
@@ -190,6 +195,48 @@ def _check_rank(
         applicable=applicable,
         evidence={"r": r, "modules": modules},
     )
+
+
+OUTLIER_MADS = 8.0
+"""Robust z-score (in MADs of the tensor's own row or column energies) beyond which a
+row or column of the unexplained remainder is where the edit is."""
+OUTLIER_SHARE = 0.05
+"""At most this share of rows or columns may be outliers: more is a spread change, not
+an edit in a few places."""
+_AXIS_NAMES = {0: "rows", 1: "columns"}
+
+
+def beyond_rank(a: np.ndarray, b: np.ndarray, r: int) -> tuple[int, tuple[int, ...]]:
+    """Where a delta of rank above ``r`` carries what a rank-``r`` update cannot: the rows
+    or columns whose energy stands out (robust statistics) in the remainder after the best
+    rank-``r`` fit, or, when the edit is strong enough to be one of the top ``r``
+    directions itself, in the delta. ``(axis, indices)``; no indices when no few rows or
+    columns stand out."""
+    from scanner.analysis.lowrank import randomized_svd
+
+    delta = b.astype(np.float64) - a
+    remainder = delta
+    if r > 0:
+        u, s, vt = randomized_svd(a, b, r)
+        remainder = delta - (u[:, :r] * s[:r]) @ vt[:r]
+    for x in (remainder, delta):
+        for axis in (0, 1):
+            found = _outlying(np.einsum("ij,ij->" + ("i" if axis == 0 else "j"), x, x))
+            if found:
+                return axis, found
+    return 0, ()
+
+
+def _outlying(energy: np.ndarray) -> tuple[int, ...]:
+    if energy.size < 8:
+        return ()
+    norm = np.sqrt(energy)
+    med = float(np.median(norm))
+    mad = 1.4826 * float(np.median(np.abs(norm - med)))
+    hit = np.flatnonzero(norm > med + OUTLIER_MADS * max(mad, 1e-12 * max(med, 1e-300)))
+    if hit.size == 0 or hit.size > OUTLIER_SHARE * norm.size:
+        return ()
+    return tuple(int(i) for i in hit)
 
 
 # --- lora:adapter=PATH -------------------------------------------------------------------

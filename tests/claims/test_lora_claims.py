@@ -107,6 +107,27 @@ def test_row_of_merged_weight_changed(tmp_path: Path, minilm_path: Path, merged)
     assert finding.locations[0].region.indices == (40,)
     by_rank = check_claim("lora", "r=4:modules=query,key,value", minilm_path, path)
     assert list(bad(by_rank)) == [QUERY2]
+    # the rank claim has no adapter to compare with: the row stands out in what a rank-4
+    # update cannot carry
+    assert (bad(by_rank)[QUERY2].axis, bad(by_rank)[QUERY2].rows) == (0, (40,))
+
+
+@pytest.mark.parametrize("shift", [0.3, 2.0])
+def test_column_edit_under_a_rank_claim_is_located(
+    tmp_path: Path, minilm_path: Path, merged, shift: float
+) -> None:
+    """One input column moved by ``shift`` x the matrix's median |w|, with the adapter's
+    rank-4 update everywhere around it."""
+    t = dict(merged)
+    w = t[QUERY2].copy()
+    w[:, 123] += np.float32(shift * np.median(np.abs(w)))
+    t[QUERY2] = w
+    result = check_claim("lora", "r=4:modules=query,key,value", minilm_path, save(tmp_path, t))
+    assert list(bad(result)) == [QUERY2]
+    assert (bad(result)[QUERY2].axis, bad(result)[QUERY2].rows) == (1, (123,))
+    finding = next(f for f in result.findings if f.rule_id == "MS421")
+    region = finding.locations[0].region
+    assert (region.axis, region.indices) == (1, (123,))
 
 
 def test_small_element_change_inside_a_lora_module(tmp_path: Path, minilm_path, merged) -> None:
