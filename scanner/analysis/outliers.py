@@ -18,7 +18,9 @@ scaled, a block, a few elements. With the delta ``D`` seen as an ``m x n`` matri
   ``|D_ij|`` exceeds ``ELEMENT_RATIO`` times that and ``TAIL_FACTOR`` times the 99th
   percentile of all elements' ratios (the tensor's own tail); 16 x 16 tiles are outliers
   when the RMS of their ratios exceeds ``TILE_RATIO`` (and ``TAIL_FACTOR`` times the 99th
-  percentile of tile RMS), which finds blocks of moderate size element by element;
+  percentile of tile RMS, or a lower quantile when there are so few tiles that the four
+  an edited block touches would be the 99th percentile), which finds blocks of moderate
+  size element by element;
 * thresholds rise (at most to ``SIBLING_CAP`` times the base) to ``SIBLING_FACTOR`` times
   what sibling tensors of the same module type in other layers show, so a fine-tune
   whose every layer has heavy tails is not an edit in each, while an edit in one layer
@@ -219,6 +221,17 @@ def _tiles(ratio: np.ndarray) -> np.ndarray:
     return np.sqrt(sq.reshape(mt, TILE, nt, TILE).mean(axis=(1, 3)))
 
 
+TAIL_TILES = 4
+"""Tiles one edited block can reach: a 16 x 16 block off the tile grid touches four."""
+
+
+def _tile_tail_quantile(n_tiles: int) -> float:
+    """The quantile of tile RMS the tail test compares with: the 99th, but never so high
+    that the tiles of one edited block are the reference (a 200 x 50 matrix has 36
+    tiles, whose 99th percentile is the largest)."""
+    return max(0.5, min(0.99, 1.0 - (TAIL_TILES + 1) / max(n_tiles, 1)))
+
+
 def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> OutlierProfile:
     """Outlier rows, columns, tiles and elements of ``pair``'s change."""
     limits = limits or Thresholds()
@@ -252,7 +265,7 @@ def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> Outli
         # an element, not a block; a block is many elements each moderately too large.
         t = _tiles(np.where(lone | mask, 0.0, sc.ratio))
         stats["tile"] = float(t.max())
-        tail_t = TAIL_FACTOR * float(np.quantile(t, 0.99))
+        tail_t = TAIL_FACTOR * float(np.quantile(t, _tile_tail_quantile(t.size)))
         for r, c in np.argwhere(t > max(limits.tile, tail_t)):
             block = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
             mask[block] = True
