@@ -146,7 +146,9 @@ def _edit_event(f: TensorFit, pair: TensorPair, evidence: dict[str, object]) -> 
         message,
         evidence,
         {pair.name: tuple(sorted(rows))},
-        {pair.name: tuple(sorted(cols))},
+        # columns of a matrix are the tensor's axis 1; of a conv's flattened view they
+        # are not, and its edits are located by output channel
+        {pair.name: tuple(sorted(cols))} if len(pair.shape) == 2 else {},
     )
 
 

@@ -271,8 +271,9 @@ def allowed_classes(values: Iterable[str]) -> set[str]:
 def _location(
     tensor: str, channels: tuple[int, ...] | None, columns: tuple[int, ...] | None = None
 ) -> Location:
+    # The narrower of the two sets says where the edit is: a column spans every row.
     region = None
-    if columns and not channels:
+    if columns and (not channels or len(columns) < len(channels)):
         region = Region(axis=1, indices=tuple(columns[:256]))
     elif channels:
         region = Region(axis=0, indices=tuple(channels[:256]))

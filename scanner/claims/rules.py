@@ -195,10 +195,28 @@ def _rule_for(v: TensorVerdict, claim: str = "") -> Any:
     return _CLASS_RULE.get(v.change_class, CODES_MISMATCH)
 
 
+COLUMN_LIKE = 4
+"""Violations on this many times more rows than columns make a column-shaped change."""
+
+
+def _region(v: TensorVerdict) -> Region | None:
+    """The rows along the verdict's axis, or, when the violating elements of a matrix
+    sit in a few columns across many rows (a column edit, which touches every row), the
+    columns."""
+    if not v.rows:
+        return None
+    cells = [x.index for x in v.violations if len(x.index) == 2]
+    if v.axis in (0, None) and cells:
+        cols = sorted({c for _, c in cells})
+        if len(cols) * COLUMN_LIKE <= len({r for r, _ in cells}):
+            return Region(axis=1, indices=tuple(cols[:256]))
+    return Region(axis=v.axis, indices=v.rows[:256])
+
+
 def verdict_finding(v: TensorVerdict, claim: str) -> Finding:
     """A localized finding for one violated tensor."""
     name = v.deployed[0] if v.deployed else v.tensor
-    region = Region(axis=v.axis, indices=v.rows[:256]) if v.rows else None
+    region = _region(v)
     evidence: dict[str, Any] = {
         "claim": claim,
         "class": UNFAITHFUL,

@@ -29,6 +29,8 @@ CELLS = [
     "encoder/F32/alone/element",
     "encoder/F16/alone/row",
     "encoder/BF16/alone/column",
+    # a column edit confined beside nothing else: located by column, not by all its rows
+    "encoder/BF16/alone/column/0.1med",
     # int8 codes next to int8 codes: one code step is taken for storage noise (the
     # integer storage bound in scanner/analysis/noise.py), so the slice asserts 3 steps.
     "encoder/int8/alone/block16/3",
@@ -38,17 +40,22 @@ CELLS = [
     "gguf/Q6_K/alone/element",
     # after a cast
     "encoder/F16/cast/elements3",
+    "encoder/F16/cast/column",
     # in quantized codes
     "encoder/int8/quantized/row",
     "gguf/Q8_0/quantized/block16",
+    "gguf/Q8_0/quantized/column",
     "gguf/Q4_K/quantized/row",
     "gguf/Q6_K/quantized/scattered",
     # under a fine-tune
     "cnn/F32/finetune/element",
     "lstm/F32/finetune/row",
     "encoder/F32/finetune/block16",
+    # a block in a small conv: few tiles, whose 99th percentile would be the block itself
+    "cnn/F32/finetune/block16",
     # under a LoRA merge
     "encoder/F32/lora/elements3",
+    "encoder/F32/lora/column",
     "gguf/F32/lora/block16",
 ]
 

@@ -89,13 +89,27 @@ def _row_counts(pos: np.ndarray, per_row: int, rows: int) -> np.ndarray:
     return np.bincount(pos // per_row, minlength=rows).astype(np.int64)
 
 
+SAMPLES = 64
+
+
 def _samples(
     pos: np.ndarray, per_row: int, expected: np.ndarray, found: np.ndarray, w: np.ndarray
 ) -> list[tuple[int, int, float, float, float]]:
+    """Violating elements to report: the worst of each row first (so that an edit across
+    many rows, such as a column, shows where in the row it is even when it changed whole
+    blocks), then the others in order, ``SAMPLES`` in all."""
+    if pos.size == 0:
+        return []
+    rows = pos // per_row
+    gap = np.nan_to_num(np.abs(np.asarray(expected, np.float64) - found), nan=np.inf)
+    order = np.lexsort((-gap, rows))
+    firsts = order[np.r_[True, rows[order][1:] != rows[order][:-1]]][:SAMPLES]
+    rest = np.setdiff1d(np.arange(min(pos.size, 2 * SAMPLES)), firsts)
+    picked = np.concatenate([firsts, rest])[:SAMPLES]
     out = []
-    for k, p in enumerate(pos[:64]):
-        r, c = divmod(int(p), per_row)
-        out.append((r, c, float(expected[k]), float(found[k]), float(w[p])))
+    for k in picked:
+        r, c = divmod(int(pos[k]), per_row)
+        out.append((r, c, float(expected[k]), float(found[k]), float(w[pos[k]])))
     return out
 
 
