@@ -261,9 +261,13 @@ detectors of the commit named at the top), never a threshold to tune to these mo
   tamper of one element, row, column, block or channel from about 1e-6 x the tensor's
   std (the minimal-detectable-change tables). What closes it: a signed training
   attestation whose claim can be re-derived, or not allowing the class.
-* **LoRA twins outside a transformer encoder are false alarms**: the `lora-merge` twin of
-  the rapidocr CNN and of SmolLM2 (GGUF, re-encoded blocks) fails, while on MiniLM and
-  Silero it passes under its claim (the transform rows with a non-zero rate).
+* **A LoRA merged into a quantized file is no claimable step**: the `lora-merge` twin of
+  SmolLM2 (Q4_1 blocks re-encoded after the merge) fails MS402, since the re-encoded codes
+  are not the nearest of the trusted weights and no claim composes a merge with a
+  re-quantization; on MiniLM and Silero the twin passes under its claim. (The rapidocr
+  CNN twin used to adapt depthwise and 8-channel convs, where a rank-8 update is full
+  rank and rightly reads as a fine-tune; the twin now adapts only matrices at least 4x
+  wider than its rank, and passes as a low-rank update: 6/6 in a rerun of its rows.)
 * **A payload written after a fine-tune** sits in low bytes the fine-tune rewrote
   anyway and passes with the fine-tune (adaptive `payload`, cover `finetune`).
 * **An attack followed by a fine-tune or merge** loses its statistical footprint in the

@@ -68,11 +68,25 @@ def _prune(method: str) -> Planter:
     return run
 
 
+LORA_WIDTH = 4
+"""Both sides of a matrix a LoRA twin adapts are at least this many times its rank."""
+
+
 def _lora(copy: ModelCopy, ctx: Context) -> Plan:
     from scanner.analysis.explain import sibling_groups
     from scanner.redteam.weights import lora_merge
 
-    mats = _matrices(copy)
+    rank = int(ctx.param("rank", "8") or 8)
+    # Adapters target projections far wider than their rank: a rank-8 update of a matrix
+    # with 8 or 9 rows or columns (a depthwise or narrow 1x1 conv) is a full-rank change,
+    # no low-rank update to tell from a fine-tune.
+    mats = [
+        n
+        for n in _matrices(copy)
+        if min(copy.shape(n)[0], int(np.prod(copy.shape(n)[1:]))) >= LORA_WIDTH * rank
+    ]
+    if not mats:
+        raise NotApplicableError(f"{copy.path}: no matrix {LORA_WIDTH}x wider than rank {rank}")
     rng = ctx.rng()
     # An adapter targets module types (q_proj, v_proj ...) in every layer: pick whole
     # sibling groups (same name up to layer numbers, same shape) until about a third of
@@ -87,7 +101,6 @@ def _lora(copy: ModelCopy, ctx: Context) -> Plan:
         if len(names_set) >= max(1, len(mats) // 3):
             break
     names = sorted(names_set)
-    rank = int(ctx.param("rank", "8") or 8)
     out, _ = lora_merge(copy.weights(names), names, ctx.seed, rank=rank, rel=ctx.strength)
     # A pipeline that merges an adapter declares it: allowing the class suffices where the
     # module set repeats across layers; a model without repeated layers cannot show an
