@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,8 @@ def _changed_1d(pairs: dict[str, TensorPair]) -> dict[str, tuple[int, ...]]:
 def analyze_pair(
     trusted: Artifact, deployed: Artifact, tensors: Sequence[TensorDiff], skip: set[str]
 ) -> WeightAnalysis:
+    """Classify every changed tensor, stage by stage: each stage judges what the earlier
+    ones left, and whatever no footprint claims is explained or fails (``explain``)."""
     started = time.perf_counter()
     pairs: dict[str, TensorPair] = {}
     for t in tensors:
@@ -72,7 +74,33 @@ def analyze_pair(
     if not pairs:
         return WeightAnalysis({}, (), None, {}, time.perf_counter() - started)
 
-    # 1. Bit-level footprints.
+    def rest() -> dict[str, TensorPair]:
+        return {n: p for n, p in pairs.items() if n not in verdicts}
+
+    _bit_footprints(pairs, verdicts, events)
+    suspicious_zeros = _exact_zeros(rest(), verdicts)
+    graph = _connectivity(rest(), deployed, verdicts, events)
+    _prune_footprints(rest(), suspicious_zeros, verdicts, events)
+    shapes = {n: tuple(info.shape) for n, info in trusted.tensors.items()}
+    explain(pairs, list(rest()), shapes, verdicts, events)
+    _follow_pair(pairs, verdicts)
+    classes = [v.cls for v in verdicts.values()]
+    classification = max(classes, key=class_rank) if classes else None
+    evidence: dict[str, object] = {
+        "class": classification,
+        "tensor_classes": dict(Counter(classes)),
+        "layer_source": graph.source if graph is not None else None,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return WeightAnalysis(
+        verdicts, tuple(events), classification, evidence, time.perf_counter() - started
+    )
+
+
+def _bit_footprints(
+    pairs: Mapping[str, TensorPair], verdicts: dict[str, Verdict], events: list[Event]
+) -> None:
+    """Stage 1: low-byte payloads and sign/exponent flips."""
     flips: list[tuple[str, dict[str, object]]] = []
     for name, p in pairs.items():
         bit = analyze_bits(p)
@@ -107,9 +135,13 @@ def analyze_pair(
             )
         )
 
-    rest = {n: p for n, p in pairs.items() if n not in verdicts}
-    # 2. Exact zeros.
-    suspicious_zeros: dict[str, dict[str, object]] = {}
+
+def _exact_zeros(
+    rest: Mapping[str, TensorPair], verdicts: dict[str, Verdict]
+) -> dict[str, dict[str, object]]:
+    """Stage 2: weights set to exactly zero. Pruning and drop-and-rescale are classified;
+    zeros on weights pruning would keep are returned for the prune stage to judge."""
+    suspicious: dict[str, dict[str, object]] = {}
     for name, p in rest.items():
         z = analyze_zeros(p)
         if z is None:
@@ -118,49 +150,63 @@ def analyze_pair(
             cls = "full fine-tune" if z.kind == "drop-and-rescale" else "pruning"
             verdicts[name] = Verdict(name, cls, z.kind, z.evidence)
         else:
-            suspicious_zeros[name] = z.evidence
+            suspicious[name] = z.evidence
+    return suspicious
 
-    # 3. Connectivity: replaced subnetworks and handcrafted paths.
-    rest = {n: p for n, p in pairs.items() if n not in verdicts}
-    graph: LayerGraph | None = None
+
+def _connectivity(
+    rest: Mapping[str, TensorPair],
+    deployed: Artifact,
+    verdicts: dict[str, Verdict],
+    events: list[Event],
+) -> LayerGraph | None:
+    """Stage 3: replaced subnetworks and handcrafted paths, linked through the layers."""
     multi = {n: p for n, p in rest.items() if len(p.shape) >= 2}
-    if multi:
-        graph = infer_layers(deployed)
-        one_d = _changed_1d({n: p for n, p in rest.items() if len(p.shape) <= 1})
-        sra_fps: dict[str, Footprint] = {}
-        for n, p in multi.items():
-            fp = sra_footprint(p, graph.layers.get(n))
-            if fp is not None:
-                sra_fps[n] = fp
-        for path in link(sra_fps, graph, {"plus", "tail"}):
-            chain_events(path, graph, one_d, verdicts, events, "replaced subnetwork")
-        neuron_fps: dict[str, Footprint] = {}
-        for n, p in multi.items():
-            if n in verdicts:
-                continue
-            fp = neuron_footprint(p, graph.layers.get(n))
-            if fp is not None:
-                neuron_fps[n] = fp
-        for path in link(neuron_fps, graph, {"neuron"}):
-            chain_events(path, graph, one_d, verdicts, events, "handcrafted path")
-        # A lone plus (or cut) that links to nothing is still surgery on the zero pattern.
-        for n, fp in sra_fps.items():
-            if n not in verdicts and fp.kind == "plus":
-                verdicts[n] = Verdict(n, "localized edit", "unlinked plus", fp.evidence)
-                events.append(
-                    Event(
-                        "localized edit",
-                        "zeroed row and column with a planted block",
-                        (n,),
-                        f"{n}: output channel(s) {list(fp.out_channels)} and input channel(s) "
-                        f"{list(fp.in_channels)} zeroed except the block where they cross",
-                        fp.evidence,
-                        {n: fp.out_channels},
-                    )
+    if not multi:
+        return None
+    graph = infer_layers(deployed)
+    one_d = _changed_1d({n: p for n, p in rest.items() if len(p.shape) <= 1})
+    sra_fps: dict[str, Footprint] = {}
+    for n, p in multi.items():
+        fp = sra_footprint(p, graph.layers.get(n))
+        if fp is not None:
+            sra_fps[n] = fp
+    for path in link(sra_fps, graph, {"plus", "tail"}):
+        chain_events(path, graph, one_d, verdicts, events, "replaced subnetwork")
+    neuron_fps: dict[str, Footprint] = {}
+    for n, p in multi.items():
+        if n in verdicts:
+            continue
+        fp = neuron_footprint(p, graph.layers.get(n))
+        if fp is not None:
+            neuron_fps[n] = fp
+    for path in link(neuron_fps, graph, {"neuron"}):
+        chain_events(path, graph, one_d, verdicts, events, "handcrafted path")
+    # A lone plus (or cut) that links to nothing is still surgery on the zero pattern.
+    for n, fp in sra_fps.items():
+        if n not in verdicts and fp.kind == "plus":
+            verdicts[n] = Verdict(n, "localized edit", "unlinked plus", fp.evidence)
+            events.append(
+                Event(
+                    "localized edit",
+                    "zeroed row and column with a planted block",
+                    (n,),
+                    f"{n}: output channel(s) {list(fp.out_channels)} and input channel(s) "
+                    f"{list(fp.in_channels)} zeroed except the block where they cross",
+                    fp.evidence,
+                    {n: fp.out_channels},
                 )
+            )
+    return graph
 
-    # 4. Prune candidates, then explain or fail what is left.
-    rest = {n: p for n, p in pairs.items() if n not in verdicts}
+
+def _prune_footprints(
+    rest: Mapping[str, TensorPair],
+    suspicious_zeros: Mapping[str, dict[str, object]],
+    verdicts: dict[str, Verdict],
+    events: list[Event],
+) -> None:
+    """Stage 4: changes that hide on prune candidates, and zeros pruning would keep."""
     for name, p in rest.items():
         if len(p.shape) < 2:
             continue
@@ -193,21 +239,6 @@ def analyze_pair(
                 ev,
             )
         )
-    rest = {n: p for n, p in pairs.items() if n not in verdicts}
-    shapes = {n: tuple(info.shape) for n, info in trusted.tensors.items()}
-    explain(pairs, list(rest), shapes, verdicts, events)
-    _follow_pair(pairs, verdicts)
-    classes = [v.cls for v in verdicts.values()]
-    classification = max(classes, key=class_rank) if classes else None
-    evidence: dict[str, object] = {
-        "class": classification,
-        "tensor_classes": dict(Counter(classes)),
-        "layer_source": graph.source if graph is not None else None,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    return WeightAnalysis(
-        verdicts, tuple(events), classification, evidence, time.perf_counter() - started
-    )
 
 
 def chain_events(
