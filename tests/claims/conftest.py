@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from fixtures import real_model
-from scanner.redteam.quant import largest_indices, quantize_int8, unfaithful_quantization
+from tests.claims.tampering import largest, negate_codes, rtn_int8
 
 FRACTION = 0.003
 
@@ -54,13 +54,13 @@ def int8_artifact(
         if name not in _weights2d(base):
             out[name] = arr
             continue
+        q = rtn_int8(arr, per_channel=per_channel, symmetric=symmetric)
+        codes = q.codes
         if name == tamper:
-            q, _ = unfaithful_quantization(
-                arr, FRACTION, per_channel=per_channel, symmetric=symmetric
-            )
-        else:
-            q = quantize_int8(arr, per_channel=per_channel, symmetric=symmetric)
-        out[name] = q.codes
+            if not symmetric:
+                raise ValueError("codes are mirrored around zero: tamper symmetric files")
+            codes = negate_codes(codes, largest(arr, FRACTION))
+        out[name] = codes
         out[name + "_scale"] = q.scale if per_channel else q.scale.reshape(())
         if not symmetric:
             out[name + "_zero_point"] = q.zero_point if per_channel else q.zero_point.reshape(())
@@ -84,7 +84,7 @@ TAMPER_TENSOR = "encoder.layer.3.output.dense.weight"
 
 
 def tampered_indices(w: np.ndarray) -> np.ndarray:
-    return largest_indices(w, FRACTION)
+    return largest(w, FRACTION)
 
 
 def rapidocr_float(folder: Path) -> Path:

@@ -16,15 +16,8 @@ from scanner.claims.gap import gap_tensor
 from scanner.claims.layouts import find_groups
 from scanner.errors import UsageError
 from scanner.formats import open_artifact
-from scanner.redteam.quant import (
-    flip_codes,
-    largest_indices,
-    project_into_int8_boxes,
-    project_into_q4_0_boxes,
-    project_into_q8_0_boxes,
-    quantize_int8,
-)
 from tests.claims.conftest import TAMPER_TENSOR, tampered_indices
+from tests.claims.tampering import largest, press_to_walls, rtn_int8
 
 SCHEMES = ("int8-per-channel", "q8_0", "q4_0")
 
@@ -147,7 +140,7 @@ def test_prune_magnitude_nm_and_tampered(work: Path, minilm, minilm_path: Path) 
     # Attack: same sparsity, but one tensor has zeros on 0.3% largest weights too.
     w = minilm[TAMPER_TENSOR]
     t = _pruned(w, 0.297).reshape(-1)
-    t[largest_indices(w, 0.003)] = 0
+    t[largest(w, 0.003)] = 0
     bad[TAMPER_TENSOR] = t.reshape(w.shape)
     paths = {}
     for key, tensors in (("mag", mag), ("nm", nm), ("bad", bad)):
@@ -216,19 +209,15 @@ def test_onnxruntime_dynamic_and_qdq(onnx_quantized: dict[str, Path]) -> None:
 def test_quantization_gap(minilm, name: str) -> None:
     w = minilm[name]
     margin = float(np.random.default_rng(11).uniform(0.02, 0.15))
-    for scheme, attack in zip(
-        SCHEMES,
-        (project_into_int8_boxes, project_into_q8_0_boxes, project_into_q4_0_boxes),
-        strict=True,
-    ):
-        hit = gap_tensor(name, attack(w, margin, seed=5), scheme, 10**6)
+    for scheme in SCHEMES:
+        hit = gap_tensor(name, press_to_walls(w, scheme, margin, seed=5), scheme, 10**6)
         assert hit.flagged and hit.flip_fraction > 2 * hit.flip_expected
         assert not gap_tensor(name, w, scheme, 10**6).flagged
         tuned = w + np.random.default_rng(3).standard_normal(w.shape).astype(
             np.float32
         ) * np.float32(w.std() * 0.01)
         assert not gap_tensor(name, tuned, scheme, 10**6).flagged
-    q = quantize_int8(w)
+    q = rtn_int8(w)
     on_grid = q.codes.astype(np.float32) * q.scale[:, None]
     r = gap_tensor(name, on_grid, "int8-per-channel", 10**6)
     # Every element is a code point: explained, none left to test.
@@ -239,7 +228,7 @@ def test_scan_flags_gap_attack_and_cli_claims(
     work: Path, minilm, minilm_path: Path, build, run_cli
 ) -> None:
     attacked = dict(minilm)
-    attacked[TAMPER_TENSOR] = project_into_int8_boxes(minilm[TAMPER_TENSOR], 0.07, seed=2)
+    attacked[TAMPER_TENSOR] = press_to_walls(minilm[TAMPER_TENSOR], "int8-per-channel", 0.07, 2)
     path = work / "gap_attack.safetensors"
     save_file(attacked, str(path))
     res = run_cli("scan", path, "--format", "json")
@@ -288,12 +277,6 @@ def test_scan_flags_gap_attack_and_cli_claims(
     assert run_cli("diff", minilm_path, pc, "--format", "json", "-o", out).code == 0
     report = json.loads(out.read_text())
     assert any(f["rule_id"] == "MS408" for f in report["findings"])
-
-
-def test_flip_codes_is_an_involution() -> None:
-    c = np.array([1, -5, 127, 0], dtype=np.int8)
-    idx = np.array([0, 1, 3])
-    assert flip_codes(flip_codes(c, idx), idx).tolist() == c.tolist()
 
 
 def test_convert_safetensors_to_gguf_f32_with_renames(

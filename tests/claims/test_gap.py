@@ -12,20 +12,12 @@ import pytest
 from safetensors.numpy import save_file
 
 from scanner.claims.gap import SCHEMES, gap_tensor
-from scanner.redteam.quant import (
-    project_into_int8_boxes,
-    project_into_q4_0_boxes,
-    project_into_q8_0_boxes,
-)
 from tests.claims.conftest import TAMPER_TENSOR
+from tests.claims.tampering import press_to_walls
 
 STORAGE = {"bf16": ml_dtypes.bfloat16, "fp16": np.float16}
-ATTACKS = {
-    "int8-per-channel": project_into_int8_boxes,
-    "q8_0": project_into_q8_0_boxes,
-    "q4_0": project_into_q4_0_boxes,
-}
-assert set(ATTACKS) <= set(SCHEMES)
+ATTACKED = ("int8-per-channel", "q8_0", "q4_0")
+assert set(ATTACKED) <= set(SCHEMES)
 
 
 def _stored(w: np.ndarray, storage: str) -> np.ndarray:
@@ -38,7 +30,7 @@ def test_gap_on_low_precision_tensors(minilm, storage: str) -> None:
     names = [
         n for n, a in minilm.items() if a.ndim == 2 and a.size >= 4096 and n.startswith("encoder.")
     ]
-    for scheme in ATTACKS:
+    for scheme in ATTACKED:
         # Honest: every encoder matrix, cast to the storage format.
         for n in names:
             r = gap_tensor(n, _stored(minilm[n], storage), scheme, 10**6)
@@ -46,7 +38,7 @@ def test_gap_on_low_precision_tensors(minilm, storage: str) -> None:
         # Attacked, then stored: flagged at any margin, with the lattice named.
         name = names[int(rng.integers(len(names)))]
         margin = float(rng.uniform(0.02, 0.15))
-        attacked = _stored(ATTACKS[scheme](minilm[name], margin, seed=3), storage)
+        attacked = _stored(press_to_walls(minilm[name], scheme, margin, seed=3), storage)
         r = gap_tensor(name, attacked, scheme, 10**6)
         assert r.flagged, (name, scheme, margin)
         assert r.extra["storage"] == ("fp16" if storage == "fp16" else "7-bit significand")
@@ -61,8 +53,8 @@ def test_scan_bf16_and_fp16_models(work: Path, minilm, run_cli) -> None:
         res = run_cli("scan", path, "--format", "json")
         assert "MS409" not in [f["rule_id"] for f in res.json()["findings"]], storage
         attacked = dict(honest)
-        attacked[TAMPER_TENSOR] = project_into_int8_boxes(
-            minilm[TAMPER_TENSOR], 0.07, seed=2
+        attacked[TAMPER_TENSOR] = press_to_walls(
+            minilm[TAMPER_TENSOR], "int8-per-channel", 0.07, seed=2
         ).astype(npd)
         apath = work / f"gap_{storage}_attacked.safetensors"
         save_file(attacked, str(apath))

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 from fixtures import real_model
 from fixtures.real_models import MINILM
 from scanner.api import diff_artifacts
-from scanner.redteam.quant import project_into_int8_boxes
+from tests.claims.tampering import press_to_walls
 
 NAME = "encoder.layer.2.intermediate.dense.weight"  # (1536, 384)
 
@@ -20,7 +20,7 @@ def test_box_projected_rows_are_flagged_at_their_own_indices(tmp_path: Path) -> 
     weights = load_file(str(minilm))
     w = weights[NAME].copy()
     rows = list(range(300, 428))
-    w[rows] = project_into_int8_boxes(w[rows], margin=0.05, seed=3)
+    w[rows] = press_to_walls(w[rows], "int8-per-channel", margin=0.05, seed=3)
     save_file({**weights, NAME: w}, str(tmp_path / "deployed.safetensors"))
     result = diff_artifacts(minilm, tmp_path / "deployed.safetensors")
     gap = [f for f in result.findings if f.rule_id == "MS409"]

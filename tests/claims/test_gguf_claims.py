@@ -16,8 +16,8 @@ from scanner.claims import check_claim
 from scanner.claims.gguf import REFERENCE_TYPES, dequantize_blocks, quantize_rows
 from scanner.cli.main import main
 from scanner.formats import open_artifact
-from scanner.redteam.quant import largest_indices
 from tests.claims.conftest import FRACTION, TAMPER_TENSOR
+from tests.claims.tampering import largest
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -41,7 +41,7 @@ def _negate_largest(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``w`` with its FRACTION largest-magnitude weights negated, and their flat indices
     (the tampered twin re-encodes these rows: the blocks are valid, the codes are not
     the claimed ones)."""
-    idx = largest_indices(w, FRACTION)
+    idx = largest(w, FRACTION)
     out = w.copy().reshape(-1)
     out[idx] = -out[idx]
     return out.reshape(w.shape), idx

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 from scanner.api import diff_artifacts
 from scanner.cli.main import main
 from scanner.findings import Severity
-from scanner.redteam.quant import largest_indices, tamper_onnx_codes
 from tests.claims.conftest import FRACTION
+from tests.claims.tampering import largest, negate_onnx_codes
 
 TAMPERED = "conv11_se_1_weights"
 """The largest quantized weight of the classifier (50 x 200 x 1 x 1)."""
@@ -41,9 +41,9 @@ def test_tampered_onnx_twin_fails_and_is_localized(
 ) -> None:
     src = onnx_quantized["float"]
     w = _float_weight(src, TAMPERED)
-    idx = largest_indices(w, FRACTION)
+    idx = largest(w, FRACTION)
     bad = work / f"cls_{flavour}_tampered.onnx"
-    tamper_onnx_codes(onnx_quantized[flavour], bad, TAMPERED + "_quantized", idx)
+    negate_onnx_codes(onnx_quantized[flavour], bad, TAMPERED + "_quantized", idx)
     claim = CLAIMS[flavour]
     result = diff_artifacts(src, bad, options={"claims": [claim]})
     codes = [f for f in result.findings if f.rule_id == "MS402"]
