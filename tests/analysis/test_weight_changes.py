@@ -1,4 +1,6 @@
-"""Weight-change analysis on real weights: each attack next to its benign twin."""
+"""Weight-change analysis on real weights: each attack next to its benign twin, both
+made here (tests/analysis/tampering.py, tests/tamper/hosts.py), never by the red-team
+planters the evaluation uses."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import pytest
 from scanner.analysis.rules import allowed_classes
 from scanner.api import diff_artifacts
 from scanner.findings import Severity
-from scanner.redteam import weights as rt
-from scanner.redteam.weights import ChainLayer
+from tests.analysis import tampering as tp
 from tests.analysis.weights_io import write_safetensors
+from tests.tamper import hosts
 
 ATTACK_RULES = {"MS301", "MS302", "MS303", "MS304", "MS305", "MS306", "MS307"}
 
@@ -42,21 +44,20 @@ def _attack_rules(result) -> set[str]:
     return {f.rule_id for f in result.findings if f.rule_id in ATTACK_RULES}
 
 
-def _cnn_layer(name: str) -> ChainLayer:
+def _cnn_layer(name: str) -> tp.Layer:
     if name == "fc_0.w_0":
-        return ChainLayer(name, 1, 0, ("fc_0.b_0",))
+        return tp.Layer(name, transposed=True, params=("fc_0.b_0",))
     prefix = name.removesuffix("_weights")
     bn = tuple(f"{prefix}_bn_{x}" for x in ("scale", "offset", "mean", "variance"))
-    return ChainLayer(name, params=bn)
+    return tp.Layer(name, params=bn)
 
 
-def _sra_case(cnn_weights, write_cnn, layers, seed, rescale):
-    chain = [_cnn_layer(n) for n in layers]
-    planted, truth = rt.plant_sra(cnn_weights, chain, seed=seed, rescale=rescale)
+def _sra_case(cnn_weights, write_cnn, layers, seed, width):
+    planted, path = tp.graft_chain(cnn_weights, [_cnn_layer(n) for n in layers], seed, width)
     base = write_cnn("trusted", cnn_weights)
     result = diff_artifacts(base, write_cnn("deployed", planted))
     found = [f for f in result.findings if f.rule_id == "MS301"]
-    return result, found, truth
+    return result, found, path
 
 
 FULL_CHAIN = [
@@ -74,12 +75,12 @@ LAST3 = ["conv12_linear_weights", "conv_last_weights", "fc_0.w_0"]
 @pytest.mark.parametrize("seed", [11, 12])
 def test_sra_full_chain_found_with_channels(cnn_weights, write_cnn, seed):
     # The chain skips blocks through residual adds (conv3 -> conv5, conv7 -> conv10).
-    result, found, truth = _sra_case(cnn_weights, write_cnn, FULL_CHAIN, seed, rescale=False)
+    result, found, path = _sra_case(cnn_weights, write_cnn, FULL_CHAIN, seed, width=2)
     assert result.classification == "replaced subnetwork"
     assert len(found) == 1
     chain = found[0].evidence["chain"]
     assert [c["tensor"] for c in chain] == FULL_CHAIN
-    planted = {c["tensor"]: c for c in truth.details["chain"]}
+    planted = {c["tensor"]: c for c in path}
     for step in chain[1:-1]:
         if "out" in planted[step["tensor"]]:
             assert step["out_channels"] == planted[step["tensor"]]["out"]
@@ -88,15 +89,14 @@ def test_sra_full_chain_found_with_channels(cnn_weights, write_cnn, seed):
 
 
 @pytest.mark.parametrize("seed", [21, 22, 23])
-def test_sra_last_three_layers_rescaled(cnn_weights, write_cnn, seed):
-    result, found, truth = _sra_case(cnn_weights, write_cnn, LAST3, seed, rescale=True)
+def test_sra_last_three_layers(cnn_weights, write_cnn, seed):
+    result, found, path = _sra_case(cnn_weights, write_cnn, LAST3, seed, width=1)
     assert len(found) == 1
     ev = found[0].evidence
-    mid = truth.details["chain"][1]
     assert [c["tensor"] for c in ev["chain"]] == LAST3
-    assert ev["chain"][1]["out_channels"] == mid["out"]
-    assert ev["chain"][1]["in_channels"] == mid["in"]
-    assert ev["target_logits"] == [truth.details["chain"][2]["target"]]
+    assert ev["chain"][1]["out_channels"] == path[1]["out"]
+    assert ev["chain"][1]["in_channels"] == path[1]["in"]
+    assert ev["target_logits"] == [path[2]["target"]]
     # BatchNorm of the chain channels belongs to the chain, not to MS201.
     assert "conv_last_bn_scale" in ev["channel_params"]
     assert not any(f.rule_id == "MS201" for f in result.findings)
@@ -119,13 +119,13 @@ def test_handcrafted_path(minilm_weights, tmp_path):
         "encoder.layer.3.output.dense.weight",
         "encoder.layer.4.intermediate.dense.weight",
     ]
-    planted, truth = rt.plant_handcrafted(base, layers, seed=5)
+    planted, neurons = tp.handcrafted_path(base, layers, seed=5)
     result = _diff(tmp_path, base, planted)
     found = [f for f in result.findings if f.rule_id == "MS302"]
     assert len(found) == 1, [f.message for f in result.findings]
     chain = found[0].evidence["chain"]
     assert [c["tensor"] for c in chain] == layers
-    assert chain[0]["out_channels"] == [truth.details["path"][0]["out"]]
+    assert chain[0]["out_channels"] == [neurons[0]]
     assert result.classification == "handcrafted path"
 
 
@@ -133,7 +133,7 @@ def test_handcrafted_path(minilm_weights, tmp_path):
 def test_rome_rank1_edit_is_localized(minilm_weights, tmp_path, seed):
     base = _subset(minilm_weights)
     target = "encoder.layer.3.output.dense.weight"
-    planted, _ = rt.plant_rank1(base, target, seed, rel=0.01)
+    planted = tp.key_value_edit(base, target, seed, rel=0.01)
     result = _diff(tmp_path, base, planted)
     assert _attack_rules(result) == {"MS303"}
     assert result.classification == "localized edit"
@@ -144,7 +144,7 @@ def test_rome_rank1_edit_is_localized(minilm_weights, tmp_path, seed):
 def test_abliteration_shared_direction(minilm_weights, tmp_path):
     base = _subset(minilm_weights)
     outs = [k for k in _mats(base) if k.endswith("output.dense.weight")]
-    planted, _ = rt.plant_abliteration(base, outs, seed=3)
+    planted = tp.remove_direction(base, outs, seed=3)
     result = _diff(tmp_path, base, planted)
     found = [f for f in result.findings if f.rule_id == "MS304"]
     assert len(found) == 1 and len(found[0].evidence["tensors"]) == len(outs)
@@ -155,7 +155,7 @@ def test_abliteration_shared_direction(minilm_weights, tmp_path):
 def test_lora_merge_bf16_is_low_rank_not_attack(minilm_weights, tmp_path, rel):
     base = _subset(minilm_weights)
     targets = [k for k in _mats(base) if "query" in k or "value" in k]
-    merged, _ = rt.lora_merge(base, targets, seed=4, rank=8, rel=rel)
+    merged = hosts.lora_merge(base, ("query", "value"), rank=8, rel=rel, seed=4)
     result = _diff(tmp_path, base, merged, bf16=True)
     assert not _attack_rules(result)
     assert result.classification == "low-rank update"
@@ -167,7 +167,7 @@ def test_lora_merge_bf16_is_low_rank_not_attack(minilm_weights, tmp_path, rel):
 
 def test_full_finetune(minilm_weights, tmp_path):
     base = _subset(minilm_weights)
-    tuned, _ = rt.simulate_finetune(base, seed=6, rel=0.01)
+    tuned = hosts.finetune(base, lr=1e-4, seed=6)
     result = _diff(tmp_path, base, tuned)
     assert result.classification == "full fine-tune"
     assert not _rules(result)
@@ -181,7 +181,7 @@ def test_full_finetune(minilm_weights, tmp_path):
 def test_pruning_passes(minilm_weights, tmp_path, how):
     base = _subset(minilm_weights)
     mats = _mats(base)
-    pruned = rt.magnitude_prune(base, mats, 0.3)[0] if how != "2:4" else rt.nm_prune(base, mats)[0]
+    pruned = hosts.magnitude_prune(base, 0.3, mats) if how != "2:4" else tp.prune_n_of_m(base, mats)
     result = _diff(tmp_path, base, pruned)
     assert result.classification == "pruning"
     assert not _rules(result)
@@ -190,8 +190,9 @@ def test_pruning_passes(minilm_weights, tmp_path, how):
 @pytest.mark.parametrize("on_weights", [False, True])
 def test_dare_merge_is_not_a_surgical_edit(minilm_weights, tmp_path, on_weights):
     base = _subset(minilm_weights)
-    merged, _ = rt.dare_merge(base, seed=7, drop=0.9 if not on_weights else 0.5,
-                              on_weights=on_weights)  # fmt: skip
+    tuned = hosts.finetune(base, lr=1e-4, seed=8)
+    merged = tp.drop_and_rescale(base, tuned, seed=7, drop=0.5 if on_weights else 0.9,
+                                 on_weights=on_weights)  # fmt: skip
     result = _diff(tmp_path, base, merged)
     assert not _attack_rules(result)
     assert not _rules(result)
@@ -200,34 +201,37 @@ def test_dare_merge_is_not_a_surgical_edit(minilm_weights, tmp_path, on_weights)
 def test_lowbyte_payload_vs_finetune(minilm_weights, tmp_path):
     base = _subset(minilm_weights)
     target = "encoder.layer.2.intermediate.dense.weight"
-    planted, truth = rt.plant_lowbyte_payload(base, target, seed=8, fraction=0.1)
+    planted, count = tp.hide_bytes(base, target, seed=8)
     result = _diff(tmp_path, base, planted)
     found = [f for f in result.findings if f.rule_id == "MS305"]
-    # A random payload word can equal the bits it replaces; nearly all differ.
-    assert len(found) == 1 and found[0].evidence["words"] >= 0.99 * truth.details["count"]
+    # Every changed word is accounted for (a random byte equals the one it replaces one
+    # time in 256), nearly all of them in the payload.
+    ev = found[0].evidence if len(found) == 1 else {}
+    assert 0.99 * count <= ev["words"] + ev["other_changed_words"] <= count
+    assert ev["words"] >= 0.9 * count
     assert result.classification == "bit-level tampering"
     # Benign twin: a tiny fine-tune of the same tensor is no payload.
-    tuned, _ = rt.simulate_finetune(base, seed=8, rel=1e-4, tensors=[target])
+    tuned = hosts.finetune(base, lr=1e-6, seed=8, only=[target])
     assert "MS305" not in _rules(_diff(tmp_path, base, tuned))
 
 
 def test_exponent_bit_flips(minilm_weights, tmp_path):
     base = _subset(minilm_weights)
-    flipped, truth = rt.flip_exponent_bits(base, _mats(base), seed=9, count=3)
+    flipped, hit = tp.flip_exponents(base, _mats(base), seed=9, count=4)
     result = _diff(tmp_path, base, flipped)
     found = [f for f in result.findings if f.rule_id == "MS306"]
     assert len(found) == 1
-    assert sorted(found[0].evidence["tensors"]) == sorted(truth.tensors)
+    assert sorted(found[0].evidence["tensors"]) == sorted(hit)
     assert result.classification == "bit-level tampering"
 
 
 def test_prune_activated_edit(minilm_weights, tmp_path):
     base = _subset(minilm_weights)
     target = "encoder.layer.4.intermediate.dense.weight"
-    planted, _ = rt.plant_prune_activated(base, target, seed=10)
+    planted = tp.prune_activated(base, target, seed=10)
     result = _diff(tmp_path, base, planted)
     assert "MS307" in _rules(result)
-    tuned, _ = rt.simulate_finetune(base, seed=10, rel=0.01, tensors=[target])
+    tuned = hosts.finetune(base, lr=1e-4, seed=10, only=[target])
     assert not _attack_rules(_diff(tmp_path, base, tuned))
 
 
@@ -242,7 +246,7 @@ def test_allow_aliases():
 
 def test_allow_drops_an_attack_class_to_info(minilm_weights, tmp_path):
     base = _subset(minilm_weights)
-    planted, _ = rt.plant_rank1(base, "encoder.layer.3.output.dense.weight", 3, rel=0.01)
+    planted = tp.key_value_edit(base, "encoder.layer.3.output.dense.weight", 3, rel=0.01)
     result = _diff(tmp_path, base, planted, allow=["localized-edit"])
     assert not _rules(result)
     assert any(f.rule_id == "MS303" and f.severity is Severity.INFO for f in result.findings)
@@ -253,9 +257,9 @@ def test_cli_exit_codes(minilm_weights, tmp_path, run_cli):
     trusted = write_safetensors(tmp_path / "t.safetensors", base)
     attack = write_safetensors(
         tmp_path / "a.safetensors",
-        rt.plant_rank1(base, "encoder.layer.5.output.dense.weight", 4)[0],
+        tp.key_value_edit(base, "encoder.layer.5.output.dense.weight", 4),
     )
-    tuned = write_safetensors(tmp_path / "f.safetensors", rt.simulate_finetune(base, 4)[0])
+    tuned = write_safetensors(tmp_path / "f.safetensors", hosts.finetune(base, lr=1e-4, seed=4))
     out = tmp_path / "report.json"
     res = run_cli("diff", trusted, attack, "--format", "json", "-o", out, "-q")
     assert res.code == 1
