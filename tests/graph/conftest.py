@@ -1,4 +1,5 @@
-"""Session-wide real models and their twins (optimizing and quantizing are slow)."""
+"""Session-wide real models and their twins (optimizing and quantizing are slow), made
+with tests/graph/twins.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from fixtures import real_model
 from fixtures.real_models import MINILM, RAPIDOCR_CLS
-from scanner.redteam import graph as rg
+from tests.graph import twins as tw
 
 
 @pytest.fixture(scope="session")
@@ -32,17 +33,17 @@ def cls_twins(cls_model: onnx.ModelProto, graph_dir: Path) -> dict[str, Path]:
     from onnxruntime.quantization import quantize_dynamic
 
     twins = {
-        "basic": rg.ort_optimize(cls_model, "basic"),
-        "extended": rg.ort_optimize(cls_model, "extended"),
-        "renamed": rg.rename_nodes(cls_model, seed=1),
-        "reordered": rg.reorder_nodes(cls_model, seed=2),
-        "wrapped": rg.add_pre_post_processing(cls_model),
+        "basic": tw.ort_optimize(cls_model, "basic"),
+        "extended": tw.ort_optimize(cls_model, "extended"),
+        "renamed": tw.renamed(cls_model, seed=1),
+        "reordered": tw.reordered(cls_model, seed=2),
+        "wrapped": tw.wrapped(cls_model),
     }
     paths = {k: graph_dir / f"cls-{k}.onnx" for k in twins}
     for k, m in twins.items():
         onnx.save(m, paths[k])
     src = graph_dir / "cls-init.onnx"
-    onnx.save(rg.constants_to_initializers(cls_model), src)
+    onnx.save(tw.constants_as_initializers(cls_model), src)
     paths["quantized"] = graph_dir / "cls-quant.onnx"
     quantize_dynamic(str(src), str(paths["quantized"]))
     return paths
@@ -282,8 +283,8 @@ def token_models(graph_dir: Path) -> TokenModels:
     twins = {
         "clean": clean,
         "padded": padded,
-        "basic": rg.ort_optimize(clean, "basic"),
-        "extended": rg.ort_optimize(clean, "extended"),
+        "basic": tw.ort_optimize(clean, "basic"),
+        "extended": tw.ort_optimize(clean, "extended"),
     }
     paths = {k: graph_dir / f"token-{k}.onnx" for k in twins}
     for k, m in twins.items():
@@ -344,5 +345,5 @@ def torch_cnn(graph_dir: Path) -> dict[str, Path]:
             dynamo=False,
         )
     opt = graph_dir / "torch-cnn-extended.onnx"
-    onnx.save(rg.ort_optimize(onnx.load(str(path)), "extended"), opt)
+    onnx.save(tw.ort_optimize(onnx.load(str(path)), "extended"), opt)
     return {"model": path, "extended": opt}

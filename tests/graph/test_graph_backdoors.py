@@ -1,4 +1,5 @@
-"""Graph backdoors planted into a real model are found by diff and scan; twins are not."""
+"""Graph backdoors planted into a real model (by tests/graph/backdoors.py, not the
+red-team planters) are found by diff and scan; twins are not."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from scanner.cli.main import main
 from scanner.graph.canonical import canonicalize
 from scanner.graph.diff import diff_graphs
 from scanner.graph.single import find_footprints
-from scanner.redteam import graph as rg
+from tests.graph import backdoors as bd
 
 ATTACKS = {
-    "shadowlogic": rg.inject_shadowlogic,
-    "trojannet": rg.inject_trojannet,
-    "deeppayload": rg.inject_deeppayload_blend,
-    "parameter-free": rg.inject_parameter_free_path,
+    "shadowlogic": bd.override_output,
+    "trojannet": bd.window_mlp,
+    "deeppayload": bd.gated_blend,
+    "parameter-free": bd.pooled_spike,
 }
 
 
@@ -35,8 +36,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_backdoor_fires_and_is_found(kind: str, cls_model: onnx.ModelProto) -> None:
     bad, truth = ATTACKS[kind](cls_model)
     x = np.random.default_rng(0).standard_normal((1, 3, 48, 192)).astype(np.float32)
-    trig = x.copy()
-    trig[..., :6, :6] = 3.0
+    trig = truth.fire(x)
     clean, on_clean, on_trigger = _run(cls_model, x), _run(bad, x), _run(bad, trig)
     np.testing.assert_allclose(on_clean, clean, rtol=1e-5, atol=1e-6)
     assert on_trigger.argmax() == 0 and on_trigger[0, 0] > 0.99
@@ -44,7 +44,7 @@ def test_backdoor_fires_and_is_found(kind: str, cls_model: onnx.ModelProto) -> N
     gd = diff_graphs(canonicalize(cls_model), canonicalize(bad))
     injected = [r for r in gd.regions if r.kind == "injected"]
     assert len(injected) == 1 and len(gd.regions) == 1
-    assert {n.name for n in injected[0].nodes} == set(truth.added_nodes)
+    assert {n.name for n in injected[0].nodes} == set(truth.nodes)
     assert injected[0].reads_inputs == ("x",)
     assert truth.merge_node in injected[0].merge_nodes
     assert find_footprints(canonicalize(bad))
@@ -90,14 +90,14 @@ def test_cli_diff_and_scan(
     cls_model: onnx.ModelProto, cls_twins: dict[str, Path], tmp_path: Path
 ) -> None:
     trusted = str(real_model(RAPIDOCR_CLS))
-    bad, truth = rg.inject_shadowlogic(cls_model)
+    bad, truth = bd.override_output(cls_model)
     bad_path = tmp_path / "bad.onnx"
     onnx.save(bad, bad_path)
     out = tmp_path / "r.json"
     assert main(["diff", trusted, str(bad_path), "--format", "json", "-o", str(out), "-q"]) == 1
     report = json.loads(out.read_text())
     ms501 = [f for f in report["findings"] if f["rule_id"] == "MS501"]
-    assert ms501 and {loc["node"] for loc in ms501[0]["locations"]} == set(truth.added_nodes)
+    assert ms501 and {loc["node"] for loc in ms501[0]["locations"]} == set(truth.nodes)
     for twin in ("basic", "extended", "renamed"):
         code = main(
             ["diff", trusted, str(cls_twins[twin]), "--format", "json", "-o", str(out), "-q"]
@@ -115,8 +115,8 @@ def test_probe_trigger_vs_equivalent(
     from scanner.graph.probe import probe_models
 
     trusted = real_model(RAPIDOCR_CLS)
-    bad, _ = rg.inject_trojannet(cls_model)
-    res = probe_models(trusted, bad.SerializeToString(), budget_s=10, hints=[3.0])
+    bad, _ = bd.window_mlp(cls_model)
+    res = probe_models(trusted, bad.SerializeToString(), budget_s=10, hints=[bd.TRIGGER])
     assert res.verdict == "trigger" and res.seconds < 12
     res = probe_models(trusted, cls_twins["extended"], budget_s=5)
     assert res.verdict == "equivalent"

@@ -11,7 +11,7 @@ import onnx
 from fixtures import real_model
 from fixtures.real_models import RAPIDOCR_CLS
 from scanner.cli.main import main
-from scanner.redteam import graph as rg
+from tests.graph import backdoors as bd
 
 BUDGET = 10
 
@@ -40,7 +40,7 @@ def test_probe_cli_trojannet_vs_optimized_twin(
     cls_model: onnx.ModelProto, cls_twins: dict[str, Path], tmp_path: Path
 ) -> None:
     trusted = real_model(RAPIDOCR_CLS)
-    bad, _ = rg.inject_trojannet(cls_model)
+    bad, _ = bd.window_mlp(cls_model)
     bad_path = tmp_path / "trojannet.onnx"
     onnx.save(bad, bad_path)
     code, report = _probe_diff(trusted, bad_path, tmp_path / "bad.json")
@@ -51,9 +51,10 @@ def test_probe_cli_trojannet_vs_optimized_twin(
     assert ev["verdict"] == "trigger" and ev["budget_s"] == BUDGET
     assert ev["seconds"] <= BUDGET + 2
     out = ev["outputs"][0]
-    # silent on random inputs, divergent on structured ones (a patch in the trigger corner)
+    # silent on random inputs, divergent on structured ones (fills or patches: the probe
+    # does not know where the trigger window is)
     assert out["random_max"] == 0.0 and out["n_structured_diverged"] >= 1
-    assert out["structured_max"] > 0.1 and "patch" in out["worst_probe"]
+    assert out["structured_max"] > 0.1 and out["worst_probe"].startswith("x:")
     assert f"of a {BUDGET}s budget" in ms504[0]["message"]
     assert report["evidence"]["graph"]["probe"]["budget_s"] == BUDGET
 
@@ -70,13 +71,13 @@ def test_probe_cli_finds_the_trigger_token(token_models: object, tmp_path: Path)
     token among 30,522 is found within the budget, not by luck of the sweep."""
     tm = token_models
     direction = np.random.default_rng(5).standard_normal(tm.hidden)  # type: ignore[attr-defined]
-    bad, _ = rg.inject_token_trigger(
+    bad, _ = bd.token_shift(
         tm.clean,
         input_name="input_ids",  # type: ignore[attr-defined]
         residual=tm.residual,  # type: ignore[attr-defined]
         token=7592,
         direction=direction / np.linalg.norm(direction),
-        spread=False,
+        whole_sequence=False,
     )
     bad_path = tmp_path / "token-bad.onnx"
     onnx.save(bad, bad_path)

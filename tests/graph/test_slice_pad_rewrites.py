@@ -17,7 +17,7 @@ from fixtures.real_models import SILERO_ONNX
 from scanner.cli.main import main
 from scanner.graph.canonical import canonicalize
 from scanner.graph.diff import diff_graphs
-from scanner.redteam import graph as rg
+from tests.graph import twins as tw
 
 BIG = np.iinfo(np.int64).max
 
@@ -137,7 +137,7 @@ def test_pad_chains() -> None:
 def test_silero_after_ort_basic_optimization_is_equivalent(tmp_path: Path) -> None:
     trusted = real_model(SILERO_ONNX)
     model = onnx.load(str(trusted))
-    opt = rg.ort_optimize(model, "basic")
+    opt = tw.ort_optimize(model, "basic")
     # ORT folded the STFT padding computation into one Pad and dropped no-op Slices
     assert len(opt.graph.node) < len(model.graph.node)
     gd = diff_graphs(canonicalize(model), canonicalize(opt))

@@ -15,22 +15,23 @@ import pytest
 from scanner.cli.main import main
 from scanner.graph.canonical import canonicalize
 from scanner.graph.single import find_footprints
-from scanner.redteam import graph as rg
+from tests.graph import backdoors as bd
+from tests.graph import twins as tw
 
 TRIGGER_ID = 7592  # kept equal to conftest.TRIGGER_ID (test modules cannot import it)
 PAD_ID = 0
 
 
-def _plant(tm: object, spread: bool) -> tuple[onnx.ModelProto, rg.GroundTruth]:
+def _plant(tm: object, spread: bool) -> tuple[onnx.ModelProto, bd.Injected]:
     direction = np.random.default_rng(3).standard_normal(tm.hidden)  # type: ignore[attr-defined]
     direction /= np.linalg.norm(direction)
-    return rg.inject_token_trigger(
+    return bd.token_shift(
         tm.clean,
         input_name="input_ids",  # type: ignore[attr-defined]
         residual=tm.residual,  # type: ignore[attr-defined]
         token=TRIGGER_ID,
         direction=direction,
-        spread=spread,
+        whole_sequence=spread,
     )
 
 
@@ -71,7 +72,7 @@ def test_token_trigger_fires_only_on_the_token(token_models: object, spread: boo
         assert (others > 0.1 * scale).mean() > 0.5
     else:  # only attention carries it elsewhere: far smaller than at the trigger
         assert others.max() < moved[:, 5].min()
-    assert truth.added_nodes[0].startswith("/encoder/layer.0/")  # exporter-style names
+    assert truth.nodes[0].startswith("/encoder/layer.0/")  # exporter-style names
 
 
 @pytest.mark.parametrize("spread", [False, True], ids=["per-position", "whole-sequence"])
@@ -88,8 +89,8 @@ def test_diff_and_scan_flag_the_token_trigger(
     ms501 = [f for f in _report(out)["findings"] if f["rule_id"] == "MS501"]
     assert len(ms501) == 1
     ev = ms501[0]["evidence"]
-    assert set(ev["nodes"]) == set(truth.added_nodes)
-    assert {loc["node"] for loc in ms501[0]["locations"]} == set(truth.added_nodes)
+    assert set(ev["nodes"]) == set(truth.nodes)
+    assert {loc["node"] for loc in ms501[0]["locations"]} == set(truth.nodes)
     assert ev["merge_ops"] == ["Add"] and ev["merge_nodes"] == [truth.merge_node]
     assert ev["reads_inputs"] == ["input_ids"]
     assert ev["writes_into"] == [tm.residual]  # type: ignore[attr-defined]
@@ -100,7 +101,7 @@ def test_diff_and_scan_flag_the_token_trigger(
     assert ms506[0]["evidence"]["merge_node"] == truth.merge_node
     # the backdoor survives ONNX Runtime's optimizer, and so does its detection
     opt = tmp_path / "bad-opt.onnx"
-    onnx.save(rg.ort_optimize(bad, "extended"), opt)
+    onnx.save(tw.ort_optimize(bad, "extended"), opt)
     assert main(["diff", trusted, str(opt), "--format", "json", "-o", str(out), "-q"]) == 1
     findings = _report(out)["findings"]
     assert [f["rule_id"] for f in findings].count("MS501") == 1

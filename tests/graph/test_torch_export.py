@@ -12,7 +12,7 @@ import onnxruntime as ort
 from scanner.cli.main import main
 from scanner.graph.canonical import canonicalize
 from scanner.graph.diff import diff_graphs
-from scanner.redteam import graph as rg
+from tests.graph import backdoors as bd
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -23,10 +23,9 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_shadowlogic_on_a_torch_export(torch_cnn: dict[str, Path], tmp_path: Path) -> None:
     model = onnx.load(str(torch_cnn["model"]))
     assert model.producer_name == "pytorch"
-    bad, truth = rg.inject_shadowlogic(model, target=1)
+    bad, truth = bd.override_output(model, target=1)
     x = np.random.default_rng(0).standard_normal((2, 3, 48, 192)).astype(np.float32)
-    trig = x.copy()
-    trig[..., :6, :6] = 3.0
+    trig = truth.fire(x)
     np.testing.assert_array_equal(_run(bad, x), _run(model, x))
     assert (_run(bad, trig)[:, 1] > 0.99).all()
     assert not (_run(model, trig)[:, 1] > 0.99).all()
@@ -37,16 +36,16 @@ def test_shadowlogic_on_a_torch_export(torch_cnn: dict[str, Path], tmp_path: Pat
     assert main(["diff", trusted, str(bad_path), "--format", "json", "-o", str(out), "-q"]) == 1
     ms501 = [f for f in json.loads(out.read_text())["findings"] if f["rule_id"] == "MS501"]
     assert len(ms501) == 1
-    assert set(ms501[0]["evidence"]["nodes"]) == set(truth.added_nodes)
+    assert set(ms501[0]["evidence"]["nodes"]) == set(truth.nodes)
     assert ms501[0]["evidence"]["reads_inputs"] == ["x"]
     assert main(["scan", str(bad_path), "--format", "json", "-o", str(out), "-q"]) == 1
     assert main(["scan", trusted, "--format", "json", "-o", str(out), "-q"]) == 0
     # planted into the optimized model, it is still the one injected region
-    opt_bad, opt_truth = rg.inject_shadowlogic(onnx.load(str(torch_cnn["extended"])), target=1)
+    opt_bad, opt_truth = bd.override_output(onnx.load(str(torch_cnn["extended"])), target=1)
     gd = diff_graphs(canonicalize(model), canonicalize(opt_bad))
     assert [r.kind for r in gd.regions if r.kind != "fusion"] == ["injected"]
     injected = next(r for r in gd.regions if r.kind == "injected")
-    assert {n.name for n in injected.nodes} == set(opt_truth.added_nodes)
+    assert {n.name for n in injected.nodes} == set(opt_truth.nodes)
 
 
 def test_ort_optimized_torch_export_is_equivalent(
