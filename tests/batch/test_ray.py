@@ -101,7 +101,9 @@ def ray_head() -> Iterator[Head]:
                     f"Ray head did not start: {(Path(temp) / 'head.log').read_text()[-2000:]}"
                 )
             time.sleep(0.5)
-        yield Head(f"ray://127.0.0.1:{client_port}", env)
+        address = f"ray://127.0.0.1:{client_port}"
+        _wait_until_clients_connect(address, env, deadline, head, Path(temp))
+        yield Head(address, env)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -112,6 +114,27 @@ def ray_head() -> Iterator[Head]:
         with_group_gone(head.pid)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_until_clients_connect(
+    address: str, env: dict[str, str], deadline: float, head: subprocess.Popen, temp: Path
+) -> None:
+    """The client port accepts before the head can serve a client (on a loaded machine
+    the first connections fail with "Initialization failure from server"): connect as the
+    tests will until one succeeds."""
+    probe = f"import ray; ray.init({address!r}, logging_level='ERROR'); ray.shutdown()"
+    while True:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", probe], env=env, capture_output=True, timeout=60
+            )
+            if done.returncode == 0:
+                return
+        except subprocess.TimeoutExpired:
+            pass
+        if head.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"Ray head serves no client: {(temp / 'head.log').read_text()[-2000:]}")
+        time.sleep(1.0)
 
 
 def with_group_gone(pgid: int) -> None:
