@@ -188,6 +188,12 @@ adds one for copies handed around, never used here). A marker is a metadata chan
 the `strict` pack fails on MS208, which made benign twins fail and inflated detection;
 `tests/evaluate/test_no_fingerprint.py` checks that an unchanged copy gates like the
 source under `default`, `strict` and `audit`, and that no evaluated case fails on MS208.
+
+The detectors' own tests never use these planters: `tests/analysis/tampering.py`,
+`tests/claims/tampering.py`, `tests/graph/backdoors.py`, `tests/graph/twins.py` and the
+tamper matrix (`tests/tamper/`) plant attacks and benign changes from the papers'
+descriptions with other shapes, magnitudes and trigger places; only `tests/redteam` and
+`tests/evaluate` import `scanner.redteam`, to test the planters and this protocol.
 """
 
 
