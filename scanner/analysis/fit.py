@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanner.analysis.lowrank import RankProfile, rank_profile
-from scanner.analysis.noise import NoiseResult, noise_bound, storage_noise
+from scanner.analysis.noise import (
+    NoiseResult,
+    beyond_noise,
+    integer_storage,
+    noise_bound,
+    storage_noise,
+)
 from scanner.analysis.outliers import OutlierProfile, Thresholds, matrix_view, outlier_profile
 from scanner.analysis.tensors import TensorPair
 
@@ -105,7 +111,7 @@ def fit_tensor(pair: TensorPair, limits: Thresholds | None = None) -> TensorFit:
         )
     prof = outlier_profile(pair, limits)
     mask = prof.mask
-    beyond = (np.abs(b - a, dtype=np.float32) > noise_bound(a, b, pair.dtype)) & ~mask
+    beyond = beyond_noise(a, b, pair.dtype) & ~mask
     n_beyond = int(beyond.sum())
     if n_beyond == 0:
         return TensorFit(pair.name, noise, prof, "none", None, changed_fraction=frac)
@@ -137,7 +143,8 @@ def _below_resolution(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: 
     where it crosses a rounding step only at weights much smaller than typical. Not
     rounding noise (the elements moved beyond their own bound), but too small to be an
     edit: it counts as part of a diffuse update."""
-    if float(np.mean(changed)) >= DIFFUSE_CHANGED:
+    if float(np.mean(changed)) >= DIFFUSE_CHANGED or integer_storage(dtype):
+        # integer codes have one step at every magnitude: nothing is below it
         return False
     typical = np.full(1, float(np.median(np.abs(a))))
     bound = float(noise_bound(typical, typical, dtype)[0])

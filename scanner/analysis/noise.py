@@ -89,6 +89,20 @@ def noise_bound(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     return element_ulp(a, b, dtype) * np.float32(ULP_BOUND)
 
 
+def integer_storage(dtype: str) -> bool:
+    """Whether ``dtype`` stores integer codes (one step at every magnitude)."""
+    return dtype not in _MANTISSA
+
+
+def beyond_noise(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    """Elements whose change is beyond storage noise: more than ``ULP_BOUND`` ulps of a
+    float dtype; any change of an integer code (codes are never storage noise)."""
+    d = np.abs(b - a, dtype=np.float32)
+    if integer_storage(dtype):
+        return d > 0
+    return d > noise_bound(a, b, dtype)
+
+
 def storage_noise(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: str) -> NoiseResult:
     """Whether every changed element of ``a -> b`` (float views of ``dtype`` storage) is
     storage rounding noise."""
