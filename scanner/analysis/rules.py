@@ -202,12 +202,12 @@ ROUNDING_NOISE = define_rule(
     "storage-rounding-noise",
     Severity.INFO,
     "Change within storage rounding noise",
-    checks="Changed tensors where every changed element moved by at most 2 units in the "
-    "last place of the stored dtype at that element's magnitude (one code for integer "
-    "storage), or every changed value is the trusted value rounded to nearest-even in a "
-    "narrower float dtype (a round trip through F16 or BF16). Decided element by element, "
-    "never from an aggregate: one element beyond the bound makes the change something "
-    "else.",
+    checks="Changed float tensors where every changed element moved by at most 2 units "
+    "in the last place of the stored dtype at that element's magnitude, or every changed "
+    "value is the trusted value rounded to nearest-even in a narrower float dtype (a round "
+    "trip through F16 or BF16). Decided element by element, never from an aggregate: one "
+    "element beyond the bound makes the change something else. A changed integer code is "
+    "never rounding noise.",
     why="Re-saving or converting a model can perturb the last bits of weights; such a "
     "change cannot carry an edit, and naming it keeps it apart from real updates.",
     example="rounding noise: 12 tensors (12 storage rounding); largest change 1 ulp.",
