@@ -202,3 +202,107 @@ def test_fused_qoperator_bias_edit_fails_and_is_localized(
     assert len(failed) == 1, [(f.rule_id, f.message) for f in result.findings]
     assert failed[0].locations[0].tensor == bias.name
     assert failed[0].locations[0].region.indices == (channel,)
+
+
+def _qoperator_zoo(folder: Path) -> tuple[Path, Path]:
+    """A small float model on the classifier's real weights that uses every QOperator
+    kind onnxruntime writes for a CNN (QLinearConv, QLinearLeakyRelu, QLinearSigmoid,
+    QLinearAveragePool, QLinearConcat, QLinearGlobalAveragePool, QGemm, QLinearSoftmax),
+    and its static QOperator quantization."""
+    import logging
+
+    from onnx import helper
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from fixtures import real_model
+
+    cls = onnx.load(str(real_model("rapidocr-cls")))
+    real = {t.name: numpy_helper.to_array(t) for t in cls.graph.initializer}
+    for n in cls.graph.node:
+        if n.op_type == "Constant":
+            real[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    weights = {
+        "w1": real["conv1_weights"],
+        "w2": real["conv2_expand_weights"],
+        "fc": np.ascontiguousarray(real["fc_0.w_0"][:16]),
+        "fb": real["fc_0.b_0"],
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("LeakyRelu", ["c1"], ["a1"], alpha=0.1),
+        helper.make_node("Conv", ["a1", "w2"], ["c2"]),
+        helper.make_node("Sigmoid", ["c2"], ["s2"]),
+        helper.make_node("AveragePool", ["a1"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["s2", "p1"], ["cat"], axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "zoo",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 48, 192])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    src, out = folder / "zoo.onnx", folder / "zoo_qoperator.onnx"
+    onnx.save(model, str(src))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(1)
+            self.items = iter(
+                [{"x": rng.standard_normal((1, 3, 48, 192)).astype(np.float32)} for _ in range(3)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QOperator,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+    )
+    return src, out
+
+
+def test_every_qoperator_kind_collapses_and_a_rescaled_one_fails(work: Path) -> None:
+    src, quantized = _qoperator_zoo(work)
+    m = onnx.load(str(quantized))
+    kinds = {n.op_type for n in m.graph.node}
+    assert {
+        "QLinearConv",
+        "QLinearLeakyRelu",
+        "QLinearSigmoid",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "QLinearGlobalAveragePool",
+        "QGemm",
+        "QLinearSoftmax",
+    } <= kinds, kinds
+    claim = CLAIMS["qoperator"]
+    out = work / "zoo.json"
+    code = main(["diff", str(src), str(quantized), "--claim", claim, "-f", "json", "-o", str(out)])
+    findings = json.loads(out.read_text())["findings"]
+    blocking = [(x["rule_id"], x["message"][:120]) for x in findings if x["severity"] != "info"]
+    assert code == 0 and not [b for b in blocking if b[0] != "MS208"], blocking
+    # The concatenation written at 1.3x the scale its reader dequantizes with.
+    index, concat = next((i, n) for i, n in enumerate(m.graph.node) if n.op_type == "QLinearConcat")
+    name = concat.name or f"QLinearConcat_{index}"  # how the reader names an unnamed node
+    _rescaled(m, concat, 0, 1.3)
+    bad = work / "zoo_rescaled.onnx"
+    onnx.save(m, str(bad))
+    assert main(["diff", str(src), str(bad), "--claim", claim, "-f", "json", "-o", str(out)]) == 1
+    graph = [x for x in json.loads(out.read_text())["findings"] if x["rule_id"] == "MS209"]
+    assert any(name in {loc.get("node") for loc in x["locations"]} for x in graph), graph
