@@ -62,6 +62,8 @@ class TensorVerdict:
     axis: int = 0
     problem: str = ""
     """Short kind of failure (``codes``, ``scale``, ``zero-point``, ``criterion`` ...)."""
+    sources: tuple[str, ...] = ()
+    """Further trusted tensors the origin was computed from (a BatchNorm folded in)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ from scanner.claims.base import (
     read_tensor,
     sorted_rows,
 )
+from scanner.claims.folds import (
+    ConvFold,
+    batchnorm_remains,
+    conv_batchnorm_folds,
+    deployed_conv_inputs,
+)
 from scanner.claims.grammar import Claim
 from scanner.claims.layouts import (
     CODE_DTYPES,
@@ -89,17 +95,57 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
     used: set[str] = set()
     ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] = {}
     jobs = []
+    folds = conv_batchnorm_folds(trusted)
+    origins: dict[str, str] = {}
+    later: list[QuantGroup] = []
     for g in groups:
         origin, perm = _origin(g, trusted, deployed, used, ranges)
         if origin is None:
-            notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
+            later.append(g)
             continue
         used.add(origin)
+        origins[g.codes] = origin
         jobs.append(
             (
                 4 * trusted.tensors[origin].n_elements,  # the float32 copy a check holds
-                lambda g=g, origin=origin, perm=perm: check_group(
-                    trusted, origin, deployed, g, perm, claim
+                lambda g=g, origin=origin, perm=perm: _check_or_folded(
+                    trusted, origin, deployed, g, perm, claim, folds.get(origin)
+                ),
+            )
+        )
+    weight_of_bias = deployed_conv_inputs(deployed) if folds else {}
+    # Weights first: a bias is found through its convolution's weight.
+    later.sort(key=lambda g: deployed.tensors[g.codes].dtype.name == "I32")
+    for g in later:
+        if deployed.tensors[g.codes].dtype.name != "I32":
+            fold = _folded_origin(g, deployed, folds, used)
+            if fold is None:
+                notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
+                continue
+            used.add(fold.weight)
+            origins[g.codes] = fold.weight
+            jobs.append(
+                (
+                    4 * fold.folded_weight.size,
+                    lambda g=g, fold=fold: _folded(
+                        check_group(
+                            trusted, fold.weight, deployed, g, None, claim, fold.folded_weight
+                        ),
+                        fold,
+                    ),
+                )
+            )
+            continue
+        fold = folds.get(origins.get(weight_of_bias.get(g.codes, ""), ""))
+        if fold is None or fold.folded_bias.shape != tuple(deployed.tensors[g.codes].shape):
+            notes.append(f"{g.codes}: no trusted float tensor matches (name or shape)")
+            continue
+        jobs.append(
+            (
+                4 * fold.folded_bias.size,
+                lambda g=g, fold=fold: _folded(
+                    check_group(trusted, fold.bias, deployed, g, None, claim, fold.folded_bias),
+                    fold,
                 ),
             )
         )
@@ -119,6 +165,73 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
         tuple(notes),
         evidence={"layouts": layouts, "groups": len(groups) + len(vgroups)},
         applicable=bool(groups or vgroups),
+    )
+
+
+def _folded_origin(
+    g: QuantGroup, deployed: Artifact, folds: dict[str, ConvFold], used: set[str]
+) -> ConvFold | None:
+    """The unused trusted convolution, BatchNorm folded in, whose per-channel ranges give
+    the stored scales of ``g`` (an optimizer renamed the folded weight)."""
+    shape = tuple(deployed.tensors[g.codes].shape)
+    if batchnorm_remains(deployed, g.codes):
+        return None
+    qmin, qmax = CODE_DTYPES[deployed.tensors[g.codes].dtype.name]
+    scale = np.abs(group_scale(deployed, g).astype(np.float64))
+    identity = tuple(range(len(shape)))
+    fits = [
+        f
+        for name, f in folds.items()
+        if name not in used
+        and f.folded_weight.shape == shape
+        and max(
+            _scales_fit(_channel_ranges(f.folded_weight), identity, scale, qmin, qmax).values(),
+            default=0.0,
+        )
+        == 1.0
+    ]
+    return fits[0] if len(fits) == 1 else None
+
+
+def _check_or_folded(
+    trusted: Artifact,
+    origin: str,
+    deployed: Artifact,
+    g: QuantGroup,
+    perm: tuple[int, ...] | None,
+    claim: Claim,
+    fold: ConvFold | None,
+) -> tuple[TensorVerdict, LineProfile | None]:
+    """The quantized weight re-derived from its trusted tensor, or, when that fails and
+    the trusted graph folds a BatchNorm into it that the deployed graph no longer has,
+    from the folded weight (``scanner.claims.folds``)."""
+    verdict, profile = check_group(trusted, origin, deployed, g, perm, claim)
+    if verdict.ok or fold is None or perm not in (None, tuple(range(len(perm or ())))):
+        return verdict, profile
+    if batchnorm_remains(deployed, g.codes):
+        return verdict, profile
+    folded, folded_profile = check_group(
+        trusted, origin, deployed, g, perm, claim, fold.folded_weight
+    )
+    # The folded weight is the origin when it holds, or when its scales fit where the
+    # stored weight's do not (then the codes that break it are the ones to name).
+    if folded.ok or (verdict.problem == "scale" and folded.problem != "scale"):
+        return _folded((folded, folded_profile), fold)
+    return verdict, profile
+
+
+def _folded(
+    result: tuple[TensorVerdict, LineProfile | None], fold: ConvFold
+) -> tuple[TensorVerdict, LineProfile | None]:
+    verdict, profile = result
+    return (
+        replace(
+            verdict,
+            sources=tuple(s for s in fold.sources if s != verdict.tensor),
+            stats={**verdict.stats, "batchnorm_folded": {"eps": fold.eps}},
+            message=verdict.message + f" (BatchNormalization folded in, eps {fold.eps:g})",
+        ),
+        profile,
     )
 
 
@@ -328,9 +441,11 @@ def check_group(
     g: QuantGroup,
     perm: tuple[int, ...] | None,
     claim: Claim,
+    values: np.ndarray | None = None,
 ) -> tuple[TensorVerdict, LineProfile | None]:
-    """Re-derive one quantized weight from its trusted float tensor; the line profile
-    is returned for search-algorithm claims (None for round-to-nearest)."""
+    """Re-derive one quantized weight from its trusted float tensor (or from ``values``
+    computed from trusted tensors, a folded BatchNorm); the line profile is returned for
+    search-algorithm claims (None for round-to-nearest)."""
     c_info = deployed.tensors[g.codes]
     qmin, qmax = CODE_DTYPES[c_info.dtype.name]
     names = g.names
@@ -383,7 +498,7 @@ def check_group(
         if claimed
         else (["symmetric", "asymmetric"] if looks == "symmetric" else ["asymmetric"])
     )
-    w_full = read_float(trusted, origin)
+    w_full = values if values is not None else read_float(trusted, origin)
     if perm is not None and perm != tuple(range(len(perm))):
         w_full = np.transpose(w_full, perm)
     codes_full = read_tensor(deployed, g.codes)

@@ -308,7 +308,7 @@ def outcome_analysis(outcomes: Iterable[ClaimOutcome], *, inferred: bool = False
             # A tensor that breaks its claim is not an instance of the claimed class: a
             # rules pack that allows (claimed) quantization must not let it through.
             cls = v.change_class if v.ok else UNFAITHFUL
-            for name in (v.tensor, *v.deployed):
+            for name in (v.tensor, *v.sources, *v.deployed):
                 explained[name] = cls
                 labels[name] = {
                     "class": cls,

@@ -114,8 +114,8 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
     ``float``, ``dynamic`` (ConvInteger / MatMulInteger), ``qdq`` (static, QDQ format, calibrated on
     two seeded random images), ``qoperator`` (the same static quantization written as
     QLinearConv / QLinearMatMul operators), and ``fused`` (onnxruntime's basic
-    optimizations: BatchNormalization folded into Conv biases) with its QOperator
-    quantization ``fused_qoperator`` (int32 biases, a QGemm)."""
+    optimizations: BatchNormalization folded into Conv biases) with its QOperator and QDQ
+    quantizations ``fused_qoperator`` (int32 biases, a QGemm) and ``fused_qdq``."""
     import logging
 
     import onnxruntime as ort
@@ -154,10 +154,12 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
     options.optimized_model_filepath = str(fused)
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     fused_qop = work / "cls_fused_qoperator.onnx"
+    fused_qdq = work / "cls_fused_qdq.onnx"
     for source, path, fmt in (
         (src, qdq, QuantFormat.QDQ),
         (src, qop, QuantFormat.QOperator),
         (fused, fused_qop, QuantFormat.QOperator),
+        (fused, fused_qdq, QuantFormat.QDQ),
     ):
         quantize_static(
             str(source),
@@ -174,4 +176,5 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
         "qoperator": qop,
         "fused": fused,
         "fused_qoperator": fused_qop,
+        "fused_qdq": fused_qdq,
     }

@@ -306,3 +306,45 @@ def test_every_qoperator_kind_collapses_and_a_rescaled_one_fails(work: Path) -> 
     assert main(["diff", str(src), str(bad), "--claim", claim, "-f", "json", "-o", str(out)]) == 1
     graph = [x for x in json.loads(out.read_text())["findings"] if x["rule_id"] == "MS209"]
     assert any(name in {loc.get("node") for loc in x["locations"]} for x in graph), graph
+
+
+@pytest.mark.parametrize("flavour", ["fused_qdq", "fused_qoperator"])
+def test_optimized_then_quantized_against_the_unoptimized_float(
+    onnx_quantized: dict[str, Path], work: Path, flavour: str
+) -> None:
+    """onnxruntime's pre-processing folds BatchNorm (and per-channel Adds) into the convs
+    before quantizing: the codes come from the folded weights, re-derived from the
+    trusted graph's own Conv and BatchNorm, under the optimizer's new names."""
+    src, quantized = onnx_quantized["float"], onnx_quantized[flavour]
+    claim = CLAIMS["qoperator"]
+    out = work / f"cls_{flavour}_vs_float.json"
+    code = main(["diff", str(src), str(quantized), "--claim", claim, "-f", "json", "-o", str(out)])
+    findings = json.loads(out.read_text())["findings"]
+    blocking = [(x["rule_id"], x["message"][:120]) for x in findings if x["severity"] != "info"]
+    assert code == 0 and not [b for b in blocking if b[0] != "MS208"], blocking
+    verified = next(x for x in findings if x["rule_id"] == "MS401")["evidence"]["per_tensor"]
+    folded = {k for k, v in verified.items() if "batchnorm_folded" in v}
+    assert "conv1_weights" in folded and len(folded) >= 35
+
+
+def test_optimized_then_quantized_with_an_edited_conv_fails(
+    onnx_quantized: dict[str, Path], work: Path
+) -> None:
+    """Three codes of one folded depthwise conv moved by two steps each."""
+    m = onnx.load(str(onnx_quantized["fused_qdq"]))
+    codes = next(
+        t for t in m.graph.initializer if t.name.endswith("conv5_depthwise_weights_quantized")
+    )
+    values = numpy_helper.to_array(codes).copy()
+    flat = values.reshape(-1)
+    picked = np.array([7, 40, 101])
+    flat[picked] = np.clip(flat[picked].astype(np.int32) + 2, -127, 127).astype(values.dtype)
+    codes.CopyFrom(numpy_helper.from_array(values, codes.name))
+    bad = work / "cls_fused_qdq_edited.onnx"
+    onnx.save(m, str(bad))
+    result = diff_artifacts(onnx_quantized["float"], bad, options={"claims": [CLAIMS["qoperator"]]})
+    failed = [f for f in result.findings if f.rule_id == "MS402"]
+    assert len(failed) == 1, [(f.rule_id, f.message[:100]) for f in result.findings]
+    assert failed[0].locations[0].tensor == codes.name
+    rows = {int(i) for i in np.unravel_index(picked, values.shape)[0]}
+    assert set(failed[0].locations[0].region.indices) == rows
