@@ -99,6 +99,18 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
     origins: dict[str, str] = {}
     later: list[QuantGroup] = []
     for g in groups:
+        named = any(n in trusted.tensors for n in _stems(g.codes))
+        # Renamed by an optimizer that folded a BatchNorm in: the folded weight whose
+        # ranges give the stored scales is a sharper match than a shape (one per-tensor
+        # scale can fit an unrelated tensor's range by chance).
+        if (
+            folds
+            and not named
+            and deployed.tensors[g.codes].dtype.name != "I32"
+            and _folded_origin(g, deployed, folds, used) is not None
+        ):
+            later.append(g)
+            continue
         origin, perm = _origin(g, trusted, deployed, used, ranges)
         if origin is None:
             later.append(g)

@@ -220,6 +220,7 @@ def analyze_graph(ctx: PairContext) -> Analysis:
     explained.update(
         {k: v for k, v in _one_sided_structure(ctx, t, d).items() if k not in ctx.explained}
     )
+    explained.update(_claimed_quantized_groups(ctx, gd))
     if serious:
         classification: str | None = "graph change"
     elif gd.identical and not any(c for c in gd.weight_checks if c.trusted != c.deployed):
@@ -232,6 +233,32 @@ def analyze_graph(ctx: PairContext) -> Analysis:
         classification=classification,
         evidence=evidence,
     )
+
+
+def _claimed_quantized_groups(ctx: PairContext, gd: GraphDiff) -> dict[str, str]:
+    """The rest of a quantized weight check whose quantization a claim verified.
+
+    A check within quantization rounding is left to the claims; when it also holds float
+    values derived with the weight (the float bias of a conv whose BatchNorm an optimizer
+    folded, the shape of its reshape), those have no claim of their own. Once every
+    trusted tensor of the check and one of its deployed tensors are explained by a
+    verified claim, the check (within its bound) explains the rest."""
+    labels: dict[str, Any] = {}
+    for t in ctx.tensors:
+        for name in (t.name, t.deployed_name):
+            if name and t.labels:
+                labels[name] = t.labels
+    out: dict[str, str] = {}
+    for c in gd.weight_checks:
+        if not (c.ok and c.quantized) or not c.trusted:
+            continue
+        verified = [k for k in (*c.trusted, *c.deployed) if labels.get(k, {}).get("verified")]
+        if not set(c.trusted) <= set(verified) or len(verified) == len(c.trusted):
+            continue
+        for key in c.deployed:
+            if key not in ctx.explained:
+                out[key] = "equivalent rewrite"
+    return out
 
 
 def _one_sided_structure(ctx: PairContext, t: CanonicalGraph, d: CanonicalGraph) -> dict[str, str]:

@@ -115,7 +115,8 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
     two seeded random images), ``qoperator`` (the same static quantization written as
     QLinearConv / QLinearMatMul operators), and ``fused`` (onnxruntime's basic
     optimizations: BatchNormalization folded into Conv biases) with its QOperator and QDQ
-    quantizations ``fused_qoperator`` (int32 biases, a QGemm) and ``fused_qdq``."""
+    quantizations ``fused_qoperator`` (int32 biases, a QGemm) and ``fused_qdq``, and its
+    dynamic one ``fused_dynamic`` (float biases)."""
     import logging
 
     import onnxruntime as ort
@@ -155,6 +156,8 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     fused_qop = work / "cls_fused_qoperator.onnx"
     fused_qdq = work / "cls_fused_qdq.onnx"
+    fused_dyn = work / "cls_fused_dynamic.onnx"
+    quantize_dynamic(str(fused), str(fused_dyn), weight_type=QuantType.QInt8, per_channel=True)
     for source, path, fmt in (
         (src, qdq, QuantFormat.QDQ),
         (src, qop, QuantFormat.QOperator),
@@ -177,4 +180,5 @@ def onnx_quantized(work: Path) -> dict[str, Path]:
         "fused": fused,
         "fused_qoperator": fused_qop,
         "fused_qdq": fused_qdq,
+        "fused_dynamic": fused_dyn,
     }
