@@ -57,7 +57,8 @@ _MOVES = {
     "SpaceToDepth",
 }
 """Operators that only select, reorder or take the maximum of elements: with a positive
-per-tensor scale, dequantizing before or after them gives the same values."""
+per-tensor scale (and only then), dequantizing before or after them gives the same
+values."""
 
 
 def expand_qoperator(ed: _Editor) -> None:
@@ -180,6 +181,8 @@ def _dequantize_before_moves(ed: _Editor) -> None:
             continue  # MaxPool's indices are read: they are not moved values
         if any(_size(ed, t) != 1 or ed.cval(t) is None for t in dq.inputs[1:] if t):
             continue
+        if not float(np.asarray(ed.cval(dq.inputs[1])).reshape(-1)[0]) > 0:
+            continue  # a negative scale turns the max of codes into the min of values
         if move.inputs[0] in g.consts:
             continue  # a constant's move folds on its own
         inner = ed.node(dq, "DequantizeLinear", [move.inputs[0], *dq.inputs[1:]], attrs={})

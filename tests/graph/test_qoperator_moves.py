@@ -65,3 +65,11 @@ def test_moves_on_quantized_values_collapse_to_the_float_graph() -> None:
 def test_dequantize_at_another_scale_is_not_collapsed() -> None:
     # the values come back 1.25x larger: not a rounding of the float graph
     assert not _equivalent(_float(), _integer_moves(0.025))
+
+
+def test_a_negative_scale_does_not_move_past_a_max() -> None:
+    """Quantizing and dequantizing at -0.02 is a round trip, but the MaxPool between them
+    takes the max of codes that run the other way: the model computes a MinPool."""
+    model = _integer_moves(-0.02)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.float32(-0.02), "s"))
+    assert not _equivalent(_float(), model)
