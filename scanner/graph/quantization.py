@@ -154,16 +154,11 @@ def _collapse_dynamic(ed: _Editor, n: Node) -> None:
         _collapse_dynamic_float_weight(ed, n, dql)
         return
     wzp = ed.cval(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else np.zeros(1)
-    cast = ed.sole_user(n.outputs[0])
-    if cast is None or cast.op != "Cast":
+    chain = _rescaling(ed, n)
+    if chain is None:
         return
-    mul = ed.sole_user(cast.outputs[0])
-    if mul is None or mul.op != "Mul":
-        return
-    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
-    sm_id = g.producer.get(other)
-    sm = g.nodes.get(sm_id) if sm_id is not None else None
-    if sm is None or sm.op != "Mul" or dql.outputs[1] not in sm.inputs:
+    cast, mul, sm = chain
+    if dql.outputs[1] not in sm.inputs:
         return
     w_scale_t = sm.inputs[1] if sm.inputs[0] == dql.outputs[1] else sm.inputs[0]
     w_scale = ed.cval(w_scale_t)
@@ -197,6 +192,23 @@ def _collapse_dynamic(ed: _Editor, n: Node) -> None:
     ed.counts["collapsed dynamic quantization"] += 1
 
 
+def _rescaling(ed: _Editor, n: Node) -> tuple[Node, Node, Node] | None:
+    """The ``Cast -> Mul(scale product)`` that turns an integer op's int32 result back
+    into floats, and the ``Mul`` that forms the scale product; None if absent."""
+    cast = ed.sole_user(n.outputs[0])
+    if cast is None or cast.op != "Cast":
+        return None
+    mul = ed.sole_user(cast.outputs[0])
+    if mul is None or mul.op != "Mul":
+        return None
+    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
+    sm_id = ed.g.producer.get(other)
+    sm = ed.g.nodes.get(sm_id) if sm_id is not None else None
+    if sm is None or sm.op != "Mul":
+        return None
+    return cast, mul, sm
+
+
 def _collapse_dynamic_float_weight(ed: _Editor, n: Node, dql: Node) -> None:
     """The same with the weight stored as float and quantized at run time too
     (``quantize_dynamic`` on a model whose weights are Constant nodes): DynamicQuantizeLinear
@@ -210,20 +222,11 @@ def _collapse_dynamic_float_weight(ed: _Editor, n: Node, dql: Node) -> None:
         return
     if len(n.inputs) > 3 and n.inputs[3] and n.inputs[3] != wdql.outputs[2]:
         return
-    cast = ed.sole_user(n.outputs[0])
-    if cast is None or cast.op != "Cast":
+    chain = _rescaling(ed, n)
+    if chain is None:
         return
-    mul = ed.sole_user(cast.outputs[0])
-    if mul is None or mul.op != "Mul":
-        return
-    other = mul.inputs[1] if mul.inputs[0] == cast.outputs[0] else mul.inputs[0]
-    sm_id = g.producer.get(other)
-    sm = g.nodes.get(sm_id) if sm_id is not None else None
-    if (
-        sm is None
-        or sm.op != "Mul"
-        or sorted(sm.inputs) != sorted([dql.outputs[1], wdql.outputs[1]])
-    ):
+    cast, mul, sm = chain
+    if sorted(sm.inputs) != sorted([dql.outputs[1], wdql.outputs[1]]):
         return
     op, attrs = ("MatMul", {}) if n.op == "MatMulInteger" else ("Conv", dict(n.attrs))
     ed.node(n, op, [dql.inputs[0], wdql.inputs[0]], mul.outputs[:1], attrs)
