@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scale_models import write_model, write_twin  # noqa: E402
+from benchmarks.scale_models import write_model, write_signing_key, write_twin  # noqa: E402
 
 TWINS = ("identical", "block", "cast", "int8")
 
@@ -87,17 +87,7 @@ def build(root: Path, gb: float, shards: int, twins: tuple[str, ...] = TWINS) ->
     write_model(root / "base", gb, "F16", shards)
     for kind in twins:
         write_twin(root / "base", root / kind, kind, gb, "F16", shards)
-    subprocess.run(
-        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"],
-        cwd=root,
-        check=True,
-    )
-    subprocess.run(
-        ["openssl", "ec", "-in", "key.pem", "-pubout", "-out", "pub.pem"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
+    write_signing_key(root)
     marker.touch()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_commands import in_child, run, warm  # noqa: E402
-from benchmarks.scale_models import write_model, write_twin  # noqa: E402
+from benchmarks.scale_models import write_model, write_signing_key, write_twin  # noqa: E402
 
 TWINS = ("identical", "block", "cast")
 
@@ -41,17 +40,7 @@ def build(root: Path, gb: float, dtype: str, shards: int) -> None:
     write_model(root / "base", gb, dtype, shards)
     for kind in TWINS:
         write_twin(root / "base", root / kind, kind, gb, dtype, shards)
-    subprocess.run(
-        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"],
-        cwd=root,
-        check=True,
-    )
-    subprocess.run(
-        ["openssl", "ec", "-in", "key.pem", "-pubout", "-out", "pub.pem"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
+    write_signing_key(root)
     marker.touch()
 
 

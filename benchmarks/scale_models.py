@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,18 @@ def write_twin(base: Path, folder: Path, kind: str, size_gb: float, dtype: str, 
         _ShardWriter(folder, _plan(entries, shards)).write(arrays())
         return
     raise ValueError(kind)
+
+
+def write_signing_key(folder: Path) -> None:
+    """``key.pem`` / ``pub.pem``: a P-256 key pair for the sign and verify commands."""
+    subprocess.run(
+        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem"],
+        cwd=folder,
+        check=True,
+    )
+    subprocess.run(
+        ["openssl", "ec", "-in", "key.pem", "-pubout", "-out", "pub.pem"],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+    )
