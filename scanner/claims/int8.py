@@ -31,7 +31,7 @@ from scanner.claims.base import (
 from scanner.claims.folds import (
     ConvFold,
     batchnorm_remains,
-    conv_batchnorm_folds,
+    conv_folds,
     deployed_conv_inputs,
 )
 from scanner.claims.grammar import Claim
@@ -95,7 +95,7 @@ def check_quantize(trusted: Artifact, deployed: Artifact, claim: Claim) -> Claim
     used: set[str] = set()
     ranges: dict[str, dict[int | None, tuple[np.ndarray, np.ndarray]]] = {}
     jobs = []
-    folds = conv_batchnorm_folds(trusted)
+    folds = conv_folds(trusted) if trusted.graph is not None else {}
     origins: dict[str, str] = {}
     later: list[QuantGroup] = []
     for g in groups:
@@ -240,8 +240,8 @@ def _folded(
         replace(
             verdict,
             sources=tuple(s for s in fold.sources if s != verdict.tensor),
-            stats={**verdict.stats, "batchnorm_folded": {"eps": fold.eps}},
-            message=verdict.message + f" (BatchNormalization folded in, eps {fold.eps:g})",
+            stats={**verdict.stats, "folded_into_conv": list(fold.sources)},
+            message=verdict.message + " (per-channel operations folded into the conv)",
         ),
         profile,
     )

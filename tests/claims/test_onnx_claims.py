@@ -327,7 +327,7 @@ def test_optimized_then_quantized_against_the_unoptimized_float(
     ]
     assert code == 0 and not blocking, blocking
     verified = next(x for x in findings if x["rule_id"] == "MS401")["evidence"]["per_tensor"]
-    folded = {k for k, v in verified.items() if "batchnorm_folded" in v}
+    folded = {k for k, v in verified.items() if "folded_into_conv" in v}
     assert "conv1_weights" in folded and len(folded) >= 35
 
 
