@@ -1,6 +1,7 @@
 """modelseal commands against their anchors, side by side, as whole commands.
 
     python benchmarks/bench_commands.py [--gb 1.6] [--shards 1] [--rounds 3] [--dir DIR]
+        [--shard-size 256M] [--only WORK ...]
 
 Writes a llama-shaped fp16 safetensors model of about --gb decimal GB (``--shards`` files
 plus an index) and its twins (byte copy, one 64x64 block changed, bf16 cast, int8
@@ -12,7 +13,10 @@ peak RSS is the child's own (``wait4``). Prints the median seconds, the peak RSS
 ratio modelseal / anchor per work, with the goal.
 
 Anchors: ``model_signing sign key`` / ``verify key`` (also the anchor of ``manifest``,
-which hashes every file and every tensor), and ``benchmarks/numpy_diff.py`` (a plain
+which hashes every file and every tensor, and of ``sign --shard-size`` / ``verify (shard
+signature)``, modelseal's OMS "shards" serialization, which hashes ranges of one file on
+all cores; the anchor stays the default "files" method, the one ``model_signing`` can
+verify), and ``benchmarks/numpy_diff.py`` (a plain
 numpy memmap diff) for ``diff``.
 """
 
@@ -98,7 +102,9 @@ def warm(root: Path) -> None:
                 pass
 
 
-def works(root: Path) -> list[tuple[str, list[str], str, list[str], float]]:
+def works(
+    root: Path, shard_size: str = "256M"
+) -> list[tuple[str, list[str], str, list[str], float]]:
     ms = [sys.executable, "-m", "scanner.cli.main"]
     oms = model_signing_cmd()
     base, out = root / "base", root / "out"
@@ -110,11 +116,17 @@ def works(root: Path) -> list[tuple[str, list[str], str, list[str], float]]:
     verify_ms += ["--public-key", str(root / "pub.pem"), "-q"]
     verify_oms = [oms, "verify", "key", str(base), "--signature", str(out / "oms.sig")]
     verify_oms += ["--public_key", str(root / "pub.pem")]
+    shard_sig = str(out / "ms-shards.sig")
+    sign_shards = [*sign_ms[:-1], shard_sig, "--shard-size", shard_size]
+    verify_shards = [*ms, "verify", str(base), "--signature", shard_sig]
+    verify_shards += ["--public-key", str(root / "pub.pem"), "-q"]
     anchor = [sys.executable, str(REPO / "benchmarks" / "numpy_diff.py")]
     out_json = str(out / "diff.json")
     rows = [
         ("sign", sign_ms, "model_signing sign key", sign_oms, 0.67),
         ("verify", verify_ms, "model_signing verify key", verify_oms, 0.67),
+        (f"sign --shard-size {shard_size}", sign_shards, "model_signing sign key", sign_oms, 0.67),
+        ("verify (shard signature)", verify_shards, "model_signing verify key", verify_oms, 0.67),
         (
             "manifest",
             [*ms, "manifest", str(base), "-o", str(out / "manifest.json"), "-q"],
@@ -150,6 +162,12 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/modelseal-bench-commands"))
+    parser.add_argument(
+        "--shard-size",
+        default="256M",
+        metavar="SIZE",
+        help="shard size of the 'sign --shard-size' row (default 256M)",
+    )
     parser.add_argument("--only", nargs="+", metavar="WORK", help="works whose name starts so")
     args = parser.parse_args()
     root = args.dir / f"{args.gb}gb-{args.shards}shards"
@@ -160,7 +178,7 @@ def main() -> int:
     size = sum(f.stat().st_size for f in (root / "base").iterdir())
     print(f"model: {size / 1e9:.2f} GB fp16 in {args.shards} shard(s); {os.cpu_count()} cores")
     table = []
-    for label, ours, anchor_label, theirs, goal in works(root):
+    for label, ours, anchor_label, theirs, goal in works(root, args.shard_size):
         if args.only and not any(label.startswith(o) for o in args.only):
             continue
         ok = (0, 1)  # a changed pair fails policy (exit 1): that is its correct verdict

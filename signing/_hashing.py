@@ -11,7 +11,8 @@ import hashlib
 import mmap
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,94 @@ def sha256_file(
     finally:
         os.close(fd)
     return digest.hexdigest()
+
+
+def sha256_range(
+    path: Path,
+    start: int,
+    end: int,
+    on_bytes: Callable[[int], None] | None = None,
+    window: int = WINDOW,
+) -> str:
+    """Lower-case hex sha256 of bytes ``[start, end)`` of a file (empty when equal)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        update_from_fd(digest, fd, start, end - start, on_bytes, window)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # A file that shrank since its ranges were listed: say which one.
+        raise OSError(f"{path}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Bytes ``[start, end)`` of one file."""
+
+    path: Path
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def hash_ranges(
+    ranges: Sequence[ByteRange],
+    workers: int | None = None,
+    progress: Any = None,
+    window: int = WINDOW,
+) -> list[str]:
+    """Hex sha256 of every range on a thread pool; results come back in the order of
+    ``ranges``. Ranges of one file hash in parallel, so a one-file model uses every
+    core; each worker maps one ``window`` at a time, so memory stays bounded.
+
+    ``progress`` (``start(total, description)``, ``advance(n)``, ``finish()``) is told
+    the bytes hashed.
+    """
+    if not ranges:
+        return []
+    on_bytes = progress.advance if progress is not None else None
+    if progress is not None:
+        progress.start(sum(r.length for r in ranges), "hashing")
+    try:
+        return _hash_ranges(ranges, workers or default_workers(), on_bytes, window)
+    finally:
+        if progress is not None:
+            progress.finish()
+
+
+def _hash_ranges(
+    ranges: Sequence[ByteRange],
+    workers: int,
+    on_bytes: Callable[[int], None] | None,
+    window: int,
+) -> list[str]:
+    def one(r: ByteRange) -> str:
+        return sha256_range(r.path, r.start, r.end, on_bytes, window)
+
+    if workers == 1 or len(ranges) == 1:
+        return [one(r) for r in ranges]
+    # Largest first so one big range started last never leaves a core idle at the end.
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i].length, reverse=True)
+    results: list[str] = [""] * len(ranges)
+    with ThreadPoolExecutor(max_workers=min(workers, len(ranges))) as pool:
+        futures: dict[int, Future[str]] = {i: pool.submit(one, ranges[i]) for i in order}
+        try:
+            for i, future in futures.items():
+                results[i] = future.result()
+        except BaseException:
+            # The first failure decides the outcome: ranges not yet started would only
+            # spend time before the same error is raised.
+            for future in futures.values():
+                future.cancel()
+            raise
+    return results
 
 
 def hash_files(

@@ -1,9 +1,11 @@
 """Sign a model and verify a model against its signature (OMS v1.0 compatible).
 
-The signed statement is exactly what ``model_signing`` produces for file
-serialization; when a tensor manifest is supplied, modelseal adds its per-tensor
-digests under ``predicate.modelseal`` (OMS v1.0 verifiers ignore unknown predicate
-fields), so a failed verification can name the tensor that changed, not just the file.
+The signed statement is exactly what ``model_signing`` produces for its "files"
+serialization (the default) or, opt-in, its "shards" serialization (see
+:mod:`signing.oms` for the one deliberate difference: empty files). When a tensor
+manifest is supplied, modelseal adds its per-tensor digests under
+``predicate.modelseal`` (OMS v1.0 verifiers ignore unknown predicate fields), so a
+failed verification can name the tensor that changed, not just the file.
 """
 
 from __future__ import annotations
@@ -76,12 +78,15 @@ def sign_model(
     tensor_manifest: Manifest | None = None,
     workers: int | None = None,
     progress: Any = None,
+    shard_size: int | None = None,
 ) -> SignedModel:
     """Hash ``model_path`` the OMS way and sign the statement with ``signer``.
 
     ``ignore_paths`` are relative to the model root (include the signature file if it
     is written inside the model). ``signer`` may be a function returning the signer:
     it is called once the model is hashed (a signer still loading beside the hashing).
+    ``shard_size`` (bytes) selects the OMS "shards" serialization, which hashes one large
+    file on every core; ``model_signing`` 1.1 cannot verify such signatures.
     """
     extensions = _tensor_extension(tensor_manifest) if tensor_manifest else None
     manifest = hash_model(
@@ -92,6 +97,7 @@ def sign_model(
         workers=workers,
         extensions=extensions,
         progress=progress,
+        shard_size=shard_size,
     )
     if not hasattr(signer, "sign"):
         signer = signer()  # type: ignore[operator]
@@ -131,7 +137,8 @@ def verify_model(
     """Check the signature, then that every file on disk matches what was signed.
 
     Ignore rules are the caller's ``ignore_paths`` plus those recorded in the signed
-    statement (as OMS does). Raises :class:`ModelMismatchError` naming every modified,
+    statement (as OMS does); the model is hashed with the signed serialization method
+    and shard size. Raises :class:`ModelMismatchError` naming every modified,
     added or missing file and, where tensor digests were signed and ``tensor_builder``
     is given, every changed tensor.
     """
@@ -145,6 +152,7 @@ def verify_model(
         allow_symlinks=expected.allow_symlinks,
         workers=workers,
         progress=progress,
+        shard_size=expected.shard_size,
     )
     problems = compare(expected, actual)
     if model_path.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -91,6 +92,24 @@ def build_signer(args: argparse.Namespace) -> Signer:
     )
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """``--shard-size`` value: bytes, or a number with a binary suffix (``256M``, ``1G``,
+    ``64KiB``)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (give bytes or a number with K, M, G or T, e.g. 256M)"
+        )
+    value = int(match[1]) * SIZE_UNITS[match[2].upper()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, not {text}")
+    return value
+
+
 def add_hashing_options(parser: argparse.ArgumentParser) -> None:
     """Ignore rules shared with model_signing."""
     parser.add_argument(
@@ -115,9 +134,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sign",
         help="sign a model (OpenSSF model signing v1.0 bundle)",
         description=(
-            "Hash every file of PATH (both cores) and sign the OMS v1.0 in-toto statement as "
-            "a Sigstore bundle. ECDSA and certificate signatures verify with "
-            "`model_signing verify key|certificate`; Ed25519 ones only with modelseal. "
+            "Hash every file of PATH (files in parallel) and sign the OMS v1.0 in-toto "
+            "statement as a Sigstore bundle; --shard-size hashes ranges of each file in "
+            "parallel instead. ECDSA and certificate signatures of the default 'files' "
+            "serialization verify with `model_signing verify key|certificate`; Ed25519 "
+            "ones, and shard signatures, only with modelseal. "
             "See docs/signing.md."
         ),
         epilog="Exit codes: 0 signed, 2 could not complete.",
@@ -137,6 +158,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--allow-symlinks",
         action="store_true",
         help="hash the targets of symbolic links instead of refusing them",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=byte_size,
+        metavar="SIZE",
+        help="use the OMS 'shards' serialization: hash every file in ranges of SIZE bytes "
+        "(e.g. 256M, 1G) so one large file is hashed on every core. verify reads the "
+        "method from the signature and needs no flag; model_signing 1.1.1 cannot verify "
+        "shard signatures, so leave this out when consumers use model_signing",
     )
     parser.add_argument(
         "--tensors",
@@ -179,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
             allow_symlinks=args.allow_symlinks,
             tensor_manifest=tensors,
             progress=progress,
+            shard_size=args.shard_size,
         )
     except StoppedError:
         assert isinstance(signer, Beside)
@@ -247,11 +278,22 @@ class StopWhenFailed:
 
 
 def signed_sentence(manifest: OmsManifest, verb: str) -> str:
-    """``signed 1 file 'model.onnx'`` / ``signed 3 files of 'folder'``, with the digest."""
-    resources = manifest.resources
-    if len(resources) == 1 and resources[0].name == ".":
+    """``signed 1 file 'model.onnx'`` / ``signed 3 files of 'folder'``, with the digest
+    (and, for a shard signature, ``as 8 shards of 256 MiB``)."""
+    files = manifest.files()
+    if files == (".",):
         what = f"1 file '{manifest.model_name}'"
     else:
-        plural = "" if len(resources) == 1 else "s"
-        what = f"{len(resources)} file{plural} of '{manifest.model_name}'"
+        plural = "" if len(files) == 1 else "s"
+        what = f"{len(files)} file{plural} of '{manifest.model_name}'"
+    if manifest.shard_size is not None:
+        count = len(manifest.resources)
+        what += f" as {count} shard{'' if count == 1 else 's'} of {_size_text(manifest.shard_size)}"
     return f"{verb} {what} (root sha256 {manifest.root_digest})"
+
+
+def _size_text(size: int) -> str:
+    for unit, factor in reversed(SIZE_UNITS.items()):
+        if unit and size % factor == 0:
+            return f"{size // factor} {unit}iB"
+    return f"{size} bytes"

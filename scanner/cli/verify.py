@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 "verified": True,
                 "model": result.manifest.model_name,
                 "root_digest": result.manifest.root_digest,
-                "files": len(result.manifest.resources),
+                "files": len(result.manifest.files()),
                 "signer": result.signer.describe(),
             }
         )
