@@ -111,7 +111,10 @@ def fit_tensor(pair: TensorPair, limits: Thresholds | None = None) -> TensorFit:
         )
     prof = outlier_profile(pair, limits)
     mask = prof.mask
-    beyond = beyond_noise(a, b, pair.dtype) & ~mask
+    # an unchanged element is never beyond noise: test only the changed ones
+    at = np.flatnonzero(changed & ~mask)
+    beyond = np.zeros(a.shape, dtype=bool)
+    beyond.reshape(-1)[at] = beyond_noise(a.reshape(-1)[at], b.reshape(-1)[at], pair.dtype)
     n_beyond = int(beyond.sum())
     if n_beyond == 0:
         return TensorFit(pair.name, noise, prof, "none", None, changed_fraction=frac)
@@ -146,7 +149,14 @@ def _below_resolution(a: np.ndarray, b: np.ndarray, changed: np.ndarray, dtype: 
     if float(np.mean(changed)) >= DIFFUSE_CHANGED or integer_storage(dtype):
         # integer codes have one step at every magnitude: nothing is below it
         return False
+    d = np.abs(b[changed].astype(np.float64) - a[changed])
+    if not d.size:
+        return False
+    # The bound grows with the magnitude: one beyond the bound at the largest weight is
+    # beyond it at the median too, and needs no pass over the whole tensor.
+    largest = np.full(1, max(float(np.max(a)), -float(np.min(a))))
+    if float(d.max()) > float(noise_bound(largest, largest, dtype)[0]):
+        return False
     typical = np.full(1, float(np.median(np.abs(a))))
     bound = float(noise_bound(typical, typical, dtype)[0])
-    d = np.abs(b[changed].astype(np.float64) - a[changed])
-    return bool(d.size) and float(d.max()) <= bound
+    return float(d.max()) <= bound

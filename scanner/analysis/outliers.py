@@ -35,12 +35,13 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from scanner.analysis.noise import noise_bound
+from scanner.analysis.noise import bound_levels, noise_bound
 from scanner.analysis.tensors import TensorPair
 
 ROW_RATIO = 20.0
@@ -161,7 +162,6 @@ def module_type(name: str) -> str:
 
 @dataclass(frozen=True)
 class _Scales:
-    absd: np.ndarray
     ratio: np.ndarray
     row_scale: np.ndarray
     col_scale: np.ndarray
@@ -171,21 +171,26 @@ class _Scales:
 
 def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _Scales:
     # float32 throughout: these are statistics, and float32 halves the memory traffic
+    m, n = a.shape
+    frac = float(np.mean(changed))
+    if frac < SPARSE_UPDATE:
+        sparse = _sparse_scales(a, b, dtype, changed)
+        if sparse is not None:
+            return sparse
     absd = np.abs(b - a, dtype=np.float32)
     floor = noise_bound(a, b, dtype)
-    m, n = absd.shape
-    frac = float(np.mean(changed))
     # Narrow storage (BF16, F16) leaves a small update visible only where the weight is
     # small enough for it to cross a rounding step: the medians then come from the
     # elements that moved. A change touching few elements keeps the zeros, so the
     # unchanged rest of the tensor is what an edit is measured against.
-    stat = np.where(changed, absd, np.nan) if SPARSE_UPDATE <= frac < 0.9 else absd
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        g = float(np.nan_to_num(np.nanmedian(stat)))
-        row = np.nanmedian(stat, axis=1) if n >= MIN_SIDE else np.full(m, g)
-        col = np.nanmedian(stat, axis=0) if m >= MIN_SIDE else np.full(n, g)
-    row, col = np.nan_to_num(row), np.nan_to_num(col)
+    if SPARSE_UPDATE <= frac < 0.9:
+        g, row, col = _nan_medians(np.where(changed, absd, np.nan))
+    elif np.isnan(absd).any():
+        g, row, col = _nan_medians(absd)
+    else:
+        g, row, col = _medians_with_zeros(absd)
+    row_floor, col_floor = _floor_medians(a, b, dtype, floor)
+    row, col = _line_scales(row, col, g, m, n)
     row_model = np.maximum(row, g / LINE_FLOOR)
     col_model = np.maximum(col, g / LINE_FLOOR)
     # With most elements unchanged (g = 0) each side's scale counts alone.
@@ -193,9 +198,128 @@ def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _S
         np.outer(row_model, col_model) / g if g > 0 else np.maximum(row[:, None], col[None, :])
     )
     expected = np.maximum(expected, floor)
-    row_floor = np.median(floor, axis=1) if n >= MIN_SIDE else floor.max(axis=1)
-    col_floor = np.median(floor, axis=0) if m >= MIN_SIDE else floor.max(axis=0)
-    return _Scales(absd, absd / expected, row, col, row_floor, col_floor)
+    return _Scales(absd / expected, row, col, row_floor, col_floor)
+
+
+def _sparse_scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _Scales | None:
+    """:func:`_scales` of a change touching few elements, computed at those elements.
+
+    With fewer than half of all elements changed the median change ``g`` is 0, a line's
+    median is 0 unless half of it changed, and an unchanged element's ratio is 0: only
+    the changed elements, the few lines at least half changed and the floors' line
+    medians need the whole tensor. Equal to the dense computation; None (use that) when
+    a changed value is not a number."""
+    m, n = a.shape
+    at = np.flatnonzero(changed)
+    a_at, b_at = a.reshape(-1)[at], b.reshape(-1)[at]
+    d = np.abs(b_at - a_at, dtype=np.float32)
+    if np.isnan(d).any():
+        return None
+    r, c = np.divmod(at, n)
+    moved = d != 0
+
+    def absd_of(pick: tuple[Any, Any]) -> np.ndarray:
+        return np.abs(b[pick] - a[pick], dtype=np.float32)
+
+    row = _half_changed_line_medians(absd_of, np.bincount(r[moved], minlength=m), n, axis=1)
+    col = _half_changed_line_medians(absd_of, np.bincount(c[moved], minlength=n), m, axis=0)
+    row, col = _line_scales(row, col, 0.0, m, n)
+    row_floor, col_floor = _floor_medians(a, b, dtype, None)
+    expected = np.maximum(np.maximum(row[r], col[c]), noise_bound(a_at, b_at, dtype))
+    ratio = np.zeros((m, n), dtype=np.float32)
+    ratio.reshape(-1)[at] = d / expected
+    return _Scales(ratio, row, col, row_floor, col_floor)
+
+
+def _half_changed_line_medians(
+    absd_of: Callable[[tuple[Any, Any]], np.ndarray], nonzero: np.ndarray, length: int, axis: int
+) -> np.ndarray:
+    """Median |b - a| of each line (``axis=1`` rows), given each line's count of nonzero
+    changes and how to read the |b - a| of some lines: a line with fewer than half
+    nonzero has median 0 (its sorted middle is a zero), so only the others are read."""
+    out = np.zeros(nonzero.shape, dtype=np.float32)
+    dense = np.flatnonzero(2 * nonzero >= length)
+    if dense.size:
+        pick = (dense, slice(None)) if axis == 1 else (slice(None), dense)
+        out[dense] = np.median(absd_of(pick), axis=axis)
+    return out
+
+
+def _line_scales(
+    row: np.ndarray, col: np.ndarray, g: float, m: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Line scales, with the tensor's median standing in for lines too short to have
+    their own."""
+    if n < MIN_SIDE:
+        row = np.full(m, g)
+    if m < MIN_SIDE:
+        col = np.full(n, g)
+    return np.nan_to_num(row), np.nan_to_num(col)
+
+
+def _floor_medians(
+    a: np.ndarray, b: np.ndarray, dtype: str, floor: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median noise floor of each row and column (the largest, for lines shorter than
+    ``MIN_SIDE``): partitions of one byte per element where the floor has exponent
+    levels, of the float floor otherwise."""
+    m, n = a.shape
+    levelled = bound_levels(a, b, dtype)
+    if levelled is None:
+        floor = noise_bound(a, b, dtype) if floor is None else floor
+        return (
+            _line_median_or_max(floor, 1, n >= MIN_SIDE),
+            _line_median_or_max(floor, 0, m >= MIN_SIDE),
+        )
+    levels, values = levelled
+    return (
+        _level_median_or_max(levels, values, 1, n >= MIN_SIDE),
+        _level_median_or_max(levels, values, 0, m >= MIN_SIDE),
+    )
+
+
+def _line_median_or_max(x: np.ndarray, axis: int, long_lines: bool) -> np.ndarray:
+    return np.median(x, axis=axis) if long_lines else x.max(axis=axis)
+
+
+def _level_median_or_max(
+    levels: np.ndarray, values: np.ndarray, axis: int, long_lines: bool
+) -> np.ndarray:
+    """``np.median(values[levels], axis)`` (or the max) from the levels: the values
+    increase with the level, so the middle levels name the middle values."""
+    if not long_lines:
+        return values[levels.max(axis=axis)]
+    length = levels.shape[axis]
+    lo_k, hi_k = (length - 1) // 2, length // 2
+    part = np.partition(levels, sorted({lo_k, hi_k}), axis=axis)
+    lo = values[np.take(part, lo_k, axis=axis)]
+    if lo_k == hi_k:
+        return lo
+    # np.median averages the middle pair in the input's precision
+    return (lo + values[np.take(part, hi_k, axis=axis)]) / np.float32(2)
+
+
+def _nan_medians(stat: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Medians of the non-NaN elements: whole tensor, each row, each column."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = float(np.nan_to_num(np.nanmedian(stat)))
+        return g, np.nanmedian(stat, axis=1), np.nanmedian(stat, axis=0)
+
+
+def _medians_with_zeros(absd: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Medians of ``absd`` (whole tensor, rows, columns), unchanged zeros included; a
+    line with fewer than half its elements nonzero is not partitioned (its median is 0)."""
+    nonzero = absd != 0
+    g = 0.0 if 2 * np.count_nonzero(nonzero) < absd.size else float(np.median(absd))
+    m, n = absd.shape
+
+    def absd_of(pick: tuple[Any, Any]) -> np.ndarray:
+        return absd[pick]
+
+    rows = _half_changed_line_medians(absd_of, np.count_nonzero(nonzero, axis=1), n, axis=1)
+    cols = _half_changed_line_medians(absd_of, np.count_nonzero(nonzero, axis=0), m, axis=0)
+    return g, rows, cols
 
 
 def _line_ratios(scale: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, float]:
@@ -212,6 +336,15 @@ def _line_ratios(scale: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, floa
         mad = 1.4826 * float(np.median(np.abs(logs - center)))
         spread = math.exp(ROBUST_Z * mad)
     return s / math.exp(center), spread
+
+
+def _quantile_of_nonnegative(x: np.ndarray, q: float) -> float:
+    """``np.quantile(x, q)`` of values >= 0, without a partition when fewer than
+    ``1 - q`` of them are nonzero: both elements the quantile interpolates between are
+    then zeros."""
+    if np.count_nonzero(x) < (1.0 - q) * (x.size - 1):
+        return 0.0
+    return float(np.quantile(x, q))
 
 
 def _tiles(ratio: np.ndarray) -> np.ndarray:
@@ -257,7 +390,7 @@ def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> Outli
             cols = tuple(int(j) for j in hit)
             mask[:, hit] = True
     stats["element"] = float(sc.ratio.max())
-    tail = TAIL_FACTOR * float(np.quantile(sc.ratio, 0.99))
+    tail = TAIL_FACTOR * _quantile_of_nonnegative(sc.ratio, 0.99)
     lone = (sc.ratio > max(limits.element, tail)) & ~mask
     tiles: tuple[tuple[int, int], ...] = ()
     if m >= TILE and n >= TILE:

@@ -1,0 +1,91 @@
+"""The fast paths of the change statistics compute exactly what the plain ones do."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from scanner.analysis import outliers
+from scanner.analysis.noise import bound_levels, element_ulp, noise_bound, round_to_bfloat16
+
+STORAGE = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+
+
+def _stored(dtype: str, x: np.ndarray) -> np.ndarray:
+    return x.astype(STORAGE[dtype]).astype(np.float32)
+
+
+def _sparse_edits(rng: np.random.Generator, m: int, n: int) -> list[np.ndarray]:
+    """Deltas touching few elements (under 5% of the larger shapes), in shapes a line
+    median can see."""
+    block = np.zeros((m, n), np.float32)
+    block[3:19, 5:37] = 0.3
+    row_and_col = np.zeros((m, n), np.float32)
+    row_and_col[7] = 0.01
+    row_and_col[:, 2] = -0.02
+    scattered = np.zeros((m, n), np.float32)
+    scattered.reshape(-1)[rng.choice(m * n, 40, replace=False)] = rng.normal(0, 1, 40)
+    return [block, row_and_col, scattered]
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+@pytest.mark.parametrize("shape", [(200, 300), (40, 12), (12, 40)])
+def test_sparse_scales_equal_the_dense_computation(
+    dtype: str, shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    a = _stored(dtype, rng.normal(0, 0.05, shape))
+    a[0, 0] = 0.0  # the floor's smallest level
+    for delta in _sparse_edits(rng, *shape):
+        b = _stored(dtype, a + delta)
+        changed = a.view(np.uint32) != b.view(np.uint32)
+        fast = outliers._scales(a, b, dtype, changed)
+        monkeypatch.setattr(outliers, "_sparse_scales", lambda *_: None)
+        monkeypatch.setattr(outliers, "bound_levels", lambda *_: None)
+        plain = outliers._scales(a, b, dtype, changed)
+        monkeypatch.undo()
+        for name in ("ratio", "row_scale", "col_scale", "row_floor", "col_floor"):
+            assert np.array_equal(getattr(fast, name), getattr(plain, name)), name
+        # and the plain line medians of a sparse change are numpy's own
+        absd = np.abs(b - a, dtype=np.float32)
+        if shape[1] >= outliers.MIN_SIDE and changed.mean() < outliers.SPARSE_UPDATE:
+            assert np.array_equal(plain.row_scale, np.median(absd, axis=1))
+            assert np.array_equal(plain.row_floor, np.median(noise_bound(a, b, dtype), axis=1))
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_bound_levels_name_the_noise_bound(dtype: str) -> None:
+    rng = np.random.default_rng(3)
+    every_half = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    a = np.concatenate([every_half[np.isfinite(every_half)], rng.normal(0, 3, 5000)])
+    a = _stored(dtype, a)
+    b = a[::-1].copy()
+    a, b = a[np.isfinite(a) & np.isfinite(b)], b[np.isfinite(a) & np.isfinite(b)]
+    levels, values = bound_levels(a, b, dtype)
+    assert np.array_equal(values[levels], noise_bound(a, b, dtype))
+    assert bound_levels(np.array([np.inf], np.float32), np.zeros(1, np.float32), dtype) is None
+
+
+def test_ulp_is_numpys_spacing_below_the_largest_finite_value() -> None:
+    halves = np.arange(2**15, dtype=np.uint16).view(np.float16)
+    halves = halves[np.isfinite(halves) & (halves < np.float16(65504))]
+    assert np.array_equal(
+        element_ulp(halves.astype(np.float32), halves.astype(np.float32), "F16"),
+        np.spacing(halves).astype(np.float32),
+    )
+    rng = np.random.default_rng(5)
+    singles = rng.integers(0, 0x7F7FFFFF, 100_000, dtype=np.uint32).view(np.float32)
+    assert np.array_equal(element_ulp(singles, singles, "F32"), np.spacing(singles))
+    # the largest finite value has a spacing (np.spacing says inf: the next value is)
+    assert element_ulp(np.float16([65504]), np.float16([0]), "F16")[0] == 32.0
+
+
+def test_bfloat16_rounding_on_bits_equals_ml_dtypes() -> None:
+    rng = np.random.default_rng(11)
+    words = rng.integers(0, 2**32, 500_000, dtype=np.uint64).astype(np.uint32)
+    ties = (np.arange(2**16, dtype=np.uint32) << np.uint32(16)) | np.uint32(0x8000)
+    with np.errstate(invalid="ignore"):
+        x = np.concatenate([words, ties]).view(np.float32).astype(np.float64)
+    x = np.concatenate([x[np.isfinite(x)], [np.inf, -np.inf, 0.0, -0.0, 0.1]])
+    assert np.array_equal(round_to_bfloat16(x), x.astype(ml_dtypes.bfloat16).astype(np.float64))
