@@ -133,11 +133,13 @@ def _edit_event(f: TensorFit, pair: TensorPair, evidence: dict[str, object]) -> 
     else:
         context = "with nothing else in the tensor changed beyond storage noise"
         kind = "change confined to a few rows, columns or elements"
-    d = pair.delta
+    changed = pair.changed
+    moved = pair.deployed[changed].astype(np.float64) - pair.trusted[changed]
+    largest_change = float(np.max(np.abs(moved))) if moved.size else 0.0
+    largest_weight = max(float(np.max(pair.trusted)), -float(np.min(pair.trusted)))
     message = (
         f"{pair.name}: " + "; ".join(parts) + f" changed {context}"
-        f" (max |change| {float(np.max(np.abs(d))):.4g}, weights' max |w| "
-        f"{float(np.max(np.abs(pair.trusted))):.4g})"
+        f" (max |change| {largest_change:.4g}, weights' max |w| {largest_weight:.4g})"
     )
     return Event(
         "localized edit",

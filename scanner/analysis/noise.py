@@ -123,22 +123,51 @@ def noise_bound(a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
     return element_ulp(a, b, dtype) * np.float32(ULP_BOUND)
 
 
-def bound_levels(a: np.ndarray, b: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
+_LEVEL_FIELDS = {
+    "F16": (np.uint16, 10, 0x1F),
+    "BF16": (np.uint16, 7, 0xFF),
+    "F32": (np.uint32, 23, 0xFF),
+}
+"""Storage word, shift and mask of each float dtype's exponent field."""
+
+
+def bound_levels(
+    a: np.ndarray,
+    b: np.ndarray,
+    dtype: str,
+    bits: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`noise_bound` as ``(levels, values)`` with ``values[levels]`` equal to it:
     the bound of a binary float depends only on the exponent of the larger magnitude,
     so one byte per element orders and names it (a quarter of the bound's memory).
-    None for dtypes without that layout and for non-finite magnitudes."""
-    if dtype == "F16":
-        mag = np.maximum(np.abs(a), np.abs(b)).astype(np.float16)
-        levels = (mag.view(np.uint16) >> np.uint16(10)).astype(np.uint8)
-        values = _F16_SPACING[:32] * np.float32(ULP_BOUND)
-    elif dtype in ("F32", "BF16"):
-        mag = np.maximum(np.abs(a), np.abs(b)).astype(np.float32, copy=False)
-        levels = (mag.view(np.uint32) >> np.uint32(23)).astype(np.uint8)
-        shift = np.float32(2.0 ** (_MANTISSA["F32"] - _MANTISSA[dtype]))
-        values = _F32_SPACING[:256] * shift * np.float32(ULP_BOUND)
-    else:
+
+    ``bits`` are the storage words of ``a`` and ``b`` when at hand: the levels are then
+    read off them, changed words only for ``b``. None for dtypes without that layout and
+    for non-finite magnitudes."""
+    if dtype not in _LEVEL_FIELDS:
         return None
+    word, shift, mask = _LEVEL_FIELDS[dtype]
+    if dtype == "F16":
+        values = _F16_SPACING[:32] * np.float32(ULP_BOUND)
+    else:
+        widen = np.float32(2.0 ** (_MANTISSA["F32"] - _MANTISSA[dtype]))
+        values = _F32_SPACING[:256] * widen * np.float32(ULP_BOUND)
+
+    def level(words: np.ndarray, shift: int = shift, mask: int = mask) -> np.ndarray:
+        out = (words >> words.dtype.type(shift)).astype(np.uint8)
+        out &= np.uint8(mask)
+        return out
+
+    if bits is not None and all(x.dtype == word and x.shape == a.shape for x in bits):
+        levels = level(bits[0])
+        at = np.flatnonzero(bits[0] != bits[1])
+        levels.reshape(-1)[at] = np.maximum(levels.reshape(-1)[at], level(bits[1].reshape(-1)[at]))
+    else:
+        mag = np.maximum(np.abs(a), np.abs(b))
+        if dtype == "F16":
+            levels = level(mag.astype(np.float16).view(np.uint16))
+        else:  # BF16 shares float32's exponent field
+            levels = level(mag.astype(np.float32, copy=False).view(np.uint32), 23, 0xFF)
     if levels.size and not np.isfinite(values[int(levels.max())]):
         return None
     return levels, values

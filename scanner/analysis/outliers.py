@@ -169,12 +169,18 @@ class _Scales:
     col_floor: np.ndarray
 
 
-def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _Scales:
+def _scales(
+    a: np.ndarray,
+    b: np.ndarray,
+    dtype: str,
+    changed: np.ndarray,
+    bits: tuple[np.ndarray, np.ndarray] | None = None,
+) -> _Scales:
     # float32 throughout: these are statistics, and float32 halves the memory traffic
     m, n = a.shape
     frac = float(np.mean(changed))
     if frac < SPARSE_UPDATE:
-        sparse = _sparse_scales(a, b, dtype, changed)
+        sparse = _sparse_scales(a, b, dtype, changed, bits)
         if sparse is not None:
             return sparse
     absd = np.abs(b - a, dtype=np.float32)
@@ -189,7 +195,7 @@ def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _S
         g, row, col = _nan_medians(absd)
     else:
         g, row, col = _medians_with_zeros(absd)
-    row_floor, col_floor = _floor_medians(a, b, dtype, floor)
+    row_floor, col_floor = _floor_medians(a, b, dtype, floor, bits)
     row, col = _line_scales(row, col, g, m, n)
     row_model = np.maximum(row, g / LINE_FLOOR)
     col_model = np.maximum(col, g / LINE_FLOOR)
@@ -201,7 +207,13 @@ def _scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _S
     return _Scales(absd / expected, row, col, row_floor, col_floor)
 
 
-def _sparse_scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray) -> _Scales | None:
+def _sparse_scales(
+    a: np.ndarray,
+    b: np.ndarray,
+    dtype: str,
+    changed: np.ndarray,
+    bits: tuple[np.ndarray, np.ndarray] | None = None,
+) -> _Scales | None:
     """:func:`_scales` of a change touching few elements, computed at those elements.
 
     With fewer than half of all elements changed the median change ``g`` is 0, a line's
@@ -224,7 +236,7 @@ def _sparse_scales(a: np.ndarray, b: np.ndarray, dtype: str, changed: np.ndarray
     row = _half_changed_line_medians(absd_of, np.bincount(r[moved], minlength=m), n, axis=1)
     col = _half_changed_line_medians(absd_of, np.bincount(c[moved], minlength=n), m, axis=0)
     row, col = _line_scales(row, col, 0.0, m, n)
-    row_floor, col_floor = _floor_medians(a, b, dtype, None)
+    row_floor, col_floor = _floor_medians(a, b, dtype, None, bits)
     expected = np.maximum(np.maximum(row[r], col[c]), noise_bound(a_at, b_at, dtype))
     ratio = np.zeros((m, n), dtype=np.float32)
     ratio.reshape(-1)[at] = d / expected
@@ -258,13 +270,17 @@ def _line_scales(
 
 
 def _floor_medians(
-    a: np.ndarray, b: np.ndarray, dtype: str, floor: np.ndarray | None
+    a: np.ndarray,
+    b: np.ndarray,
+    dtype: str,
+    floor: np.ndarray | None,
+    bits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median noise floor of each row and column (the largest, for lines shorter than
     ``MIN_SIDE``): partitions of one byte per element where the floor has exponent
     levels, of the float floor otherwise."""
     m, n = a.shape
-    levelled = bound_levels(a, b, dtype)
+    levelled = bound_levels(a, b, dtype, bits)
     if levelled is None:
         floor = noise_bound(a, b, dtype) if floor is None else floor
         return (
@@ -370,7 +386,8 @@ def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> Outli
     limits = limits or Thresholds()
     a, b = matrix_view(pair)
     m, n = a.shape
-    sc = _scales(a, b, pair.dtype, pair.changed.reshape(a.shape))
+    bits = (pair.trusted_bits.reshape(a.shape), pair.deployed_bits.reshape(a.shape))
+    sc = _scales(a, b, pair.dtype, pair.changed.reshape(a.shape), bits)
     stats: dict[str, float] = {}
     mask = np.zeros((m, n), dtype=bool)
     rows: tuple[int, ...] = ()

@@ -213,8 +213,12 @@ def _looks_pruned(trusted: Artifact, deployed: Artifact, diffs: Sequence[TensorD
         return False
     hits = 0
     for t in changed:
-        w = trusted.to_float(t.name)
-        d = deployed.to_float(t.deployed_name or t.name)
+        # compared in their storage dtype: no float copies of either tensor
+        w = trusted.array(t.name)
+        d = deployed.array(t.deployed_name or t.name)
+        if w.dtype != d.dtype or w.shape != d.shape:
+            w = trusted.to_float(t.name)
+            d = deployed.to_float(t.deployed_name or t.name)
         if np.count_nonzero((d == 0) & (w != 0)) >= 0.5 * max(np.count_nonzero(d != w), 1):
             hits += 1
     return hits * 2 > len(changed)

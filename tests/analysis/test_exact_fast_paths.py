@@ -64,6 +64,12 @@ def test_bound_levels_name_the_noise_bound(dtype: str) -> None:
     a, b = a[np.isfinite(a) & np.isfinite(b)], b[np.isfinite(a) & np.isfinite(b)]
     levels, values = bound_levels(a, b, dtype)
     assert np.array_equal(values[levels], noise_bound(a, b, dtype))
+    # read off the storage words, the levels are the same
+    words = tuple(
+        x.astype(STORAGE[dtype]).view(np.uint32 if dtype == "F32" else np.uint16) for x in (a, b)
+    )
+    from_words, _ = bound_levels(a, b, dtype, words)
+    assert np.array_equal(from_words, levels)
     assert bound_levels(np.array([np.inf], np.float32), np.zeros(1, np.float32), dtype) is None
 
 
