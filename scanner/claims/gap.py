@@ -64,6 +64,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,7 @@ import numpy as np
 from scanner.artifact import Artifact
 from scanner.claims.gap_grids import BY_NAME, GRIDS, Coordinates, untestable
 from scanner.findings import Finding, Location, Region, Severity
+from scanner.parallel import run_parallel
 from scanner.rulebook import define_rule, finding
 
 QUANT_GAP = define_rule(
@@ -207,12 +209,18 @@ def _wall_counts(q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     Equivalent to comparing with every band separately, at a fraction of the traffic.
     """
     r = q - np.rint(q)
-    # Distance to the nearest wall, in cells, capped at the widest band.
-    key = (np.float32(_RES / 2) - np.float32(_RES) * np.abs(r)).astype(np.int32)
+    # Distance to the nearest wall, in cells, capped at the widest band (in place: this
+    # runs for every grid, control offset and simulated draw).
+    cells = np.abs(r)
+    cells *= np.float32(-_RES)
+    cells += np.float32(_RES / 2)
+    key = cells.astype(np.int32)
     np.minimum(key, _KEYS - 1, out=key)
     # The inner wall (towards zero) is the one the residual points to when it has the
     # opposite sign of the value.
-    key += np.where((r < 0) != (q < 0), np.int32(_KEYS), np.int32(0))
+    inner = np.less(r, 0)
+    inner ^= np.less(q, 0)
+    key += inner.view(np.int8) * np.int32(_KEYS)
     width = 2 * _KEYS + 1
     key[~valid] = width - 1  # a sink for elements not tested
     key += (np.arange(q.shape[0], dtype=np.int32) * np.int32(width))[:, None]
@@ -743,10 +751,25 @@ def gap_results(
         distinct = first_occurrences(w2)
         share = np.unique(w2).size / max(w2.size, 1)
         trusted = _trusted_rows(reference, (reference_names or {}).get(name, name), v2, picked)
-        for scheme in SCHEMES:
-            result = gap_tensor(
-                name, w2, scheme, n_tests, lattice, extent, even, distinct, share, trusted
+        # The grids are independent tests of the same rows: numpy releases the GIL in
+        # each pass, so they run on every core.
+        tests = [
+            partial(
+                gap_tensor,
+                name,
+                w2,
+                scheme,
+                n_tests,
+                lattice,
+                extent,
+                even,
+                distinct,
+                share,
+                trusted,
             )
+            for scheme in SCHEMES
+        ]
+        for result in run_parallel([(1, test) for test in tests]):
             if picked is not None:
                 result = replace(result, rows=tuple(int(picked[i]) for i in result.rows))
             if lattice is not None:
