@@ -293,9 +293,9 @@ def test_gap_dequantized_gguf_is_no_attack() -> None:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from fixtures.real_models import GEMMA3_Q4_K_M, assembled_model
+    from fixtures.real_models import GEMMA3_Q4_K_M, weights_only
 
-    reader = GGUFReader(str(assembled_model(GEMMA3_Q4_K_M)))
+    reader = GGUFReader(str(weights_only(GEMMA3_Q4_K_M)))
     seen: dict[str, str] = {}
     for t in reader.tensors:
         kind = t.tensor_type.name

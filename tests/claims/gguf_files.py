@@ -8,12 +8,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import gguf
 import numpy as np
 
 from fixtures import real_model
+from fixtures.gguf_copy import copy_gguf
 from fixtures.llamacpp import float_base, quantize, write_imatrix
-from fixtures.real_models import GEMMA3_Q4_K_M, assembled_model
+from fixtures.real_models import GEMMA3_Q4_K_M, weights_only
 from scanner.formats import open_artifact
 
 LAYERS = 4
@@ -45,7 +45,8 @@ class LlamaFiles:
 
     @property
     def gemma(self) -> Path:
-        return assembled_model(GEMMA3_Q4_K_M)
+        """The vendor's Gemma 3 Q4_K_M: its tensors and metadata, not its tokenizer."""
+        return weights_only(GEMMA3_Q4_K_M)
 
     def smollm(self, ftype: str, *, imatrix: bool = False) -> Path:
         key = ("smollm", ftype, imatrix)
@@ -91,26 +92,7 @@ def raw_blocks(path: Path, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]
 
 def subset(src: Path, out: Path, names: list[str]) -> Path:
     """A GGUF holding only ``names`` of ``src``, their bytes and metadata copied."""
-    reader = gguf.GGUFReader(str(src))
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = gguf.GGUFWriter(str(out), arch)
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        if field.name.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-    for t in reader.tensors:
-        if t.name in names:
-            data = np.array(t.data)
-            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
+    return copy_gguf(src, out, names)
 
 
 # -- codes and scales, by byte position (llama.cpp's block layouts) -------------------
