@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def default_workers() -> int:
@@ -47,6 +50,19 @@ def run_parallel(
         for future, i in futures.items():
             results[i] = future.result()
     return results  # type: ignore[return-value]
+
+
+def map_values(
+    fn: Callable[[V], T],
+    items: Mapping[K, V],
+    cost: Callable[[V], int] | None = None,
+    budget: int | None = None,
+) -> dict[K, T]:
+    """``{key: fn(value)}`` for every item, computed with :func:`run_parallel` (largest
+    ``cost`` first, within ``budget``), in the mapping's order."""
+    keys = list(items)
+    jobs = [(cost(items[k]) if cost else 1, partial(fn, items[k])) for k in keys]
+    return dict(zip(keys, run_parallel(jobs, budget=budget), strict=True))
 
 
 def _call(cost: int, job: Callable[[], T]) -> T:

@@ -30,7 +30,7 @@ from scanner.analysis.sra import (
     neuron_footprint,
     sra_footprint,
 )
-from scanner.analysis.tensors import TensorPair, load_pair
+from scanner.analysis.tensors import TensorPair, analysed_together, load_pair
 from scanner.artifact import Artifact
 from scanner.diff.model import TensorDiff, TensorStatus, class_rank
 
@@ -102,8 +102,7 @@ def _bit_footprints(
 ) -> None:
     """Stage 1: low-byte payloads and sign/exponent flips."""
     flips: list[tuple[str, dict[str, object]]] = []
-    for name, p in pairs.items():
-        bit = analyze_bits(p)
+    for name, bit in analysed_together(pairs, analyze_bits).items():
         if bit is None:
             continue
         verdicts[name] = Verdict(name, "bit-level tampering", bit.kind, bit.evidence)
@@ -207,10 +206,8 @@ def _prune_footprints(
     events: list[Event],
 ) -> None:
     """Stage 4: changes that hide on prune candidates, and zeros pruning would keep."""
-    for name, p in rest.items():
-        if len(p.shape) < 2:
-            continue
-        pa = analyze_prune_activated(p)
+    matrices = {name: p for name, p in rest.items() if len(p.shape) >= 2}
+    for name, pa in analysed_together(matrices, analyze_prune_activated).items():
         if pa is not None:
             verdicts[name] = Verdict(name, "prune-activated edit", pa.kind, pa.evidence)
             events.append(

@@ -28,7 +28,7 @@ from scanner.analysis.events import Event, Verdict
 from scanner.analysis.fit import TensorFit, fit_tensor
 from scanner.analysis.lowrank import RankProfile
 from scanner.analysis.outliers import Thresholds, module_type, sibling_thresholds
-from scanner.analysis.tensors import TensorPair
+from scanner.analysis.tensors import TensorPair, analysed_together
 
 SHARED_COS = 0.9
 """|cosine| above which two tensors' dominant delta directions count as the same."""
@@ -49,7 +49,7 @@ def fit_all(
 ) -> dict[str, TensorFit]:
     """Fit every pair; tensors with outliers are fitted again with thresholds raised to
     what their changed siblings show."""
-    fits = {n: fit_tensor(p) for n, p in pairs.items()}
+    fits = analysed_together(pairs, fit_tensor)
     stats = {n: f.outliers.stats for n, f in fits.items() if f.outliers is not None}
     for n, f in list(fits.items()):
         if f.outliers is None or not f.outliers.found:

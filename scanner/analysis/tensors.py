@@ -9,12 +9,17 @@ that changed, so the work stays proportional to the change.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from scanner.artifact import Artifact
 from scanner.diff.model import TensorDiff
+from scanner.parallel import map_values
+
+T = TypeVar("T")
 
 FULL_LOAD_ELEMENTS = 1 << 25
 """Tensors up to this size are loaded whole; larger ones only on their changed rows."""
@@ -61,6 +66,16 @@ class TensorPair:
     def row_index(self, i: int) -> int:
         """Tensor row of local row ``i``."""
         return int(i) if self.rows is None else int(self.rows[i])
+
+
+def analysed_together(
+    pairs: Mapping[str, TensorPair], fn: Callable[[TensorPair], T]
+) -> dict[str, T]:
+    """``{name: fn(pair)}`` on every core. The per-tensor analyses are independent and
+    numpy releases the GIL in their passes; tensors analysed at once hold at most
+    ``FULL_LOAD_ELEMENTS`` elements between them (a larger one runs alone), so peak memory
+    is that of the largest tensor's analysis, as one at a time."""
+    return map_values(fn, pairs, cost=lambda p: int(p.trusted.size), budget=FULL_LOAD_ELEMENTS)
 
 
 def canonical_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
