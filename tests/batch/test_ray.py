@@ -69,6 +69,10 @@ def ray_head() -> Iterator[Head]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # The head starts a server process per client; on a machine the test suite keeps
+        # busy it can take longer than the default 30 s to answer its first call, and
+        # the client then fails with "Initialization failure from server".
+        "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "240",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     client_port = _free_port()
