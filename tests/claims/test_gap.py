@@ -52,7 +52,11 @@ def test_scan_bf16_and_fp16_models(work: Path, minilm, run_cli) -> None:
         save_file(honest, str(path))
         res = run_cli("scan", path, "--format", "json")
         assert "MS409" not in [f["rule_id"] for f in res.json()["findings"]], storage
-        attacked = dict(honest)
+        # The other tensors are the honest ones just scanned clean: the attacked file
+        # holds the tampered tensor's layer only, and the scan must flag that tensor.
+        layer = TAMPER_TENSOR.rsplit(".", 3)[0] + "."
+        attacked = {n: a for n, a in honest.items() if n.startswith(layer)}
+        assert len(attacked) > 4
         attacked[TAMPER_TENSOR] = press_to_walls(
             minilm[TAMPER_TENSOR], "int8-per-channel", 0.07, seed=2
         ).astype(npd)
