@@ -120,8 +120,9 @@ def test_a_tensor_stored_below_its_file_type_rule_fails(llama: LlamaFiles, work:
     name = "blk.3.attn_v.weight"
     assert raw_blocks(q4, name)[1] == "Q8_0"
     writer = gguf.GGUFWriter(str(work / "downgraded.gguf"), "llama")
+    fields = gguf.GGUFReader(str(q4)).fields  # parsed once: the vocabulary takes seconds
     for key in ("llama.block_count", "llama.attention.head_count", "llama.attention.head_count_kv"):
-        field = gguf.GGUFReader(str(q4)).fields[key]
+        field = fields[key]
         writer.add_key_value(key, field.contents(), field.types[0])
     for tensor, source in (("blk.0.attn_q.weight", q4), (name, q5)):
         data, stored, _ = raw_blocks(source, tensor)
