@@ -118,10 +118,16 @@ def _find_payload(
     if not np.any(judged):
         return None
     threshold = math.log(ALPHA / max(int(judged.sum()), 1))
+    # Per block, how many words have each top bit, and how many have a higher one: one
+    # pass over the words for every payload width tried.
+    levels = int(top_bit.max()) + 2
+    per_bit = np.bincount(block * levels + top_bit, minlength=n_blocks * levels)
+    per_bit = per_bit.reshape(n_blocks, levels).astype(np.float64)
+    at_or_above = np.cumsum(per_bit[:, ::-1], axis=1)[:, ::-1]
     best: _Payload | None = None
     for k in range(MIN_PAYLOAD_BITS, mant + 1):
-        top = np.bincount(block, weights=top_bit == k - 1, minlength=n_blocks)
-        above = np.bincount(block, weights=top_bit >= k, minlength=n_blocks)
+        top = per_bit[:, k - 1] if k - 1 < levels else np.zeros(n_blocks)
+        above = at_or_above[:, k] if k < levels else np.zeros(n_blocks)
         cand = np.flatnonzero(
             judged & (top >= TOP_RATE * n_b) & (above <= np.maximum(2, 0.05 * n_b))
         )

@@ -95,3 +95,14 @@ def test_bfloat16_rounding_on_bits_equals_ml_dtypes() -> None:
         x = np.concatenate([words, ties]).view(np.float32).astype(np.float64)
     x = np.concatenate([x[np.isfinite(x)], [np.inf, -np.inf, 0.0, -0.0, 0.1]])
     assert np.array_equal(round_to_bfloat16(x), x.astype(ml_dtypes.bfloat16).astype(np.float64))
+
+
+def test_magnitude_order_is_numpys_stable_argsort() -> None:
+    from scanner.analysis.pruning import _ascending
+
+    rng = np.random.default_rng(13)
+    for shape, axis in (((5000,), 0), ((120, 64), 1), ((120, 16, 4), 2)):
+        mag = np.abs(rng.standard_normal(shape).astype(np.float32))
+        mag.reshape(-1)[::5] = 0.0  # ties, as pruned weights make
+        mag.reshape(-1)[::9] = 0.25
+        assert np.array_equal(_ascending(mag, axis), np.argsort(mag, axis=axis, kind="stable"))
