@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,17 @@ from pathlib import Path
 import pytest
 
 from fixtures import real_model
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """One test process more than there are cores (``-n auto``): many tests wait on
+    subprocesses (the CLI, llama.cpp's tools, a Ray head) and a third process keeps two
+    cores busy through those waits. ``--maxprocesses`` still caps it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return cores + 1
 
 
 @dataclass(frozen=True)
