@@ -27,7 +27,9 @@ scaled, a block, a few elements. With the delta ``D`` seen as an ``m x n`` matri
   still stands out against its siblings.
 
 Everything is one pass over the delta (medians by partition), proportional to its size;
-the caller only loads tensors that changed.
+the caller only loads tensors that changed. A change touching few elements is measured
+at those elements (its other ratios are zero and most line medians are zero), and the
+noise floor's line medians partition one byte of exponent level per element.
 """
 
 from __future__ import annotations
