@@ -198,44 +198,9 @@ def _gguf_base() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        full = float_base(real_model("smollm2-q4_1"), Path(tmp) / "full.gguf", layers=2)
-        part = _cut_vocab(full, Path(tmp) / "cut.gguf", VOCAB)
+        part = float_base(real_model("smollm2-q4_1"), Path(tmp) / "cut.gguf", layers=2, vocab=VOCAB)
         os.replace(part, target)
     return target
-
-
-def _cut_vocab(src: Path, out: Path, rows: int) -> Path:
-    """``src`` with only the first ``rows`` token embeddings (and tokens) kept."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(src))
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = gguf.GGUFWriter(str(out), arch)
-    for fld in reader.fields.values():
-        if fld.name.startswith("GGUF.") or fld.name == "general.architecture":
-            continue
-        vtype = fld.types[0]
-        sub = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        value = fld.contents()
-        if fld.name in (
-            "tokenizer.ggml.tokens",
-            "tokenizer.ggml.scores",
-            "tokenizer.ggml.token_type",
-        ):
-            value = value[:rows]
-        if fld.name == "tokenizer.ggml.merges":
-            continue
-        writer.add_key_value(fld.name, value, vtype, sub_type=sub)
-    for t in reader.tensors:
-        data = np.array(t.data)
-        if t.name == "token_embd.weight":
-            data = data[:rows]
-        writer.add_tensor(t.name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
 
 
 BUILDERS = {"encoder": _encoder, "cnn": _cnn, "lstm": _lstm, "gguf": _gguf}
