@@ -278,10 +278,15 @@ def _even(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     chosen = step.copy()
     for m in (1, 2, 3, 4):
         cand = step / np.float32(m)
-        k = (x - off[..., None]) / cand[..., None]
         # More than 8-bit codes is the storage format's lattice, not a quantizer's (fp16
-        # scales times small integers sit on a fine power-of-two lattice).
-        coded = np.rint(k).max(axis=-1, keepdims=True) <= LATTICE_LEVELS
+        # scales times small integers sit on a fine power-of-two lattice). The largest
+        # code is the largest value's; when no group is coded at this step, none is at
+        # a finer one, and no element needs its code.
+        top = (srt[..., -1:] - off[..., None]) / cand[..., None]
+        coded = np.rint(top) <= LATTICE_LEVELS
+        if not coded.any():
+            break
+        k = (x - off[..., None]) / cand[..., None]
         on = (np.abs(k - np.rint(k)) < 1e-3) & coded
         full = on.all(axis=-1) & ~done
         chosen = np.where(full, cand, chosen)
@@ -318,12 +323,22 @@ def first_occurrences(w2: np.ndarray) -> np.ndarray:
     independent residuals; a value repeated by construction (a Fourier basis, a shared
     constant) is one draw, not many. Pressed weights are distinct values, so setting
     repeats aside costs an attack nothing."""
-    order = np.argsort(w2, axis=1, kind="stable")
-    srt = np.take_along_axis(w2, order, axis=1)
+    # Sort (value, position) keys: all distinct, so any sort puts each value's first
+    # position first, several times faster than a stable argsort. The value part is
+    # the float32 pattern made to order like the value (-0.0 counted as 0.0).
+    bits = (w2.astype(np.float32) + np.float32(0.0)).view(np.uint32)
+    negative = (bits >> np.uint32(31)).astype(bool)
+    ordered = np.where(negative, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    keys = (ordered << np.uint64(32)) | np.arange(w2.shape[1], dtype=np.uint64)
+    keys.sort(axis=1)
+    order = (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    value = keys >> np.uint64(32)
     first_sorted = np.ones(w2.shape, dtype=bool)
-    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first_sorted[:, 1:] = value[:, 1:] != value[:, :-1]
     first = np.empty(w2.shape, dtype=bool)
     np.put_along_axis(first, order, first_sorted, axis=1)
+    # NaN equals nothing, itself included: every NaN is a first occurrence
+    first |= np.isnan(w2)
     return first
 
 

@@ -106,3 +106,19 @@ def test_magnitude_order_is_numpys_stable_argsort() -> None:
         mag.reshape(-1)[::5] = 0.0  # ties, as pruned weights make
         mag.reshape(-1)[::9] = 0.25
         assert np.array_equal(_ascending(mag, axis), np.argsort(mag, axis=axis, kind="stable"))
+
+
+def test_first_occurrences_match_a_stable_sort() -> None:
+    from scanner.claims.gap import first_occurrences
+
+    rng = np.random.default_rng(19)
+    w = rng.standard_normal((50, 300)).astype(np.float32)
+    w[:, ::3] = np.round(w[:, ::3], 1)  # repeated values, negative ones included
+    w[0, :5] = [0.0, -0.0, np.nan, np.nan, 0.0]
+    order = np.argsort(w, axis=1, kind="stable")
+    srt = np.take_along_axis(w, order, axis=1)
+    first_sorted = np.ones(w.shape, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    expected = np.empty(w.shape, dtype=bool)
+    np.put_along_axis(expected, order, first_sorted, axis=1)
+    assert np.array_equal(first_occurrences(w), expected)
