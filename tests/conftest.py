@@ -24,6 +24,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return cores + 1
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked ``long_file`` first: pytest-xdist hands out files in collection
+    order, and a long file handed out last keeps one process busy after the rest end."""
+    items.sort(key=lambda item: item.get_closest_marker("long_file") is None)
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int

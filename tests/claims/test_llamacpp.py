@@ -18,6 +18,8 @@ from scanner.errors import MalformedArtifactError
 from scanner.formats import open_artifact
 from tests.claims.gguf_files import LlamaFiles, copy_with, raw_blocks
 
+pytestmark = pytest.mark.long_file
+
 FILE_TYPES = (
     "Q8_0",
     "Q4_0",

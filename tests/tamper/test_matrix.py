@@ -14,6 +14,8 @@ import pytest
 from tests.tamper.matrix import BOUND, CODE_STORAGES, Cell, at_bound, benign_twin, trial
 from tests.tamper.subjects import Subject, load_subject
 
+pytestmark = pytest.mark.long_file
+
 SEEDS = (0, 1)
 
 
