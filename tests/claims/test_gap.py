@@ -32,9 +32,13 @@ def test_gap_on_low_precision_tensors(minilm, storage: str) -> None:
     names = [
         n for n, a in minilm.items() if a.ndim == 2 and a.size >= 4096 and n.startswith("encoder.")
     ]
+    # Every matrix of the model, stored in bf16 and fp16, is scanned clean on every grid
+    # by test_scan_bf16_and_fp16_models; here two layers' matrices are tested directly.
+    honest = [n for n in names if n.startswith(("encoder.layer.0.", "encoder.layer.4."))]
+    assert len(honest) == 12
     for scheme in ATTACKED:
-        # Honest: every encoder matrix, cast to the storage format.
-        for n in names:
+        # Honest: the matrices of two layers, cast to the storage format.
+        for n in honest:
             r = gap_tensor(n, _stored(minilm[n], storage), scheme, 10**6)
             assert not r.flagged and not r.skipped, (n, scheme, r.log10_p)
         # Attacked, then stored: flagged at any margin, with the lattice named.
