@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bitsandbytes.functional as bnbf
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import helper, numpy_helper
 from safetensors.numpy import save_file
 
@@ -38,6 +36,10 @@ def _save(tensors: dict[str, np.ndarray], path: Path) -> Path:
 def _bnb_file(minilm, work: Path, kind: str, tamper: str | None = None) -> Path:
     """MiniLM's first two layers as transformers saves a bitsandbytes model (fp16 weights
     quantized by bitsandbytes' own kernels)."""
+    # torch and bitsandbytes take seconds to import: only the tests that use them pay
+    import bitsandbytes.functional as bnbf
+    import torch
+
     out = dict(minilm)
     for name in _linears(minilm):
         w = torch.from_numpy(minilm[name]).half()
@@ -90,6 +92,9 @@ def test_bitsandbytes_files_verify_and_tampered_twin_is_localized(
 
 
 def test_bnb_encoders_match_bitsandbytes_bit_for_bit(minilm) -> None:
+    import bitsandbytes.functional as bnbf
+    import torch
+
     w16 = torch.from_numpy(minilm["encoder.layer.0.attention.self.query.weight"]).half()
     for qt in ("nf4", "fp4"):
         for dq in (False, True):
