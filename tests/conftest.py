@@ -14,14 +14,14 @@ from fixtures import real_model
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """Two test processes more than there are cores (``-n auto``): many tests wait on
-    subprocesses (the CLI, llama.cpp's tools, a Ray head) and the extra processes keep
-    the cores busy through those waits. ``--maxprocesses`` still caps it."""
+    """One test process more than there are cores (``-n auto``): many tests wait on
+    subprocesses (the CLI, llama.cpp's tools, a Ray head) and a third process keeps two
+    cores busy through those waits. ``--maxprocesses`` still caps it."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         cores = os.cpu_count() or 1
-    return cores + 2
+    return cores + 1
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
