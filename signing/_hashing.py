@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CHUNK_SIZE = 4 * 1024 * 1024
 """Bytes read per call when a file cannot be mapped: large enough to amortise syscalls."""
@@ -164,18 +166,25 @@ def _hash_ranges(
     def one(r: ByteRange) -> str:
         return sha256_range(r.path, r.start, r.end, on_bytes, window)
 
-    if workers == 1 or len(ranges) == 1:
-        return [one(r) for r in ranges]
-    # Largest first so one big range started last never leaves a core idle at the end.
-    order = sorted(range(len(ranges)), key=lambda i: ranges[i].length, reverse=True)
-    results: list[str] = [""] * len(ranges)
-    with ThreadPoolExecutor(max_workers=min(workers, len(ranges))) as pool:
-        futures: dict[int, Future[str]] = {i: pool.submit(one, ranges[i]) for i in order}
+    return _largest_first(ranges, lambda r: r.length, one, workers)
+
+
+def _largest_first(
+    items: Sequence[T], size: Callable[[T], int], hasher: Callable[[T], str], workers: int
+) -> list[str]:
+    """``hasher`` of every item on a thread pool, results in the order of ``items``."""
+    if workers == 1 or len(items) == 1:
+        return [hasher(x) for x in items]
+    # Largest first so one big item started last never leaves a core idle at the end.
+    order = sorted(range(len(items)), key=lambda i: size(items[i]), reverse=True)
+    results: list[str] = [""] * len(items)
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures: dict[int, Future[str]] = {i: pool.submit(hasher, items[i]) for i in order}
         try:
             for i, future in futures.items():
                 results[i] = future.result()
         except BaseException:
-            # The first failure decides the outcome: ranges not yet started would only
+            # The first failure decides the outcome: items not yet started would only
             # spend time before the same error is raised.
             for future in futures.values():
                 future.cancel()
@@ -202,17 +211,7 @@ def hash_files(
             return hash_files(paths, workers, lambda p: sha256_file(p, on_bytes=progress.advance))
         finally:
             progress.finish()
-    workers = workers or default_workers()
-    if workers == 1 or len(paths) == 1:
-        return [hasher(p) for p in paths]
-    # Largest first so one big file started last never leaves a core idle at the end.
-    order = sorted(range(len(paths)), key=lambda i: _size(paths[i]), reverse=True)
-    results: list[str] = [""] * len(paths)
-    with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
-        futures = {i: pool.submit(hasher, paths[i]) for i in order}
-        for i, future in futures.items():
-            results[i] = future.result()
-    return results
+    return _largest_first(paths, _size, hasher, workers or default_workers())
 
 
 def _size(path: Path) -> int:
