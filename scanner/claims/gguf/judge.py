@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scanner.claims.gguf.encoders import quantize_rows
 from scanner.claims.gguf.layouts import (
     AFFINE_TYPES,
     DECODED_TYPES,
@@ -218,11 +219,8 @@ def _amax_q8_0(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
 def _exact_reference(
     w: np.ndarray, raw: np.ndarray, type_name: str
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
-
     lay = LAYOUTS[type_name]
-    expect = np.asarray(quantize(w, GGMLQuantizationType[type_name])).reshape(-1, lay.block_bytes)
+    expect = quantize_rows(w, type_name).reshape(-1, lay.block_bytes)
     got = raw.reshape(-1, lay.block_bytes)
     bad_blocks = np.flatnonzero((expect != got).any(axis=1))
     if bad_blocks.size == 0:
