@@ -191,43 +191,82 @@ def _mantissa_bits(w2: np.ndarray) -> int:
     return 23 - ((bits & -bits).bit_length() - 1)
 
 
-_RES = 400
-"""Distance-to-wall resolution of the histogram: every band is a multiple of 1/400."""
-_KEYS = round(max(BANDS) * _RES) + 1
-"""Histogram keys per wall: 0..99 fine cells below the widest band, 100 = beyond it."""
-_BAND_KEYS = [round(b * _RES) - 1 for b in BANDS]
-assert all(abs(b * _RES - round(b * _RES)) < 1e-9 for b in BANDS)
+_CELLS = 100
+"""Phase cells per code step in the wall histogram: every band and every control offset
+is a whole number of cells, so counting cells loses nothing."""
+_BAND_CELLS = [round(b * _CELLS) for b in BANDS]
+_OFFSET_CELLS = [round(o * _CELLS) for o in CONTROL_OFFSETS]
+assert all(abs(b * _CELLS - c) < 1e-9 for b, c in zip(BANDS, _BAND_CELLS, strict=True))
+assert all(abs(o * _CELLS - c) < 1e-9 for o, c in zip(CONTROL_OFFSETS, _OFFSET_CELLS, strict=True))
+assert max(_BAND_CELLS) <= _CELLS // 2 and 0 < min(_OFFSET_CELLS) <= max(_OFFSET_CELLS) < _CELLS
+_CLASS = _CELLS + 1
+"""Histogram keys per sign class: phase cells 0.._CELLS (the last one is a residual of
+exactly +1/2, on the upper wall)."""
 
 
-def _wall_counts(q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _wall_counts(
+    q: np.ndarray, valid: np.ndarray, offsets: tuple[int, ...] = ()
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per row and band, the number of valid residuals within the band of the inner wall
-    (towards zero) and of the outer wall: arrays of shape (rows, len(BANDS)).
+    (towards zero) and of the outer wall: arrays of shape (rows, len(BANDS)), for the
+    coordinates ``q`` and then for ``q`` shifted by each of ``offsets`` (in cells).
 
-    One pass: each residual's distance to its nearest wall is cut into cells of 1/400
-    step (every band is a whole number of cells), cells are counted per row with one
-    ``bincount``, and "within band b" is the cumulative count of the cells below b.
-    Equivalent to comparing with every band separately, at a fraction of the traffic.
+    One pass: each element's phase within its bin is cut into cells of ``1 / _CELLS``
+    step and counted per row and sign class with one ``bincount``. A band is a whole
+    number of cells at either end of the phase, and a shift is a rotation of the phase,
+    so every band of every shifted grid is read off the same histogram. The sign of a
+    shifted coordinate (which wall is the inner one) changes only for coordinates in
+    [-1, 0), which get a class of their own, their coordinate known from the cell.
     """
-    r = q - np.rint(q)
-    # Distance to the nearest wall, in cells, capped at the widest band (in place: this
-    # runs for every grid, control offset and simulated draw).
-    cells = np.abs(r)
-    cells *= np.float32(-_RES)
-    cells += np.float32(_RES / 2)
-    key = cells.astype(np.int32)
-    np.minimum(key, _KEYS - 1, out=key)
-    # The inner wall (towards zero) is the one the residual points to when it has the
-    # opposite sign of the value.
-    inner = np.less(r, 0)
-    inner ^= np.less(q, 0)
-    key += inner.view(np.int8) * np.int32(_KEYS)
-    width = 2 * _KEYS + 1
+    rows = q.shape[0]
+    # Phase cell of the residual r in [-1/2, 1/2]: floor((r + 1/2) * _CELLS) in 0.._CELLS.
+    phase = q - np.rint(q)
+    phase *= np.float32(_CELLS)
+    phase += np.float32(_CELLS / 2)
+    key = phase.astype(np.int32)
+    del phase
+    # Sign class: 0 for q >= 0, 1 for -1 <= q < 0, 2 for q < -1.
+    cls = np.less(q, 0).view(np.int8) + np.less(q, -1).view(np.int8)
+    key += cls * np.int32(_CLASS)
+    width = 3 * _CLASS + 1
     key[~valid] = width - 1  # a sink for elements not tested
-    key += (np.arange(q.shape[0], dtype=np.int32) * np.int32(width))[:, None]
-    hist = np.bincount(key.reshape(-1), minlength=q.shape[0] * width).reshape(-1, width)
-    outer = np.cumsum(hist[:, :_KEYS], axis=1)[:, _BAND_KEYS]
-    inner = np.cumsum(hist[:, _KEYS : 2 * _KEYS], axis=1)[:, _BAND_KEYS]
-    return inner, outer
+    key += (np.arange(rows, dtype=np.int32) * np.int32(width))[:, None]
+    hist = np.bincount(key.reshape(-1), minlength=rows * width).reshape(rows, width)
+    h = hist[:, : 3 * _CLASS].reshape(rows, 3, _CLASS)
+    # A residual of exactly +1/2 (cell _CELLS) is on the upper wall: the last cell's.
+    h = h[:, :, :_CELLS] + (np.arange(_CELLS) == _CELLS - 1) * h[:, :, _CELLS:]
+    pos, near, far = h[:, 0], h[:, 1], h[:, 2]
+    out = [_fold(pos, near + far)]
+    for s in offsets:
+        up = _turns_non_negative(s)
+        out.append(_fold(np.roll(pos + near * up, s, axis=1), np.roll(far + near * ~up, s, axis=1)))
+    return out
+
+
+def _turns_non_negative(shift: int) -> np.ndarray:
+    """Cells of a coordinate in [-1, 0) that a shift of ``shift`` cells makes
+    non-negative: the cell's coordinate (cell / _CELLS - 1/2 below the half, - 3/2 above)
+    is -shift / _CELLS or more."""
+    cells = np.arange(_CELLS)
+    half = _CELLS // 2
+    below = (cells < half) & (cells >= half - shift)
+    return below | ((cells >= half) & (cells >= 3 * half - shift))
+
+
+_BAND_IDX = np.asarray(_BAND_CELLS) - 1
+
+
+def _fold(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inner, outer) band counts from phase histograms (rows, _CELLS) of the
+    non-negative and the negative coordinates. Cells below the half are residuals below
+    zero (the lower wall), cells above the half the upper wall, counted from the wall
+    inwards; the lower wall is the inner one for non-negative coordinates."""
+    half = _CELLS // 2
+    both = np.stack([pos, neg], axis=1)  # (rows, 2, _CELLS)
+    sides = np.concatenate([both[:, :, :half], both[:, :, : half - 1 : -1]], axis=1)
+    # (rows, [non-negative lower, negative lower, non-negative upper, negative upper], band)
+    cum = np.cumsum(sides, axis=2)[:, :, _BAND_IDX]
+    return cum[:, 0] + cum[:, 3], cum[:, 2] + cum[:, 1]
 
 
 def _is_fp16(w2: np.ndarray, mbits: int) -> bool:
@@ -348,7 +387,7 @@ def _lattice_rounder(off: np.ndarray, step: np.ndarray) -> Any:
     def rnd(x: np.ndarray, sl: slice) -> np.ndarray:
         o, d = off[sl][:, :, None], step[sl][:, :, None]
         g = x.reshape(o.shape[0], o.shape[1], -1)
-        return (o + np.rint((g - o) / d) * d).astype(np.float32).reshape(x.shape)
+        return (o + np.rint((g - o) / d) * d).astype(np.float32, copy=False).reshape(x.shape)
 
     return rnd
 
@@ -367,7 +406,7 @@ def _simulated_counts(
     for j in range(SIM_DRAWS):
         u = (j + rng.random(c.q.shape, dtype=np.float32)) / np.float32(SIM_DRAWS)
         x = c.to_code(rnd(c.to_value(base + u).reshape(valid.shape), sl).reshape(c.q.shape))
-        i, o = _wall_counts(x, valid)
+        ((i, o),) = _wall_counts(x, valid)
         inner += i
         outer += o
     return inner / SIM_DRAWS, outer / SIM_DRAWS
@@ -439,14 +478,14 @@ def _counts(
         valid &= ~on
         out["n"][sl] = valid.sum(axis=1)
         out["on_grid"][sl] = on.sum(axis=1)
-        out["inner"][sl], out["outer"][sl] = _wall_counts(q, valid)
+        (inner, outer), *controls = _wall_counts(q, valid, tuple(_OFFSET_CELLS))
+        out["inner"][sl], out["outer"][sl] = inner, outer
         if rnd is not None:
             out["sim_inner"][sl], out["sim_outer"][sl] = _simulated_counts(
                 c, valid, rnd, seed + r0, sl
             )
         part = np.zeros((len(CONTROL_OFFSETS), nb))
-        for k, off in enumerate(CONTROL_OFFSETS):
-            ic, oc = _wall_counts(q + np.float32(off), valid)
+        for k, (ic, oc) in enumerate(controls):
             part[k] = np.maximum(ic.sum(0), oc.sum(0))
             np.maximum(out["ctrl"][sl], np.maximum(ic, oc), out=out["ctrl"][sl])
         ctrl_parts.append(part)

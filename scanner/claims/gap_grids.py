@@ -63,13 +63,13 @@ def _linear(w2: np.ndarray, step: np.ndarray, zero: np.ndarray, lo: float, hi: f
     range ends are the ones that set the scale."""
     step = np.where(step != 0, step, np.float32(1.0)).astype(np.float32)
     zero = np.asarray(zero, dtype=np.float32)
-    q = (w2 / step + zero).astype(np.float32)
+    q = (w2 / step + zero).astype(np.float32, copy=False)
     valid = (q > lo + 0.5) & (q < hi - 0.5)
     return Coordinates(
         q,
         valid,
-        lambda x: ((x - zero) * step).astype(np.float32),
-        lambda v: (v / step + zero).astype(np.float32),
+        lambda x: ((x - zero) * step).astype(np.float32, copy=False),
+        lambda v: (v / step + zero).astype(np.float32, copy=False),
     )
 
 
@@ -178,12 +178,53 @@ def k_quant(name: str) -> Callable[[np.ndarray, Extent], Coordinates]:
     return coords
 
 
+class _PiecewiseLinear:
+    """Code coordinate <-> value through sorted code values, in float32: ``np.interp``
+    without its float64 copies and per-element binary search. A uniform table of cells,
+    each narrower than the smallest gap between code values, gives an element's segment
+    up to one comparison."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        v = np.unique(np.asarray(values, dtype=np.float64))
+        self.size = v.size
+        gaps = np.diff(v)
+        self.cells = int(np.ceil(2 * (v[-1] - v[0]) / gaps.min()))
+        self.origin = np.float32(v[0])
+        self.scale = np.float32(self.cells / (v[-1] - v[0]))
+        left = v[0] + np.arange(self.cells) / float(self.scale)
+        self.segment = np.clip(np.searchsorted(v, left, side="right") - 1, 0, v.size - 2)
+        self.segment = self.segment.astype(np.intp)
+        self.values = v.astype(np.float32)
+        self.width = gaps.astype(np.float32)
+        self.inverse = (1.0 / gaps).astype(np.float32)
+
+    def to_code(self, x: np.ndarray) -> np.ndarray:
+        """``np.interp(x, values, arange(size))``: clamped to [0, size - 1]."""
+        cell = (x - self.origin) * self.scale
+        np.clip(cell, 0, self.cells - 1, out=cell)
+        j = self.segment[cell.astype(np.intp)]
+        j += x >= self.values[j + 1]
+        np.minimum(j, self.size - 2, out=j)
+        q = x - self.values[j]
+        q *= self.inverse[j]
+        q += j
+        return np.clip(q, 0, self.size - 1, out=q)
+
+    def to_value(self, t: np.ndarray) -> np.ndarray:
+        """``np.interp(t, arange(size), values)``: clamped to the end values."""
+        t = np.clip(t, 0, self.size - 1).astype(np.float32, copy=False)
+        j = np.minimum(t.astype(np.intp), self.size - 2)
+        x = t - j
+        x *= self.width[j]
+        x += self.values[j]
+        return x
+
+
 def codebook(values: np.ndarray, block: int) -> Callable[[np.ndarray, Extent], Coordinates]:
     """bitsandbytes 4-bit: ``x = w / absmax`` per block of ``block``, bucketed by the
     midpoints of the sorted code values; the coordinate is piecewise linear between code
     values, so walls (midpoints) are half-integers."""
-    sorted_vals = np.unique(np.asarray(values, dtype=np.float64))
-    idx = np.arange(sorted_vals.size, dtype=np.float64)
+    line = _PiecewiseLinear(values)
 
     def coords(w2: np.ndarray, extent: Extent) -> Coordinates:
         b = _blocks(w2, block)
@@ -191,15 +232,15 @@ def codebook(values: np.ndarray, block: int) -> Callable[[np.ndarray, Extent], C
         am = np.where(am > 0, am, np.float32(1.0)).astype(np.float32)
 
         def to_code(v: np.ndarray) -> np.ndarray:
-            x = v.reshape(b.shape) / am
-            return np.interp(x, sorted_vals, idx).astype(np.float32).reshape(v.shape)
+            return line.to_code(v.reshape(b.shape) / am).reshape(v.shape)
 
         def to_value(t: np.ndarray) -> np.ndarray:
-            x = np.interp(t.reshape(b.shape), idx, sorted_vals)
-            return (x * am).astype(np.float32).reshape(t.shape)
+            x = line.to_value(t.reshape(b.shape))
+            x *= am
+            return x.reshape(t.shape)
 
         q = to_code(w2)
-        valid = (q > 0.5) & (q < sorted_vals.size - 1.5)
+        valid = (q > 0.5) & (q < line.size - 1.5)
         return Coordinates(q, valid, to_value, to_code)
 
     return coords

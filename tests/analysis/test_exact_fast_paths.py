@@ -122,3 +122,41 @@ def test_first_occurrences_match_a_stable_sort() -> None:
     expected = np.empty(w.shape, dtype=bool)
     np.put_along_axis(expected, order, first_sorted, axis=1)
     assert np.array_equal(first_occurrences(w), expected)
+
+
+def _wall_counts_by_band(q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The definition: per row and band, valid elements closer than the band to the
+    inner wall (towards zero) and to the outer wall of their bin, in float64."""
+    from scanner.claims.gap import BANDS
+
+    q = q.astype(np.float64)
+    r = q - np.rint(q)
+    distance = 0.5 - np.abs(r)
+    inner_side = (r < 0) ^ (q < 0)
+    inner = np.stack([((distance < b) & inner_side & valid).sum(1) for b in BANDS], 1)
+    outer = np.stack([((distance < b) & ~inner_side & valid).sum(1) for b in BANDS], 1)
+    return inner, outer
+
+
+@pytest.mark.parametrize("spread", [0.7, 3.0, 40.0])
+def test_wall_counts_and_shifted_grids_match_the_definition(spread: float) -> None:
+    """One histogram gives the counts of the grid and of every shifted control grid;
+    they equal counting each band on ``q + offset`` directly. Values sit mid-cell (a
+    whole number of cells plus a small jitter), away from the cell edges where float32
+    rounding decides either way; coordinates in [-1, 0) are included on purpose, as
+    their inner wall changes side when shifted."""
+    from scanner.claims.gap import _CELLS, _OFFSET_CELLS, CONTROL_OFFSETS, _wall_counts
+
+    rng = np.random.default_rng(int(spread * 10))
+    rows, cols = 37, 300
+    whole = np.rint(rng.normal(0, spread, (rows, cols)) * _CELLS)
+    jitter = rng.uniform(0.3, 0.7, (rows, cols))
+    q = ((whole + jitter) / _CELLS).astype(np.float32)
+    q[0, :_CELLS] = (np.arange(-_CELLS, 0) + 0.5) / _CELLS
+    valid = rng.random((rows, cols)) < 0.9
+    got = _wall_counts(q, valid, tuple(_OFFSET_CELLS))
+    assert len(got) == 1 + len(CONTROL_OFFSETS)
+    for (inner, outer), off in zip(got, (0.0, *CONTROL_OFFSETS), strict=True):
+        want_inner, want_outer = _wall_counts_by_band(q.astype(np.float64) + off, valid)
+        np.testing.assert_array_equal(inner, want_inner, err_msg=f"offset {off}")
+        np.testing.assert_array_equal(outer, want_outer, err_msg=f"offset {off}")
