@@ -246,12 +246,14 @@ def analyze_prune_activated(pair: TensorPair) -> PruneResult | None:
     v: np.ndarray | None = None
     for side, mag in (("deployed", np.abs(b)), ("trusted", np.abs(a))):
         for rule, q, cand in _candidate_masks(mag, e, energy, grid=side == "deployed"):
-            d_kept = np.where(cand, np.float32(0.0), d)
+            # Masks by multiplication: several times faster than ``np.where`` on a
+            # scattered mask, and the signed zeros it leaves add nothing to any sum.
+            d_kept = d * ~cand
             u, s, v = _top_pair(d_kept, v, POWER_STEPS if v is None else WARM_STEPS)
             if s == 0:
                 v = None
                 continue
-            d_cand = np.where(cand, d, np.float32(0.0))
+            d_cand = d * cand
             along = float(np.einsum("i,ij,j->", u, d_cand, v))
             sd = float(np.sqrt(np.einsum("i,ij,j->", u * u, d_cand * d_cand, v * v)))
             opposition = -along / s
