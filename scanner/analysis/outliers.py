@@ -169,6 +169,9 @@ class _Scales:
     col_scale: np.ndarray
     row_floor: np.ndarray
     col_floor: np.ndarray
+    at: np.ndarray | None = None
+    """For a sparse change: the flat positions of the changed elements (sorted), the
+    only ones whose ratio can be nonzero."""
 
 
 def _scales(
@@ -242,7 +245,7 @@ def _sparse_scales(
     expected = np.maximum(np.maximum(row[r], col[c]), noise_bound(a_at, b_at, dtype))
     ratio = np.zeros((m, n), dtype=np.float32)
     ratio.reshape(-1)[at] = d / expected
-    return _Scales(ratio, row, col, row_floor, col_floor)
+    return _Scales(ratio, row, col, row_floor, col_floor, at)
 
 
 def _half_changed_line_medians(
@@ -372,6 +375,27 @@ def _tiles(ratio: np.ndarray) -> np.ndarray:
     return np.sqrt(sq.reshape(mt, TILE, nt, TILE).mean(axis=(1, 3)))
 
 
+def _sparse_tiles(
+    at: np.ndarray,
+    values: np.ndarray,
+    lone: np.ndarray,
+    flat_mask: np.ndarray,
+    m: int,
+    n: int,
+) -> np.ndarray:
+    """:func:`_tiles` of a ratio that is zero but at the flat positions ``at``
+    (``values`` there), without the ``lone`` positions and those in ``flat_mask``."""
+    mt, nt = m // TILE, n // TILE
+    keep = ~flat_mask[at]
+    keep[np.searchsorted(at, lone)] = False
+    r, c = np.divmod(at[keep], n)
+    inside = (r < mt * TILE) & (c < nt * TILE)
+    tile = (r[inside] // TILE) * nt + c[inside] // TILE
+    sq = np.square(values[keep][inside], dtype=np.float64)
+    sums = np.bincount(tile, weights=sq, minlength=mt * nt)
+    return np.sqrt(sums / (TILE * TILE)).astype(np.float32).reshape(mt, nt)
+
+
 TAIL_TILES = 4
 """Tiles one edited block can reach: a 16 x 16 block off the tile grid touches four."""
 
@@ -408,23 +432,43 @@ def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> Outli
         if hit.size and hit.size <= n // 2:
             cols = tuple(int(j) for j in hit)
             mask[:, hit] = True
-    stats["element"] = float(sc.ratio.max())
-    tail = TAIL_FACTOR * _quantile_of_nonnegative(sc.ratio, 0.99)
-    lone = (sc.ratio > max(limits.element, tail)) & ~mask
+    # Element and tile outliers at the changed elements when the change is sparse (an
+    # unchanged element's ratio is 0), over the whole ratio otherwise.
+    flat_mask = mask.reshape(-1)
+    if sc.at is not None:
+        at = sc.at
+        values = sc.ratio.reshape(-1)[at]
+    else:
+        at = None
+        values = sc.ratio.reshape(-1)
+    stats["element"] = max(float(values.max(initial=0.0)), 0.0)
+    if at is not None and np.count_nonzero(values) < (1.0 - 0.99) * (m * n - 1):
+        tail = 0.0  # the 99th percentile is one of the zeros
+    else:
+        tail = TAIL_FACTOR * _quantile_of_nonnegative(sc.ratio, 0.99)
+    lone = np.flatnonzero(values > max(limits.element, tail))
+    if at is not None:
+        lone = at[lone]
+    lone = lone[~flat_mask[lone]]
     tiles: tuple[tuple[int, int], ...] = ()
     if m >= TILE and n >= TILE:
         # Tiles are judged without the lone outlier elements: one element set to 40 is
         # an element, not a block; a block is many elements each moderately too large.
-        t = _tiles(np.where(lone | mask, 0.0, sc.ratio))
+        if at is not None:
+            t = _sparse_tiles(at, values, lone, flat_mask, m, n)
+        else:
+            excluded = mask.copy()
+            excluded.reshape(-1)[lone] = True
+            t = _tiles(np.where(excluded, 0.0, sc.ratio))
         stats["tile"] = float(t.max())
         tail_t = TAIL_FACTOR * float(np.quantile(t, _tile_tail_quantile(t.size)))
         for r, c in np.argwhere(t > max(limits.tile, tail_t)):
             block = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
             mask[block] = True
             tiles += ((pair.row_index(r * TILE), int(c * TILE)),)
-    lone &= ~mask
-    idx = np.argwhere(lone)
-    mask |= lone
+    lone = lone[~flat_mask[lone]]
+    idx = np.column_stack(np.divmod(lone, n)) if lone.size else np.zeros((0, 2), np.intp)
+    flat_mask[lone] = True
     elements = tuple((pair.row_index(r), int(c)) for r, c in idx[:REPORTED])
     box = None
     if idx.shape[0]:

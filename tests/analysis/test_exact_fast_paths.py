@@ -8,6 +8,7 @@ import pytest
 
 from scanner.analysis import outliers
 from scanner.analysis.noise import bound_levels, element_ulp, noise_bound, round_to_bfloat16
+from scanner.analysis.tensors import TensorPair
 
 STORAGE = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
@@ -160,3 +161,52 @@ def test_wall_counts_and_shifted_grids_match_the_definition(spread: float) -> No
         want_inner, want_outer = _wall_counts_by_band(q.astype(np.float64) + off, valid)
         np.testing.assert_array_equal(inner, want_inner, err_msg=f"offset {off}")
         np.testing.assert_array_equal(outer, want_outer, err_msg=f"offset {off}")
+
+
+def _outlier_pair(a: np.ndarray, b: np.ndarray) -> TensorPair:
+    a3 = np.ascontiguousarray(a, dtype=np.float32).reshape(a.shape[0], a.shape[1], 1)
+    b3 = np.ascontiguousarray(b, dtype=np.float32).reshape(a3.shape)
+    return TensorPair(
+        "w", "F32", a.shape, a3, b3, a3.view(np.uint32), b3.view(np.uint32), None, None
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(200, 300), (67, 45), (40, 12)])
+def test_sparse_outlier_profile_equals_the_dense_one(
+    shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse change's elements and tiles, found at the changed elements, are those
+    the whole-ratio computation finds: same rows, columns, tiles, elements and mask, and
+    tile statistics equal to float32 rounding. Edits: a block, a row and a column, lone
+    elements among a light scattered change, and a block at the ragged edge."""
+    rng = np.random.default_rng(11)
+    a = rng.normal(0, 0.05, shape).astype(np.float32)
+    m, n = shape
+    edits = []
+    block = a.copy()
+    block[3:19, 5:21] += 0.2
+    edits.append(block)
+    lines = a.copy()
+    lines[7] += 0.01
+    lines[:, 2] -= 0.02
+    edits.append(lines)
+    scattered = a.copy()
+    at = rng.choice(m * n, max(8, m * n // 60), replace=False)
+    scattered.reshape(-1)[at] += rng.normal(0, 1e-3, at.size).astype(np.float32)
+    scattered.reshape(-1)[at[:3]] += 5.0
+    edits.append(scattered)
+    edge = a.copy()
+    edge[m - 5 :, n - 7 :] += 0.3
+    edits.append(edge)
+    for b in edits:
+        pair = _outlier_pair(a, b)
+        fast = outliers.outlier_profile(pair)
+        monkeypatch.setattr(outliers, "_sparse_scales", lambda *_: None)
+        plain = outliers.outlier_profile(pair)
+        monkeypatch.undo()
+        for field in ("rows", "cols", "tiles", "elements", "n_elements", "box"):
+            assert getattr(fast, field) == getattr(plain, field), field
+        assert np.array_equal(fast.mask, plain.mask)
+        assert fast.stats.keys() == plain.stats.keys()
+        for key, value in plain.stats.items():
+            assert fast.stats[key] == pytest.approx(value, rel=1e-6), key
