@@ -359,11 +359,13 @@ def _line_ratios(scale: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, floa
     return s / math.exp(center), spread
 
 
-def _quantile_of_nonnegative(x: np.ndarray, q: float) -> float:
+def _quantile_of_nonnegative(x: np.ndarray, q: float, nonzero: int | None = None) -> float:
     """``np.quantile(x, q)`` of values >= 0, without a partition when fewer than
-    ``1 - q`` of them are nonzero: both elements the quantile interpolates between are
-    then zeros."""
-    if np.count_nonzero(x) < (1.0 - q) * (x.size - 1):
+    ``1 - q`` of them are nonzero (``nonzero``, when the caller knows it): both elements
+    the quantile interpolates between are then zeros."""
+    if nonzero is None:
+        nonzero = int(np.count_nonzero(x))
+    if nonzero < (1.0 - q) * (x.size - 1):
         return 0.0
     return float(np.quantile(x, q))
 
@@ -441,11 +443,9 @@ def outlier_profile(pair: TensorPair, limits: Thresholds | None = None) -> Outli
     else:
         at = None
         values = sc.ratio.reshape(-1)
-    stats["element"] = max(float(values.max(initial=0.0)), 0.0)
-    if at is not None and np.count_nonzero(values) < (1.0 - 0.99) * (m * n - 1):
-        tail = 0.0  # the 99th percentile is one of the zeros
-    else:
-        tail = TAIL_FACTOR * _quantile_of_nonnegative(sc.ratio, 0.99)
+    stats["element"] = float(values.max(initial=0.0))
+    nonzero = int(np.count_nonzero(values))
+    tail = TAIL_FACTOR * _quantile_of_nonnegative(sc.ratio, 0.99, nonzero)
     lone = np.flatnonzero(values > max(limits.element, tail))
     if at is not None:
         lone = at[lone]
