@@ -19,11 +19,10 @@ from fixtures import real_model
 from fixtures.real_models import SILERO_ST
 from scanner.analysis.bits import analyze_bits
 from scanner.analysis.pruning import analyze_prune_activated
-from scanner.analysis.tensors import TensorPair
 from scanner.api import diff_artifacts
 from scanner.claims.gap import SCHEMES, gap_tensor, lattice_of, row_lattice
 from scanner.claims.gap_grids import BY_NAME
-from tests.analysis.weights_io import write_safetensors
+from tests.analysis.weights_io import tensor_pair, write_safetensors
 
 ATTN_OUT = "encoder.layer.3.attention.output.dense.weight"  # 384 x 384
 VALUE = "encoder.layer.2.attention.self.value.weight"  # 384 x 384
@@ -35,14 +34,6 @@ CONV = "conv11_se_2_weights"  # 200 x 50
 @pytest.fixture(scope="module")
 def lstm_weights() -> dict[str, np.ndarray]:
     return load_file(str(real_model(SILERO_ST)))
-
-
-def _pair(name: str, a: np.ndarray, b: np.ndarray) -> TensorPair:
-    a3 = np.ascontiguousarray(a, dtype=np.float32).reshape(a.shape[0], a.shape[1], -1)
-    b3 = np.ascontiguousarray(b, dtype=np.float32).reshape(a3.shape)
-    return TensorPair(
-        name, "F32", a.shape, a3, b3, a3.view(np.uint32), b3.view(np.uint32), None, None
-    )  # type: ignore[arg-type]
 
 
 # --- low-bit payloads -------------------------------------------------------------
@@ -90,7 +81,7 @@ def test_payload_next_to_a_row_edit_on_the_lstm(lstm_weights, bits: int) -> None
     w = lstm_weights[LSTM]
     tampered = _mask_payload(w, slice(300, 340), every=1, bits=bits, seed=bits)
     tampered[7] += np.float32(0.5) * np.abs(w).max()  # a plain row edit beside it
-    found = analyze_bits(_pair(LSTM, w, tampered))
+    found = analyze_bits(tensor_pair(LSTM, w, tampered))
     assert found is not None and found.kind == "low-byte payload"
     assert found.payload_bits == bits
     assert set(found.rows) <= set(range(300, 340)) and 7 not in found.rows
@@ -111,7 +102,7 @@ def test_payload_benign_twins(minilm_weights, lstm_weights, rel: float) -> None:
             (w.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32),  # truncation
         ]
         for twin in twins:
-            found = analyze_bits(_pair(name, w, twin.astype(np.float32)))
+            found = analyze_bits(tensor_pair(name, w, twin.astype(np.float32)))
             assert found is None or found.kind != "low-byte payload", found
 
 
@@ -153,7 +144,7 @@ def _prune_activated(
 def test_prune_activated_at_any_sparsity(minilm_weights, lstm_weights, sparsity, per_row):
     for name, w in ((VALUE, minilm_weights[VALUE]), (LSTM, lstm_weights[LSTM])):
         tampered = _prune_activated(w, sparsity, per_row, rel=0.02, seed=int(sparsity * 10))
-        found = analyze_prune_activated(_pair(name, w, tampered))
+        found = analyze_prune_activated(tensor_pair(name, w, tampered))
         assert found is not None and found.kind == "prune-activated", (name, sparsity)
         assert abs(float(found.evidence["prune_ratio"]) - sparsity) <= 0.06, found.evidence
 
@@ -186,7 +177,7 @@ def test_prune_activated_benign_twins(minilm_weights, lstm_weights, rel: float) 
             pruned + (pruned != 0) * s * rng.standard_normal(w.shape),
         ]
         for i, twin in enumerate(twins):
-            assert analyze_prune_activated(_pair(name, w, twin.astype(np.float32))) is None, i
+            assert analyze_prune_activated(tensor_pair(name, w, twin.astype(np.float32))) is None, i
 
 
 # --- quantization-gap attacks -----------------------------------------------------

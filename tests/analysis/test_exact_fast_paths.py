@@ -8,7 +8,7 @@ import pytest
 
 from scanner.analysis import outliers
 from scanner.analysis.noise import bound_levels, element_ulp, noise_bound, round_to_bfloat16
-from scanner.analysis.tensors import TensorPair
+from tests.analysis.weights_io import tensor_pair
 
 STORAGE = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 
@@ -163,14 +163,6 @@ def test_wall_counts_and_shifted_grids_match_the_definition(spread: float) -> No
         np.testing.assert_array_equal(outer, want_outer, err_msg=f"offset {off}")
 
 
-def _outlier_pair(a: np.ndarray, b: np.ndarray) -> TensorPair:
-    a3 = np.ascontiguousarray(a, dtype=np.float32).reshape(a.shape[0], a.shape[1], 1)
-    b3 = np.ascontiguousarray(b, dtype=np.float32).reshape(a3.shape)
-    return TensorPair(
-        "w", "F32", a.shape, a3, b3, a3.view(np.uint32), b3.view(np.uint32), None, None
-    )  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("shape", [(200, 300), (67, 45), (40, 12)])
 def test_sparse_outlier_profile_equals_the_dense_one(
     shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch
@@ -199,7 +191,7 @@ def test_sparse_outlier_profile_equals_the_dense_one(
     edge[m - 5 :, n - 7 :] += 0.3
     edits.append(edge)
     for b in edits:
-        pair = _outlier_pair(a, b)
+        pair = tensor_pair("w", a, b)
         fast = outliers.outlier_profile(pair)
         monkeypatch.setattr(outliers, "_sparse_scales", lambda *_: None)
         plain = outliers.outlier_profile(pair)

@@ -1,4 +1,5 @@
-"""Writers for modified copies of real weights (safetensors, ONNX)."""
+"""Writers for modified copies of real weights (safetensors, ONNX), and float32 pairs of
+them as the analysis sees a changed tensor."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from safetensors.numpy import save_file
+
+from scanner.analysis.tensors import TensorPair
 
 
 def write_safetensors(path: Path, weights: Mapping[str, np.ndarray], bf16: bool = False) -> Path:
@@ -47,3 +50,12 @@ def write_onnx(base: Path, path: Path, weights: Mapping[str, np.ndarray]) -> Pat
                     attr.t.CopyFrom(numpy_helper.from_array(weights[node.output[0]], attr.t.name))
     onnx.save(model, str(path))
     return path
+
+
+def tensor_pair(name: str, a: np.ndarray, b: np.ndarray) -> TensorPair:
+    """A float32 pair of whole tensors in the analysis' ``(out, in, k)`` view."""
+    a3 = np.ascontiguousarray(a, dtype=np.float32).reshape(a.shape[0], a.shape[1], -1)
+    b3 = np.ascontiguousarray(b, dtype=np.float32).reshape(a3.shape)
+    return TensorPair(
+        name, "F32", a.shape, a3, b3, a3.view(np.uint32), b3.view(np.uint32), None, None
+    )  # type: ignore[arg-type]
