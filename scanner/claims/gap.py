@@ -232,9 +232,10 @@ def _wall_counts(
     key[~valid] = width - 1  # a sink for elements not tested
     key += (np.arange(rows, dtype=np.int32) * np.int32(width))[:, None]
     hist = np.bincount(key.reshape(-1), minlength=rows * width).reshape(rows, width)
-    h = hist[:, : 3 * _CLASS].reshape(rows, 3, _CLASS)
+    classes = hist[:, : 3 * _CLASS].reshape(rows, 3, _CLASS)
+    h = classes[:, :, :_CELLS].copy()
     # A residual of exactly +1/2 (cell _CELLS) is on the upper wall: the last cell's.
-    h = h[:, :, :_CELLS] + (np.arange(_CELLS) == _CELLS - 1) * h[:, :, _CELLS:]
+    h[:, :, -1] += classes[:, :, _CELLS]
     pos, near, far = h[:, 0], h[:, 1], h[:, 2]
     out = [_fold(pos, near + far)]
     for s in offsets:
