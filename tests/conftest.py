@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# More test processes than cores (see below): BLAS's own worker threads would only
+# contend for the same cores and spin while they wait. Set before numpy loads in the test
+# processes and the CLI subprocesses they start; a user's explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from fixtures import real_model
 
 

@@ -4,10 +4,12 @@ A LoRA merge adds ``B @ A`` (rank <= r); a ROME edit adds one outer product; abl
 subtracts ``r r^T W`` (rank 1, the same ``r`` in every tensor); a full fine-tune changes
 every direction. After storage the delta also carries rounding noise of the deployed
 dtype, about ``ulp / sqrt(12)`` per element (twice that variance when both sides were
-rounded from a wider original). The rank is the smallest ``r`` whose best rank-``r`` fit
-leaves a residual no larger than that noise, measured element by element in ulps, so the
-test is scale-free. A delta whose energy is within a few times the noise is
-"indeterminate": no rank claim is made.
+rounded from a wider original), plus the rounding of the update itself, which a merge
+casts to the storage dtype before adding it (:func:`merge_noise`). The rank is the
+smallest ``r`` whose best rank-``r`` fit leaves a residual no larger than that noise,
+measured element by element in ulps, so the test is scale-free; the residual is summed
+directly wherever ``energy - sum(sigma^2)`` cannot resolve it in float64. A delta whose
+energy is within a few times the noise is "indeterminate": no rank claim is made.
 
 Cost: randomized SVD (Halko, Martinsson, Tropp 2011) with a few power iterations, i.e. a
 handful of products of the ``m x n`` delta with ``n x (k + oversample)`` blocks, streamed
@@ -33,8 +35,8 @@ CHUNK_ROWS = 512
 INDETERMINATE_SNR = 4.0
 """Delta energy below this multiple of the single-rounding noise energy: indeterminate."""
 NOISE_RESIDUAL = 2.5
-"""Residual energy, in units of one rounding's noise energy, accepted as storage noise
-(one rounding leaves about 1, a rounding on each side about 2)."""
+"""Residual energy, in units of a merge's rounding energy (:func:`merge_noise`), accepted
+as storage noise (one rounding leaves about 1, a rounding on each side about 2)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +52,7 @@ class RankProfile:
     """Share of the delta's energy in the top singular direction."""
     residual: float
     """Residual energy after the rank-``rank`` fit (or the largest fit tried), in units of
-    the rounding noise energy."""
+    the rounding energy a merge of that rank carries (:func:`merge_noise`)."""
     left: np.ndarray | None
     right: np.ndarray | None
     """Top singular vectors (unit); None when the matrix was sampled."""
@@ -146,6 +148,35 @@ def noise_energy(values: np.ndarray, dtype: str) -> float:
     return float(np.vdot(u, u)) / 12.0
 
 
+def merge_noise(deployed_noise: float, update_noise: float, rank: int, dtype: str) -> float:
+    """Rounding energy a rank-``rank`` update merged in storage ``dtype`` carries beyond
+    its low-rank part: one rounding of the sum (``deployed_noise``) and one of the update
+    itself, which is cast to the storage dtype before it is added (``update_noise``, one
+    rounding of the delta). Stored in float32 or wider, the update was also computed at
+    the storage's own precision, and each of the ``rank`` partial sums of ``B @ A`` (and
+    the scaling) rounds once more at the update's magnitude; narrower storage computes in
+    float32, far below its own step."""
+    computed_at_storage_precision = dtype in ("F32", "F64")
+    return deployed_noise + update_noise * (1 + (rank if computed_at_storage_precision else 0))
+
+
+_SUBTRACTION_ERROR = 2.0**-40
+"""Bound, relative to the delta's energy, on the float64 error of ``energy - sum(sigma^2)``
+(sigmas from a Gram eigendecomposition; float64's epsilon is 2**-52)."""
+
+
+def _residual_beyond(a: np.ndarray, b: np.ndarray, directions: np.ndarray) -> float:
+    """Energy of ``b - a`` outside the span of the rows of ``directions``, summed element
+    by element in float64 row chunks."""
+    basis, _ = np.linalg.qr(directions.T)
+    total = 0.0
+    for r0 in range(0, a.shape[0], CHUNK_ROWS):
+        d = b[r0 : r0 + CHUNK_ROWS].astype(np.float64) - a[r0 : r0 + CHUNK_ROWS]
+        rest = d - (d @ basis) @ basis.T
+        total += float(np.vdot(rest, rest))
+    return total
+
+
 def rank_profile(
     trusted: np.ndarray, deployed: np.ndarray, dtype: str, seed: int = 0
 ) -> RankProfile:
@@ -155,9 +186,11 @@ def rank_profile(
     sampled = a.shape != trusted.shape
     m, n = a.shape
     energy = 0.0
+    update_noise = 0.0
     for r0 in range(0, m, CHUNK_ROWS):
         d = b[r0 : r0 + CHUNK_ROWS].astype(np.float64) - a[r0 : r0 + CHUNK_ROWS]
         energy += float(np.vdot(d, d))
+        update_noise += noise_energy(d, dtype)
     noise = noise_energy(b, dtype)
     if energy <= INDETERMINATE_SNR * noise or min(m, n) < 2:
         return RankProfile(
@@ -179,13 +212,23 @@ def rank_profile(
     # Residual energy after projecting on the top-r directions found; a suboptimal
     # subspace only makes it larger, so the rank claim errs towards "more".
     residuals = np.maximum(energy - np.cumsum(s**2), 0.0)
+    # ``energy - sum(sigma^2)`` carries float64 rounding of the whole energy; a float32
+    # delta can stand ~1e15 times above its storage noise, where that rounding is larger
+    # than the noise itself. Within that margin the residual is measured directly.
+    margin = _SUBTRACTION_ERROR * energy
     limit = min(k, max(1, min(m, n) // 2))
     rank: int | None = None
+    allowed = noise
     for r in range(1, limit + 1):
-        if residuals[r - 1] <= NOISE_RESIDUAL * noise:
+        allowed = merge_noise(noise, update_noise, r, dtype)
+        if residuals[r - 1] - margin > NOISE_RESIDUAL * allowed:
+            continue
+        if residuals[r - 1] + margin > NOISE_RESIDUAL * allowed:
+            residuals[r - 1] = _residual_beyond(a, b, vt[:r])
+        if residuals[r - 1] <= NOISE_RESIDUAL * allowed:
             rank = r
             break
-    residual = residuals[(rank or limit) - 1] / noise if noise > 0 else float("inf")
+    residual = residuals[(rank or limit) - 1] / allowed if allowed > 0 else float("inf")
     return RankProfile(
         "low-rank" if rank is not None else "full-rank",
         rank,
