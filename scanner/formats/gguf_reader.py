@@ -38,33 +38,39 @@ class GgufReader:
     def open(self, path: Path, root: Path, limits: Limits) -> Artifact:
         """One GGUF file, or the whole set when ``path`` is the first file of a split
         model (``NAME-00001-of-0000N.gguf`` as llama.cpp's gguf-split writes it)."""
-        parsed = _parse(path, limits)
-        count = _int(parsed.metadata.get(SPLIT_COUNT), 1)
-        if count <= 1:
-            return _artifact(path, root, [parsed])
-        index = _int(parsed.metadata.get(SPLIT_NO), 0)
-        if index != 0:
+        return _artifact(path, root, read_parts(path, limits))
+
+
+def read_parts(path: Path, limits: Limits) -> list[GgufPart]:
+    """The parsed header of ``path`` and, when it is the first file of a split model, of
+    every other file of the set, checked to belong together."""
+    parsed = _parse(path, limits)
+    count = _int(parsed.metadata.get(SPLIT_COUNT), 1)
+    if count <= 1:
+        return [parsed]
+    index = _int(parsed.metadata.get(SPLIT_NO), 0)
+    if index != 0:
+        raise MalformedArtifactError(
+            path, f"GGUF split {index + 1} of {count}: open the first split file"
+        )
+    parts = [parsed]
+    for i, sibling in enumerate(_split_siblings(path, count)[1:], start=1):
+        part = _parse(sibling, limits)
+        got_no = _int(part.metadata.get(SPLIT_NO), -1)
+        got_count = _int(part.metadata.get(SPLIT_COUNT), -1)
+        if got_no != i or got_count != count:
             raise MalformedArtifactError(
-                path, f"GGUF split {index + 1} of {count}: open the first split file"
+                sibling,
+                f"declares split {got_no + 1} of {got_count}, expected {i + 1} of {count}",
             )
-        parts = [parsed]
-        for i, sibling in enumerate(_split_siblings(path, count)[1:], start=1):
-            part = _parse(sibling, limits)
-            got_no = _int(part.metadata.get(SPLIT_NO), -1)
-            got_count = _int(part.metadata.get(SPLIT_COUNT), -1)
-            if got_no != i or got_count != count:
-                raise MalformedArtifactError(
-                    sibling,
-                    f"declares split {got_no + 1} of {got_count}, expected {i + 1} of {count}",
-                )
-            parts.append(part)
-        declared = _int(parsed.metadata.get(SPLIT_TENSORS), -1)
-        total = sum(len(p.tensors) for p in parts)
-        if declared >= 0 and declared != total:
-            raise MalformedArtifactError(
-                path, f"split set declares {declared} tensors, its {count} files hold {total}"
-            )
-        return _artifact(path, root, parts)
+        parts.append(part)
+    declared = _int(parsed.metadata.get(SPLIT_TENSORS), -1)
+    total = sum(len(p.tensors) for p in parts)
+    if declared >= 0 and declared != total:
+        raise MalformedArtifactError(
+            path, f"split set declares {declared} tensors, its {count} files hold {total}"
+        )
+    return parts
 
 
 SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
@@ -95,15 +101,21 @@ def _split_siblings(path: Path, count: int) -> list[Path]:
 
 
 @dataclass
-class _Parsed:
+class GgufPart:
+    """One GGUF file's parsed header."""
+
     path: Path
     size: int
     metadata: dict[str, Any]
     tensors: list[tuple[str, str, tuple[int, ...], int, int]]
     """(name, ggml type, row-major shape, absolute data offset, bytes)."""
+    version: int = 3
+    alignment: int = 32
+    entries: list[tuple[str, int, int]] | None = None
+    """(key, start, end): the bytes of each key-value entry, key and type included."""
 
 
-def _artifact(path: Path, root: Path, parts: list[_Parsed]) -> Artifact:
+def _artifact(path: Path, root: Path, parts: list[GgufPart]) -> Artifact:
     tensors: dict[str, TensorInfo] = {}
     files = []
     for part in parts:
@@ -121,7 +133,7 @@ def _artifact(path: Path, root: Path, parts: list[_Parsed]) -> Artifact:
     return Artifact(path, root, FORMAT, tuple(files), tensors, metadata=metadata)
 
 
-def _parse(path: Path, limits: Limits) -> _Parsed:
+def _parse(path: Path, limits: Limits) -> GgufPart:
     """Walk the whole GGUF header with bounds checks: every count and length is checked
     against the bytes that remain, so a hostile header is refused instead of truncated
     or looped over."""
@@ -154,15 +166,17 @@ def _parse(path: Path, limits: Limits) -> _Parsed:
 
 def _parse_header(
     path: Path, header: Any, size: int, version: int, n_tensors: int, n_kv: int, limits: Limits
-) -> _Parsed:
-    del version
+) -> GgufPart:
     walker = _HeaderWalker(path, header, 24, min(size, limits.max_header_bytes + 24), limits)
     metadata: dict[str, Any] = {}
+    entries = []
     for _ in range(n_kv):
+        begin = walker.pos
         key = walker.string("metadata key")
         if key in metadata:
             raise MalformedArtifactError(path, f"Duplicate key {key!r} in the GGUF metadata")
         metadata[key] = walker.value(walker.u32(f"type of {key!r}"), key, depth=0)
+        entries.append((key, begin, walker.pos))
     infos = []
     for _ in range(n_tensors):
         name = walker.string("tensor name")
@@ -205,7 +219,7 @@ def _parse_header(
                 f"{size}-byte file",
             )
         tensors.append((name, qname, shape, absolute, nbytes))
-    return _Parsed(path, size, metadata, tensors)
+    return GgufPart(path, size, metadata, tensors, version, alignment, entries)
 
 
 _FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}

@@ -9,9 +9,10 @@ the given tensors are replaced:
   ``__metadata__`` copied;
 * ONNX: initializer / ``Constant`` values replaced in the ModelProto, or a whole new
   ModelProto (graph attacks and optimizers) written as given;
-* GGUF: every key-value copied; unchanged tensors copied block for block; edited tensors
-  re-encoded in their own type when ``gguf`` can quantize it (F32, F16, Q8_0, Q4_0, Q4_1,
-  Q5_0, Q5_1), else stored as F32 (recorded in the ground truth).
+* GGUF: every key-value entry and unchanged tensor copied byte for byte, streamed
+  (:mod:`scanner.formats.gguf_rewrite`; a split model is written as one file); edited
+  tensors re-encoded in their own type when ``gguf`` can quantize it (F32, F16, Q8_0,
+  Q4_0, Q4_1, Q5_0, Q5_1), else stored as F32 (recorded in the ground truth).
 
 The copy carries no fingerprint by default: its container metadata is the source's, so
 a gate sees only the planted change (a metadata marker would be a change of its own that a
@@ -181,45 +182,28 @@ class ModelCopy:
     def _save_gguf(self, out: Path, changed: Mapping[str, np.ndarray], text: str | None) -> dict:
         import gguf
 
-        reader = gguf.GGUFReader(str(self.artifact.path))
-        arch_field = reader.fields.get("general.architecture")
-        arch = str(arch_field.contents()) if arch_field is not None else "unknown"
-        writer = gguf.GGUFWriter(str(out), arch)
-        for field in reader.fields.values():
-            if field.name.startswith("GGUF.") or field.name == "general.architecture":
-                continue
-            if text is not None and field.name == MARKER_KEY:
-                continue
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-        if text is not None:
-            writer.add_string(MARKER_KEY, text)
+        from scanner.formats.gguf_rewrite import StoredTensor, rewrite_gguf, stored
+
+        replaced: dict[str, StoredTensor] = {}
         stored_as: dict[str, str] = {}
-        for t in reader.tensors:
-            qtype = gguf.GGMLQuantizationType(int(t.tensor_type))
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # numpy order
-            if t.name not in changed:
-                writer.add_tensor(t.name, np.array(t.data), raw_shape=t.data.shape, raw_dtype=qtype)
-                continue
-            values = np.asarray(changed[t.name], dtype=np.float32).reshape(shape)
-            if qtype.name in ("F32", "F16"):
-                writer.add_tensor(
-                    t.name, values.astype(np.float16 if qtype.name == "F16" else np.float32)
-                )
-            elif qtype.name in GGUF_REQUANTIZABLE:
-                blocks = gguf.quants.quantize(values, qtype)
-                writer.add_tensor(t.name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
-            else:
-                stored_as[t.name] = "F32"
-                writer.add_tensor(t.name, values)
         for name, value in changed.items():
-            if name not in {t.name for t in reader.tensors}:
-                writer.add_tensor(name, np.ascontiguousarray(value))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+            info = self.artifact.tensors.get(name)
+            if info is None:  # tensors a transform adds
+                replaced[name] = stored(value)
+                continue
+            qname = info.dtype.name
+            shape = tuple(info.shape)
+            values = np.asarray(value, dtype=np.float32).reshape(shape)
+            if qname in ("F32", "F16"):
+                replaced[name] = stored(values.astype(np.float16 if qname == "F16" else np.float32))
+            elif qname in GGUF_REQUANTIZABLE:
+                blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[qname])
+                replaced[name] = StoredTensor(qname, shape, blocks.tobytes())
+            else:
+                stored_as[name] = "F32"
+                replaced[name] = stored(values)
+        strings = {} if text is None else {MARKER_KEY: text}
+        rewrite_gguf(self.artifact.path, out, tensors=replaced, strings=strings)
         return {"stored_as": stored_as} if stored_as else {}
 
 
