@@ -30,9 +30,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files marked ``long_file`` first: pytest-xdist hands out files in collection
-    order, and a long file handed out last keeps one process busy after the rest end."""
-    items.sort(key=lambda item: item.get_closest_marker("long_file") is None)
+    """Files marked ``long_file(seconds)`` first, longest first: pytest-xdist hands out
+    files in collection order (``--no-loadscope-reorder``), and a long file handed out
+    last keeps one process busy after the rest end."""
+
+    def cost(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long_file")
+        return -float(marker.args[0]) if marker is not None else 0.0
+
+    items.sort(key=cost)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from tests.analysis import tampering as tp
 from tests.analysis.weights_io import write_safetensors
 from tests.tamper import hosts
 
-pytestmark = pytest.mark.long_file
+pytestmark = pytest.mark.long_file(40)
 
 ATTACK_RULES = {"MS301", "MS302", "MS303", "MS304", "MS305", "MS306", "MS307"}
 

@@ -37,6 +37,8 @@ from tests.batch.conftest import (
     write_jobs,
 )
 
+pytestmark = pytest.mark.long_file(64)
+
 SARIF_SCHEMA = REPO / "tests" / "gate" / "data" / "sarif-schema-2.1.0.json"
 START_SECONDS = 90
 

@@ -19,7 +19,7 @@ from scanner.formats import open_artifact
 from tests.claims.conftest import TAMPER_TENSOR, tampered_indices
 from tests.claims.tampering import largest, press_to_walls, rtn_int8
 
-pytestmark = pytest.mark.long_file
+pytestmark = pytest.mark.long_file(19)
 
 SCHEMES = ("int8-per-channel", "q8_0", "q4_0")
 

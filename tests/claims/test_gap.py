@@ -15,7 +15,7 @@ from scanner.claims.gap import SCHEMES, gap_tensor
 from tests.claims.conftest import TAMPER_TENSOR
 from tests.claims.tampering import press_to_walls
 
-pytestmark = pytest.mark.long_file
+pytestmark = pytest.mark.long_file(22)
 
 STORAGE = {"bf16": ml_dtypes.bfloat16, "fp16": np.float16}
 ATTACKED = ("int8-per-channel", "q8_0", "q4_0")

@@ -16,6 +16,8 @@ from scanner.api import diff_artifacts
 from scanner.claims import check_claim
 from tests.tamper.regions import REGIONS, region_mask
 
+pytestmark = pytest.mark.long_file(24)
+
 SHIFTS = ("+1", "+3", "rail")
 
 

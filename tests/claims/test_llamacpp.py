@@ -18,7 +18,7 @@ from scanner.errors import MalformedArtifactError
 from scanner.formats import open_artifact
 from tests.claims.gguf_files import LlamaFiles, copy_with, raw_blocks
 
-pytestmark = pytest.mark.long_file
+pytestmark = pytest.mark.long_file(18)
 
 FILE_TYPES = (
     "Q8_0",

@@ -17,6 +17,8 @@ from scanner.api import diff_artifacts
 from scanner.claims import bnb, check_claim, gptq
 from tests.claims.gptq_reference import calibration, gptq_quantize
 
+pytestmark = pytest.mark.long_file(15)
+
 LAYERS = ("encoder.layer.0.", "encoder.layer.1.")
 
 

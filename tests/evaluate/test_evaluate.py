@@ -14,6 +14,8 @@ from scanner.evaluate import evaluate, plot_detection, render_table, to_json
 from scanner.evaluate.protocol import gate_case, localized
 from scanner.redteam import registry
 
+pytestmark = pytest.mark.long_file(17)
+
 NAMES = ["sra", "rank1", "exponent-flip", "quant-gap-int8", "cast-fp16", "prune-2:4", "lora-merge"]
 STRENGTHS = {"rank1": [0.002, 0.05], "lora-merge": [0.01], "quant-gap-int8": [0.06]}
 

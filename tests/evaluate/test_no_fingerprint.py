@@ -19,6 +19,8 @@ from scanner.gate import GateRequest, run_gate
 from scanner.policy import load_pack
 from scanner.redteam.io import ModelCopy, read_marker
 
+pytestmark = pytest.mark.long_file(14)
+
 PACKS = ("default", "strict", "audit")
 
 

@@ -26,6 +26,8 @@ from scanner.evaluate.stats import fmt_rate, wilson
 from scanner.redteam.io import ModelCopy
 from scanner.redteam.tamper import SHAPES, region_mask, spread, tamper
 
+pytestmark = pytest.mark.long_file(19)
+
 
 def test_wilson_interval() -> None:
     lo, hi = wilson(3, 3)

@@ -33,6 +33,8 @@ from scanner.claims.convert.roles import tensor_roles
 from scanner.cli.main import main
 from scanner.formats import open_artifact
 
+pytestmark = pytest.mark.long_file(22)
+
 MODELS = [
     SILERO_ONNX,
     SILERO_ONNX_IF,

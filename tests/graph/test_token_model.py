@@ -18,6 +18,8 @@ from scanner.graph.single import find_footprints
 from tests.graph import backdoors as bd
 from tests.graph import twins as tw
 
+pytestmark = pytest.mark.long_file(29)
+
 TRIGGER_ID = 7592  # kept equal to conftest.TRIGGER_ID (test modules cannot import it)
 PAD_ID = 0
 

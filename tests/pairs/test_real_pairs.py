@@ -29,6 +29,8 @@ from fixtures.real_models import (
 from tests.pairs import edit, tools
 from tests.pairs.pairs import Pair
 
+pytestmark = pytest.mark.long_file(28)
+
 
 def _wheel(key: str):
     return lambda folder: real_model(key)

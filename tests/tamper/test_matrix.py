@@ -14,7 +14,7 @@ import pytest
 from tests.tamper.matrix import BOUND, CODE_STORAGES, Cell, at_bound, benign_twin, trial
 from tests.tamper.subjects import Subject, load_subject
 
-pytestmark = pytest.mark.long_file
+pytestmark = pytest.mark.long_file(35)
 
 SEEDS = (0, 1)
 
