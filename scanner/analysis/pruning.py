@@ -183,7 +183,15 @@ def _ascending(mag: np.ndarray, axis: int) -> np.ndarray:
     """``np.argsort(mag, axis, kind="stable")`` of magnitudes (float32, >= 0): their bit
     patterns order like their values, so (bits, position) keys are all distinct and any
     sort of them gives the stable order, several times faster than a stable sort.
-    Ties go to the lower position, so masks do not depend on the sort algorithm."""
+    Ties go to the lower position, so masks do not depend on the sort algorithm.
+
+    A whole tensor's ranking takes two stable passes over the 16-bit halves of the bit
+    patterns, low half first: numpy sorts 16-bit keys by radix, in linear time."""
+    if mag.ndim == 1:
+        u = np.ascontiguousarray(mag, dtype=np.float32).view(np.uint32)
+        by_low = np.argsort(u.astype(np.uint16), kind="stable")  # the low 16 bits
+        high = (u >> np.uint32(16)).astype(np.uint16)[by_low]
+        return by_low[np.argsort(high, kind="stable")]
     bits = np.ascontiguousarray(mag, dtype=np.float32).view(np.uint32).astype(np.uint64)
     shape = [1] * mag.ndim
     shape[axis] = mag.shape[axis]
