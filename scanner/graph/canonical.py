@@ -392,15 +392,55 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
         for o in graph.output:
             if o.type.HasField("tensor_type"):
                 o.type.tensor_type.ClearField("shape")
+    # Inference reads the values of shape-like (integer index) inputs only; weight data
+    # would be serialized, parsed and copied back for nothing, so it is set aside.
+    weights = _set_aside_weight_data(model)
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        _restore_weight_data(inferred, weights)
     except Exception:
         return None
     finally:
+        _restore_weight_data(model, weights)
         for graph, value_info, outs in saved:
             graph.value_info.extend(value_info)
             for o, kept in zip(graph.output, outs, strict=True):
                 o.CopyFrom(kept)
+    return inferred
+
+
+_INDEX_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16})
+"""Element types a shape, axes, pads or repeats input can have: never set aside."""
+_SET_ASIDE_BYTES = 1024
+
+
+_SetAside = list[list[tuple[int, str, bytes]]]
+
+
+def _set_aside_weight_data(model: onnx.ModelProto) -> _SetAside:
+    """Clear the raw data of every large non-index initializer, per graph (in
+    :func:`_all_graphs` order): (position, name, bytes) to put back."""
+    kept = []
+    for graph in _all_graphs(model.graph):
+        in_graph = []
+        for i, init in enumerate(graph.initializer):
+            if init.data_type not in _INDEX_TYPES and len(init.raw_data) > _SET_ASIDE_BYTES:
+                in_graph.append((i, init.name, init.raw_data))
+                init.ClearField("raw_data")
+        kept.append(in_graph)
+    return kept
+
+
+def _restore_weight_data(model: onnx.ModelProto, kept: _SetAside) -> None:
+    graphs = list(_all_graphs(model.graph))
+    if len(graphs) != len(kept):
+        raise ValueError("shape inference changed the graph structure")
+    for graph, in_graph in zip(graphs, kept, strict=True):
+        for i, name, raw in in_graph:
+            init = graph.initializer[i]
+            if init.name != name:
+                raise ValueError(f"initializer {i} is {init.name!r}, not {name!r}")
+            init.raw_data = raw
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:

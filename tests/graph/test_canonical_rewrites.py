@@ -254,3 +254,20 @@ def test_nchwc_padding_must_not_reach_a_real_channel(tmp_path: Path) -> None:
     bad = tmp_path / "conv-layout-bad.onnx"
     onnx.save(model, str(bad))
     assert main(["diff", str(src), str(bad), "--format", "json", "-o", str(out), "-q"]) == 1
+
+
+@pytest.mark.parametrize("key", ["minilm-int8-onnx", "rapidocr-rec", "silero-onnx-if"])
+def test_weight_data_set_aside_for_inference_changes_nothing(key: str, monkeypatch) -> None:
+    """Shape inference runs without the weights' bytes: the canonical form is the one
+    inferred with them, and the caller's model is handed back byte for byte."""
+    from fixtures import real_model
+    from scanner.graph import canonical
+
+    model = onnx.load(str(real_model(key)))
+    before = model.SerializeToString()
+    lean = canonicalize(model)
+    assert model.SerializeToString() == before
+    monkeypatch.setattr(canonical, "_SET_ASIDE_BYTES", 1 << 62)
+    full = canonicalize(model)
+    assert lean.uhash == full.uhash and lean.nhash == full.nhash
+    assert lean.shapes == full.shapes and lean.notes == full.notes
