@@ -409,7 +409,7 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return inferred
 
 
-_INDEX_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16})
+_INDEX_TYPES = frozenset({7, 6, 5})  # TensorProto INT64, INT32, INT16 (onnx loads lazily)
 """Element types a shape, axes, pads or repeats input can have: never set aside."""
 _SET_ASIDE_BYTES = 1024
 
