@@ -109,9 +109,9 @@ class GgufPart:
     metadata: dict[str, Any]
     tensors: list[tuple[str, str, tuple[int, ...], int, int]]
     """(name, ggml type, row-major shape, absolute data offset, bytes)."""
-    version: int = 3
-    alignment: int = 32
-    entries: list[tuple[str, int, int]] | None = None
+    version: int
+    alignment: int
+    entries: list[tuple[str, int, int]]
     """(key, start, end): the bytes of each key-value entry, key and type included."""
 
 
@@ -198,7 +198,7 @@ def _parse_header(
         if name in seen:
             raise MalformedArtifactError(path, f"tensor {name!r} appears twice")
         seen.add(name)
-        qname = _ggml_type_names().get(qtype)
+        qname = ggml_type_names().get(qtype)
         if qname is None or qname not in DTYPES:
             raise MalformedArtifactError(path, f"tensor {name!r} has unknown ggml type {qtype}")
         dt = DTYPES[qname]
@@ -256,7 +256,7 @@ LONG_ARRAY = 64
 
 
 @functools.cache
-def _ggml_type_names() -> dict[int, str]:
+def ggml_type_names() -> dict[int, str]:
     # gguf is imported on first GGUF read, not when this module is imported: scanning a
     # safetensors file reaches this module through the format registry.
     from gguf import GGMLQuantizationType

@@ -19,6 +19,7 @@ import functools
 import mmap
 import struct
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +29,14 @@ import numpy as np
 from scanner.dtypes import DTYPES
 from scanner.errors import UsageError
 from scanner.formats.base import DEFAULT_LIMITS, Limits
-from scanner.formats.gguf_reader import MAGIC, SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, read_parts
+from scanner.formats.gguf_reader import (
+    MAGIC,
+    SPLIT_COUNT,
+    SPLIT_NO,
+    SPLIT_TENSORS,
+    ggml_type_names,
+    read_parts,
+)
 
 _SPLIT_KEYS = (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)
 _STRING = 8
@@ -46,11 +54,10 @@ class StoredTensor:
 
 def stored(values: np.ndarray) -> StoredTensor:
     """A plain (non-block) numpy array as a GGUF tensor of the matching ggml type."""
-    names = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16"}
-    names |= {"int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64"}
     arr = np.ascontiguousarray(values)
-    name = names.get(arr.dtype.name)
-    if name is None:
+    by_numpy = {d.numpy_name: d.name for d in DTYPES.values() if d.numpy_name}
+    name = "BF16" if arr.dtype.name == "bfloat16" else by_numpy.get(arr.dtype.str)
+    if name is None or name not in _ggml_types():
         raise UsageError(f"GGUF has no tensor type for numpy {arr.dtype.name} values")
     return StoredTensor(name, tuple(arr.shape), arr.tobytes())
 
@@ -74,7 +81,7 @@ def rewrite_gguf(
     first = parts[0]
     entries = [
         (key, start, end)
-        for key, start, end in first.entries or []
+        for key, start, end in first.entries
         if key not in strings and key not in _SPLIT_KEYS
     ]
     infos: list[tuple[str, str, tuple[int, ...], int]] = []
@@ -115,12 +122,14 @@ def rewrite_gguf(
             )
             offset = _aligned(offset + nbytes, align)
         fh.write(b"\0" * (_aligned(fh.tell(), align) - fh.tell()))
-        for (_name, _qname, _shape, nbytes), source in zip(infos, sources, strict=True):
-            if isinstance(source, StoredTensor):
-                fh.write(source.data)
-            else:
-                _copy_range(source[0], source[1], nbytes, fh)
-            fh.write(b"\0" * (_aligned(nbytes, align) - nbytes))
+        with ExitStack() as stack:
+            files = {part.path: stack.enter_context(open(part.path, "rb")) for part in parts}
+            for (_name, _qname, _shape, nbytes), source in zip(infos, sources, strict=True):
+                if isinstance(source, StoredTensor):
+                    fh.write(source.data)
+                else:
+                    _copy_range(files[source[0]], source[0], source[1], nbytes, fh)
+                fh.write(b"\0" * (_aligned(nbytes, align) - nbytes))
 
 
 def _checked_size(name: str, new: StoredTensor) -> int:
@@ -147,19 +156,16 @@ def _aligned(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-def _copy_range(path: Path, offset: int, length: int, out: BinaryIO) -> None:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        while length > 0:
-            chunk = fh.read(min(length, _COPY_CHUNK))
-            if not chunk:
-                raise UsageError(f"{path}: ends inside a tensor it declares")
-            out.write(chunk)
-            length -= len(chunk)
+def _copy_range(src: BinaryIO, path: Path, offset: int, length: int, out: BinaryIO) -> None:
+    src.seek(offset)
+    while length > 0:
+        chunk = src.read(min(length, _COPY_CHUNK))
+        if not chunk:
+            raise UsageError(f"{path}: ends inside a tensor it declares")
+        out.write(chunk)
+        length -= len(chunk)
 
 
 @functools.cache
 def _ggml_types() -> dict[str, int]:
-    from gguf import GGMLQuantizationType
-
-    return {t.name: int(t) for t in GGMLQuantizationType}
+    return {name: number for number, name in ggml_type_names().items()}
