@@ -98,6 +98,28 @@ def test_bfloat16_rounding_on_bits_equals_ml_dtypes() -> None:
     assert np.array_equal(round_to_bfloat16(x), x.astype(ml_dtypes.bfloat16).astype(np.float64))
 
 
+def test_fp16_rounding_on_bits_equals_numpys_cast() -> None:
+    """Every class of float32 input: random bit patterns over the whole range (fp16
+    subnormals, overflow to infinity), exact ties between neighbouring fp16 values,
+    the edges of the subnormal and finite ranges, signed zeros and infinities."""
+    from scanner.claims.gap import fp16_round
+
+    rng = np.random.default_rng(12)
+    words = rng.integers(0, 2**32, 500_000, dtype=np.uint64).astype(np.uint32)
+    halves = np.arange(2**16, dtype=np.uint16)
+    lower = halves.view(np.float16).astype(np.float32)
+    upper = np.nextafter(halves.view(np.float16), np.float16(np.inf)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ties = ((lower.astype(np.float64) + upper) / 2).astype(np.float32)
+        x = np.concatenate([words.view(np.float32), ties])
+    edges = [65504, 65519.99, 65520, 2**-14, 2**-14 * 0.99, 2**-24, 2**-25, 3 * 2**-25]
+    x = np.concatenate([x[np.isfinite(x)], np.float32([0.0, -0.0, np.inf, -np.inf])])
+    x = np.concatenate([x, np.float32(edges), -np.float32(edges)])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    assert np.array_equal(fp16_round(x).view(np.uint32), want.view(np.uint32))
+
+
 def test_magnitude_order_is_numpys_stable_argsort() -> None:
     from scanner.analysis.pruning import _ascending
 
