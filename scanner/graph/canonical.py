@@ -25,7 +25,8 @@ it up to the outputs); :mod:`scanner.graph.diff` matches nodes with them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -374,39 +375,58 @@ def _all_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
                     yield from _all_graphs(sub)
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """``model`` with ONNX shape inference's value_info in every graph (the model itself
-    when inference fails: types and shapes are conveniences, without them redundant Casts
-    stay nodes and Splits stay Splits): ``None`` then.
+@contextmanager
+def _inferred_types(model: onnx.ModelProto) -> Iterator[bool]:
+    """``model`` with ONNX shape inference's value_info and output types in every graph,
+    while the context lasts; yields False when inference fails (types and shapes are
+    conveniences: without them redundant Casts stay nodes and Splits stay Splits).
 
     Declared intermediate shapes (``value_info``) and output shapes are set aside while
     inferring: the runtime checks neither, so a file could declare a dimension its
     operators never produce, and rewrites that rely on a length must not take its word.
-    Graph inputs keep their declared shapes: the runtime rejects inputs that differ."""
-    saved: list[tuple[onnx.GraphProto, list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]]
+    Graph inputs keep their declared shapes: the runtime rejects inputs that differ. The
+    inferred types are copied into the caller's model (and its own put back on exit)
+    rather than building from inference's copy, which would need the weights too."""
+    graphs = list(_all_graphs(model.graph))
     saved = []
-    for graph in _all_graphs(model.graph):
+    for graph in graphs:
         outs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in graph.output]
-        saved.append((graph, list(graph.value_info), outs))
+        saved.append((list(graph.value_info), outs))
         del graph.value_info[:]
         for o in graph.output:
             if o.type.HasField("tensor_type"):
                 o.type.tensor_type.ClearField("shape")
-    # Inference reads the values of shape-like (integer index) inputs only; weight data
-    # would be serialized, parsed and copied back for nothing, so it is set aside.
-    weights = _set_aside_weight_data(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        _restore_weight_data(inferred, weights)
-    except Exception:
-        return None
+        yield _install_inferred_types(model, graphs)
     finally:
-        _restore_weight_data(model, weights)
-        for graph, value_info, outs in saved:
+        for graph, (value_info, outs) in zip(graphs, saved, strict=True):
+            del graph.value_info[:]
             graph.value_info.extend(value_info)
             for o, kept in zip(graph.output, outs, strict=True):
                 o.CopyFrom(kept)
-    return inferred
+
+
+def _install_inferred_types(model: onnx.ModelProto, graphs: list[onnx.GraphProto]) -> bool:
+    # Inference reads the values of shape-like (integer index) inputs only; weight data
+    # would be serialized, parsed and copied back for nothing, so it is set aside.
+    weights = _set_aside_weight_data(graphs)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return False
+    finally:
+        _restore_weight_data(graphs, weights)
+    typed = list(_all_graphs(inferred.graph))
+    if len(typed) != len(graphs) or any(
+        len(g.node) != len(t.node) or len(g.output) != len(t.output)
+        for g, t in zip(graphs, typed, strict=True)
+    ):
+        return False
+    for graph, t in zip(graphs, typed, strict=True):
+        graph.value_info.extend(t.value_info)
+        for o, inferred_output in zip(graph.output, t.output, strict=True):
+            o.type.CopyFrom(inferred_output.type)
+    return True
 
 
 _INDEX_TYPES = frozenset({7, 6, 5})  # TensorProto INT64, INT32, INT16 (onnx loads lazily)
@@ -417,11 +437,11 @@ _SET_ASIDE_BYTES = 1024
 _SetAside = list[list[tuple[int, str, bytes]]]
 
 
-def _set_aside_weight_data(model: onnx.ModelProto) -> _SetAside:
-    """Clear the raw data of every large non-index initializer, per graph (in
-    :func:`_all_graphs` order): (position, name, bytes) to put back."""
+def _set_aside_weight_data(graphs: list[onnx.GraphProto]) -> _SetAside:
+    """Clear the raw data of every large non-index initializer, per graph: (position,
+    name, bytes) to put back."""
     kept = []
-    for graph in _all_graphs(model.graph):
+    for graph in graphs:
         in_graph = []
         for i, init in enumerate(graph.initializer):
             if init.data_type not in _INDEX_TYPES and len(init.raw_data) > _SET_ASIDE_BYTES:
@@ -431,10 +451,7 @@ def _set_aside_weight_data(model: onnx.ModelProto) -> _SetAside:
     return kept
 
 
-def _restore_weight_data(model: onnx.ModelProto, kept: _SetAside) -> None:
-    graphs = list(_all_graphs(model.graph))
-    if len(graphs) != len(kept):
-        raise ValueError("shape inference changed the graph structure")
+def _restore_weight_data(graphs: list[onnx.GraphProto], kept: _SetAside) -> None:
     for graph, in_graph in zip(graphs, kept, strict=True):
         for i, name, raw in in_graph:
             init = graph.initializer[i]
@@ -459,11 +476,10 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 def canonicalize(model: onnx.ModelProto, loader: ValueLoader | None = None) -> CanonicalGraph:
     """The canonical form of ``model`` with hashes computed. ``loader(key)`` returns the
     values of a tensor stored as external data (``None`` when unavailable)."""
-    inferred = _inferred(model)
     b = _Builder(model, loader)
-    b.declared_only = inferred is None
-    model = inferred if inferred is not None else model
-    b.walk(model.graph, "", {}, None)
+    with _inferred_types(model) as inferred:
+        b.declared_only = not inferred
+        b.walk(model.graph, "", {}, None)
     for fn in model.functions:
         scope = f"function:{fn.domain}:{fn.name}"
         fake = onnx.helper.make_graph(list(fn.node), fn.name, [], [])
