@@ -407,15 +407,10 @@ def _inferred_types(model: onnx.ModelProto) -> Iterator[bool]:
 
 
 def _install_inferred_types(model: onnx.ModelProto, graphs: list[onnx.GraphProto]) -> bool:
-    # Inference reads the values of shape-like (integer index) inputs only; weight data
-    # would be serialized, parsed and copied back for nothing, so it is set aside.
-    weights = _set_aside_weight_data(graphs)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(_without_weight_data(model), strict_mode=False)
     except Exception:
         return False
-    finally:
-        _restore_weight_data(graphs, weights)
     typed = list(_all_graphs(inferred.graph))
     if len(typed) != len(graphs) or any(
         len(g.node) != len(t.node) or len(g.output) != len(t.output)
@@ -430,34 +425,56 @@ def _install_inferred_types(model: onnx.ModelProto, graphs: list[onnx.GraphProto
 
 
 _INDEX_TYPES = frozenset({7, 6, 5})  # TensorProto INT64, INT32, INT16 (onnx loads lazily)
-"""Element types a shape, axes, pads or repeats input can have: never set aside."""
+"""Element types a shape, axes, pads or repeats input can have: always kept whole."""
 _SET_ASIDE_BYTES = 1024
 
 
-_SetAside = list[list[tuple[int, str, bytes]]]
+def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What shape inference reads of ``model``: everything but the data of the main
+    graph's large non-index initializers and Constant nodes (inference reads the values
+    of shape-like integer inputs only, and copying the weights in and out would cost
+    more than the inference itself), which keep their name, type and dimensions."""
+    lean = onnx.ModelProto()
+    lean.ir_version = model.ir_version
+    lean.opset_import.extend(model.opset_import)
+    lean.functions.extend(model.functions)
+    graph, src = lean.graph, model.graph
+    graph.name = src.name
+    for node in src.node:
+        if node.op_type == "Constant" and not node.domain and _large_weight(_tensor_value(node)):
+            # A weight stored as a Constant node: inference needs its type and dimensions.
+            value = _tensor_value(node)
+            stub = graph.node.add(op_type="Constant", name=node.name, output=node.output)
+            stub.attribute.add(name="value", type=onnx.AttributeProto.TENSOR).t.CopyFrom(
+                onnx.TensorProto(dims=value.dims, data_type=value.data_type)
+            )
+        else:
+            graph.node.append(node)
+    graph.input.extend(src.input)
+    graph.output.extend(src.output)
+    graph.sparse_initializer.extend(src.sparse_initializer)
+    for init in src.initializer:
+        if _large_weight(init):
+            graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
+        else:
+            graph.initializer.append(init)
+    return lean
 
 
-def _set_aside_weight_data(graphs: list[onnx.GraphProto]) -> _SetAside:
-    """Clear the raw data of every large non-index initializer, per graph: (position,
-    name, bytes) to put back."""
-    kept = []
-    for graph in graphs:
-        in_graph = []
-        for i, init in enumerate(graph.initializer):
-            if init.data_type not in _INDEX_TYPES and len(init.raw_data) > _SET_ASIDE_BYTES:
-                in_graph.append((i, init.name, init.raw_data))
-                init.ClearField("raw_data")
-        kept.append(in_graph)
-    return kept
+def _large_weight(tensor: onnx.TensorProto | None) -> bool:
+    return (
+        tensor is not None
+        and tensor.data_type not in _INDEX_TYPES
+        and tensor.ByteSize() > _SET_ASIDE_BYTES
+    )
 
 
-def _restore_weight_data(graphs: list[onnx.GraphProto], kept: _SetAside) -> None:
-    for graph, in_graph in zip(graphs, kept, strict=True):
-        for i, name, raw in in_graph:
-            init = graph.initializer[i]
-            if init.name != name:
-                raise ValueError(f"initializer {i} is {init.name!r}, not {name!r}")
-            init.raw_data = raw
+def _tensor_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node holds in its ``value`` attribute, if that is how."""
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return a.t
+    return None
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
