@@ -41,14 +41,32 @@ def run_parallel(
     if workers == 1 or len(indexed) <= 1:
         return [job() for _, (_, job) in indexed]
     results: list[T | None] = [None] * len(indexed)
-    order = sorted(indexed, key=lambda item: -item[1][0])
+    queue = iter(sorted(indexed, key=lambda item: -item[1][0]))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
     gate = _Budget(budget) if budget is not None else None
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            pool.submit(gate.run if gate else _call, cost, job): i for i, (cost, job) in order
-        }
-        for future, i in futures.items():
-            results[i] = future.result()
+
+    def lane() -> None:
+        # One lane per worker takes the next job until none is left: thousands of small
+        # jobs (one per tensor) cost a loop turn each, not a future and a wake-up.
+        while True:
+            with lock:
+                item = None if errors else next(queue, None)
+            if item is None:
+                return
+            i, (cost, job) = item
+            try:
+                results[i] = gate.run(cost, job) if gate else job()
+            except BaseException as exc:  # re-raised below, once every lane has stopped
+                with lock:
+                    errors.append(exc)
+                return
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(indexed))) as pool:
+        for lane_done in [pool.submit(lane) for _ in range(min(workers, len(indexed)))]:
+            lane_done.result()
+    if errors:
+        raise errors[0]
     return results  # type: ignore[return-value]
 
 
@@ -63,10 +81,6 @@ def map_values(
     keys = list(items)
     jobs = [(cost(items[k]) if cost else 1, partial(fn, items[k])) for k in keys]
     return dict(zip(keys, run_parallel(jobs, budget=budget), strict=True))
-
-
-def _call(cost: int, job: Callable[[], T]) -> T:
-    return job()
 
 
 class _Budget:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from scanner.parallel import run_parallel
 
 
@@ -45,3 +47,45 @@ def test_a_budget_bounds_the_cost_running_at_once() -> None:
     log = {"running": 0, "peak": 0, "count": 0, "together": 0}
     run_parallel(_jobs(costs[:-1], log, threading.Lock()), workers=4, budget=100)
     assert log["peak"] <= 100
+
+
+def test_a_failing_job_raises_and_stops_the_jobs_not_yet_started() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def job(i: int):
+        def run() -> int:
+            with lock:
+                started.append(i)
+            if i == 3:
+                raise ValueError("job 3 failed")
+            time.sleep(0.01)
+            return i
+
+        return run
+
+    # Largest cost first: job 3 is among the first two to start, of 200.
+    jobs = [(1000 if i == 3 else 1, job(i)) for i in range(200)]
+    with pytest.raises(ValueError, match="job 3 failed"):
+        run_parallel(jobs, workers=2)
+    assert started[0] == 3
+    assert len(started) < 10
+
+
+def test_many_small_jobs_on_every_lane() -> None:
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def job(i: int):
+        def run() -> int:
+            with lock:
+                seen.add(threading.get_ident())
+            time.sleep(0.001)
+            return i * i
+
+        return run
+
+    assert run_parallel([(1, job(i)) for i in range(2000)], workers=3) == [
+        i * i for i in range(2000)
+    ]
+    assert len(seen) == 3
