@@ -13,7 +13,7 @@ import numpy as np
 from fixtures import real_model
 from fixtures.gguf_copy import copy_gguf
 from fixtures.llamacpp import float_base, quantize, write_imatrix
-from fixtures.real_models import GEMMA3_Q4_K_M, weights_only
+from fixtures.real_models import GEMMA3_Q4_K_M, MODELS, SMOLLM_Q4_1, derived_file, weights_only
 from scanner.formats import open_artifact
 
 LAYERS = 4
@@ -35,11 +35,10 @@ class LlamaFiles:
     @property
     def base(self) -> Path:
         if self._base is None:
-            self._base = float_base(
-                real_model("smollm2-q4_1"),
-                self.folder / "smollm2_f32.gguf",
-                layers=LAYERS,
-                vocab=VOCAB,
+            # Derived from the pinned wheel only: built once, kept with the fixtures.
+            self._base = derived_file(
+                f"smollm2-135m-{MODELS[SMOLLM_Q4_1].sha256[:16]}-f32-{LAYERS}blocks-vocab{VOCAB}.gguf",
+                lambda out: float_base(real_model(SMOLLM_Q4_1), out, layers=LAYERS, vocab=VOCAB),
             )
         return self._base
 

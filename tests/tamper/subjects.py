@@ -10,8 +10,6 @@ SmolLM2's first two blocks (with the whole token embedding table).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from safetensors.numpy import load_file
 
 from fixtures import real_model
 from fixtures.llamacpp import float_base, quantize
-from fixtures.real_models import cache_dir
+from fixtures.real_models import MODELS, SMOLLM_Q4_1, derived_file
 from tests.claims.conftest import rapidocr_float
 from tests.tamper.storage import gguf_tensors, onnx_initializers, write_safetensors
 
@@ -193,14 +191,10 @@ def _gguf(folder: Path) -> Subject:
 def _gguf_base() -> Path:
     """The F32 base, built once and kept next to the fixture models (it is derived only
     from the pinned SmolLM2 wheel, so its name says how)."""
-    target = cache_dir() / "derived" / f"smollm2-135m-f32-2blocks-vocab{VOCAB}.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        part = float_base(real_model("smollm2-q4_1"), Path(tmp) / "cut.gguf", layers=2, vocab=VOCAB)
-        os.replace(part, target)
-    return target
+    return derived_file(
+        f"smollm2-135m-{MODELS[SMOLLM_Q4_1].sha256[:16]}-f32-2blocks-vocab{VOCAB}.gguf",
+        lambda out: float_base(real_model(SMOLLM_Q4_1), out, layers=2, vocab=VOCAB),
+    )
 
 
 BUILDERS = {"encoder": _encoder, "cnn": _cnn, "lstm": _lstm, "gguf": _gguf}
