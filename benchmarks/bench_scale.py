@@ -5,7 +5,8 @@
 Writes, per dtype, a llama-shaped safetensors model of about --gb decimal GB in shards of
 about --shard-gb with its index, a byte-identical twin, a twin with one 64x64 block
 changed, and a cast twin (fp16 -> bf16, bf16 -> fp16; ``benchmarks/scale_models.py``),
-under --dir (kept and reused when present; needs 4 x --gb per dtype of disk). Then runs
+under --dir (kept and reused when present; needs about 3 x --gb per dtype of disk: the
+one-block twin links its unchanged shards to the model's). Then runs
 ``manifest``, ``sign``, ``verify`` and ``diff`` (identical, one block, cast) once each as
 fresh processes, the files each reads warmed in the page cache first, and prints seconds,
 throughput (model bytes per second; a diff reads two models), the child's peak RSS and

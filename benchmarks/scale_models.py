@@ -4,7 +4,8 @@ Used by ``bench_commands.py`` and ``bench_scale.py``. Tensors are written one at
 through a reused buffer, so building a 20 GB model needs little memory. Twins of a model:
 
 * ``identical``: a byte copy;
-* ``block``: a copy with one 64x64 block of one middle tensor rewritten;
+* ``block``: one 64x64 block of one middle tensor rewritten (in a copy of its shard;
+  the other shards are hard links to the model's);
 * ``cast``: every tensor cast to bf16 (fp16 model) or fp16 (bf16 model), round to nearest even;
 * ``int8``: symmetric int8 per-channel codes plus a float32 ``<name>_scale`` per tensor.
 """
@@ -169,7 +170,6 @@ def write_twin(base: Path, folder: Path, kind: str, size_gb: float, dtype: str, 
         shutil.copytree(base, folder, dirs_exist_ok=True)
         return
     if kind == "block":
-        shutil.copytree(base, folder, dirs_exist_ok=True)
         target = block_tensor(shapes)
         index = base / "model.safetensors.index.json"
         fname = (
@@ -177,6 +177,16 @@ def write_twin(base: Path, folder: Path, kind: str, size_gb: float, dtype: str, 
             if index.exists()
             else "model.safetensors"
         )
+        # The shard that changes is copied; the others are hard links to the base's
+        # (the same bytes, without a second copy of a 20 GB model on disk).
+        folder.mkdir(parents=True, exist_ok=True)
+        for src in base.iterdir():
+            dst = folder / src.name
+            dst.unlink(missing_ok=True)
+            if src.name == fname:
+                shutil.copyfile(src, dst)
+            else:
+                dst.hardlink_to(src)
         with open(folder / fname, "r+b") as f:
             (hlen,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(hlen))
