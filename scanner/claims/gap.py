@@ -346,9 +346,8 @@ def _is_fp16(w2: np.ndarray, mbits: int) -> bool:
     # Ten significand bits or fewer: an fp16 number unless outside fp16's finite range
     # or below its normal range and off the subnormals' multiples of 2^-24.
     magnitude = np.abs(w2)
-    if not magnitude.max(initial=0.0) <= _FP16_MAX and not np.all(
-        np.isinf(magnitude[~(magnitude <= _FP16_MAX)])
-    ):
+    beyond = magnitude[~(magnitude <= _FP16_MAX)]  # NaN or past fp16's range (inf is fp16)
+    if not np.isinf(beyond).all():
         return False
     tiny = magnitude[magnitude < _FP16_MIN_NORMAL]
     return bool(np.array_equal(np.rint(tiny / _FP16_SUBNORMAL_STEP) * _FP16_SUBNORMAL_STEP, tiny))

@@ -441,9 +441,9 @@ def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
     graph, src = lean.graph, model.graph
     graph.name = src.name
     for node in src.node:
-        if node.op_type == "Constant" and not node.domain and _large_weight(_tensor_value(node)):
+        value = _tensor_value(node) if node.op_type == "Constant" and not node.domain else None
+        if value is not None and _large_weight(value):
             # A weight stored as a Constant node: inference needs its type and dimensions.
-            value = _tensor_value(node)
             stub = graph.node.add(op_type="Constant", name=node.name, output=node.output)
             stub.attribute.add(name="value", type=onnx.AttributeProto.TENSOR).t.CopyFrom(
                 onnx.TensorProto(dims=value.dims, data_type=value.data_type)
