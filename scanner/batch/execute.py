@@ -44,6 +44,10 @@ class JobWorker:
             os.environ["MODELSEAL_WORKERS"] = str(threads)
         self.threads = threads
         self._run: Runner = load_runner(runner) if runner else run_task
+        # A worker is a modelseal process like the CLI's: same allocator settings.
+        from scanner.allocator import keep_freed_memory
+
+        keep_freed_memory()
         # Import the checks now, so a job's time (and its timeout) is the job's own.
         importlib.import_module("scanner.batch.checks")
 

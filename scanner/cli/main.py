@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from scanner import __version__
+from scanner.allocator import keep_freed_memory
 from scanner.cli.common import HelpFormatter, check_output_path, emit_error_report
 from scanner.exit_codes import EXIT_ERROR
 from signing.errors import ModelsealError
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Nothing was written, not even an error report: -o itself is what is wrong.
         sys.stderr.write(f"modelseal: error: {exc}\n")
         return exc.exit_code
+    keep_freed_memory()
     try:
         return int(args.handler(args))
     except ModelsealError as exc:

@@ -17,7 +17,7 @@ LAYERS = {
     **dict.fromkeys(
         [
             *("errors", "findings", "artifact", "values", "dtypes", "digest", "parallel"),
-            *("progress", "lazy", "formats", "manifest", "rulebook", "exit_codes"),
+            *("progress", "lazy", "formats", "manifest", "rulebook", "exit_codes", "allocator"),
         ],
         0,
     ),
