@@ -11,7 +11,6 @@ file.
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
 import re
@@ -255,13 +254,20 @@ _BOOL, _STRING, _ARRAY = 7, 8, 9
 LONG_ARRAY = 64
 
 
-@functools.cache
-def ggml_type_names() -> dict[int, str]:
-    # gguf is imported on first GGUF read, not when this module is imported: scanning a
-    # safetensors file reaches this module through the format registry.
-    from gguf import GGMLQuantizationType
+GGML_TYPES = {
+    **{0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1"},
+    **{10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K"},
+    **{16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S"},
+    **{22: "IQ2_S", 23: "IQ4_XS", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"},
+    **{24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"},
+}
+"""ggml type ids (``enum ggml_type``, fixed by the GGUF format) of the types modelseal
+reads. Kept here rather than read from ``gguf.GGMLQuantizationType``: importing the
+``gguf`` package costs a GGUF command more than parsing the header does."""
 
-    return {int(t): t.name for t in GGMLQuantizationType}
+
+def ggml_type_names() -> dict[int, str]:
+    return GGML_TYPES
 
 
 class _HeaderWalker:

@@ -112,3 +112,13 @@ def test_a_wrong_size_or_type_or_the_source_itself_is_refused(tmp_path: Path) ->
         rewrite_gguf(src, src)
     with pytest.raises(UsageError, match="no tensor type"):
         stored(np.zeros(3, dtype=np.complex64))
+
+
+def test_ggml_type_ids_are_the_gguf_packages() -> None:
+    """The reader's own id table agrees with ``gguf.GGMLQuantizationType`` on every type
+    modelseal knows, and leaves none of them out."""
+    from scanner.dtypes import DTYPES
+    from scanner.formats.gguf_reader import GGML_TYPES
+
+    theirs = {int(t): t.name for t in gguf.GGMLQuantizationType if t.name in DTYPES}
+    assert theirs == GGML_TYPES
