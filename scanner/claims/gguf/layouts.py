@@ -84,23 +84,67 @@ class Decoded:
     def values(self) -> np.ndarray:
         """Dequantized values, ``(n_groups, group)`` float32, bit-exact with ggml."""
         out = self.grid[self.codes] if self.grid is not None else self.codes.astype(np.float32)
-        out *= self.step
+        # Per-group factors repeated to the elements: a flat product runs much faster
+        # than one broadcast over short groups.
+        group = out.shape[1]
+        flat = out.reshape(-1)
+        flat *= np.repeat(self.step.reshape(-1), group)
         if self.offset is not None:
-            out += self.offset
+            flat += np.repeat(self.offset.reshape(-1), group)
         return out
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
     """A float16 field of every block, ``(n,)`` float32."""
-    return np.ascontiguousarray(b).view(np.float16).astype(np.float32).reshape(-1)
+    if b.strides[-1] != 1:
+        b = np.ascontiguousarray(b)
+    # A column pair of a block array viewed in place: no copy of the blocks.
+    return b.view(np.float16).astype(np.float32).reshape(-1)
+
+
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+NIBBLE_PASS_WORDS = 1 << 15
+"""Source words split per pass (bounds the cached gather patterns to 1 MiB per row
+width)."""
+_NIBBLE_PATTERNS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _nibble_pattern(rows: int, words: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``rows`` rows of ``words`` uint64: the source word of each output word (each
+    row's words twice: for the low nibbles, then the high ones) and its shift."""
+    cached = _NIBBLE_PATTERNS.get(words)
+    if cached is None or cached[0].size < 2 * words * rows:
+        per_row = np.tile(np.arange(words), 2)
+        index = (np.arange(rows)[:, None] * words + per_row).reshape(-1)
+        shift = np.tile(np.repeat(np.array([0, 4], dtype=np.uint64), words), rows)
+        cached = _NIBBLE_PATTERNS[words] = (index, shift)
+    return cached[0][: 2 * words * rows], cached[1][: 2 * words * rows]
 
 
 def _nibbles(qs: np.ndarray, half: int) -> np.ndarray:
-    """Split bytes ``(n, k, half)`` into ``(n, k, 2, half)`` low / high nibbles."""
-    out = np.empty((*qs.shape[:-1], 2, half), dtype=np.uint8)
-    np.bitwise_and(qs, 0x0F, out=out[..., 0, :])
-    np.right_shift(qs, 4, out=out[..., 1, :])
-    return out
+    """Split bytes ``(n, k, half)`` into ``(n, k, 2, half)`` low / high nibbles.
+
+    Eight nibbles at a time: each row's uint64 words are gathered twice, shifted and
+    masked, which keeps numpy in long flat loops instead of two short loops per row."""
+    lead = qs.shape[:-1]
+    if half % 8:
+        out = np.empty((*lead, 2, half), dtype=np.uint8)
+        np.bitwise_and(qs, 0x0F, out=out[..., 0, :])
+        np.right_shift(qs, 4, out=out[..., 1, :])
+        return out
+    width = half // 8
+    words = np.ascontiguousarray(qs).view(np.uint64).reshape(-1)
+    rows = words.size // width
+    out = np.empty(2 * words.size, dtype=np.uint64)
+    step = max(1, NIBBLE_PASS_WORDS // width)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        index, shift = _nibble_pattern(r1 - r0, width)
+        part = out[2 * width * r0 : 2 * width * r1]
+        np.take(words[width * r0 : width * r1], index, out=part)
+        part >>= shift
+        part &= _LOW_NIBBLES
+    return out.view(np.uint8).reshape(*lead, 2, half)
 
 
 def _col(x: np.ndarray) -> np.ndarray:
@@ -135,7 +179,8 @@ def _q4_1(b: np.ndarray) -> Decoded:
 
 def _high_bits32(qh: np.ndarray) -> np.ndarray:
     """Bit ``j`` of a little-endian uint32 per block, as ``(n, 32)`` 0/1."""
-    return np.unpackbits(np.ascontiguousarray(qh), axis=1, bitorder="little")
+    n = qh.shape[0]
+    return np.unpackbits(np.ascontiguousarray(qh).reshape(-1), bitorder="little").reshape(n, 32)
 
 
 def _q5_0(b: np.ndarray) -> Decoded:
