@@ -208,6 +208,43 @@ def test_vendor_q4_k_m_requantized_by_llamacpp(llama: LlamaFiles, work: Path, ft
     assert [v.tensor for v in failed] == [name] and failed[0].rows == (11,)
 
 
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q6_K"])
+def test_tensors_llamacpp_copies_are_compared_and_edits_to_them_judged(
+    llama: LlamaFiles, work: Path, ftype: str
+) -> None:
+    """llama-quantize copies a tensor already in its target type: the copy holds as
+    unchanged bytes, and an edit to it is judged in its type and localized."""
+    out = llama.gemma_requantized(ftype)
+    with open_artifact(llama.gemma) as t, open_artifact(out) as d:
+        copied = [
+            n
+            for n, i in d.tensors.items()
+            if i.dtype.is_block_quantized
+            and t.tensors[n].dtype == i.dtype
+            and bytes(t.raw(n)) == bytes(d.raw(n))
+        ]
+    assert copied, "llama-quantize re-quantized every tensor"
+    result = check_claim("requantize", ftype.lower(), llama.gemma, out)
+    assert result.holds, result.message
+    checks = {v.tensor: v.stats["check"] for v in result.tensors}
+    assert {checks[n] for n in copied} == {"copied"}
+    assert result.evidence["reference_quantizer"] == (ftype == "Q8_0")
+    name = copied[-1]
+    blocks, stored, _ = raw_blocks(out, name)
+    block_bytes, scale_at = {"Q8_0": (34, 0), "Q6_K": (210, 208)}[stored]
+    # One element's code in rows 2 to 5, and the float16 scale of the last block of
+    # row 9 (its exponent).
+    for row in range(2, 6):
+        blocks[row, block_bytes + block_bytes // 3] ^= 0x04
+    blocks[9, blocks.shape[1] - block_bytes + scale_at + 1] ^= 0x10
+    bad = copy_with(out, work / f"gemma_req_{ftype}_copy_tampered.gguf", {name: blocks})
+    result = check_claim("requantize", ftype.lower(), llama.gemma, bad)
+    failed = [v for v in result.tensors if not v.ok]
+    assert [v.tensor for v in failed] == [name]
+    assert failed[0].rows == (2, 3, 4, 5, 9)
+    assert failed[0].stats["check"] == ("exact" if stored == "Q8_0" else "nearest")
+
+
 def test_split_gguf_reads_as_one_artifact(llama: LlamaFiles, work: Path) -> None:
     whole = llama.smollm("Q4_K_M")
     folder = work / "split"

@@ -151,7 +151,7 @@ def check_gguf(trusted: Artifact, deployed: Artifact, claim: Claim) -> ClaimOutc
             "algorithm": algorithm,
             "file_type": rule.ftype,
             "modes": modes,
-            "reference_quantizer": modes == ["exact"],
+            "reference_quantizer": bool(modes) and set(modes) <= {"exact", "copied"},
             "tensors": len(judged),
         },
         applicable=bool(judged) or bool(type_verdicts),
@@ -277,6 +277,17 @@ def _chunks(rows: int, per_row: int) -> Iterator[tuple[int, int]]:
         yield r0, min(rows, r0 + step)
 
 
+def _copied(trusted: Artifact, src: TensorInfo, deployed: Artifact, info: TensorInfo) -> bool:
+    """Whether the deployed tensor is its trusted origin's blocks, byte for byte.
+
+    llama-quantize copies a tensor that is already in its target type instead of
+    re-quantizing it, so a requantized file keeps such tensors unchanged; unchanged blocks
+    need no re-derivation. Any other byte sends the tensor to its type's judge."""
+    from scanner.diff.compare import bytes_equal
+
+    return src.dtype.name == info.dtype.name and bytes_equal(trusted, src.name, deployed, info.name)
+
+
 def judge_tensor(
     trusted: Artifact, origin: str, deployed: Artifact, name: str, mode: str
 ) -> TensorResult:
@@ -299,6 +310,9 @@ def judge_tensor(
         result.bad_per_row[:] = per_row
         result.problem = "layout"
         result.message = f"{name}: rows of {per_row} do not fit {type_name} blocks"
+        return result
+    if _copied(trusted, src, deployed, info):
+        result.mode = "copied"
         return result
     row_bytes = info.dtype.nbytes(per_row)
     for r0, r1 in _chunks(rows, per_row):
@@ -429,6 +443,8 @@ def file_level(
 
 def _ok_message(r: TensorResult) -> str:
     n = r.bad_per_row.size * r.per_row
+    if r.mode == "copied":
+        return f"{r.name}: {n:,} elements already {r.type_name}, copied byte for byte"
     if r.mode == "exact":
         return f"{r.name}: {n:,} elements re-quantized byte-exact as {r.type_name}"
     if r.mode == "nearest":
