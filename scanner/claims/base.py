@@ -149,12 +149,13 @@ def compare_codes(
         # which the in-place steps below cannot write into.
         scaled = np.asarray(w / step)
     nearest = np.rint(scaled, out=np.empty_like(scaled))
-    nearest += zero
+    has_zero = bool(np.any(zero))  # symmetric schemes skip the passes that add zero
+    if has_zero:
+        nearest += zero
     np.clip(nearest, qmin, qmax, out=nearest)
     found = codes.astype(np.float32)
-    diff = found - nearest
     stats.n += int(w.size)
-    bad = diff != 0
+    bad = found != nearest
     n_bad = int(np.count_nonzero(bad))
     if n_bad:
         pos = np.flatnonzero(bad)
@@ -163,7 +164,7 @@ def compare_codes(
             if np.ndim(zero)
             else scaled.reshape(-1)[pos] + zero
         )
-        d_bad = diff.reshape(-1)[pos]
+        d_bad = found.reshape(-1)[pos] - nearest.reshape(-1)[pos]
         frac = np.abs(s_bad - np.floor(s_bad) - 0.5)
         # A tie: the value sits on a bin wall and the other neighbour was chosen.
         band = TIE_TOLERANCE + rel_tie * np.abs(s_bad)
@@ -198,7 +199,8 @@ def compare_codes(
                 stats.samples.append(
                     Violation(idx[k], float(flat_n[p]), float(flat_f[p]), float(flat_w[p]))
                 )
-    # Error bound in steps, on elements that did not clip.
+    # Error bound in steps, on elements that did not clip (a code strictly inside the
+    # range comes from a finite value, so the error there is finite).
     inside = (nearest > qmin) & (nearest < qmax)
     if profile is not None:
         rows = w.shape[0] if w.ndim >= 1 else 1
@@ -216,8 +218,10 @@ def compare_codes(
             np.abs(w).reshape(rows, -1),
         )
     if inside.any():
-        err = np.abs(scaled + np.asarray(zero, dtype=np.float32) - found)
-        m = float(np.max(err, where=inside & np.isfinite(err), initial=0.0))
+        err = scaled + zero if has_zero else scaled.copy()
+        err -= found
+        np.abs(err, out=err)
+        m = float(np.max(err, where=inside, initial=0.0))
         stats.max_err_steps = max(stats.max_err_steps, m)
 
 
