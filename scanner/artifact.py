@@ -17,12 +17,13 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from scanner.dtypes import DType
 from scanner.errors import ArtifactError
+
+if TYPE_CHECKING:  # numpy is imported where tensor values are used: hashing needs none
+    import numpy as np
 
 STREAM_CHUNK = 8 << 20
 

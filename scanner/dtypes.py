@@ -8,8 +8,10 @@ same thing whatever container it came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class DType:
     @property
     def numpy(self) -> np.dtype | None:
         """The little-endian numpy dtype storing one element, where numpy has one."""
+        import numpy as np
+
         return np.dtype(self.numpy_name) if self.numpy_name else None
 
 

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scanner.artifact import Artifact, FileInfo, FileSpan, Graph, GraphNode, InlineBytes, TensorInfo
 from scanner.dtypes import DTYPES
 from scanner.errors import MalformedArtifactError, ResourceLimitError
@@ -24,6 +22,7 @@ from scanner.lazy import lazy_module
 # Imported on first use: every command loads the readers to sniff formats by magic
 # bytes, and only an ONNX file should pay for the onnx package.
 onnx = lazy_module("onnx")
+np = lazy_module("numpy")
 numpy_helper = lazy_module("onnx.numpy_helper")
 
 FORMAT = "onnx"

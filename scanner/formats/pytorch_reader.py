@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scanner.artifact import Artifact, FileInfo, FileSpan, InlineBytes, TensorInfo
 from scanner.dtypes import DTYPES
 from scanner.errors import MalformedArtifactError, ResourceLimitError, UnsupportedFormatError
@@ -60,6 +58,11 @@ from scanner.formats.torchscript_code import (
     MAX_CODE_TOTAL_BYTES,
     audit_code,
 )
+from scanner.lazy import lazy_module
+
+# numpy only materializes tensors that are not stored contiguously: opening a
+# checkpoint to hash or list it needs none.
+np = lazy_module("numpy")
 
 FORMAT = "pytorch"
 ZIP_MAGIC = b"PK\x03\x04"

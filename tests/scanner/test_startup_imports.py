@@ -71,6 +71,39 @@ def test_scanning_safetensors_imports_no_other_format_library(tmp_path: Path) ->
         assert "scanner.formats.safetensors_reader" in modules  # it did read the file
 
 
+def test_hashing_commands_import_no_numpy(tmp_path: Path) -> None:
+    """``manifest``, ``sign`` and ``verify`` read bytes and hash them: numpy (about a
+    fifth of their start-up) stays unloaded."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    model = tmp_path / "model.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float16).reshape(8, 8)}, str(model))
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "pub.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    sig = tmp_path / "model.sig"
+    for args in (
+        ("manifest", model, "-o", tmp_path / "manifest.json", "-q"),
+        ("sign", model, "--key", tmp_path / "key.pem", "-o", sig),
+        ("verify", model, "--signature", sig, "--public-key", tmp_path / "pub.pem", "-q"),
+    ):
+        code, modules = _imported(*args)
+        assert code == 0, args
+        assert "numpy" not in modules, args
+        assert "scanner.formats.safetensors_reader" in modules or args[0] != "manifest"
+
+
 def test_the_probe_sees_a_library_that_is_used(tmp_path: Path) -> None:
     """The check above can fail: scanning an ONNX file does load onnx."""
     import onnx
