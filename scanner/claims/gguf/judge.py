@@ -233,7 +233,7 @@ def _amax_q8_0(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
     row by row."""
     nb = x.shape[0]
     hit = np.abs(codes) == 127
-    packed = (hit.view(np.uint64) * _GATHER_BITS) >> np.uint64(56)
+    packed = (hit.view("<u8") * _GATHER_BITS) >> np.uint64(56)
     bits = packed.astype(np.uint8).view("<u4").reshape(nb)
     amax = np.zeros(nb, dtype=np.float32)
     blocks = np.flatnonzero(bits)
