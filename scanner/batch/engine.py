@@ -15,6 +15,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from signing.errors import ModelsealError
+
+WORKER_START_SECONDS = 600.0
+"""How long a batch waits, with no job running, for a worker to become ready (a Ray
+cluster that has no node with the CPUs a worker reserves would otherwise be waited on
+forever)."""
+
 
 @dataclass(frozen=True)
 class Lost:
@@ -67,12 +74,16 @@ def schedule(
     deliver: Callable[[Task, Outcome], None],
     *,
     timeout: float | None = None,
+    start_timeout: float | None = WORKER_START_SECONDS,
 ) -> None:
     """Run every task on ``engine`` and hand each outcome to ``deliver``, in the order
     they finish. A task running longer than ``timeout`` seconds is lost with
-    ``timed_out`` set; its worker is replaced."""
+    ``timed_out`` set; its worker is replaced. When no task is running and no worker
+    becomes ready for ``start_timeout`` seconds, the batch stops with
+    :class:`~signing.errors.ModelsealError` (the results delivered so far are kept)."""
     pending = deque(tasks)
     busy: dict[int, tuple[Task, float]] = {}
+    idle_since: float | None = None
     engine.start()
     try:
         while pending or busy:
@@ -84,7 +95,14 @@ def schedule(
                 task = pending.popleft()
                 engine.submit(slot, task)
                 busy[slot] = (task, time.monotonic())
-            for slot, outcome in engine.wait(_until_first_deadline(busy, timeout)):
+            if busy:
+                idle_since = None
+                wait_for = _until_first_deadline(busy, timeout)
+            else:
+                # Tasks are pending and every worker is still starting (or restarting).
+                idle_since = time.monotonic() if idle_since is None else idle_since
+                wait_for = _start_deadline(engine, idle_since, start_timeout, len(pending))
+            for slot, outcome in engine.wait(wait_for):
                 task, started = busy.pop(slot)
                 if isinstance(outcome, Lost):
                     engine.replace(slot)
@@ -108,6 +126,21 @@ def schedule(
                         )
     finally:
         engine.close()
+
+
+def _start_deadline(
+    engine: Engine, idle_since: float, start_timeout: float | None, pending: int
+) -> float | None:
+    if start_timeout is None:
+        return None
+    left = idle_since + start_timeout - time.monotonic()
+    if left <= 0:
+        raise ModelsealError(
+            f"no {engine.name} worker became ready in {start_timeout:g} s with {pending} "
+            "jobs waiting: the workers cannot start or the cluster has no room for one "
+            "(on Ray, a node with --cpus-per-job free CPUs); see docs/batch.md"
+        )
+    return left
 
 
 def _until_first_deadline(

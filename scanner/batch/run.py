@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanner.batch.engine import Engine, Lost, Outcome, Task, schedule
+from scanner.batch.engine import WORKER_START_SECONDS, Engine, Lost, Outcome, Task, schedule
 from scanner.batch.execute import error_line
 from scanner.batch.jobs import Job
 from scanner.batch.results import ResultLog, write_atomic
@@ -75,6 +75,7 @@ def run_batch(
     timeout: float | None = None,
     fresh: bool = False,
     observe: LineObserver | None = None,
+    start_timeout: float | None = WORKER_START_SECONDS,
 ) -> BatchSummary:
     """Run ``jobs`` on ``engine``, streaming one line per job into ``output``."""
     started = time.monotonic()
@@ -105,7 +106,7 @@ def run_batch(
             make_task(job, trust, log.previous.get(job.id), sarif=sarif is not None) for job in jobs
         ]
         try:
-            schedule(engine, tasks, deliver, timeout=timeout)
+            schedule(engine, tasks, deliver, timeout=timeout, start_timeout=start_timeout)
         finally:
             lines = {**log.previous, **settled}
             log.compact(order, lines)

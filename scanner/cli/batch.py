@@ -87,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Ray: CPUs each job reserves and uses (default 1)",
     )
     engine.add_argument(
+        "--worker-start-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="stop the batch (exit 2) when no job is running and no worker becomes ready "
+        "for this long, e.g. a Ray cluster with no node that has --cpus-per-job free CPUs "
+        "(default: 600)",
+    )
+    engine.add_argument(
         "--runtime-env",
         type=_runtime_env,
         metavar="JSON",
@@ -138,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             fresh=args.fresh,
             observe=observe,
+            **({"start_timeout": args.worker_start_timeout} if args.worker_start_timeout else {}),
         )
     if not args.quiet:
         v = summary.verdicts

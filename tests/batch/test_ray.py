@@ -329,3 +329,32 @@ def test_hanging_and_crashing_jobs_on_ray_cost_only_themselves(
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"exit_code": 2, "timed_out": 1}
     check_isolation({x["id"]: x for x in read_lines(out)}, 4, "Ray worker died")
+
+
+def test_a_worker_no_node_can_host_stops_the_batch_instead_of_hanging(
+    ray_head: Head, models: Models, tmp_path: Path
+) -> None:
+    """Workers reserving more CPUs than any node has can never start: the batch stops
+    after --worker-start-timeout with exit 2 and says why, instead of waiting forever."""
+    specs = [{"id": f"job-{i}", **s} for i, s in enumerate(job_specs(models)[:2])]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", specs)
+    started = time.monotonic()
+    done = _run(
+        ray_head,
+        "-m",
+        "scanner",
+        "batch",
+        jobs,
+        "-o",
+        tmp_path / "results.jsonl",
+        "--address",
+        ray_head.address,
+        "--cpus-per-job",
+        "3",
+        "--worker-start-timeout",
+        "15",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "no ray worker became ready in 15 s with 2 jobs waiting" in done.stderr
+    assert time.monotonic() - started < DRIVER_SECONDS
