@@ -167,6 +167,25 @@ def _run(
     )
 
 
+def _batch(
+    head: Head, jobs: Path, out: Path, *options: str | Path, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``modelseal batch JOBS -o OUT`` on the head's cluster, as a user runs it."""
+    return _run(
+        head,
+        "-m",
+        "scanner",
+        "batch",
+        jobs,
+        "-o",
+        out,
+        "--address",
+        head.address,
+        *options,
+        cwd=cwd,
+    )
+
+
 def _fleet(models: Models, count: int) -> list[dict[str, object]]:
     specs = job_specs(models)
     # Casts are the slow jobs on 2 cores; run them once each.
@@ -191,22 +210,7 @@ def fleet_run(
     ]
     jobs = write_jobs(root / "jobs.jsonl", specs)
     out, sarif = root / "results.jsonl", root / "results.sarif"
-    done = _run(
-        ray_head,
-        "-m",
-        "scanner",
-        "batch",
-        jobs,
-        "-o",
-        out,
-        "--sarif",
-        sarif,
-        "--address",
-        ray_head.address,
-        "--timeout",
-        "120",
-        cwd=root,
-    )
+    done = _batch(ray_head, jobs, out, "--sarif", sarif, "--timeout", "120", cwd=root)
     return {
         "root": root,
         "specs": specs,
@@ -279,18 +283,7 @@ def test_resume_on_ray_from_a_partial_result_file(
         x["id"] for x in lines[:30] if x["exit_code"] != 2 and x["id"] not in reads_mutable
     ]
 
-    done = _run(
-        ray_head,
-        "-m",
-        "scanner",
-        "batch",
-        fleet_run["jobs"],
-        "-o",
-        seeded,
-        "--address",
-        ray_head.address,
-        cwd=tmp_path,
-    )
+    done = _batch(ray_head, fleet_run["jobs"], seeded, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     ran = len(lines) - len(skippable)
     assert f"{ran} ran, {len(skippable)} already done" in done.stdout
@@ -339,20 +332,11 @@ def test_a_worker_no_node_can_host_stops_the_batch_instead_of_hanging(
     specs = [{"id": f"job-{i}", **s} for i, s in enumerate(job_specs(models)[:2])]
     jobs = write_jobs(tmp_path / "jobs.jsonl", specs)
     started = time.monotonic()
-    done = _run(
+    done = _batch(
         ray_head,
-        "-m",
-        "scanner",
-        "batch",
         jobs,
-        "-o",
         tmp_path / "results.jsonl",
-        "--address",
-        ray_head.address,
-        "--cpus-per-job",
-        "3",
-        "--worker-start-timeout",
-        "15",
+        *("--cpus-per-job", "3", "--worker-start-timeout", "15"),
         cwd=tmp_path,
     )
     assert done.returncode == 2, done.stderr[-3000:]
