@@ -197,7 +197,7 @@ def _parse_header(
         if name in seen:
             raise MalformedArtifactError(path, f"tensor {name!r} appears twice")
         seen.add(name)
-        qname = ggml_type_names().get(qtype)
+        qname = GGML_TYPES.get(qtype)
         if qname is None or qname not in DTYPES:
             raise MalformedArtifactError(path, f"tensor {name!r} has unknown ggml type {qtype}")
         dt = DTYPES[qname]
@@ -264,10 +264,6 @@ GGML_TYPES = {
 """ggml type ids (``enum ggml_type``, fixed by the GGUF format) of the types modelseal
 reads. Kept here rather than read from ``gguf.GGMLQuantizationType``: importing the
 ``gguf`` package costs a GGUF command more than parsing the header does."""
-
-
-def ggml_type_names() -> dict[int, str]:
-    return GGML_TYPES
 
 
 class _HeaderWalker:

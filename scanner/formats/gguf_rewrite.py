@@ -30,11 +30,11 @@ from scanner.dtypes import DTYPES
 from scanner.errors import UsageError
 from scanner.formats.base import DEFAULT_LIMITS, Limits
 from scanner.formats.gguf_reader import (
+    GGML_TYPES,
     MAGIC,
     SPLIT_COUNT,
     SPLIT_NO,
     SPLIT_TENSORS,
-    ggml_type_names,
     read_parts,
 )
 
@@ -168,4 +168,4 @@ def _copy_range(src: BinaryIO, path: Path, offset: int, length: int, out: Binary
 
 @functools.cache
 def _ggml_types() -> dict[str, int]:
-    return {name: number for number, name in ggml_type_names().items()}
+    return {name: number for number, name in GGML_TYPES.items()}
