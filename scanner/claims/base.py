@@ -218,8 +218,7 @@ def compare_codes(
             np.abs(w).reshape(rows, -1),
         )
     if inside.any():
-        err = scaled + zero if has_zero else scaled.copy()
-        err -= found
+        err = (scaled + zero) - found if has_zero else scaled - found
         np.abs(err, out=err)
         m = float(np.max(err, where=inside, initial=0.0))
         stats.max_err_steps = max(stats.max_err_steps, m)
