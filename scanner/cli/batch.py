@@ -125,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scanner.batch import JobDefaults, load_jobs, run_batch
+    from scanner.batch.engine import WORKER_START_SECONDS
     from scanner.batch.jobs import is_pack_name
 
     rules = args.rules
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             fresh=args.fresh,
             observe=observe,
-            **({"start_timeout": args.worker_start_timeout} if args.worker_start_timeout else {}),
+            start_timeout=args.worker_start_timeout or WORKER_START_SECONDS,
         )
     if not args.quiet:
         v = summary.verdicts
