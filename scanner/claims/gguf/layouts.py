@@ -127,12 +127,7 @@ def _nibbles(qs: np.ndarray, half: int) -> np.ndarray:
     Eight nibbles at a time: each row's uint64 words are gathered twice, shifted and
     masked, which keeps numpy in long flat loops instead of two short loops per row."""
     lead = qs.shape[:-1]
-    if half % 8:
-        out = np.empty((*lead, 2, half), dtype=np.uint8)
-        np.bitwise_and(qs, 0x0F, out=out[..., 0, :])
-        np.right_shift(qs, 4, out=out[..., 1, :])
-        return out
-    width = half // 8
+    width = half // 8  # every ggml layout packs 16, 32 or 64 bytes of nibbles
     words = np.ascontiguousarray(qs).view(np.uint64).reshape(-1)
     rows = words.size // width
     out = np.empty(2 * words.size, dtype=np.uint64)
